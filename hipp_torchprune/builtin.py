@@ -1,0 +1,36 @@
+"""The built-in plugin: hipp-torchprune's own adapters, scorers and strategies, registered
+through the same hooks as any third-party plugin."""
+
+from __future__ import annotations
+
+from hipp_torchprune.hookspecs import hookimpl
+
+
+@hookimpl
+def hipp_model_adapters() -> list[type]:
+    """LLaVA-1.5 and Qwen2.5-VL."""
+    from hipp_torchprune.adapters import LlavaAdapter, Qwen25VLAdapter
+
+    return [LlavaAdapter, Qwen25VLAdapter]
+
+
+@hookimpl
+def hipp_importance_scorers() -> list[type]:
+    """``wanda``, ``magnitude`` and ``taylor``."""
+    from hipp_torchprune.pruning.scorers import MagnitudeScorer, TaylorScorer, WandaScorer
+
+    return [WandaScorer, MagnitudeScorer, TaylorScorer]
+
+
+@hookimpl
+def hipp_allocators() -> list[type]:
+    """``uniform`` and ``random``."""
+    from hipp_torchprune.pruning.allocators import RandomAllocator, UniformAllocator
+
+    return [UniformAllocator, RandomAllocator]
+
+
+@hookimpl
+def hipp_reward_tasks() -> list[type]:
+    """None yet: reward tasks arrive with the lmms-eval task plugins."""
+    return []

@@ -1,0 +1,165 @@
+"""Pruned checkpoints: save and load models whose MLP widths differ per layer.
+
+transformers' Llama/Qwen2 configs have one ``intermediate_size`` for every layer, so a plain
+``from_pretrained`` cannot load a pruned checkpoint (it raises a size mismatch).
+:func:`save_pruned` writes the usual files (safetensors weights, ``config.json``, processor)
+plus ``hipp_pruning.json`` with the per-layer widths and the plan; :func:`load_pruned` rebuilds
+the model from the config, resizes each MLP to its recorded width and loads the weights
+strictly. A dense HF checkpoint directory loads too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_model
+from torch import nn
+from transformers import AutoConfig
+from transformers.initialization import no_init_weights
+
+from hipp_torchprune.errors import CheckpointError
+from hipp_torchprune.registry import Registry
+
+#: File holding the per-layer widths and the plan.
+PRUNING_FILE = "hipp_pruning.json"
+#: Format tag written into :data:`PRUNING_FILE`.
+FORMAT = "hipp-torchprune/1"
+
+
+def save_pruned(model: nn.Module, directory: str | Path, processor: Any = None,
+                plan: dict[str, Any] | None = None, registry: Registry | None = None,
+                extra_files: dict[str, str] | None = None) -> Path:
+    """Write ``model`` (dense or pruned), its processor and its widths to ``directory``.
+
+    The directory appears whole or not at all: everything is written to a temporary sibling
+    that is renamed into place. An existing directory is replaced. ``extra_files`` maps file
+    names to text written beside the weights (e.g. ``plan.json``).
+    """
+    from hipp_torchprune.api import get_adapter
+
+    directory = Path(directory)
+    adapter = get_adapter(model, registry)
+    widths = adapter.intermediate_widths()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        # Our own key names: transformers 5 ``save_pretrained`` renames keys to the legacy layout.
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        model.config.architectures = [type(model).__name__]
+        model.config.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        meta = {"format": FORMAT, "architecture": type(model).__name__, "intermediate_sizes": widths,
+                "plan": plan or {}}
+        (tmp / PRUNING_FILE).write_text(json.dumps(meta, indent=2))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_pruning_meta(directory: str | Path) -> dict[str, Any] | None:
+    """The contents of ``hipp_pruning.json``, or ``None`` for a dense HF checkpoint."""
+    path = Path(directory) / PRUNING_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def _model_class(config: Any, directory: Path) -> type[nn.Module]:
+    names = getattr(config, "architectures", None) or []
+    for name in names:
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            return cls
+    raise CheckpointError(f"{directory}/config.json names no known architecture ({names})")
+
+
+def _state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{directory} has no *.safetensors weights")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(f))
+    return state
+
+
+def _resize_mlps(model: nn.Module, widths: list[int], registry: Registry | None) -> None:
+    from hipp_torchprune.api import get_adapter
+
+    adapter = get_adapter(model, registry)
+    if len(widths) != len(adapter.decoder_layers()):
+        raise CheckpointError(f"checkpoint lists {len(widths)} MLP widths for {len(adapter.decoder_layers())} layers")
+    for layer, width in zip(adapter.decoder_layers(), widths):
+        mlp = layer.mlp
+        for attr, (fin, fout) in (("gate_proj", (mlp.gate_proj.in_features, width)),
+                                  ("up_proj", (mlp.up_proj.in_features, width)),
+                                  ("down_proj", (width, mlp.down_proj.out_features))):
+            old = getattr(mlp, attr)
+            setattr(mlp, attr, nn.Linear(fin, fout, bias=old.bias is not None, dtype=old.weight.dtype))
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = width
+    adapter.text_config().hipp_intermediate_sizes = list(widths)
+
+
+def load_pruned(directory: str | Path, registry: Registry | None = None) -> nn.Module:
+    """Load a checkpoint written by :func:`save_pruned`, or a dense HF checkpoint, in eval mode.
+
+    Raises :class:`CheckpointError` when the directory holds no model, or when its weights do
+    not match its recorded widths.
+    """
+    directory = Path(directory)
+    if not (directory / "config.json").exists():
+        raise CheckpointError(f"{directory} is not a model checkpoint (no config.json)")
+    config = AutoConfig.from_pretrained(directory)
+    cls = _model_class(config, directory)
+    meta = read_pruning_meta(directory)
+    if meta is None:
+        return cls.from_pretrained(directory).eval()
+    state = _state_dict(directory)
+    with no_init_weights():
+        model = cls._from_config(config)
+    _resize_mlps(model, [int(w) for w in meta["intermediate_sizes"]], registry)
+    dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
+    if dtype is not None:
+        model.to(dtype)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights in {directory} do not match its widths: {exc}") from exc
+    tied = {name for name, _ in _tied_names(model)}
+    if unexpected or set(missing) - tied:
+        raise CheckpointError(f"weights in {directory} do not match the model: missing {sorted(set(missing) - tied)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]}")
+    model.tie_weights()
+    return model.eval()
+
+
+def _tied_names(model: nn.Module) -> list[tuple[str, str]]:
+    """Names of parameters that share storage with an earlier parameter (tied embeddings)."""
+    seen: dict[int, str] = {}
+    tied = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            tied.append((name, seen[id(p)]))
+        else:
+            seen[id(p)] = name
+    return tied

@@ -1,0 +1,1 @@
+"""Model construction helpers: tokenizers, processors and tiny offline configs."""

@@ -1,0 +1,58 @@
+"""Layer-allocation strategies: how a global sparsity target splits across decoder layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from hipp_torchprune.pruning.plan import waterfill
+
+
+@dataclass(frozen=True)
+class AllocationRequest:
+    """What an allocator is asked: split ``sparsity`` over layers of the given widths."""
+
+    #: Current intermediate width of each layer.
+    widths: tuple[int, ...]
+    #: Parameters per intermediate channel of each layer (gate row + up row + down column).
+    row_params: tuple[int, ...]
+    #: Target fraction of prunable MLP parameters to remove.
+    sparsity: float
+    #: Per-layer cap on the removal ratio.
+    r_max: float
+    #: Seed for stochastic strategies.
+    seed: int = 0
+    #: Strategy-specific options (e.g. the HiPP policy and preference).
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class UniformAllocator:
+    """Every layer removes the same ratio (Wanda-sp, LLM-Pruner)."""
+
+    name: ClassVar[str] = "uniform"
+
+    def allocate(self, request: AllocationRequest) -> list[float]:
+        """``[sparsity] * L``."""
+        return [request.sparsity] * len(request.widths)
+
+
+class RandomAllocator:
+    """Random layer ratios with the same total: Dirichlet weights, water-filled under ``r_max``.
+
+    ``options["concentration"]`` (default 1.0) sets the Dirichlet concentration; smaller values
+    spread the ratios further.
+    """
+
+    name: ClassVar[str] = "random"
+
+    def allocate(self, request: AllocationRequest) -> list[float]:
+        """Seeded random ratios whose parameter-weighted mean is ``sparsity``."""
+        n = len(request.widths)
+        concentration = float(request.options.get("concentration", 1.0))
+        gen = torch.Generator().manual_seed(request.seed)
+        gamma = torch._standard_gamma(torch.full((n,), concentration, dtype=torch.float64), generator=gen)
+        weights = (gamma / gamma.sum()).tolist()
+        sizes = [w * p for w, p in zip(request.widths, request.row_params)]
+        return list(waterfill(weights, sizes, request.sparsity, request.r_max))

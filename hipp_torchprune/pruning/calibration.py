@@ -1,0 +1,122 @@
+"""Calibration pass: forward hooks that collect the statistics the importance scorers need.
+
+For every language-model MLP projection the pass accumulates the per-feature sum of squares
+of its *input* over real (non-padding) tokens, so that ``||X_i||_2 = sqrt(in_sq[i])``. With
+``with_grads=True`` it also backpropagates the next-token loss and keeps, per projection, the
+first-order Taylor terms ``sum(W * dL/dW)`` reduced to one value per intermediate channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from hipp_torchprune.adapters.base import ModelAdapter
+from hipp_torchprune.errors import CalibrationError
+
+
+@dataclass
+class CalibrationStats:
+    """Per-module statistics keyed by the module's qualified name in the full model.
+
+    ``in_sq[name]`` is the sum over tokens of the squared input features ``(in_features,)``;
+    ``taylor[name]`` is the signed first-order term per intermediate channel ``(d_ff,)``;
+    ``n_tokens`` counts the tokens seen, ``n_samples`` the (image, prompt) samples.
+    """
+
+    in_sq: dict[str, torch.Tensor] = field(default_factory=dict)
+    taylor: dict[str, torch.Tensor] = field(default_factory=dict)
+    n_tokens: int = 0
+    n_samples: int = 0
+
+    def input_norms(self, name: str) -> torch.Tensor:
+        """``||X_i||_2`` over calibration tokens for the input features of module ``name``."""
+        return self.in_sq[name].sqrt()
+
+
+def mlp_module_names(model: nn.Module, adapter: ModelAdapter) -> dict[nn.Module, str]:
+    """Map each LM MLP projection to its qualified name in ``model``."""
+    wanted = {id(p): p for m in adapter.mlps() for p in (m.gate, m.up, m.down)}
+    return {module: name for name, module in model.named_modules() if id(module) in wanted}
+
+
+@contextmanager
+def _input_sq_hooks(modules: dict[nn.Module, str], stats: CalibrationStats,
+                    token_mask: list[torch.Tensor | None]) -> Iterator[None]:
+    """Register hooks that add each module's squared inputs (masked to real tokens) to ``stats``."""
+
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0].detach()
+        mask = token_mask[0]
+        x = x[mask] if mask is not None and mask.shape == x.shape[:-1] else x.reshape(-1, x.shape[-1])
+        sq = x.float().pow(2).sum(0)
+        name = modules[module]
+        stats.in_sq[name] = stats.in_sq[name] + sq if name in stats.in_sq else sq
+
+    handles = [m.register_forward_pre_hook(hook) for m in modules]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _taylor_terms(adapter: ModelAdapter, names: dict[nn.Module, str]) -> dict[str, torch.Tensor]:
+    """Per-channel signed ``sum(W * grad)`` of each projection (rows for gate/up, columns for down)."""
+    out: dict[str, torch.Tensor] = {}
+    for mlp in adapter.mlps():
+        for module, dim in ((mlp.gate, 1), (mlp.up, 1), (mlp.down, 0)):
+            if module.weight.grad is not None:
+                out[names[module]] = (module.weight.detach() * module.weight.grad).float().sum(dim)
+    return out
+
+
+def _next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token loss over real text tokens (vision placeholders and padding excluded)."""
+    labels = batch["input_ids"].clone()
+    if "attention_mask" in batch:
+        labels[batch["attention_mask"] == 0] = -100
+    return model(**batch, labels=labels, use_cache=False).loss
+
+
+def collect_stats(model: nn.Module, adapter: ModelAdapter, batches: Iterable[dict[str, torch.Tensor]],
+                  with_grads: bool = False) -> CalibrationStats:
+    """Run the calibration pass over ``batches`` (processor outputs) and return its statistics.
+
+    Raises :class:`CalibrationError` when ``batches`` is empty. Gradients, when requested, are
+    cleared again afterwards, so the model leaves this function as it came in.
+    """
+    names = mlp_module_names(model, adapter)
+    stats = CalibrationStats()
+    token_mask: list[torch.Tensor | None] = [None]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    if with_grads:
+        model.zero_grad(set_to_none=True)
+    try:
+        with _input_sq_hooks(names, stats, token_mask):
+            for batch in batches:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                mask = batch.get("attention_mask")
+                token_mask[0] = mask.bool() if mask is not None else None
+                stats.n_tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+                stats.n_samples += batch["input_ids"].shape[0]
+                if with_grads:
+                    _next_token_loss(model, batch).backward()
+                else:
+                    with torch.no_grad():
+                        model(**batch, use_cache=False)
+        if stats.n_samples == 0:
+            raise CalibrationError("the calibration set is empty: give at least one (image, prompt) sample")
+        if with_grads:
+            stats.taylor = _taylor_terms(adapter, names)
+    finally:
+        if with_grads:
+            model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return stats
