@@ -1,0 +1,29 @@
+# Every target creates .venv when it is missing and installs into it.
+# The CPU build of torch goes in first: a bare `torch` requirement would pull a multi-GB CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.hipp-installed
+
+.PHONY: test demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	HIPP_DISABLE_PLUGIN_AUTOLOAD=1 $(PY) -m pytest -q -n 2 tests
+
+demo: $(STAMP)
+	$(VENV)/bin/hipp prune --model tiny-llava --strategy uniform --importance wanda --sparsity 0.3 --round-to 16 --out out/demo-tiny-llava
+	$(VENV)/bin/hipp prune --model tiny-qwen2_5_vl --strategy random --importance taylor --sparsity 0.3 --round-to 16 --out out/demo-tiny-qwen2_5_vl
+
+bench: $(STAMP)
+	$(PY) benchmarks/pruned_speed.py
+
+clean:
+	rm -rf out $(VENV)

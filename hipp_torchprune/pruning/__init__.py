@@ -1,0 +1,1 @@
+"""Pruning math and orchestration: plans, calibration, scorers, allocators and the operator."""

@@ -1,0 +1,94 @@
+"""Pruned checkpoints: round trip, dense HF directories, and bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from hipp_torchprune import api
+from hipp_torchprune.checkpoint import PRUNING_FILE, load_pruned, save_pruned
+from hipp_torchprune.errors import CheckpointError
+from hipp_torchprune.loading import load_model, load_processor
+from tests.conftest import PROMPTS, images
+
+
+def _pruned(model):
+    plan = api.make_plan(model, "random", 0.4, round_to=16, seed=2)
+    api.prune_model(model, plan, api.importance("magnitude", model))
+    return plan
+
+
+def test_round_trip_gives_equal_logits(tiny, tmp_path: Path) -> None:
+    _, model, processor = tiny
+    plan = _pruned(model)
+    adapter = api.get_adapter(model)
+    batch = adapter.encode(processor, images(2), PROMPTS[:2])
+    with torch.no_grad():
+        ref = model(**batch).logits
+    save_pruned(model, tmp_path / "ck", processor, plan=plan.to_dict())
+    loaded, proc2 = load_model(tmp_path / "ck")
+    assert api.get_adapter(loaded).intermediate_widths() == list(plan.widths_after)
+    batch2 = api.get_adapter(loaded).encode(proc2, images(2), PROMPTS[:2])
+    assert all(torch.equal(batch[k], batch2[k]) for k in batch)
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch2).logits, ref, atol=1e-6)
+    meta = json.loads((tmp_path / "ck" / PRUNING_FILE).read_text())
+    assert meta["intermediate_sizes"] == list(plan.widths_after)
+
+
+def test_dense_hf_directory_loads(tiny, tmp_path: Path) -> None:
+    _, model, processor = tiny
+    model.save_pretrained(tmp_path / "hf")
+    processor.save_pretrained(tmp_path / "hf")
+    loaded = load_pruned(tmp_path / "hf")
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    assert load_processor(tmp_path / "hf") is not None
+
+
+def test_weights_not_matching_widths_are_refused(tiny, tmp_path: Path) -> None:
+    _, model, processor = tiny
+    _pruned(model)
+    save_pruned(model, tmp_path / "ck", processor)
+    meta_path = tmp_path / "ck" / PRUNING_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["intermediate_sizes"][0] += 16
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_pruned(tmp_path / "ck")
+
+
+def test_missing_tensor_is_refused(tiny, tmp_path: Path) -> None:
+    _, model, processor = tiny
+    save_pruned(model, tmp_path / "ck", processor)
+    weights = tmp_path / "ck" / "model.safetensors"
+    state = load_file(weights)
+    state.pop(next(k for k in state if "down_proj" in k))
+    save_file(state, weights)
+    with pytest.raises(CheckpointError, match="missing"):
+        load_pruned(tmp_path / "ck")
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_not_a_checkpoint(tmp_path: Path, make: str) -> None:
+    path = tmp_path / "x"
+    if make == "empty":
+        path.mkdir()
+    with pytest.raises(CheckpointError):
+        load_model(path)
+
+
+def test_failed_save_leaves_nothing(tiny, tmp_path: Path) -> None:
+    _, model, _ = tiny
+
+    class Broken:
+        def save_pretrained(self, directory: str) -> None:
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_pruned(model, tmp_path / "ck", Broken())
+    assert list(tmp_path.iterdir()) == []
