@@ -33,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; bad input exits with status 2 and a one-line ``error:`` message."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv_flags = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
     try:
         return int(args.func(args) or 0)
     except HippError as exc:

@@ -23,7 +23,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for random strategies and tiny models")
     p.add_argument("--out", default=None, help="write the pruned checkpoint (and plan.json) here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--config", default=None, help="YAML file of PruneConfig fields; command-line flags win")
     p.set_defaults(func=run)
+
+
+def _apply_config(args: argparse.Namespace, argv_flags: set[str]) -> None:
+    """Fill options from ``--config`` unless they were given on the command line."""
+    from hipp_torchprune.config import PruneConfig, load_yaml
+
+    config = load_yaml(PruneConfig, args.config)
+    for field, value in vars(config).items():
+        if field != "mode" and f"--{field.replace('_', '-')}" not in argv_flags:
+            setattr(args, field, value)
 
 
 def format_table(plan: Plan) -> str:
@@ -58,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     from hipp_torchprune.models.tiny import TINY_MODELS
     from hipp_torchprune.registry import default_registry
 
+    if args.config:
+        _apply_config(args, set(getattr(args, "argv_flags", ())))
     registry = default_registry()
     scorer_cls = registry.get("importance", args.importance)
     registry.get("strategy", args.strategy)

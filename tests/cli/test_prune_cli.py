@@ -54,3 +54,21 @@ def test_bad_input_exits_2_with_message(tmp_path: Path, capsys: pytest.CaptureFi
 def test_unknown_model_path(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["prune", "--model", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_yaml_config_fills_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "prune.yaml"
+    cfg.write_text("strategy: random\nimportance: magnitude\nsparsity: 0.5\nround_to: 16\nseed: 2\n")
+    assert main(["prune", "--model", "tiny-llava", "--config", str(cfg), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert abs(report["realized_sparsity"] - 0.5) < 0.05
+    assert len({layer["width_after"] for layer in report["layers"]}) > 1  # random, not uniform
+    assert main(["prune", "--model", "tiny-llava", "--config", str(cfg), "--sparsity", "0.25", "--json"]) == 0
+    assert abs(json.loads(capsys.readouterr().out)["realized_sparsity"] - 0.25) < 0.05
+
+
+def test_yaml_config_unknown_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "prune.yaml"
+    cfg.write_text("sparsty: 0.5\n")
+    assert main(["prune", "--model", "tiny-llava", "--config", str(cfg)]) == 2
+    assert "unknown field(s) sparsty" in capsys.readouterr().err

@@ -1,0 +1,61 @@
+"""Frozen configuration dataclasses and YAML loading into them."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from hipp_torchprune.errors import HippError
+
+
+class ConfigError(HippError, ValueError):
+    """A configuration file is unreadable or names unknown fields."""
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """One pruning run (the options of ``hipp prune``)."""
+
+    #: Layer-allocation strategy name (a registered plugin).
+    strategy: str = "uniform"
+    #: Row-importance scorer name (a registered plugin).
+    importance: str = "wanda"
+    #: Target fraction of prunable MLP parameters to remove.
+    sparsity: float = 0.225
+    #: Kept widths round to this multiple (fast GEMM shapes).
+    round_to: int = 64
+    #: Cap on any layer's removal ratio.
+    r_max: float = 0.8
+    #: Calibration samples for scorers that need them.
+    calib_n: int = 32
+    #: Seed for stochastic strategies.
+    seed: int = 0
+    #: Physical removal, or reversible masks.
+    mode: Literal["physical", "mask"] = "physical"
+
+
+T = TypeVar("T")
+
+
+def from_mapping(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys raise :class:`ConfigError`."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    return cls(**data)
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Load a YAML mapping from ``path`` into dataclass ``cls``."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
+    return from_mapping(cls, data, str(path))

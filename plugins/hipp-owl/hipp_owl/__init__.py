@@ -1,0 +1,1 @@
+"""OWL layer allocation for hipp-torchprune (installed separately; found through entry points)."""
