@@ -1,0 +1,102 @@
+"""The plan environment: scores many plans on one model in mask mode.
+
+Row scores are computed once; each plan only updates the masks, runs the reward batches and
+computes the SynFlow ``phi`` from cached ``|W|``. Plans of a group are spread over processes
+(``accelerate``): each rank scores its share and the results are gathered in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from hipp_torchprune.adapters.base import ModelAdapter
+from hipp_torchprune.hipp.normalization import compression_return
+from hipp_torchprune.hipp.synflow import log_synflow
+from hipp_torchprune.pruning.operator import PlanMasks, keep_indices
+from hipp_torchprune.pruning.plan import budget_matched_widths, realized_sparsity
+
+#: A raw objective: model (with masks applied) -> scalar return.
+Objective = Callable[[nn.Module], float]
+T = TypeVar("T")
+
+
+def map_over_ranks(fn: Callable[[Any], T], items: Sequence[Any], state: Any = None) -> list[T]:
+    """``[fn(x) for x in items]``, split round-robin over ``state``'s processes and gathered in order."""
+    if state is None or state.num_processes == 1:
+        return [fn(x) for x in items]
+    from accelerate.utils import gather_object
+
+    mine = [(i, fn(x)) for i, x in enumerate(items) if i % state.num_processes == state.process_index]
+    return [value for _, value in sorted(gather_object(mine), key=lambda pair: pair[0])]
+
+
+@dataclass
+class PlanOutcome:
+    """Scores of a batch of plans: raw objectives ``(N, 3)`` (rob, util, comp), ``phi (N,)``,
+    realized sparsity ``(N,)`` and kept widths."""
+
+    raw: torch.Tensor
+    phi: torch.Tensor
+    realized: torch.Tensor
+    widths: list[tuple[int, ...]]
+
+
+class PlanEnvironment:
+    """Applies plans as masks to ``model`` and scores them (robustness, utility, compression, phi)."""
+
+    def __init__(self, model: nn.Module, adapter: ModelAdapter, row_scores: Sequence[torch.Tensor],
+                 objectives: dict[str, Objective], *, round_to: int, r_max: float,
+                 compression_range: tuple[float, float], row_params: Sequence[int], state: Any = None) -> None:
+        self.model, self.adapter, self.objectives = model, adapter, objectives
+        self.row_scores = [s.float() for s in row_scores]
+        self.widths = tuple(adapter.intermediate_widths())
+        self.row_params, self.round_to, self.r_max = tuple(row_params), round_to, r_max
+        self.compression_range, self.state = compression_range, state
+        self.masks = PlanMasks(adapter)
+        self.abs_up = [m.up.weight.detach().double().abs() for m in adapter.mlps()]
+        self.abs_down = [m.down.weight.detach().double().abs() for m in adapter.mlps()]
+        self.dense_log_flow = log_synflow(self.abs_up, self.abs_down)
+
+    def widths_for(self, ratios: Sequence[float]) -> tuple[int, ...]:
+        """Rounded, budget-matched kept widths of a plan."""
+        return budget_matched_widths(ratios, self.widths, self.round_to, self.r_max, self.row_params)
+
+    def _score_one(self, widths: tuple[int, ...]) -> tuple[float, float, float]:
+        keep = [keep_indices(s, k) for s, k in zip(self.row_scores, widths)]
+        self.masks.set_keep(keep)
+        try:
+            rob = self.objectives["rob"](self.model)
+            util = self.objectives["util"](self.model)
+        finally:
+            self.masks.set_keep(None)
+        flow_masks = [m.double() for m in _masks_from(keep, self.widths)]
+        phi = (log_synflow(self.abs_up, self.abs_down, flow_masks) - self.dense_log_flow).item()
+        return rob, util, phi
+
+    def score(self, plans: Sequence[Sequence[float]]) -> PlanOutcome:
+        """Score a batch of plans (per-layer ratios)."""
+        widths = [self.widths_for(r) for r in plans]
+        results = map_over_ranks(self._score_one, widths, self.state)
+        realized = torch.tensor([realized_sparsity(self.widths, w, self.row_params) for w in widths])
+        comp = compression_return(realized, *self.compression_range)
+        raw = torch.tensor([[rob, util] for rob, util, _ in results])
+        return PlanOutcome(raw=torch.cat([raw, comp[:, None]], dim=1).float(),
+                           phi=torch.tensor([p for _, _, p in results]), realized=realized, widths=widths)
+
+    def close(self) -> None:
+        """Remove the masks; the model is dense again."""
+        self.masks.remove()
+
+
+def _masks_from(keep: Sequence[torch.Tensor], widths: Sequence[int]) -> list[torch.Tensor]:
+    masks = []
+    for idx, width in zip(keep, widths):
+        m = torch.zeros(width)
+        m[idx] = 1.0
+        masks.append(m)
+    return masks

@@ -1,0 +1,57 @@
+"""Reward shaping (eqs. 11-12): the compression ramp and running normalization with clipping."""
+
+from __future__ import annotations
+
+import torch
+
+
+def compression_return(sparsity: torch.Tensor, s_lo: float, s_hi: float) -> torch.Tensor:
+    """``R_comp = clip((s - s_lo) / (s_hi - s_lo), 0, 1)``."""
+    return ((sparsity - s_lo) / max(s_hi - s_lo, 1e-12)).clamp(0.0, 1.0)
+
+
+class RunningNorm:
+    """Online mean/std per objective, updated from each group's raw scores, then clip to ``[-c, c]``.
+
+    Uses the parallel (Chan et al.) update of count, mean and sum of squared deviations.
+    """
+
+    def __init__(self, dim: int, clip: float = 3.0, eps: float = 1e-6) -> None:
+        self.count = 0
+        self.mean = torch.zeros(dim, dtype=torch.float64)
+        self.m2 = torch.zeros(dim, dtype=torch.float64)
+        self.clip, self.eps = clip, eps
+
+    @property
+    def std(self) -> torch.Tensor:
+        """Population std of everything seen so far (1 before anything is seen)."""
+        if self.count < 2:
+            return torch.ones_like(self.mean)
+        return (self.m2 / self.count).sqrt()
+
+    def update(self, batch: torch.Tensor) -> None:
+        """Fold a ``(N, dim)`` batch of raw scores into the statistics."""
+        batch = batch.double().reshape(-1, self.mean.numel())
+        n = batch.shape[0]
+        b_mean = batch.mean(0)
+        b_m2 = ((batch - b_mean) ** 2).sum(0)
+        delta = b_mean - self.mean
+        total = self.count + n
+        self.mean = self.mean + delta * n / total
+        self.m2 = self.m2 + b_m2 + delta**2 * self.count * n / total
+        self.count = total
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """``clip((x - mean) / (std + eps), -c, c)`` in float32."""
+        out = (batch.double() - self.mean) / (self.std + self.eps)
+        return out.clamp(-self.clip, self.clip).float()
+
+    def state_dict(self) -> dict:
+        """Serializable state."""
+        return {"count": self.count, "mean": self.mean.tolist(), "m2": self.m2.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self.count = int(state["count"])
+        self.mean = torch.tensor(state["mean"], dtype=torch.float64)
+        self.m2 = torch.tensor(state["m2"], dtype=torch.float64)

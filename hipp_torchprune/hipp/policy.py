@@ -1,0 +1,112 @@
+"""The hierarchical preference-conditioned policy (eqs. 7-8).
+
+A shared backbone reads every layer's state and is conditioned on the preference (FiLM) and on
+a pooled summary of all layers. Two heads sit on it:
+
+- the budget head gives a Beta distribution over ``u`` in (0, 1); ``rho`` is
+  ``rho_min + (rho_max - rho_min) * u``;
+- the allocation head gives per-layer logits; ``alpha ~ Dirichlet(kappa * L * softmax(tau * logits))``
+  (a larger ``tau`` sharpens the allocation).
+
+``log pi(a) = log Beta(u) + log Dirichlet(alpha)`` is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.distributions import Beta, Dirichlet
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Shape and sampling options of the policy."""
+
+    #: Width of the backbone.
+    hidden: int = 64
+    #: Backbone blocks (each: per-layer MLP + pooled context + preference FiLM).
+    blocks: int = 2
+    #: Allocation temperature; larger is sharper.
+    tau: float = 1.0
+    #: Dirichlet concentration per layer (``kappa``); larger means less exploration noise.
+    concentration: float = 30.0
+    #: Lower end of the budget interval (target MLP sparsity).
+    rho_min: float = 0.2
+    #: Upper end of the budget interval.
+    rho_max: float = 0.4
+    #: Per-layer cap on the removal ratio.
+    r_max: float = 0.8
+
+
+class _Block(nn.Module):
+    """Per-layer MLP, plus the mean over layers, modulated by the preference (FiLM)."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.local = nn.Linear(hidden, hidden)
+        self.context = nn.Linear(hidden, hidden)
+        self.film = nn.Linear(3, 2 * hidden)
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, h: torch.Tensor, pref: torch.Tensor) -> torch.Tensor:  # h (P, L, H), pref (P, 3)
+        scale, shift = self.film(pref).unsqueeze(1).chunk(2, dim=-1)  # (P, 1, H) each
+        update = self.local(h) + self.context(h.mean(1, keepdim=True))  # (P, L, H)
+        return self.norm(h + torch.tanh(update * (1 + scale) + shift))
+
+
+class HippPolicy(nn.Module):
+    """``pi(u, alpha | states, w)``; ``states`` are ``(P, L, F)`` from
+    :func:`~hipp_torchprune.hipp.state.layer_states` (the preference is their last 3 columns)."""
+
+    def __init__(self, n_features: int, config: PolicyConfig = PolicyConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Linear(n_features, config.hidden)
+        self.blocks = nn.ModuleList(_Block(config.hidden) for _ in range(config.blocks))
+        self.alloc_head = nn.Linear(config.hidden, 1)
+        self.budget_head = nn.Linear(config.hidden, 2)
+        nn.init.zeros_(self.alloc_head.weight)  # start from the uniform allocation
+        nn.init.zeros_(self.alloc_head.bias)
+
+    def distributions(self, states: torch.Tensor) -> tuple[Beta, Dirichlet]:
+        """The budget and allocation distributions for a batch of states."""
+        pref = states[:, 0, -3:]  # (P, 3)
+        h = torch.relu(self.embed(states))  # (P, L, H)
+        for block in self.blocks:
+            h = block(h, pref)
+        logits = self.alloc_head(h).squeeze(-1)  # (P, L)
+        n_layers = logits.shape[-1]
+        conc = self.config.concentration * n_layers * torch.softmax(self.config.tau * logits, dim=-1)  # (P, L)
+        ab = nn.functional.softplus(self.budget_head(h.mean(1))) + 1.0  # (P, 2)
+        return Beta(ab[:, 0], ab[:, 1]), Dirichlet(conc.clamp_min(1e-3))
+
+    def sample(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample ``(u (P,), alpha (P, L), log_prob (P,))``."""
+        beta, dirichlet = self.distributions(states)
+        u = beta.sample().clamp(1e-5, 1 - 1e-5)
+        alpha = _renormalize(dirichlet.sample())
+        return u, alpha, beta.log_prob(u) + dirichlet.log_prob(alpha)
+
+    def log_prob(self, states: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """Exact ``log pi(u, alpha)`` ``(P,)`` under the current parameters."""
+        beta, dirichlet = self.distributions(states)
+        return beta.log_prob(u) + dirichlet.log_prob(alpha)
+
+    def entropy(self, states: torch.Tensor) -> torch.Tensor:
+        """Entropy of the joint action distribution ``(P,)``."""
+        beta, dirichlet = self.distributions(states)
+        return beta.entropy() + dirichlet.entropy()
+
+    @torch.no_grad()
+    def mean_action(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The deterministic query: Beta mean and Dirichlet mean."""
+        beta, dirichlet = self.distributions(states)
+        return beta.mean, dirichlet.mean
+
+
+def _renormalize(alpha: torch.Tensor) -> torch.Tensor:
+    """Keep Dirichlet samples strictly inside the simplex (float32 can round tiny parts to 0)."""
+    alpha = alpha.clamp_min(1e-6)
+    return alpha / alpha.sum(-1, keepdim=True)

@@ -1,0 +1,121 @@
+"""Trained policies on disk, and the query-once interface.
+
+A policy directory holds ``policy.safetensors`` and ``policy.json`` (configs, the model
+profile it was trained on, ``round_to``). ``query`` needs nothing else: no model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hipp_torchprune.errors import CheckpointError, HippError
+from hipp_torchprune.hipp.planmap import plan_ratios
+from hipp_torchprune.hipp.policy import HippPolicy, PolicyConfig
+from hipp_torchprune.hipp.preferences import validate_preference
+from hipp_torchprune.hipp.profile import ModelProfile
+from hipp_torchprune.hipp.state import layer_states, static_features
+from hipp_torchprune.pruning.plan import budget_matched_widths, realized_sparsity
+
+#: Format tag of ``policy.json``.
+POLICY_FORMAT = "hipp-policy/1"
+
+
+class PolicyMismatchError(HippError, ValueError):
+    """A policy was trained for a different model (layer count or widths)."""
+
+
+@dataclass
+class LoadedPolicy:
+    """A policy network with the profile and rounding it was trained for."""
+
+    policy: HippPolicy
+    profile: ModelProfile
+    round_to: int
+    meta: dict[str, Any]
+
+    def check_model(self, model_class: str, widths: Sequence[int], row_params: Sequence[int]) -> None:
+        """Refuse a model whose class, layer count or widths differ from the training model's."""
+        sig = self.profile.signature()
+        if list(widths) != sig["widths"] or list(row_params) != sig["row_params"] or model_class != sig["model_class"]:
+            raise PolicyMismatchError(
+                f"policy was trained for {sig['model_class']} with {len(sig['widths'])} layers of MLP widths "
+                f"{sig['widths']}; this model is {model_class} with {len(widths)} layers of widths {list(widths)}")
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """A queried plan: normalized preference, ratios, rounded widths, realized sparsity."""
+
+    preference: tuple[float, float, float]
+    plan: tuple[float, ...]
+    widths: tuple[int, ...]
+    realized_sparsity: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``hipp query --json`` object."""
+        return {"preference": list(self.preference), "plan": list(self.plan), "widths": list(self.widths),
+                "realized_sparsity": self.realized_sparsity}
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_policy(directory: str | Path, policy: HippPolicy, profile: ModelProfile, round_to: int,
+                extra: dict[str, Any] | None = None) -> Path:
+    """Write ``policy.safetensors`` and ``policy.json`` into ``directory`` (each atomically;
+    the JSON, written last, is what marks the directory as a policy)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.contiguous() for k, v in policy.state_dict().items()}
+    meta = {"format": POLICY_FORMAT, "policy": dataclasses.asdict(policy.config),
+            "n_features": policy.embed.in_features, "round_to": round_to, "profile": profile.to_dict(),
+            **(extra or {})}
+    _write_atomic(directory / "policy.safetensors", lambda tmp: save_file(weights, tmp))
+    _write_atomic(directory / "policy.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+    return directory
+
+
+def load_policy(directory: str | Path) -> LoadedPolicy:
+    """Read a policy directory written by :func:`save_policy`."""
+    directory = Path(directory)
+    try:
+        meta = json.loads((directory / "policy.json").read_text())
+        weights = load_file(directory / "policy.safetensors")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{directory} is not a HiPP policy directory: {exc}") from exc
+    if meta.get("format") != POLICY_FORMAT:
+        raise CheckpointError(f"{directory}/policy.json has format {meta.get('format')!r}, expected {POLICY_FORMAT}")
+    policy = HippPolicy(int(meta["n_features"]), PolicyConfig(**meta["policy"]))
+    policy.load_state_dict(weights)
+    return LoadedPolicy(policy.eval(), ModelProfile.from_dict(meta["profile"]), int(meta["round_to"]), meta)
+
+
+def query(loaded: LoadedPolicy, preference: Sequence[float]) -> QueryResult:
+    """The deterministic plan for ``preference`` (Beta and Dirichlet means), rounded."""
+    w = validate_preference(preference)
+    cfg = loaded.policy.config
+    states = layer_states(static_features(loaded.profile), torch.tensor(w), (cfg.rho_min, cfg.rho_max))
+    u, alpha = loaded.policy.mean_action(states)
+    widths, params = loaded.profile.widths, loaded.profile.row_params
+    sizes = [wd * p for wd, p in zip(widths, params)]
+    ratios = plan_ratios(float(u[0]), alpha[0].tolist(), sizes, cfg.rho_min, cfg.rho_max, cfg.r_max)
+    kept = budget_matched_widths(ratios, widths, loaded.round_to, cfg.r_max, params)
+    return QueryResult(w, tuple(ratios), kept, realized_sparsity(widths, kept, params))

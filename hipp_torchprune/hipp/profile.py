@@ -1,0 +1,122 @@
+"""The calibration profile a policy is trained on: per-layer statistics and visual sensitivity.
+
+Computed once per model and calibration set, cached on disk (``profile.json`` plus the raw
+activation statistics in ``calibration.safetensors``), and stored inside every trained policy so
+that ``hipp query`` never needs the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from hipp_torchprune.errors import CheckpointError
+from hipp_torchprune.pruning.calibration import CalibrationStats
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    """Statistics of one decoder layer's MLP."""
+
+    index: int
+    width: int
+    visual_sensitivity: float
+    act_norm_mean: float
+    act_norm_std: float
+    row_score_mean: float
+    row_score_std: float
+    weight_abs_mean: tuple[float, float, float]
+    weight_abs_std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """Every layer's profile plus what identifies the model it came from."""
+
+    model_class: str
+    layers: tuple[LayerProfile, ...]
+    row_params: tuple[int, ...]
+    n_samples: int
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Dense MLP width of each layer."""
+        return tuple(layer.width for layer in self.layers)
+
+    def signature(self) -> dict[str, Any]:
+        """What a policy checks a model against: class, layer count, widths, row sizes."""
+        return {"model_class": self.model_class, "widths": list(self.widths), "row_params": list(self.row_params)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"model_class": self.model_class, "row_params": list(self.row_params), "n_samples": self.n_samples,
+                "layers": [asdict(layer) for layer in self.layers]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelProfile:
+        """Inverse of :meth:`to_dict`."""
+        layers = tuple(LayerProfile(**{**layer, "weight_abs_mean": tuple(layer["weight_abs_mean"]),
+                                       "weight_abs_std": tuple(layer["weight_abs_std"])}) for layer in data["layers"])
+        return cls(data["model_class"], layers, tuple(data["row_params"]), int(data["n_samples"]))
+
+
+def build_profile(model: nn.Module, stats: CalibrationStats, sensitivity: list[float],
+                  row_scores: list[torch.Tensor]) -> ModelProfile:
+    """Assemble the profile from calibration statistics, sensitivity and per-row scores."""
+    from hipp_torchprune.api import get_adapter, row_params
+    from hipp_torchprune.pruning.calibration import mlp_module_names
+
+    adapter = get_adapter(model)
+    names = mlp_module_names(model, adapter)
+    layers = []
+    for i, (mlp, sens, scores) in enumerate(zip(adapter.mlps(), sensitivity, row_scores)):
+        norms = stats.input_norms(names[mlp.gate]) / max(stats.n_tokens, 1) ** 0.5  # RMS per feature
+        weights = [p.weight.detach().float().abs() for p in (mlp.gate, mlp.up, mlp.down)]
+        layers.append(LayerProfile(
+            index=i, width=mlp.gate.out_features, visual_sensitivity=float(sens),
+            act_norm_mean=float(norms.mean()), act_norm_std=float(norms.std()),
+            row_score_mean=float(scores.mean()), row_score_std=float(scores.std()),
+            weight_abs_mean=tuple(float(w.mean()) for w in weights),
+            weight_abs_std=tuple(float(w.std()) for w in weights),
+        ))
+    return ModelProfile(type(model).__name__, tuple(layers), row_params(adapter), stats.n_samples)
+
+
+def save_calibration(directory: str | Path, profile: ModelProfile, stats: CalibrationStats) -> Path:
+    """Write ``profile.json`` and ``calibration.safetensors`` atomically into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {f"in_sq/{k}": v.contiguous() for k, v in stats.in_sq.items()}
+    meta = {**profile.to_dict(), "n_tokens": stats.n_tokens}
+    for name, write in (("calibration.safetensors", lambda p: save_file(tensors, p)),
+                        ("profile.json", lambda p: Path(p).write_text(json.dumps(meta, indent=1)))):
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, directory / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return directory
+
+
+def load_calibration(directory: str | Path) -> tuple[ModelProfile, CalibrationStats]:
+    """Read what :func:`save_calibration` wrote."""
+    directory = Path(directory)
+    try:
+        meta = json.loads((directory / "profile.json").read_text())
+        tensors = load_file(directory / "calibration.safetensors")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"no readable calibration cache in {directory}: {exc}") from exc
+    stats = CalibrationStats(in_sq={k.split("/", 1)[1]: v for k, v in tensors.items()},
+                             n_tokens=int(meta.get("n_tokens", 0)), n_samples=int(meta["n_samples"]))
+    return ModelProfile.from_dict(meta), stats

@@ -1,0 +1,159 @@
+"""Plan-level GRPO training of the HiPP policy (eqs. 16-18), top to bottom.
+
+Per step: sample ``P`` preferences, sample a group of ``G`` plans for each, score every plan
+in mask mode (robustness, utility, compression, SynFlow ``phi``), normalize the objectives,
+scalarize with the preference, take group-relative advantages, weight each episode with the
+stability gate and update the policy. Resumable; the same seed gives the same policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import trange
+
+from hipp_torchprune.hipp.env import PlanEnvironment
+from hipp_torchprune.hipp.gate import GateConfig, QuantileBand
+from hipp_torchprune.hipp.grpo import gated_policy_loss, group_advantages, scalarize
+from hipp_torchprune.hipp.normalization import RunningNorm
+from hipp_torchprune.hipp.planmap import plan_ratios
+from hipp_torchprune.hipp.policy import HippPolicy, PolicyConfig
+from hipp_torchprune.hipp.preferences import SamplerMode, sample_preferences
+from hipp_torchprune.hipp.profile import ModelProfile
+from hipp_torchprune.hipp.state import layer_states, static_features
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of ``hipp train``."""
+
+    #: Policy updates.
+    steps: int = 100
+    #: Preferences sampled per update.
+    prefs_per_step: int = 2
+    #: Plans per preference (the GRPO group).
+    group: int = 6
+    #: Adam learning rate.
+    lr: float = 3e-3
+    #: Preference sampler: anchors + Dirichlet mixture, or one of them alone (ablation).
+    sampler: SamplerMode = "mixed"
+    #: Probability of an anchor in the mixed sampler.
+    anchor_prob: float = 0.5
+    #: Gradient passes over each group (> 1 enables PPO-style ratio clipping).
+    update_epochs: int = 1
+    #: Ratio clipping epsilon used when ``update_epochs > 1``.
+    clip_eps: float = 0.2
+    #: Entropy bonus coefficient.
+    entropy_coef: float = 0.0
+    #: Global gradient-norm clip.
+    max_grad_norm: float = 1.0
+    #: Seed of preferences and plan sampling.
+    seed: int = 0
+    #: Steps between resumable checkpoints.
+    checkpoint_every: int = 10
+    #: Clip of normalized objectives.
+    norm_clip: float = 3.0
+    #: Policy network and budget interval.
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    #: Stability gate.
+    gate: GateConfig = field(default_factory=GateConfig)
+
+
+def _checkpoint(path: Path, step: int, policy: HippPolicy, optim: torch.optim.Optimizer, norm: RunningNorm,
+                band: QuantileBand, gen: torch.Generator, history: list[dict[str, float]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"step": step, "policy": policy.state_dict(), "optim": optim.state_dict(), "norm": norm.state_dict(),
+                "band": band.state_dict(), "gen": gen.get_state(), "rng": torch.get_rng_state(),
+                "history": history}, tmp)
+    tmp.replace(path)
+
+
+def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfig, out_dir: str | Path,
+                 resume: bool = True, state: Any = None, progress: bool = True) -> tuple[HippPolicy, list[dict]]:
+    """Train a policy on ``env``; returns it and the per-step log. Checkpoints go to ``out_dir``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    static = static_features(profile)  # (L, F)
+    pcfg = config.policy
+    budget_range = (pcfg.rho_min, pcfg.rho_max)
+    sizes = [w * p for w, p in zip(profile.widths, profile.row_params)]
+    policy = HippPolicy(static.shape[1] + 5, pcfg)
+    optim = torch.optim.Adam(policy.parameters(), lr=config.lr)
+    norm, band = RunningNorm(3, clip=config.norm_clip), QuantileBand(config.gate)
+    history: list[dict[str, float]] = []
+    start = 0
+    ckpt = out_dir / "checkpoint.pt"
+    if resume and ckpt.exists():
+        saved = torch.load(ckpt, weights_only=False)
+        policy.load_state_dict(saved["policy"])
+        optim.load_state_dict(saved["optim"])
+        norm.load_state_dict(saved["norm"])
+        band.load_state_dict(saved["band"])
+        gen.set_state(saved["gen"])
+        torch.set_rng_state(saved["rng"])
+        start, history = saved["step"], saved["history"]
+    is_main = state is None or state.is_main_process
+    writer = SummaryWriter(str(out_dir / "runs")) if is_main else None
+    P, G = config.prefs_per_step, config.group
+
+    for step in trange(start, config.steps, desc="hipp train", disable=not (progress and is_main)):
+        # 1. preferences and a group of plans per preference
+        prefs = sample_preferences(P, config.sampler, gen, config.anchor_prob)  # (P, 3)
+        states = layer_states(static, prefs, budget_range).repeat_interleave(G, dim=0)  # (P*G, L, F+5)
+        with torch.no_grad():
+            u, alpha, old_logp = policy.sample(states)  # (P*G,), (P*G, L), (P*G,)
+        plans = [plan_ratios(float(u[i]), alpha[i].tolist(), sizes, *budget_range, pcfg.r_max)
+                 for i in range(P * G)]
+
+        # 2. score every plan: raw objectives (P*G, 3), stability phi (P*G,)
+        outcome = env.score(plans)
+        norm.update(outcome.raw)
+        normalized = norm.normalize(outcome.raw).view(P, G, 3)  # (P, G, 3)
+        rewards = torch.stack([scalarize(normalized[i], prefs[i]) for i in range(P)])  # (P, G)
+        advantages = group_advantages(rewards).flatten()  # (P*G,)
+        gate = band.weights(outcome.phi.float())  # (P*G,)
+        band.update(outcome.phi)
+
+        # 3. gated policy-gradient update(s)
+        clip = config.clip_eps if config.update_epochs > 1 else None
+        for _ in range(config.update_epochs):
+            logp = policy.log_prob(states, u, alpha)  # (P*G,)
+            entropy = policy.entropy(states).mean()
+            loss = gated_policy_loss(logp, advantages, gate, old_logp, clip) - config.entropy_coef * entropy
+            optim.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+            optim.step()
+
+        # 4. log and checkpoint
+        record = {"step": step + 1, "reward": float((prefs[:, None, :] * outcome.raw.view(P, G, 3)).sum(-1).mean()),
+                  "rob_raw": float(outcome.raw[:, 0].mean()), "util_raw": float(outcome.raw[:, 1].mean()),
+                  "comp_raw": float(outcome.raw[:, 2].mean()), "sparsity": float(outcome.realized.mean()),
+                  "phi": float(outcome.phi.mean()), "gate": float(gate.mean()), "loss": loss.item(),
+                  "entropy": entropy.item()}
+        history.append(record)
+        if writer is not None:
+            for key in ("reward", "rob_raw", "util_raw", "comp_raw", "sparsity", "phi", "gate"):
+                writer.add_scalar(f"charts/{key}", record[key], step + 1)
+            writer.add_scalar("losses/policy", record["loss"], step + 1)
+            writer.add_scalar("losses/entropy", record["entropy"], step + 1)
+        if is_main and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
+            _checkpoint(ckpt, step + 1, policy, optim, norm, band, gen, history)
+    if writer is not None:
+        writer.close()
+        (out_dir / "train_log.json").write_text(json.dumps(history))
+    return policy.eval(), history
+
+
+def config_dict(config: TrainConfig) -> dict[str, Any]:
+    """JSON-friendly form of a :class:`TrainConfig`."""
+    return dataclasses.asdict(config)

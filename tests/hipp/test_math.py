@@ -1,0 +1,161 @@
+"""HiPP's pure math against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hipp_torchprune.hipp.gate import GateConfig, QuantileBand, band_loss, gate_weight
+from hipp_torchprune.hipp.grpo import gated_policy_loss, group_advantages, scalarize
+from hipp_torchprune.hipp.normalization import RunningNorm, compression_return
+from hipp_torchprune.hipp.planmap import budget, plan_ratios
+from hipp_torchprune.hipp.preferences import (
+    PreferenceError,
+    parse_preference,
+    sample_preferences,
+    validate_preference,
+)
+from hipp_torchprune.hipp.synflow import log_synflow, phi
+
+
+def test_group_advantages_by_hand() -> None:
+    # rewards 1, 2, 3: mean 2, population std sqrt(2/3)
+    adv = group_advantages(torch.tensor([[1.0, 2.0, 3.0]]), eps=0.0)
+    s = math.sqrt(2 / 3)
+    assert torch.allclose(adv, torch.tensor([[-1 / s, 0.0, 1 / s]]))
+    assert torch.equal(group_advantages(torch.tensor([[5.0, 5.0]])), torch.zeros(1, 2))
+
+
+def test_scalarize_by_hand() -> None:
+    n = torch.tensor([[1.0, -1.0, 0.5], [0.0, 2.0, -3.0]])
+    assert torch.allclose(scalarize(n, torch.tensor([0.5, 0.25, 0.25])), torch.tensor([0.375, -0.25]))
+
+
+def test_gated_loss_by_hand() -> None:
+    logp = torch.tensor([-1.0, -2.0], requires_grad=True)
+    loss = gated_policy_loss(logp, torch.tensor([1.0, -1.0]), torch.tensor([1.0, 0.5]))
+    assert loss.item() == pytest.approx(-(1 * 1 * -1 + 0.5 * -1 * -2) / 2)
+    loss.backward()
+    assert torch.allclose(logp.grad, torch.tensor([-0.5, 0.25]))  # -g*A/G
+
+
+def test_clipped_loss_matches_plain_gradient_on_policy() -> None:
+    adv, gate = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([1.0, 0.3, 0.9])
+    a = torch.tensor([-1.0, -0.5, -3.0], requires_grad=True)
+    b = a.detach().clone().requires_grad_(True)
+    gated_policy_loss(a, adv, gate).backward()
+    gated_policy_loss(b, adv, gate, old_logp=b.detach(), clip_eps=0.2).backward()
+    assert torch.allclose(a.grad, b.grad)
+    # far off-policy with positive advantage: clipped, no gradient
+    c = torch.tensor([0.0], requires_grad=True)
+    gated_policy_loss(c, torch.tensor([1.0]), torch.tensor([1.0]), old_logp=torch.tensor([-1.0]), clip_eps=0.2).backward()
+    assert c.grad.item() == 0.0
+
+
+def test_band_loss_and_gate_by_hand() -> None:
+    phi_values = torch.tensor([-5.0, -2.0, 0.5])
+    loss = band_loss(phi_values, lo=-3.0, hi=0.0, kappa=2.0)
+    assert torch.allclose(loss, torch.tensor([4.0, 0.0, 1.0]))
+    assert torch.allclose(gate_weight(loss, beta=0.5), torch.exp(torch.tensor([-2.0, 0.0, -0.5])))
+
+
+def test_quantile_band_warmup_narrows() -> None:
+    band = QuantileBand(GateConfig(quantiles=(0.0, 1.0), warmup=4, warmup_widen=1.0, min_history=4))
+    assert torch.equal(band.weights(torch.tensor([-100.0])), torch.ones(1))  # no band yet
+    band.update(torch.tensor([-2.0, -1.0, -1.5, -1.2]))
+    assert band.band() == pytest.approx((-2.0 - 0.75, -1.0 + 0.75))  # 3 of 4 warm-up updates left
+    for _ in range(3):
+        band.update(torch.tensor([-1.5]))
+    assert band.band() == pytest.approx((-2.0, -1.0))
+    w = band.weights(torch.tensor([-1.5, -10.0]))
+    assert w[0] == 1.0 and w[1] < 1e-3
+
+
+def test_running_norm_matches_batch_statistics() -> None:
+    data = torch.randn(50, 3, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 10.0, 0.1]) + 4
+    norm = RunningNorm(3, clip=100.0, eps=0.0)
+    for chunk in data.split(7):
+        norm.update(chunk)
+    assert torch.allclose(norm.mean.float(), data.mean(0), atol=1e-5)
+    assert torch.allclose(norm.std.float(), data.std(0, unbiased=False), atol=1e-5)
+    assert RunningNorm(1, clip=3.0).normalize(torch.tensor([[10.0]])).item() == 3.0  # clipped
+
+
+def test_compression_ramp() -> None:
+    s = torch.tensor([0.1, 0.2, 0.25, 0.3, 0.5])
+    assert torch.allclose(compression_return(s, 0.2, 0.3), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+
+
+def test_plan_map_budget_and_cap() -> None:
+    assert budget(0.5, 0.2, 0.4) == pytest.approx(0.3)
+    ratios = plan_ratios(0.5, [0.7, 0.1, 0.1, 0.1], [1, 1, 1, 1], 0.2, 0.4, r_max=0.8)
+    assert max(ratios) <= 0.8 and sum(ratios) / 4 == pytest.approx(0.3)
+    assert ratios[0] == pytest.approx(0.8)  # 0.3*4*0.7 = 0.84 clipped, overflow redistributed
+    assert plan_ratios(1.0, [0.25] * 4, [1] * 4, 0.2, 0.4, 0.8) == pytest.approx((0.4,) * 4)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1,1,2", (0.25, 0.25, 0.5)), ("0,0,3", (0.0, 0.0, 1.0))])
+def test_parse_preference(text: str, expected: tuple[float, float, float]) -> None:
+    assert parse_preference(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("bad", [[1, 1], [0, 0, 0], [-1, 1, 1], [float("nan"), 1, 1]])
+def test_bad_preferences(bad: list[float]) -> None:
+    with pytest.raises(PreferenceError):
+        validate_preference(bad)
+
+
+@pytest.mark.parametrize("mode", ["mixed", "anchors", "dirichlet"])
+def test_preference_sampler(mode: str) -> None:
+    w = sample_preferences(400, mode, torch.Generator().manual_seed(0))  # type: ignore[arg-type]
+    assert w.shape == (400, 3) and torch.allclose(w.sum(-1), torch.ones(400)) and (w >= 0).all()
+    is_anchor = (w.max(-1).values == 1.0) | torch.isclose(w, torch.full_like(w, 1 / 3)).all(-1)
+    expected = {"anchors": 1.0, "dirichlet": 0.0, "mixed": 0.5}[mode]
+    assert abs(is_anchor.float().mean().item() - expected) < 0.08
+
+
+def test_synflow_log_domain_equals_direct_product() -> None:
+    g = torch.Generator().manual_seed(0)
+    ups = [torch.rand(6, 4, generator=g, dtype=torch.float64) for _ in range(3)]
+    downs = [torch.rand(4, 6, generator=g, dtype=torch.float64) for _ in range(3)]
+    masks = [torch.tensor([1, 0, 1, 1, 0, 1.0], dtype=torch.float64) for _ in range(3)]
+    direct = torch.ones(4, dtype=torch.float64)
+    for up, down, m in zip(ups, downs, masks):
+        direct = down @ torch.diag(m) @ up @ direct
+    assert log_synflow(ups, downs, masks).item() == pytest.approx(math.log(direct.sum().item()), rel=1e-12)
+    assert phi(ups, downs, masks).item() < 0
+    batched = log_synflow(ups, downs, [torch.stack([m, torch.ones(6, dtype=torch.float64)]) for m in masks])
+    assert batched[0].item() == pytest.approx(log_synflow(ups, downs, masks).item())
+    assert batched[1].item() == pytest.approx(log_synflow(ups, downs).item())
+
+
+def test_synflow_never_overflows() -> None:
+    ups = [torch.full((64, 32), 50.0) for _ in range(40)]
+    downs = [torch.full((32, 64), 50.0) for _ in range(40)]
+    value = log_synflow(ups, downs)
+    assert math.isfinite(value.item()) and value.item() > 300  # direct product would be ~1e600
+
+
+def test_policy_log_prob_is_exact() -> None:
+    from torch.distributions import Beta, Dirichlet
+
+    from hipp_torchprune.hipp.policy import HippPolicy, PolicyConfig
+
+    torch.manual_seed(0)
+    policy = HippPolicy(n_features=9, config=PolicyConfig(hidden=16, concentration=5.0))
+    states = torch.randn(2, 4, 9)
+    u, alpha, logp = policy.sample(states)
+    assert u.shape == (2,) and alpha.shape == (2, 4) and torch.allclose(alpha.sum(-1), torch.ones(2))
+    beta, dirichlet = policy.distributions(states)
+    a, b = beta.concentration1, beta.concentration0
+    manual_beta = ((a - 1) * torch.log(u) + (b - 1) * torch.log1p(-u)
+                   - (torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)))
+    c = dirichlet.concentration
+    manual_dir = ((c - 1) * torch.log(alpha)).sum(-1) + torch.lgamma(c.sum(-1)) - torch.lgamma(c).sum(-1)
+    assert torch.allclose(logp, manual_beta + manual_dir, atol=1e-4)
+    assert torch.allclose(policy.log_prob(states, u, alpha), logp, atol=1e-5)
+    assert isinstance(beta, Beta) and isinstance(dirichlet, Dirichlet)
+    mean_u, mean_alpha = policy.mean_action(states)
+    assert torch.allclose(mean_alpha, torch.full((2, 4), 0.25), atol=1e-6)  # zero-init allocation head
