@@ -24,13 +24,16 @@ def hipp_importance_scorers() -> list[type]:
 
 @hookimpl
 def hipp_allocators() -> list[type]:
-    """``uniform`` and ``random``."""
+    """``uniform``, ``random`` and ``hipp``."""
+    from hipp_torchprune.hipp.allocator import HippAllocator
     from hipp_torchprune.pruning.allocators import RandomAllocator, UniformAllocator
 
-    return [UniformAllocator, RandomAllocator]
+    return [UniformAllocator, RandomAllocator, HippAllocator]
 
 
 @hookimpl
 def hipp_reward_tasks() -> list[type]:
-    """None yet: reward tasks arrive with the lmms-eval task plugins."""
-    return []
+    """``pope`` and ``scienceqa``: mean log-margins scored on prepared batches."""
+    from hipp_torchprune.rewards import PopeMarginReward, ScienceQAMarginReward
+
+    return [PopeMarginReward, ScienceQAMarginReward]

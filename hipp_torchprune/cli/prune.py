@@ -23,6 +23,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for random strategies and tiny models")
     p.add_argument("--out", default=None, help="write the pruned checkpoint (and plan.json) here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--policy", default=None, help="HiPP policy directory (with --strategy hipp)")
+    p.add_argument("--preference", default=None, help="w_rob,w_util,w_comp for --strategy hipp")
     p.add_argument("--config", default=None, help="YAML file of PruneConfig fields; command-line flags win")
     p.set_defaults(func=run)
 
@@ -60,6 +62,23 @@ def _calibration_spec(args: argparse.Namespace, tiny: bool, needs: bool) -> str 
     return args.calib
 
 
+def _strategy_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Options for ``--strategy hipp``: the loaded policy and the parsed preference."""
+    if args.policy is None and args.preference is None:
+        return {}
+    from hipp_torchprune.hipp.policy_io import load_policy
+    from hipp_torchprune.hipp.preferences import parse_preference
+
+    if args.policy is None or args.preference is None:
+        from hipp_torchprune.errors import HippError
+
+        raise HippError("--policy and --preference go together (with --strategy hipp)")
+    policy = load_policy(args.policy)
+    if args.round_to == 64 and policy.round_to != 64 and "--round-to" not in getattr(args, "argv_flags", ()):
+        args.round_to = policy.round_to  # the rounding the policy was trained with
+    return {"policy": policy, "preference": parse_preference(args.preference)}
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``hipp prune``."""
     from hipp_torchprune import api
@@ -74,9 +93,10 @@ def run(args: argparse.Namespace) -> int:
     registry = default_registry()
     scorer_cls = registry.get("importance", args.importance)
     registry.get("strategy", args.strategy)
+    options = _strategy_options(args)
     model, processor = load_model(args.model, seed=args.seed)
     plan = api.make_plan(model, args.strategy, args.sparsity, round_to=args.round_to, r_max=args.r_max,
-                         seed=args.seed, registry=registry)
+                         seed=args.seed, registry=registry, **options)
     spec = _calibration_spec(args, args.model in TINY_MODELS, scorer_cls.needs_calibration)
     stats = None
     if spec is not None:

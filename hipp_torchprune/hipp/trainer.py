@@ -23,7 +23,7 @@ from hipp_torchprune.hipp.grpo import gated_policy_loss, group_advantages, scala
 from hipp_torchprune.hipp.normalization import RunningNorm
 from hipp_torchprune.hipp.planmap import plan_ratios
 from hipp_torchprune.hipp.policy import HippPolicy, PolicyConfig
-from hipp_torchprune.hipp.preferences import SamplerMode, sample_preferences
+from hipp_torchprune.hipp.preferences import ANCHORS, SamplerMode, sample_preferences
 from hipp_torchprune.hipp.profile import ModelProfile
 from hipp_torchprune.hipp.state import layer_states, static_features
 
@@ -58,6 +58,8 @@ class TrainConfig:
     checkpoint_every: int = 10
     #: Clip of normalized objectives.
     norm_clip: float = 3.0
+    #: Steps between evaluations of the deterministic plans at the anchor preferences.
+    eval_every: int = 5
     #: Policy network and budget interval.
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     #: Stability gate.
@@ -71,6 +73,17 @@ def _checkpoint(path: Path, step: int, policy: HippPolicy, optim: torch.optim.Op
                 "band": band.state_dict(), "gen": gen.get_state(), "rng": torch.get_rng_state(),
                 "history": history}, tmp)
     tmp.replace(path)
+
+
+def anchor_reward(policy: HippPolicy, env: PlanEnvironment, static: torch.Tensor, sizes: list[float]) -> float:
+    """Mean over the anchor preferences of ``w . raw`` for the policy's deterministic plans:
+    the training-progress signal that is comparable across steps."""
+    cfg = policy.config
+    prefs = torch.tensor(ANCHORS)  # (4, 3)
+    u, alpha = policy.mean_action(layer_states(static, prefs, (cfg.rho_min, cfg.rho_max)))  # (4,), (4, L)
+    plans = [plan_ratios(float(u[i]), alpha[i].tolist(), sizes, cfg.rho_min, cfg.rho_max, cfg.r_max)
+             for i in range(len(prefs))]
+    return float((env.score(plans).raw * prefs).sum(-1).mean())
 
 
 def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfig, out_dir: str | Path,
@@ -104,6 +117,8 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
     is_main = state is None or state.is_main_process
     writer = SummaryWriter(str(out_dir / "runs")) if is_main else None
     P, G = config.prefs_per_step, config.group
+    if start == 0 and is_main:
+        history.append({"step": 0, "anchor_reward": anchor_reward(policy, env, static, sizes)})
 
     for step in trange(start, config.steps, desc="hipp train", disable=not (progress and is_main)):
         # 1. preferences and a group of plans per preference
@@ -140,10 +155,13 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
                   "comp_raw": float(outcome.raw[:, 2].mean()), "sparsity": float(outcome.realized.mean()),
                   "phi": float(outcome.phi.mean()), "gate": float(gate.mean()), "loss": loss.item(),
                   "entropy": entropy.item()}
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            record["anchor_reward"] = anchor_reward(policy, env, static, sizes)
         history.append(record)
         if writer is not None:
-            for key in ("reward", "rob_raw", "util_raw", "comp_raw", "sparsity", "phi", "gate"):
-                writer.add_scalar(f"charts/{key}", record[key], step + 1)
+            for key in ("reward", "rob_raw", "util_raw", "comp_raw", "sparsity", "phi", "gate", "anchor_reward"):
+                if key in record:
+                    writer.add_scalar(f"charts/{key}", record[key], step + 1)
             writer.add_scalar("losses/policy", record["loss"], step + 1)
             writer.add_scalar("losses/entropy", record["entropy"], step + 1)
         if is_main and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):

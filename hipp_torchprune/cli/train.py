@@ -1,0 +1,54 @@
+"""``hipp train``: plan-level GRPO training of a HiPP policy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def _budget(text: str) -> tuple[float, float]:
+    lo, hi = (float(x) for x in text.split(","))
+    return lo, hi
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train`` subcommand."""
+    p = subparsers.add_parser("train", help="train a preference-conditioned pruning policy")
+    p.add_argument("--model", required=True, help="checkpoint dir, 'demo', or a tiny model name")
+    p.add_argument("--data", required=True, help="data dir (calibration split for statistics and rewards)")
+    p.add_argument("--out", required=True, help="policy directory (checkpoints and TensorBoard logs too)")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--group", type=int, default=6, help="plans per preference (GRPO group)")
+    p.add_argument("--prefs", type=int, default=2, help="preferences per update")
+    p.add_argument("--budget", type=_budget, default=(0.2, 0.4), help="target sparsity interval LO,HI")
+    p.add_argument("--sampler", choices=("mixed", "anchors", "dirichlet"), default="mixed")
+    p.add_argument("--round-to", type=int, default=64)
+    p.add_argument("--r-max", type=float, default=0.8)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--calib-n", type=int, default=64)
+    p.add_argument("--reward-limit", type=int, default=128, help="examples per objective per plan")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--json", action="store_true", help="print the final log record as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``hipp train``."""
+    from hipp_torchprune.hipp.policy import PolicyConfig
+    from hipp_torchprune.hipp.run import train_from_data
+    from hipp_torchprune.hipp.trainer import TrainConfig
+    from hipp_torchprune.pruning.plan import PlanError
+
+    lo, hi = args.budget
+    if not 0 <= lo <= hi < args.r_max:
+        raise PlanError(f"--budget {lo},{hi} must satisfy 0 <= LO <= HI < r_max={args.r_max}")
+    config = TrainConfig(steps=args.steps, prefs_per_step=args.prefs, group=args.group, lr=args.lr,
+                         sampler=args.sampler, seed=args.seed,
+                         policy=PolicyConfig(rho_min=lo, rho_max=hi, r_max=args.r_max))
+    result = train_from_data(args.model, args.data, args.out, config, round_to=args.round_to, calib_n=args.calib_n,
+                             reward_limit=args.reward_limit, resume=not args.no_resume)
+    last = result["history"][-1] if result["history"] else {}
+    print(json.dumps(last) if args.json else f"policy saved to {args.out}; last step: {last}")
+    return 0

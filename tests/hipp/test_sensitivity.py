@@ -1,0 +1,44 @@
+"""Visual sensitivity: hand-built attention, and a model whose attention is known by construction."""
+
+from __future__ import annotations
+
+import torch
+
+from hipp_torchprune import api
+from hipp_torchprune.hipp.sensitivity import attention_mass_to_vision, visual_sensitivity
+from hipp_torchprune.models.tiny import build_tiny
+from tests.conftest import images
+
+
+def test_attention_mass_by_hand() -> None:
+    attn = torch.zeros(1, 2, 4, 4)
+    # positions 0,1 are vision; 2,3 text. head 0: token 2 puts 0.6 on vision, token 3 puts 0.2
+    attn[0, 0, 2] = torch.tensor([0.5, 0.1, 0.4, 0.0])
+    attn[0, 0, 3] = torch.tensor([0.1, 0.1, 0.4, 0.4])
+    attn[0, 1, 2] = torch.tensor([0.0, 0.2, 0.8, 0.0])  # 0.2 on vision
+    attn[0, 1, 3] = torch.tensor([0.3, 0.3, 0.2, 0.2])  # 0.6 on vision
+    vision = torch.tensor([[True, True, False, False]])
+    text = ~vision
+    # A(2) = (0.6 + 0.2)/2 = 0.4, A(3) = (0.2 + 0.6)/2 = 0.4 -> max 0.4; then break the tie
+    assert torch.allclose(attention_mass_to_vision(attn, vision, text), torch.tensor([0.4]))
+    attn[0, 1, 3] = torch.tensor([0.5, 0.5, 0.0, 0.0])  # A(3) = (0.2 + 1.0)/2 = 0.6
+    assert torch.allclose(attention_mass_to_vision(attn, vision, text), torch.tensor([0.6]))
+    assert attention_mass_to_vision(attn, vision, torch.zeros_like(text)).item() == 0.0
+
+
+def test_uniform_attention_model_gives_known_sensitivity() -> None:
+    model, processor = build_tiny("tiny-llava")
+    adapter = api.get_adapter(model)
+    for layer in adapter.decoder_layers():  # q = k = 0 -> uniform causal attention in every layer
+        layer.self_attn.q_proj.weight.data.zero_()
+        layer.self_attn.k_proj.weight.data.zero_()
+    batch = adapter.encode(processor, images(1), ["Is there a red object in the image?"])
+    ids = batch["input_ids"][0]
+    vision = adapter.vision_positions(batch["input_ids"])[0]
+    # uniform over keys 0..t: A(t) = (#vision <= t) / (t + 1); the max over text tokens
+    expected = max(vision[: t + 1].sum().item() / (t + 1) for t in range(len(ids)) if not vision[t])
+    before = model.config._attn_implementation
+    values = visual_sensitivity(model, adapter, [batch])
+    assert len(values) == 4
+    assert all(abs(v - expected) < 1e-5 for v in values)
+    assert model.config._attn_implementation == before  # SDPA users get their attention back

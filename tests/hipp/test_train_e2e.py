@@ -1,0 +1,62 @@
+"""``hipp train`` / ``query`` / ``prune --strategy hipp`` end to end on a tiny model and world."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hipp_torchprune.cli import main
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from hipp_torchprune.world import build_world
+
+    out = tmp_path_factory.mktemp("world") / "w"
+    build_world(out, seed=3, n_images=40)
+    return out
+
+
+@pytest.fixture(scope="module")
+def policy_dir(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("policy") / "p"
+    assert main(["train", "--model", "tiny-llava", "--data", str(world), "--out", str(out), "--steps", "10",
+                 "--group", "4", "--prefs", "2", "--budget", "0.2,0.5", "--round-to", "16", "--calib-n", "6",
+                 "--reward-limit", "8", "--lr", "0.01"]) == 0
+    return out
+
+
+def test_train_writes_policy_logs_and_rising_reward(policy_dir: Path) -> None:
+    log = json.loads((policy_dir / "train_log.json").read_text())
+    assert [h["step"] for h in log] == list(range(11))
+    evals = [h["anchor_reward"] for h in log if "anchor_reward" in h]
+    assert len(evals) == 3 and evals[-1] > evals[0]  # steps 0, 5, 10
+    assert (policy_dir / "policy.json").exists() and (policy_dir / "checkpoint.pt").exists()
+    assert any(p.name.startswith("events.out.tfevents") for p in (policy_dir / "runs").iterdir())
+
+
+def test_query_json(policy_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["query", "--policy", str(policy_dir), "--preference", "2,1,1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"preference", "plan", "widths", "realized_sparsity"}
+    assert out["preference"] == [0.5, 0.25, 0.25] and len(out["plan"]) == len(out["widths"]) == 4
+    assert 0.2 - 0.05 <= out["realized_sparsity"] <= 0.5 + 0.05
+    assert all(w % 16 == 0 for w in out["widths"])
+
+
+def test_prune_with_policy_and_mismatch(policy_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ck"
+    assert main(["prune", "--model", "tiny-llava", "--strategy", "hipp", "--policy", str(policy_dir),
+                 "--preference", "0,0,1", "--out", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["realized_sparsity"] > 0.15 and (out / "plan.json").exists()
+    assert main(["prune", "--model", "tiny-qwen2_5_vl", "--strategy", "hipp", "--policy", str(policy_dir),
+                 "--preference", "1,1,1"]) == 2
+    assert "policy was trained for LlavaForConditionalGeneration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pref", ["0,0,0", "1,-1,1", "1,2", "a,b,c"])
+def test_bad_preferences_are_refused(policy_dir: Path, pref: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["query", "--policy", str(policy_dir), "--preference", pref]) == 2
+    assert "preference" in capsys.readouterr().err
