@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from hipp_torchprune.errors import DataError
 from hipp_torchprune.evaluation import evaluate, prepare_eval
 
 
@@ -21,6 +22,9 @@ class MarginObjective:
                  limit: int | None = 128, batch_size: int = 64) -> None:
         self.processor, self.task = processor, task
         self.prepared = prepare_eval(processor, data_dir, task, limit=limit, batch_size=batch_size, split=split)
+        if not any(t.gold for t in self.prepared.tasks):
+            raise DataError(f"no {task} examples in the {split!r} split of {data_dir}; "
+                            "build a larger world or choose another split")
 
     def __call__(self, model: nn.Module) -> float:
         """The task's mean log-margin under ``model`` as it is now (masks included)."""

@@ -15,7 +15,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from hipp_torchprune.world import build_world
 
     out = tmp_path_factory.mktemp("world") / "w"
-    build_world(out, seed=3, n_images=40)
+    build_world(out, seed=3, n_images=200)
     return out
 
 
