@@ -60,3 +60,19 @@ def test_prune_with_policy_and_mismatch(policy_dir: Path, tmp_path: Path, capsys
 def test_bad_preferences_are_refused(policy_dir: Path, pref: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["query", "--policy", str(policy_dir), "--preference", pref]) == 2
     assert "preference" in capsys.readouterr().err
+
+
+def test_demo_job(policy_dir: Path, world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hipp_torchprune.checkpoint import load_pruned
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", "tiny-llava", "--policy", str(policy_dir), "--world", str(world),
+                 "--out", str(out), "--limit", "16"]) == 0
+    assert "uniform Wanda @ balanced" in capsys.readouterr().out
+    rows = json.loads((out / "demo.json").read_text())
+    assert [r["method"].split()[0] for r in rows] == ["dense"] + ["HiPP", "uniform"] * 3
+    for hipp_row, uniform_row in zip(rows[1::2], rows[2::2]):
+        assert abs(hipp_row["sparsity"] - uniform_row["sparsity"]) <= 16 / (256 * 4) + 1e-9  # one rounding step
+    balanced = load_pruned(out / "pruned-balanced")
+    assert [layer.mlp.gate_proj.out_features for layer in balanced.model.language_model.layers] == rows[5]["widths"]
+    assert (out / "robustness_utility.png").stat().st_size > 1000

@@ -1,0 +1,34 @@
+"""``hipp demo``: the main job (see :mod:`hipp_torchprune.demo_job`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``demo`` subcommand."""
+    p = subparsers.add_parser("demo", help="the main job: query a trained policy at three preferences")
+    p.add_argument("--model", default="demo", help="model (default: the shipped demo model)")
+    p.add_argument("--policy", default=None, help="policy dir (default: the shipped demo policy)")
+    p.add_argument("--world", default="out/demo/world", help="where to build the proving-ground world")
+    p.add_argument("--seed", type=int, default=7, help="world seed (differs from the training world's)")
+    p.add_argument("--images", type=int, default=1000, help="images in the world")
+    p.add_argument("--limit", type=int, default=None, help="examples per task")
+    p.add_argument("--out", default="out/demo", help="table, plot and pruned checkpoints go here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``hipp demo``."""
+    from hipp_torchprune.demo_job import DEMO_POLICY_DIR, format_rows, run_demo
+    from hipp_torchprune.world import build_world
+
+    world = Path(args.world)
+    if not (world / "manifest.json").exists():
+        build_world(world, seed=args.seed, n_images=args.images)
+    rows = run_demo(args.model, args.policy or DEMO_POLICY_DIR, world, args.out, limit=args.limit)
+    print(format_rows(rows))
+    print(f"wrote {args.out}/demo.json and {args.out}/robustness_utility.png")
+    return 0
