@@ -8,12 +8,16 @@ STAMP  := $(VENV)/.hipp-installed
 
 .PHONY: test demo bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml plugins/hipp-lmms/pyproject.toml plugins/hipp-lmms/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m pip install -q --no-deps -e plugins/hipp-owl
+	# lmms-eval 0.7.3 (docs/lmms-eval.md): exact pins; torchvision 0.28.0 matches torch 2.13.0 so the CPU
+	# torch stays, and is removed again (its PyPI wheel is a CUDA build that breaks `import lmms_eval`).
+	$(PY) -m pip install -q -c plugins/hipp-lmms/constraints.txt "torchvision==0.28.0" -e ".[test,lmms]" -e plugins/hipp-lmms
+	$(PY) -m pip uninstall -q -y torchvision
 	touch $(STAMP)
 
 test: $(STAMP)

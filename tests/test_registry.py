@@ -30,7 +30,7 @@ class ThirdPartyPlugin:
 def test_builtins_are_registered(registry: Registry) -> None:
     assert registry.names("adapter") == ["llava", "qwen2_5_vl"]
     assert registry.names("importance") == ["magnitude", "taylor", "wanda"]
-    assert registry.names("strategy") == ["random", "uniform"]
+    assert registry.names("strategy") == ["hipp", "random", "uniform"]
 
 
 @pytest.mark.parametrize("kind", ["adapter", "importance", "strategy", "reward task"])

@@ -35,7 +35,7 @@ def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--strategy", "nope"], "unknown strategy 'nope'; valid names: random, uniform"),
+        (["--strategy", "nope"], "unknown strategy 'nope'; valid names: hipp, random, uniform"),
         (["--importance", "nope"], "unknown importance 'nope'"),
         (["--round-to", "0"], "round_to"),
         (["--round-to", "1024"], "round_to"),

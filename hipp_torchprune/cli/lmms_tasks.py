@@ -1,0 +1,58 @@
+"""``hipp lmms-tasks``: write the hipp lmms-eval task YAMLs pointing at a local data directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from hipp_torchprune.errors import HippError
+
+
+class PluginMissingError(HippError, ImportError):
+    """The ``hipp-lmms`` plugin package (``plugins/hipp-lmms``) is not installed."""
+
+
+def _write(args: argparse.Namespace) -> int:
+    try:
+        from hipp_lmms.taskgen import write_tasks
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("hipp_lmms", "hipp_lmms.taskgen"):
+            raise
+        raise PluginMissingError("the hipp-lmms plugin is not installed; run `make test` once or "
+                                 "`pip install -e plugins/hipp-lmms` (see docs/lmms-eval.md)") from exc
+    from hipp_torchprune.data import POPE_COLUMNS, SCIENCEQA_COLUMNS, read_rows, resolve_task_files
+
+    for family, columns in (("pope", POPE_COLUMNS), ("mc", SCIENCEQA_COLUMNS)):
+        for path in resolve_task_files(args.data, family, args.split):
+            _check_columns(path, columns)
+    written = write_tasks(args.out, args.data, split=args.split)
+    print(json.dumps({"out": str(args.out), "tasks": [p.stem for p in written]}) if args.json
+          else "\n".join(str(p) for p in written))
+    return 0
+
+
+def _check_columns(path: Any, columns: Any) -> None:
+    """Fail early (DataError) when a parquet file lacks the lmms-lab columns."""
+    import pyarrow.parquet as pq
+
+    from hipp_torchprune.errors import DataError
+
+    try:
+        names = pq.read_schema(path).names
+    except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
+        raise DataError(f"{path}: not a readable parquet file ({exc})") from exc
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (expected the lmms-lab layout: "
+                        f"{', '.join(columns)})")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``lmms-tasks`` command."""
+    p = subparsers.add_parser("lmms-tasks", help="write lmms-eval task YAMLs for a local data directory")
+    p.add_argument("--data", required=True, help="proving-ground world, split dir or lmms-lab download")
+    p.add_argument("--out", required=True, help="directory for the YAMLs (pass it to lmms-eval --include_path)")
+    p.add_argument("--split", default="test", help="split of a world directory (default test)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_write)

@@ -1,0 +1,78 @@
+"""Reward tasks: registered names, same numbers as ``hipp eval``, prepared once, masks respected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hipp_torchprune.errors import DataError, UnknownPluginError
+from hipp_torchprune.evaluation import evaluate
+from hipp_torchprune.models.tiny import build_tiny
+from hipp_torchprune.registry import Registry
+from hipp_torchprune.rewards import PopeMarginReward, ScienceQAMarginReward
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 40-image proving-ground world."""
+    from hipp_torchprune.world.build import build_world
+
+    out = tmp_path_factory.mktemp("rewards") / "world"
+    build_world(out, seed=1, n_images=40)
+    return out
+
+
+@pytest.fixture(scope="module")
+def llava():
+    """A tiny random LLaVA and its processor."""
+    return build_tiny("tiny-llava", seed=3)
+
+
+def test_rewards_are_registered(registry: Registry) -> None:
+    assert registry.get("reward task", "pope") is PopeMarginReward
+    assert registry.get("reward task", "scienceqa") is ScienceQAMarginReward
+    with pytest.raises(UnknownPluginError, match="pope"):
+        registry.get("reward task", "popee")
+
+
+@pytest.mark.parametrize("cls,task", [(PopeMarginReward, "pope_adversarial"), (ScienceQAMarginReward, "scienceqa_img")])
+def test_reward_equals_hipp_eval_margin(llava, world: Path, cls: type, task: str) -> None:
+    model, processor = llava
+    reward = cls(processor, world, split="test", limit=None, batch_size=5)
+    want = evaluate(model, processor, world, task, split="test", batch_size=5)[task]
+    assert reward.size == want["n"] > 0
+    assert reward(model) == pytest.approx(want["margin"], abs=1e-9)
+    assert reward.metrics(model) == pytest.approx(want)
+
+
+def test_reward_follows_the_model_and_restores_train_mode(llava, world: Path) -> None:
+    model, processor = llava
+    reward = ScienceQAMarginReward(processor, world, split="test", limit=4)
+    before = reward(model)
+    layer = model.model.language_model.layers[-1].mlp.down_proj
+    saved = layer.weight.detach().clone()
+    model.train()
+    try:
+        with torch.no_grad():
+            layer.weight.mul_(0.0)  # a "mask" that removes every row of the last MLP
+        after = reward(model)
+        assert model.training
+    finally:
+        with torch.no_grad():
+            layer.weight.copy_(saved)
+        model.eval()
+    assert after != pytest.approx(before, abs=1e-9)
+    assert reward(model) == pytest.approx(before, abs=1e-9)
+
+
+def test_pope_category_and_bad_input(llava, world: Path, tmp_path: Path) -> None:
+    _, processor = llava
+    assert PopeMarginReward(processor, world, split="test", category="random").task_name() == "pope_random"
+    with pytest.raises(DataError, match="category"):
+        PopeMarginReward(processor, world, split="test", category="sideways")
+    with pytest.raises(DataError, match="does not exist"):
+        PopeMarginReward(processor, tmp_path / "nowhere")
+    with pytest.raises(DataError, match="limit"):
+        PopeMarginReward(processor, world, split="test", limit=0)
