@@ -27,6 +27,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--r-max", type=float, default=0.8)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--calib-n", type=int, default=64)
+    p.add_argument("--calibration", default=None, help="calibration cache from hipp calibrate --cache (default OUT/calibration)")
     p.add_argument("--reward-limit", type=int, default=128, help="examples per objective per plan")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
                          sampler=args.sampler, seed=args.seed,
                          policy=PolicyConfig(rho_min=lo, rho_max=hi, r_max=args.r_max))
     result = train_from_data(args.model, args.data, args.out, config, round_to=args.round_to, calib_n=args.calib_n,
-                             reward_limit=args.reward_limit, resume=not args.no_resume)
+                             reward_limit=args.reward_limit, calibration=args.calibration,
+                             resume=not args.no_resume)
     last = result["history"][-1] if result["history"] else {}
     print(json.dumps(last) if args.json else f"policy saved to {args.out}; last step: {last}")
     return 0

@@ -12,17 +12,38 @@ from hipp_torchprune.hipp.calibrate import profile_model
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.objectives import default_objectives
 from hipp_torchprune.hipp.policy_io import save_policy
+from hipp_torchprune.hipp.profile import ModelProfile, load_calibration, save_calibration
 from hipp_torchprune.hipp.trainer import TrainConfig, config_dict, train_policy
 from hipp_torchprune.loading import load_model
+from hipp_torchprune.pruning.operator import layer_scores
+
+
+def calibrated_profile(model: Any, processor: Any, data_dir: str | Path, calib_n: int, cache: Path,
+                       state: Any = None) -> tuple[ModelProfile, list[Any]]:
+    """The model's profile and Wanda row scores, from ``cache`` when it holds this model's
+    calibration (same class and widths), computed and written there otherwise."""
+    adapter = api.get_adapter(model)
+    if (cache / "profile.json").exists():
+        profile, stats = load_calibration(cache)
+        if list(profile.widths) == adapter.intermediate_widths() and profile.model_class == type(model).__name__:
+            return profile, layer_scores(adapter, api.importance("wanda", model, stats))
+    profile, stats, scores = profile_model(model, processor, calibration_samples(str(data_dir), calib_n), state=state)
+    if state is None or state.is_main_process:
+        save_calibration(cache, profile, stats)
+    return profile, scores
 
 
 def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, config: TrainConfig, *,
                     round_to: int = 64, calib_n: int = 64, reward_limit: int = 128, reward_split: str = "calibration",
-                    resume: bool = True, state: Any = None, progress: bool = True) -> dict[str, Any]:
-    """Train a HiPP policy for ``model_spec`` on ``data_dir`` and save it to ``out``."""
+                    calibration: str | Path | None = None, resume: bool = True, state: Any = None,
+                    progress: bool = True) -> dict[str, Any]:
+    """Train a HiPP policy for ``model_spec`` on ``data_dir`` and save it to ``out``.
+
+    ``calibration`` is a cache from ``hipp calibrate --cache`` (default: ``out/calibration``).
+    """
     model, processor = load_model(model_spec)
-    samples = calibration_samples(str(data_dir), calib_n)
-    profile, _, scores = profile_model(model, processor, samples, state=state)
+    cache = Path(calibration) if calibration is not None else Path(out) / "calibration"
+    profile, scores = calibrated_profile(model, processor, data_dir, calib_n, cache, state)
     adapter = api.get_adapter(model)
     cfg = config.policy
     env = PlanEnvironment(model, adapter, scores, default_objectives(processor, data_dir, reward_split, reward_limit),

@@ -76,3 +76,18 @@ def test_demo_job(policy_dir: Path, world: Path, tmp_path: Path, capsys: pytest.
     balanced = load_pruned(out / "pruned-balanced")
     assert [layer.mlp.gate_proj.out_features for layer in balanced.model.language_model.layers] == rows[5]["widths"]
     assert (out / "robustness_utility.png").stat().st_size > 1000
+
+
+def test_calibration_is_cached_and_reused(policy_dir: Path, world: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from hipp_torchprune.hipp.profile import load_calibration
+
+    profile, stats = load_calibration(policy_dir / "calibration")  # written by hipp train
+    assert len(profile.layers) == 4 and stats.n_samples == 6
+    cache = tmp_path / "cache"
+    assert main(["calibrate", "--model", "tiny-llava", "--data", str(world), "--n", "4", "--cache", str(cache),
+                 "--json", "--plot", str(tmp_path / "s.png")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 4 and [layer["index"] for layer in out["layers"]] == [0, 1, 2, 3]
+    assert all(0 <= layer["visual_sensitivity"] <= 1 for layer in out["layers"])
+    assert (tmp_path / "s.png").exists() and load_calibration(cache)[0].n_samples == 4
