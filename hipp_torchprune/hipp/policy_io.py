@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from hipp_torchprune.atomic import write_atomic
 from hipp_torchprune.errors import CheckpointError, HippError
 from hipp_torchprune.hipp.planmap import plan_ratios
 from hipp_torchprune.hipp.policy import HippPolicy, PolicyConfig
@@ -67,17 +66,6 @@ class QueryResult:
                 "realized_sparsity": self.realized_sparsity}
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_policy(directory: str | Path, policy: HippPolicy, profile: ModelProfile, round_to: int,
                 extra: dict[str, Any] | None = None) -> Path:
     """Write ``policy.safetensors`` and ``policy.json`` into ``directory`` (each atomically;
@@ -88,8 +76,8 @@ def save_policy(directory: str | Path, policy: HippPolicy, profile: ModelProfile
     meta = {"format": POLICY_FORMAT, "policy": dataclasses.asdict(policy.config),
             "n_features": policy.embed.in_features, "round_to": round_to, "profile": profile.to_dict(),
             **(extra or {})}
-    _write_atomic(directory / "policy.safetensors", lambda tmp: save_file(weights, tmp))
-    _write_atomic(directory / "policy.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+    write_atomic(directory / "policy.safetensors", lambda tmp: save_file(weights, tmp))
+    write_atomic(directory / "policy.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
     return directory
 
 

@@ -8,8 +8,6 @@ that ``hipp query`` never needs the model.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from hipp_torchprune.atomic import write_atomic
 from hipp_torchprune.errors import CheckpointError
 from hipp_torchprune.pruning.calibration import CalibrationStats
 
@@ -96,16 +95,8 @@ def save_calibration(directory: str | Path, profile: ModelProfile, stats: Calibr
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {f"in_sq/{k}": v.contiguous() for k, v in stats.in_sq.items()}
     meta = {**profile.to_dict(), "n_tokens": stats.n_tokens}
-    for name, write in (("calibration.safetensors", lambda p: save_file(tensors, p)),
-                        ("profile.json", lambda p: Path(p).write_text(json.dumps(meta, indent=1)))):
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, directory / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    write_atomic(directory / "calibration.safetensors", lambda tmp: save_file(tensors, tmp))
+    write_atomic(directory / "profile.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
     return directory
 
 
