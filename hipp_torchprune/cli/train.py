@@ -32,6 +32,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
     p.add_argument("--json", action="store_true", help="print the final log record as JSON")
+    p.add_argument("--config", default=None,
+                   help="YAML of TrainConfig fields (nested policy:/gate:); replaces the training flags above")
     p.set_defaults(func=run)
 
 
@@ -48,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(steps=args.steps, prefs_per_step=args.prefs, group=args.group, lr=args.lr,
                          sampler=args.sampler, seed=args.seed,
                          policy=PolicyConfig(rho_min=lo, rho_max=hi, r_max=args.r_max))
+    if args.config:
+        from hipp_torchprune.config import load_yaml
+
+        config = load_yaml(TrainConfig, args.config)
     result = train_from_data(args.model, args.data, args.out, config, round_to=args.round_to, calib_n=args.calib_n,
                              reward_limit=args.reward_limit, calibration=args.calibration,
                              resume=not args.no_resume)

@@ -159,3 +159,17 @@ def test_policy_log_prob_is_exact() -> None:
     assert isinstance(beta, Beta) and isinstance(dirichlet, Dirichlet)
     mean_u, mean_alpha = policy.mean_action(states)
     assert torch.allclose(mean_alpha, torch.full((2, 4), 0.25), atol=1e-6)  # zero-init allocation head
+
+
+def test_train_config_loads_from_nested_yaml(tmp_path) -> None:
+    from hipp_torchprune.config import ConfigError, load_yaml
+    from hipp_torchprune.hipp.trainer import TrainConfig
+
+    path = tmp_path / "train.yaml"
+    path.write_text("steps: 7\nsampler: anchors\npolicy:\n  rho_min: 0.3\n  rho_max: 0.5\ngate:\n  quantiles: [0.1, 0.9]\n")
+    config = load_yaml(TrainConfig, path)
+    assert config.steps == 7 and config.sampler == "anchors" and config.policy.rho_max == 0.5
+    assert config.gate.quantiles == (0.1, 0.9) and config.policy.hidden == 64
+    path.write_text("policy:\n  rho_mn: 0.3\n")
+    with pytest.raises(ConfigError, match="policy: unknown field"):
+        load_yaml(TrainConfig, path)
