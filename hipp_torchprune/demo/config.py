@@ -1,0 +1,125 @@
+"""Configuration of the demo model and of its training run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import LlavaConfig
+
+
+@dataclass(frozen=True)
+class DemoModelConfig:
+    """Architecture of the demo LLaVA.
+
+    Attributes:
+        image_size: input image side (pixels); must match the world's.
+        patch_size: CLIP patch size; (image_size // patch_size)**2 image tokens.
+        vision_hidden: CLIP hidden size.
+        vision_layers: CLIP encoder layers.
+        vision_heads: CLIP attention heads.
+        vision_intermediate: CLIP MLP width.
+        text_hidden: Llama hidden size.
+        text_layers: Llama decoder layers (>= 4).
+        text_heads: Llama attention heads (= key/value heads).
+        text_intermediate: Llama MLP intermediate size (>= 512).
+        max_positions: Llama maximum sequence length.
+    """
+
+    image_size: int = 64
+    patch_size: int = 16
+    vision_hidden: int = 96
+    vision_layers: int = 2
+    vision_heads: int = 4
+    vision_intermediate: int = 384
+    text_hidden: int = 128
+    text_layers: int = 4
+    text_heads: int = 4
+    text_intermediate: int = 512
+    max_positions: int = 256
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for logs and the model card)."""
+        return asdict(self)
+
+    def llava_config(self, vocab_size: int, image_token_id: int, pad_id: int, bos_id: int,
+                     eos_id: int) -> LlavaConfig:
+        """The transformers ``LlavaConfig`` (CLIP vision tower + Llama LM) for a vocabulary."""
+        from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+        vision = CLIPVisionConfig(
+            hidden_size=self.vision_hidden, intermediate_size=self.vision_intermediate,
+            num_hidden_layers=self.vision_layers, num_attention_heads=self.vision_heads,
+            image_size=self.image_size, patch_size=self.patch_size, projection_dim=self.vision_hidden,
+        )
+        text = LlamaConfig(
+            vocab_size=vocab_size, hidden_size=self.text_hidden, intermediate_size=self.text_intermediate,
+            num_hidden_layers=self.text_layers, num_attention_heads=self.text_heads,
+            num_key_value_heads=self.text_heads, max_position_embeddings=self.max_positions,
+            pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id, tie_word_embeddings=False,
+        )
+        n_tokens = (self.image_size // self.patch_size) ** 2
+        return LlavaConfig(
+            vision_config=vision, text_config=text, image_token_index=image_token_id,
+            projector_hidden_act="gelu", vision_feature_select_strategy="default",
+            vision_feature_layer=-1, image_seq_length=n_tokens, pad_token_id=pad_id,
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training recipe of the demo model.
+
+    Attributes:
+        seed: seed of parameter init, data sampling and the example pool.
+        steps: optimizer steps.
+        batch_size: examples per step.
+        lr: peak AdamW learning rate.
+        min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine decay).
+        warmup_steps: linear warm-up steps.
+        weight_decay: AdamW weight decay.
+        grad_clip: gradient-norm clipping threshold.
+        mix_pope: share of steps on yes/no object questions.
+        mix_mc: share of steps on ScienceQA-style multiple choice.
+        mix_caption: share of steps on the "list the objects" auxiliary task.
+        aux_weight: weight of the auxiliary per-patch object-classification loss on the projector
+            output (a linear head used only in training; 0 = off).
+        curriculum: step fractions ending the curriculum stages; during stage i (1-based) batches
+            are fresh examples on train scenes re-rendered with at most i objects; afterwards
+            batches come from the full-scene pools.
+        mix_short: share of steps on the auxiliary one-hop presence task (``<image>`` tokens, the
+            bare object name, then Yes/No), which bootstraps the POPE look-up circuit.
+        qk_tied_init: if > 0, initialize each LM attention with ``k_proj = q_proj`` scaled by
+            this factor (similarity-biased attention at init; 0 = standard init).
+        pool_rounds: how many times each train image's extra questions are re-sampled.
+        eval_every: steps between calibration evaluations (0 = never).
+        eval_limit: calibration rows per task in those evaluations.
+        checkpoint_every: steps between resumable checkpoints.
+        threads: torch CPU threads.
+    """
+
+    seed: int = 0
+    steps: int = 9000
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    mix_pope: float = 0.45
+    mix_mc: float = 0.30
+    mix_caption: float = 0.10
+    mix_short: float = 0.15
+    aux_weight: float = 0.5
+    qk_tied_init: float = 2.0
+    curriculum: tuple[float, ...] = (0.06, 0.12, 0.18, 0.24)
+    pool_rounds: int = 2
+    eval_every: int = 500
+    eval_limit: int = 150
+    checkpoint_every: int = 250
+    threads: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for logs and the model card)."""
+        return asdict(self)

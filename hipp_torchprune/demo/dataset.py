@@ -1,0 +1,227 @@
+"""Instruction data for the demo model, built from a world's train split.
+
+Three kinds of examples share one format (prompt in the chat template, answer after
+``ASSISTANT:``): yes/no object questions (the train POPE rows plus extra questions drawn from the
+scene annotations), ScienceQA-style multiple choice (the train rows plus extra questions), and an
+auxiliary "list the objects" caption task. Everything is tokenized once into padded tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from hipp_torchprune.data import (
+    decode_image,
+    load_scenes,
+    load_task_docs,
+    parse_tasks,
+    pope_prompt,
+    scienceqa_prompt,
+)
+from hipp_torchprune.world.categories import CATEGORY_NAMES
+from hipp_torchprune.world.pope import (
+    CooccurrenceStats,
+    adversarial_negatives,
+    popular_negatives,
+    pope_question,
+    random_negatives,
+)
+from hipp_torchprune.world.scenes import ObjectAnn, Scene
+from hipp_torchprune.world.scienceqa import GENERATORS, OWNERS
+
+Kind = Literal["pope", "mc", "caption", "short"]
+KINDS: tuple[Kind, ...] = ("pope", "mc", "caption", "short")
+#: Kinds tokenized without the chat template: ``<image>`` tokens, then the prompt, answer next.
+RAW_KINDS: frozenset[str] = frozenset({"short"})
+CAPTION_PROMPT = "What objects are in the image?"
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One instruction example: image index, prompt (before the chat template) and answer."""
+
+    image: int
+    prompt: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class TokenPool:
+    """Tokenized examples of one kind, right-padded.
+
+    Attributes:
+        input_ids: [N, L] prompt + answer + eos, padded with the pad id.
+        lengths: [N] unpadded lengths.
+        answer_start: [N] index of the first answer token.
+        image: [N] image index of each example.
+    """
+
+    input_ids: torch.Tensor
+    lengths: torch.Tensor
+    answer_start: torch.Tensor
+    image: torch.Tensor
+
+
+def scene_from_row(row: dict[str, Any]) -> Scene:
+    """Rebuild a :class:`Scene` from a ``scenes.parquet`` row."""
+    objs = tuple(ObjectAnn(o["category"], int(o["row"]), int(o["col"]), o["size"], tuple(o["bbox"]))
+                 for o in row["objects"])
+    return Scene(row["scene_type"], (0.0, 0.0), objs)
+
+
+def yes_no_examples(i: int, scene: Scene, stats: CooccurrenceStats, rng: np.random.Generator) -> list[Example]:
+    """Every present object ("Yes") plus as many absent ones ("No"), by mixed POPE rules."""
+    present = list(scene.categories)
+    out = [Example(i, pope_prompt({"question": pope_question(c)}), "Yes") for c in present]
+    k = len(present)
+    rules = [random_negatives(present, rng, 20 - k), popular_negatives(present, stats, 5),
+             adversarial_negatives(present, stats, 5)]
+    negs: list[str] = []
+    while len(negs) < k:
+        pool = [c for c in rules[int(rng.integers(3))] if c not in negs] or \
+               [c for c in rules[0] if c not in negs]
+        negs.append(pool[int(rng.integers(len(pool)))])
+    out += [Example(i, pope_prompt({"question": pope_question(c)}), "No") for c in negs]
+    return out
+
+
+def mc_examples(i: int, scene: Scene, rng: np.random.Generator) -> list[Example]:
+    """One ScienceQA-style question of each kind that applies to the scene."""
+    out = []
+    for gen, _ in GENERATORS:
+        q = gen(scene, rng)
+        if q is not None:
+            doc = {"hint": q.hint, "question": q.question, "choices": list(q.choices)}
+            out.append(Example(i, scienceqa_prompt(doc), LETTERS[q.answer]))
+    return out
+
+
+def short_examples(i: int, scene: Scene, stats: CooccurrenceStats, rng: np.random.Generator) -> list[Example]:
+    """Auxiliary one-hop presence: the bare object name, answered Yes/No right after it."""
+    return [Example(e.image, e.prompt.split(" ")[3], e.answer) for e in yes_no_examples(i, scene, stats, rng)]
+
+
+def caption_example(i: int, scene: Scene) -> Example:
+    """The objects in grid-cell order (auxiliary dense supervision)."""
+    return Example(i, CAPTION_PROMPT, " ".join(scene.categories))
+
+
+def patch_labels(scenes: Sequence[Scene], grid: int) -> torch.Tensor:
+    """Per-image, per-grid-cell class (row-major): category index, or ``len(CATEGORY_NAMES)`` if empty."""
+    index = {c: i for i, c in enumerate(CATEGORY_NAMES)}
+    out = torch.full((len(scenes), grid * grid), len(CATEGORY_NAMES), dtype=torch.long)
+    for i, s in enumerate(scenes):
+        for o in s.objects:
+            out[i, o.row * grid + o.col] = index[o.category]
+    return out
+
+
+def build_examples(data_dir: str | Path, seed: int,
+                   rounds: int) -> tuple[list[Any], dict[Kind, list[Example]], list[Scene]]:
+    """Decoded train images, the examples of each kind (train rows + ``rounds`` extra draws), scenes."""
+    rows = load_scenes(data_dir, "train")
+    images = [decode_image(r["image"], f"train/scenes.parquet:row {i}") for i, r in enumerate(rows)]
+    scenes = [scene_from_row(r) for r in rows]
+    index = {r["image_source"]: i for i, r in enumerate(rows)}
+    stats = CooccurrenceStats.from_scenes([s.categories for s in scenes])
+    ex: dict[Kind, list[Example]] = {k: [] for k in KINDS}
+    for d in load_task_docs(data_dir, parse_tasks("pope")[0], split="train"):
+        ex["pope"].append(Example(index[d["image_source"]], pope_prompt(d), d["answer"].capitalize()))
+    for d in load_task_docs(data_dir, parse_tasks("scienceqa")[0], split="train"):
+        ex["mc"].append(Example(index[d["image"]["path"].removesuffix(".png")], scienceqa_prompt(d),
+                                LETTERS[int(d["answer"])]))
+    rng = np.random.default_rng([seed, 7])
+    for _ in range(rounds):
+        for i, s in enumerate(scenes):
+            ex["pope"] += yes_no_examples(i, s, stats, rng)
+            ex["mc"] += mc_examples(i, s, rng)
+    ex["caption"] = [caption_example(i, s) for i, s in enumerate(scenes)]
+    ex["short"] = [Example(e.image, e.prompt.split(" ")[3], e.answer) for e in ex["pope"][-len(ex["pope"]) // 2:]]
+    return images, ex, scenes
+
+
+def derived_scene(scene: Scene, max_objects: int, rng: np.random.Generator) -> Scene:
+    """A curriculum scene: at most ``max_objects`` of ``scene``'s objects, new background gradient."""
+    k = min(len(scene.objects), int(rng.integers(1, max_objects + 1)))
+    keep = sorted(int(i) for i in rng.choice(len(scene.objects), size=k, replace=False))
+    gradient = (float(rng.uniform(-14, 14)), float(rng.uniform(-14, 14)))
+    return Scene(scene.scene_type, gradient, tuple(scene.objects[i] for i in keep))
+
+
+def curriculum_batch(scenes: Sequence[Scene], kind: Kind, max_objects: int, batch_size: int,
+                     stats: CooccurrenceStats,
+                     rng: np.random.Generator) -> tuple[list[Example], list[Any], list[Scene]]:
+    """``batch_size`` fresh examples of ``kind`` on re-rendered train scenes with <= ``max_objects``.
+
+    Returns the examples, their rendered images and their (derived) scenes.
+    """
+    from hipp_torchprune.world.scenes import render_scene
+
+    examples: list[Example] = []
+    images: list[Any] = []
+    used: list[Scene] = []
+    while len(examples) < batch_size:
+        scene = derived_scene(scenes[int(rng.integers(len(scenes)))], max_objects, rng)
+        if kind == "pope":
+            cands = yes_no_examples(len(images), scene, stats, rng)
+        elif kind == "mc":
+            cands = mc_examples(len(images), scene, rng)
+        elif kind == "short":
+            cands = short_examples(len(images), scene, stats, rng)
+        else:
+            cands = [caption_example(len(images), scene)]
+        if cands:
+            examples.append(cands[int(rng.integers(len(cands)))])
+            images.append(render_scene(scene))
+            used.append(scene)
+    return examples, images, used
+
+
+def vocabulary(examples: dict[Kind, list[Example]]) -> set[str]:
+    """Every word of the examples plus all category and owner names."""
+    from hipp_torchprune.models.processors import words_of
+
+    texts = [e.prompt for v in examples.values() for e in v] + [e.answer for v in examples.values() for e in v]
+    uniq = list(dict.fromkeys(texts))
+    return words_of(uniq) | set(CATEGORY_NAMES) | set(OWNERS) | words_of(["Context :"])
+
+
+def tokenize_pool(examples: Sequence[Example], processor: Any, n_image_tokens: int, raw: bool = False) -> TokenPool:
+    """Tokenize examples with the processor's chat template (``<image>`` expanded) + answer + eos.
+
+    With ``raw`` the template is just ``<image>`` tokens followed by the prompt.
+    """
+    tok = processor.tokenizer
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "\x00"}]}]
+    template = "<image>\n\x00" if raw else processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False)
+    template = template.replace("<image>", "<image>" * n_image_tokens)
+    prompts = tok([template.replace("\x00", e.prompt) for e in examples], add_special_tokens=True)["input_ids"]
+    answers = tok([e.answer for e in examples], add_special_tokens=False)["input_ids"]
+    seqs = [p + a + [tok.eos_token_id] for p, a in zip(prompts, answers)]
+    length = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), length), tok.pad_token_id, dtype=torch.long)
+    for j, s in enumerate(seqs):
+        ids[j, :len(s)] = torch.tensor(s)
+    return TokenPool(ids, torch.tensor([len(s) for s in seqs]), torch.tensor([len(p) for p in prompts]),
+                     torch.tensor([e.image for e in examples]))
+
+
+def pixel_tensor(images: Sequence[Any], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Images as a uint8 [N, 3, H, W] tensor plus nothing else; normalize with :func:`normalize`."""
+    arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images]).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """CLIP-style normalization of uint8 pixels: ``(x / 255 - mean) / std`` (float32)."""
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (pixels.float() / 255.0 - m) / s

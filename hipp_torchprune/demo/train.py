@@ -1,0 +1,253 @@
+"""Training loop of the demo model (CPU-friendly, deterministic for a seed, resumable)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
+from hipp_torchprune.demo.dataset import (
+    KINDS,
+    RAW_KINDS,
+    TokenPool,
+    build_examples,
+    curriculum_batch,
+    normalize,
+    patch_labels,
+    pixel_tensor,
+    tokenize_pool,
+    vocabulary,
+)
+from hipp_torchprune.world.categories import CATEGORY_NAMES
+from hipp_torchprune.world.pope import CooccurrenceStats
+from hipp_torchprune.errors import CheckpointError, DataError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+EVAL_TASKS = "pope_random,pope_adversarial,scienceqa"
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to ``min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def max_objects_at(step: int, cfg: TrainConfig) -> int | None:
+    """Curriculum: the object cap for on-the-fly scenes at ``step``, or None once it is over."""
+    frac = step / max(1, cfg.steps)
+    for i, end in enumerate(cfg.curriculum):
+        if frac < end:
+            return i + 1
+    return None
+
+
+def make_batch(pool: TokenPool, idx: torch.Tensor, pixels: torch.Tensor, mean: list[float],
+               std: list[float]) -> dict[str, torch.Tensor]:
+    """Model inputs for examples ``idx`` of a pool: trimmed ids, mask, normalized pixels, labels.
+
+    Labels equal ``input_ids`` on the answer tokens and eos and are -100 elsewhere (the model
+    shifts them internally).
+    """
+    lengths = pool.lengths[idx]
+    width = int(lengths.max())
+    ids = pool.input_ids[idx, :width]
+    pos = torch.arange(width).unsqueeze(0)
+    mask = (pos < lengths.unsqueeze(1)).long()
+    answer = (pos >= pool.answer_start[idx].unsqueeze(1)) & mask.bool()
+    labels = torch.where(answer, ids, torch.full_like(ids, -100))
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels,
+            "pixel_values": normalize(pixels[pool.image[idx]], mean, std)}
+
+
+def similarity_init(model: Any, scale: float) -> None:
+    """Initialize every LM attention with ``k_proj = q_proj`` (both times ``scale``).
+
+    Then ``q . k = x^T W^T W y`` is roughly proportional to ``<x, y>``: at initialization tokens
+    attend to similar tokens, e.g. an object's name to the image patch showing that object
+    (whose projected feature the tied auxiliary head pulls towards the name's embedding).
+    """
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            attn = layer.self_attn
+            if attn.q_proj.weight.shape == attn.k_proj.weight.shape:
+                attn.q_proj.weight.mul_(scale)
+                attn.k_proj.weight.copy_(attn.q_proj.weight)
+
+
+class TiedPatchHead(torch.nn.Module):
+    """Auxiliary per-patch classifier tied to the LM's word embeddings (training only).
+
+    The logits of an image token are ``tau * cos(feature, E[word])`` over the category words'
+    input embeddings plus a learned "empty" vector, so the projector learns to map each patch
+    close to the embedding of the object's name.
+    """
+
+    def __init__(self, model: Any, word_ids: list[int]) -> None:
+        super().__init__()
+        self.model = [model]  # not a submodule: its parameters are optimized with the model's
+        self.register_buffer("word_ids", torch.tensor(word_ids), persistent=False)
+        hidden = model.get_input_embeddings().weight.shape[1]
+        self.empty = torch.nn.Parameter(torch.randn(hidden) * 0.02)
+        self.log_tau = torch.nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """Class logits [..., n_words + 1] of projector features [..., hidden]."""
+        table = torch.cat([self.model[0].get_input_embeddings().weight[self.word_ids], self.empty[None]], 0)
+        cos = torch.nn.functional.normalize(feats, dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T
+        return self.log_tau.exp() * cos
+
+
+def _save_checkpoint(path: Path, model: Any, aux_head: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
+                     rng: np.random.Generator, elapsed: float) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({"model": model.state_dict(), "aux_head": aux_head.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "elapsed": elapsed}, tmp)
+    os.replace(tmp, path)
+
+
+def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoModelConfig = DemoModelConfig(),
+                     cfg: TrainConfig = TrainConfig(), resume: bool = True, progress: bool = True,
+                     stop_at: int | None = None) -> dict[str, Any]:
+    """Train the demo LLaVA on a world's train split and save it (bf16) with its processor.
+
+    ``out_dir`` receives the checkpoint (``config.json``, ``model.safetensors``, processor
+    files), ``checkpoint.pt`` (resumable state), ``runs/`` (TensorBoard) and ``train_summary.json``.
+    Returns the summary (configs, steps, wall time, calibration metrics). ``stop_at`` ends the
+    run early after that step (checkpoint saved, no final model), as an interruption would.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+    from transformers import LlavaForConditionalGeneration
+
+    from hipp_torchprune.evaluation import evaluate, prepare_eval
+    from hipp_torchprune.models.processors import build_llava_processor
+
+    torch.set_num_threads(cfg.threads)
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_prep = time.perf_counter()
+    images, examples, scenes = build_examples(data_dir, cfg.seed, cfg.pool_rounds)
+    if any(im.size != (model_cfg.image_size, model_cfg.image_size) for im in images[:1]):
+        raise DataError(f"{data_dir}: images are {images[0].size}, the model expects {model_cfg.image_size} px")
+    processor = build_llava_processor(sorted(vocabulary(examples)), model_cfg.image_size, model_cfg.patch_size)
+    tok = processor.tokenizer
+    n_img = (model_cfg.image_size // model_cfg.patch_size) ** 2
+    pools = {k: tokenize_pool(examples[k], processor, n_img, raw=k in RAW_KINDS) for k in KINDS}
+    pixels = pixel_tensor(images, processor.image_processor.image_mean, processor.image_processor.image_std)
+    mean, std = list(processor.image_processor.image_mean), list(processor.image_processor.image_std)
+    calib = prepare_eval(processor, data_dir, EVAL_TASKS, limit=cfg.eval_limit, split="calibration") \
+        if cfg.eval_every else None
+    prep_s = time.perf_counter() - t_prep
+
+    torch.manual_seed(cfg.seed)
+    config = model_cfg.llava_config(len(tok), tok.convert_tokens_to_ids("<image>"), tok.pad_token_id,
+                                    tok.bos_token_id, tok.eos_token_id)
+    model = LlavaForConditionalGeneration(config)
+    if cfg.qk_tied_init:
+        similarity_init(model, cfg.qk_tied_init)
+    grid = model_cfg.image_size // model_cfg.patch_size
+    stats = CooccurrenceStats.from_scenes([s.categories for s in scenes])
+    aux_labels = patch_labels(scenes, grid) if cfg.aux_weight > 0 else None
+    aux_head = TiedPatchHead(model, [tok.convert_tokens_to_ids(c) for c in CATEGORY_NAMES])
+    captured: dict[str, torch.Tensor] = {}
+    model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.__setitem__("f", o))
+    params = [*model.parameters(), *aux_head.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg))
+    rng = np.random.default_rng([cfg.seed, 11])
+    step, elapsed = 0, 0.0
+    ckpt = out_dir / CHECKPOINT_NAME
+    if resume and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        try:
+            model.load_state_dict(state["model"])
+            aux_head.load_state_dict(state["aux_head"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{ckpt}: does not match this model config ({exc})") from exc
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg), last_epoch=step - 1)
+    mix = np.array([cfg.mix_pope, cfg.mix_mc, cfg.mix_caption, cfg.mix_short], dtype=np.float64)
+    writer = SummaryWriter(str(out_dir / "runs"))
+    history: list[dict[str, Any]] = []
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="demo-model", dynamic_ncols=True)
+    t0 = time.perf_counter() - elapsed
+    ema = None
+    while step < cfg.steps:
+        kind = KINDS[int(rng.choice(len(KINDS), p=mix / mix.sum()))]
+        cap = max_objects_at(step, cfg)
+        if cap is None:
+            pool, batch_pixels, labels_of = pools[kind], pixels, aux_labels
+            idx = torch.from_numpy(rng.integers(0, len(pool.lengths), size=cfg.batch_size))
+        else:
+            ex_b, im_b, sc_b = curriculum_batch(scenes, kind, cap, cfg.batch_size, stats, rng)
+            pool = tokenize_pool(ex_b, processor, n_img, raw=kind in RAW_KINDS)
+            batch_pixels = pixel_tensor(im_b, mean, std)
+            labels_of = patch_labels(sc_b, grid) if aux_labels is not None else None
+            idx = torch.arange(cfg.batch_size)
+        loss = model(**make_batch(pool, idx, batch_pixels, mean, std), use_cache=False).loss
+        total = loss
+        if labels_of is not None:
+            feats = captured["f"].reshape(len(idx), -1, model_cfg.text_hidden)
+            aux = torch.nn.functional.cross_entropy(aux_head(feats).flatten(0, 1),
+                                                    labels_of[pool.image[idx]].flatten())
+            total = loss + cfg.aux_weight * aux
+            writer.add_scalar("loss/aux_patch", aux.item(), step + 1)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        writer.add_scalar(f"loss/{kind}", loss.item(), step)
+        writer.add_scalar("lr", sched.get_last_lr()[0], step)
+        writer.add_scalar("grad_norm", float(gnorm), step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema:.3f}")
+        if calib is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+            metrics = evaluate(model, processor, calib)
+            flat = {f"{t}/{k}": v for t, m in metrics.items() for k, v in m.items() if k != "n"}
+            for k, v in flat.items():
+                writer.add_scalar(f"calibration/{k}", v, step)
+            history.append({"step": step, "elapsed_s": round(time.perf_counter() - t0, 1), **{
+                k: round(v, 4) for k, v in flat.items() if k.endswith(("balanced_accuracy", "/accuracy"))}})
+            bar.write(json.dumps(history[-1]))
+            model.train()
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_at:
+            _save_checkpoint(ckpt, model, aux_head, opt, step, rng, time.perf_counter() - t0)
+        if step == stop_at:
+            bar.close()
+            writer.close()
+            return {"steps": step, "stopped": True}
+    bar.close()
+    writer.close()
+    train_s = time.perf_counter() - t0
+    model.to(torch.bfloat16).save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    summary = {"model": model_cfg.to_dict(), "train": cfg.to_dict(), "steps": step,
+               "train_seconds": round(train_s, 1), "prep_seconds": round(prep_s, 1),
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "vocab_size": len(tok), "pool_sizes": {k: len(p.lengths) for k, p in pools.items()},
+               "calibration_history": history, "data_dir": str(data_dir)}
+    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def quick_config(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    """A copy of ``cfg`` with ``changes`` applied (for probes and tests)."""
+    return replace(cfg, **changes)

@@ -1,0 +1,21 @@
+"""The proving ground: a procedurally rendered world with POPE and ScienceQA-style splits.
+
+Import :func:`build_world` from :mod:`hipp_torchprune.world.build`; this package module itself
+imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = ["build_world"]
+
+
+def build_world(out: str | Path, seed: int, n_images: int = 6000) -> dict[str, Any]:
+    """Build a world into ``out`` (see :func:`hipp_torchprune.world.build.build_world`)."""
+    from hipp_torchprune.world.build import build_world as _build
+
+    return _build(out, seed, n_images)

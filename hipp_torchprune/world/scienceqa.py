@@ -1,0 +1,168 @@
+"""ScienceQA-style multiple-choice questions on annotated scenes.
+
+Question kinds need the image (presence, counting, size attribute, spatial relations, size
+comparisons) and, for ``owner``, a text context (the ``hint``) as well. Options are 2 to 5 and
+the answer is the index of the correct option.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from hipp_torchprune.world.categories import CATEGORY_NAMES
+from hipp_torchprune.world.scenes import Scene
+
+OWNERS: tuple[str, ...] = ("Anna", "Ben", "Cara", "Dan", "Eva")
+
+
+@dataclass(frozen=True)
+class MCQuestion:
+    """One multiple-choice question in lmms-lab/ScienceQA form.
+
+    Attributes:
+        question: question text.
+        choices: option texts (2 to 5).
+        answer: index of the correct option.
+        hint: text context ("" when the question needs none).
+        topic: question kind ("counting", "attributes", "spatial", ...).
+        category: ScienceQA-style category label.
+        skill: ScienceQA-style skill label.
+        solution: a short explanation of the answer.
+    """
+
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+    hint: str
+    topic: str
+    category: str
+    skill: str
+    solution: str
+
+
+def _shuffled(rng: np.random.Generator, correct: str, others: list[str]) -> tuple[tuple[str, ...], int]:
+    options = [correct, *others]
+    order = [int(i) for i in rng.permutation(len(options))]
+    shuffled = tuple(options[i] for i in order)
+    return shuffled, shuffled.index(correct)
+
+
+def _absent(scene: Scene, rng: np.random.Generator, k: int) -> list[str]:
+    absent = [c for c in CATEGORY_NAMES if c not in scene.categories]
+    return [absent[int(i)] for i in rng.choice(len(absent), size=k, replace=False)]
+
+
+def q_presence(scene: Scene, rng: np.random.Generator) -> MCQuestion | None:
+    """Which of the listed objects is in the image (one present, 1-4 absent)."""
+    target = scene.categories[int(rng.integers(len(scene.categories)))]
+    choices, answer = _shuffled(rng, target, _absent(scene, rng, int(rng.integers(1, 5))))
+    return MCQuestion("Which of these objects is in the image?", choices, answer, "", "objects",
+                      "Identifying objects", "Find an object in a picture",
+                      f"The {target} is in the image.")
+
+
+def q_count(scene: Scene, rng: np.random.Generator) -> MCQuestion | None:
+    """How many objects the image shows (2-4 numeric options, ascending)."""
+    n = len(scene.objects)
+    others = [str(int(v)) for v in rng.choice([v for v in range(1, 7) if v != n],
+                                               size=int(rng.integers(1, 4)), replace=False)]
+    choices = tuple(sorted([str(n), *others], key=int))
+    return MCQuestion("How many objects are in the image?", choices, choices.index(str(n)), "",
+                      "counting", "Counting objects", "Count objects in a picture",
+                      f"There are {n} objects in the image.")
+
+
+def q_size(scene: Scene, rng: np.random.Generator) -> MCQuestion | None:
+    """Size attribute of a named present object (small / big)."""
+    obj = scene.objects[int(rng.integers(len(scene.objects)))]
+    choices, answer = _shuffled(rng, obj.size, ["big" if obj.size == "small" else "small"])
+    return MCQuestion(f"What size is the {obj.category}?", choices, answer, "", "attributes",
+                      "Object attributes", "Describe the size of an object",
+                      f"The {obj.category} is {obj.size}.")
+
+
+def q_spatial(scene: Scene, rng: np.random.Generator) -> MCQuestion | None:
+    """Left/right or above/below relation between two present objects."""
+    objs = scene.objects
+    if len(objs) < 2:
+        return None
+    i, j = (int(v) for v in rng.choice(len(objs), size=2, replace=False))
+    a, b = objs[i], objs[j]
+    horizontal = a.col != b.col and (a.row == b.row or rng.random() < 0.5)
+    if horizontal:
+        correct = "left" if a.col < b.col else "right"
+        choices, answer = _shuffled(rng, correct, ["right" if correct == "left" else "left"])
+        q = f"Is the {a.category} to the left or to the right of the {b.category}?"
+        sol = f"The {a.category} is to the {correct} of the {b.category}."
+    elif a.row != b.row:
+        correct = "above" if a.row < b.row else "below"
+        choices, answer = _shuffled(rng, correct, ["below" if correct == "above" else "above"])
+        q = f"Is the {a.category} above or below the {b.category}?"
+        sol = f"The {a.category} is {correct} the {b.category}."
+    else:
+        return None
+    return MCQuestion(q, choices, answer, "", "spatial", "Spatial relations",
+                      "Describe where objects are", sol)
+
+
+def q_compare(scene: Scene, rng: np.random.Generator) -> MCQuestion | None:
+    """Which of two present objects of different sizes is bigger (or smaller)."""
+    big = [o.category for o in scene.objects if o.size == "big"]
+    small = [o.category for o in scene.objects if o.size == "small"]
+    if not big or not small:
+        return None
+    b = big[int(rng.integers(len(big)))]
+    s = small[int(rng.integers(len(small)))]
+    if rng.random() < 0.5:
+        choices, answer = _shuffled(rng, b, [s])
+        return MCQuestion("Which object is bigger?", choices, answer, "", "comparison",
+                          "Comparing sizes", "Compare the sizes of objects",
+                          f"The {b} is bigger than the {s}.")
+    choices, answer = _shuffled(rng, s, [b])
+    return MCQuestion("Which object is smaller?", choices, answer, "", "comparison",
+                      "Comparing sizes", "Compare the sizes of objects",
+                      f"The {s} is smaller than the {b}.")
+
+
+def q_owner(scene: Scene, rng: np.random.Generator) -> MCQuestion | None:
+    """Text + image: the hint says who has which object; whose object is in the image."""
+    k = int(rng.integers(2, 4))
+    owners = [OWNERS[int(i)] for i in rng.choice(len(OWNERS), size=k, replace=False)]
+    present = scene.categories[int(rng.integers(len(scene.categories)))]
+    things = [present, *_absent(scene, rng, k - 1)]
+    order = [int(i) for i in rng.permutation(k)]
+    things = [things[i] for i in order]
+    hint = " ".join(f"{o} has the {t}." for o, t in zip(owners, things))
+    correct = owners[things.index(present)]
+    return MCQuestion("Whose object is in the image?", tuple(owners), owners.index(correct), hint,
+                      "reading", "Reading and looking", "Combine a text with a picture",
+                      f"{correct} has the {present}, which is in the image.")
+
+
+#: Question generators and their sampling weights.
+GENERATORS: tuple[tuple[Callable[[Scene, np.random.Generator], MCQuestion | None], float], ...] = (
+    (q_presence, 0.25),
+    (q_count, 0.15),
+    (q_size, 0.15),
+    (q_spatial, 0.15),
+    (q_compare, 0.15),
+    (q_owner, 0.15),
+)
+
+
+def sample_questions(scene: Scene, rng: np.random.Generator, k: int) -> list[MCQuestion]:
+    """Up to ``k`` questions of distinct kinds for one scene, drawn by the generator weights."""
+    weights = np.array([w for _, w in GENERATORS])
+    order = [int(i) for i in rng.choice(len(GENERATORS), size=len(GENERATORS), replace=False,
+                                        p=weights / weights.sum())]
+    out: list[MCQuestion] = []
+    for i in order:
+        if len(out) >= k:
+            break
+        q = GENERATORS[i][0](scene, rng)
+        if q is not None:
+            out.append(q)
+    return out

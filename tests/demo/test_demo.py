@@ -1,0 +1,107 @@
+"""Demo model: training-format alignment, determinism, resume, and the shipped checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hipp_torchprune.demo import DEMO_MODEL_DIR, resolve_model_dir
+from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
+from hipp_torchprune.demo.dataset import Example, build_examples, normalize, pixel_tensor, tokenize_pool, vocabulary
+from hipp_torchprune.demo.train import lr_at, make_batch, train_demo_model
+from hipp_torchprune.errors import CheckpointError
+from hipp_torchprune.models.processors import build_llava_processor
+from hipp_torchprune.world.build import build_world
+
+TINY = DemoModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, vision_intermediate=64,
+                       text_hidden=32, text_layers=1, text_heads=2, text_intermediate=64)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("w") / "world"
+    build_world(out, seed=4, n_images=40)
+    return out
+
+
+def test_resolve_model_dir(tmp_path: Path) -> None:
+    assert resolve_model_dir(tmp_path) == tmp_path
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve_model_dir(tmp_path / "missing")
+
+
+def test_training_format_matches_processor(world: Path) -> None:
+    images, ex, _ = build_examples(world, seed=0, rounds=1)
+    assert {e.answer for e in ex["pope"]} == {"Yes", "No"}
+    proc = build_llava_processor(sorted(vocabulary(ex)), 64, 16)
+    example = ex["mc"][0]
+    pool = tokenize_pool([example], proc, 16)
+    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                     {"type": "text", "text": example.prompt}]}], add_generation_prompt=True)
+    enc = proc(text=[text], images=[images[example.image]], return_tensors="pt")
+    start = int(pool.answer_start[0])
+    assert pool.input_ids[0, :start].tolist() == enc["input_ids"][0].tolist()
+    assert proc.tokenizer.unk_token_id not in pool.input_ids[0].tolist()
+    px = normalize(pixel_tensor([images[example.image]], [], []), proc.image_processor.image_mean,
+                   proc.image_processor.image_std)
+    assert torch.allclose(px, enc["pixel_values"], atol=1e-5)
+
+
+def test_labels_only_on_answer(world: Path) -> None:
+    images, ex, _ = build_examples(world, seed=0, rounds=1)
+    proc = build_llava_processor(sorted(vocabulary(ex)), 64, 16)
+    pool = tokenize_pool([Example(0, "Is there a cup in the image?", "Yes"),
+                          Example(1, "What objects are in the image?", "cup dog")], proc, 16)
+    batch = make_batch(pool, torch.tensor([0, 1]), pixel_tensor(images[:2], [], []), [0.5] * 3, [0.5] * 3)
+    toks = proc.tokenizer.convert_ids_to_tokens
+    assert toks([t for t in batch["labels"][0].tolist() if t != -100]) == ["Yes", "</s>"]
+    assert toks([t for t in batch["labels"][1].tolist() if t != -100]) == ["cup", "dog", "</s>"]
+    assert batch["attention_mask"][0].sum() == pool.lengths[0]
+
+
+def test_lr_schedule() -> None:
+    cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(100, cfg) == pytest.approx(0.1)
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(out / "model.safetensors")
+
+
+def test_train_is_deterministic_and_resumes(world: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(steps=6, batch_size=4, warmup_steps=2, eval_every=0, checkpoint_every=2,
+                      pool_rounds=1, threads=1, curriculum=(0.2, 0.5))
+    a = train_demo_model(world, tmp_path / "a", TINY, cfg, progress=False)
+    assert train_demo_model(world, tmp_path / "b", TINY, cfg, progress=False, stop_at=3)["stopped"]
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+    train_demo_model(world, tmp_path / "b", TINY, cfg, progress=False)  # resumes from step 3
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a["steps"] == 6 and wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert all(v.dtype == torch.bfloat16 for v in wa.values())
+    assert any((tmp_path / "a" / "runs").iterdir())
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    AutoProcessor.from_pretrained(tmp_path / "a")
+    LlavaForConditionalGeneration.from_pretrained(tmp_path / "a")
+
+
+@pytest.mark.skipif(not (DEMO_MODEL_DIR / "config.json").is_file(), reason="demo checkpoint not shipped")
+def test_shipped_checkpoint() -> None:
+    cfg = json.loads((DEMO_MODEL_DIR / "config.json").read_text())
+    text = cfg["text_config"]
+    assert text["num_hidden_layers"] >= 4 and text["intermediate_size"] >= 512
+    size = sum(p.stat().st_size for p in DEMO_MODEL_DIR.iterdir())
+    assert size <= 25 * 2**20
+    assert resolve_model_dir("demo") == DEMO_MODEL_DIR
+    from hipp_torchprune.evaluation import load_model_and_processor
+
+    model, processor = load_model_and_processor("demo", device="cpu")
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert type(processor).__name__ == "LlavaProcessor"

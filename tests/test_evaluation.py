@@ -1,0 +1,145 @@
+"""Evaluation math (hand-checked), token variants, and end-to-end scoring of a tiny random LLaVA."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from hipp_torchprune.cli import main
+from hipp_torchprune.demo.config import DemoModelConfig
+from hipp_torchprune.errors import DataError
+from hipp_torchprune.evaluation import (
+    answer_token_ids,
+    evaluate,
+    log_margin,
+    logsumexp,
+    mc_metrics,
+    pope_metrics,
+    prepare_eval,
+)
+from hipp_torchprune.models.processors import build_llava_processor
+from hipp_torchprune.world.build import build_world
+from hipp_torchprune.world.categories import CATEGORY_NAMES
+from hipp_torchprune.world.scienceqa import OWNERS
+
+
+def test_logsumexp_and_margin() -> None:
+    assert logsumexp([math.log(0.2), math.log(0.3)]) == pytest.approx(math.log(0.5))
+    assert logsumexp([]) == -math.inf
+    lp = [math.log(p) for p in (0.5, 0.1, 0.3, 0.1)]
+    # Y+ = {0, 1} (0.6) vs Y- = {2} (0.3): log 2
+    assert log_margin(lp, [0, 1], [2]) == pytest.approx(math.log(2.0))
+
+
+def test_pope_metrics_hand_checked() -> None:
+    # margins: pred yes, no, yes, no, no; gold yes, yes, no, no, no
+    m = pope_metrics([2.0, -1.0, 0.5, -3.0, -0.5], [True, True, False, False, False])
+    # tp=1 fn=1 fp=1 tn=2
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert m["precision"] == pytest.approx(1 / 2)
+    assert m["recall"] == pytest.approx(1 / 2)
+    assert m["f1"] == pytest.approx(1 / 2)
+    assert m["yes_ratio"] == pytest.approx(2 / 5)  # PREDICTED yes, not gold yes (also 2/5 here)
+    assert m["margin"] == pytest.approx((2.0 - 1.0 - 0.5 + 3.0 + 0.5) / 5)
+    assert m["n"] == 5
+
+
+def test_pope_yes_ratio_is_predicted() -> None:
+    m = pope_metrics([1.0, 1.0, 1.0, 1.0], [True, False, False, False])
+    assert m["yes_ratio"] == 1.0 and m["balanced_accuracy"] == 0.5 and m["accuracy"] == 0.25
+
+
+def test_mc_metrics_hand_checked() -> None:
+    lps = [[math.log(0.7), math.log(0.2), math.log(0.1)], [math.log(0.4), math.log(0.6)]]
+    m = mc_metrics(lps, [0, 0])
+    assert m["accuracy"] == 0.5 and m["n"] == 2
+    assert m["margin"] == pytest.approx((math.log(0.7 / 0.3) + math.log(0.4 / 0.6)) / 2)
+
+
+WORDS = sorted(set(CATEGORY_NAMES) | set(OWNERS) | set(
+    "Is there a in the image Answer question using single word or phrase with option s letter from given "
+    "choices directly Which of these objects are How many What size is big small to left right above "
+    "below Whose object has bigger smaller Context".split()))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object, object]:
+    root = tmp_path_factory.mktemp("eval")
+    build_world(root / "world", seed=9, n_images=40)
+    processor = build_llava_processor(WORDS, 64, 16)
+    tok = processor.tokenizer
+    cfg = DemoModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, vision_intermediate=64,
+                          text_hidden=32, text_layers=1, text_heads=2, text_intermediate=64)
+    from transformers import LlavaForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(cfg.llava_config(len(tok), tok.convert_tokens_to_ids("<image>"),
+                                                           tok.pad_token_id, tok.bos_token_id, tok.eos_token_id))
+    model.save_pretrained(root / "ckpt")
+    processor.save_pretrained(root / "ckpt")
+    return root / "world", root / "ckpt", model.eval(), processor
+
+
+def test_answer_token_ids(setup: tuple) -> None:
+    tok = setup[3].tokenizer
+    ids = answer_token_ids(tok, ["Yes", "yes"])
+    assert tok.convert_ids_to_tokens(ids) == ["Yes", "yes"]
+    with pytest.raises(DataError):
+        answer_token_ids(tok, ["Zebra"])
+
+
+def test_evaluate_batch_size_invariant(setup: tuple) -> None:
+    world, _, model, processor = setup
+    a = evaluate(model, processor, world, "pope_adversarial,scienceqa", limit=8, batch_size=8)
+    b = evaluate(model, processor, world, "pope_adversarial,scienceqa", limit=8, batch_size=3)
+    assert a["pope_adversarial"]["n"] == 8 and a["scienceqa"]["n"] == 8
+    for t in a:
+        assert a[t]["margin"] == pytest.approx(b[t]["margin"], abs=1e-4)
+        assert a[t]["accuracy"] == b[t]["accuracy"]
+
+
+def test_always_yes_model(setup: tuple) -> None:
+    world, _, model, processor = setup
+    tok = processor.tokenizer
+    old = model.lm_head
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    head.bias.data[tok.convert_tokens_to_ids("Yes")] = 5.0
+    head.bias.data[tok.convert_tokens_to_ids("B")] = 3.0
+    model.lm_head = head
+    try:
+        prepared = prepare_eval(processor, world, ["pope_random", "scienceqa"], limit=8, batch_size=3)
+        r = evaluate(model, processor, prepared)
+    finally:
+        model.lm_head = old
+    assert r["pope_random"]["yes_ratio"] == 1.0 and r["pope_random"]["recall"] == 1.0
+    assert r["pope_random"]["balanced_accuracy"] == 0.5
+    # P(yes) = e^5 / (e^5 + V - 1): margin = log p(yes)-log p(no) = 5 on yes rows, -5 on no rows
+    assert r["pope_random"]["margin"] == pytest.approx(0.0, abs=1e-5)
+    docs_b = sum(1 for d in __import__("hipp_torchprune.data", fromlist=["x"]).load_task_docs(
+        world, __import__("hipp_torchprune.data", fromlist=["x"]).TASKS["scienceqa"], limit=8) if d["answer"] == 1)
+    assert r["scienceqa"]["accuracy"] == pytest.approx(docs_b / 8)
+
+
+def test_cli_eval_json(setup: tuple, capsys: pytest.CaptureFixture[str]) -> None:
+    world, ckpt, _, _ = setup
+    rc = main(["eval", "--model", str(ckpt), "--data", str(world), "--tasks", "pope_adversarial,scienceqa",
+               "--limit", "8", "--batch-size", "4", "--json", "--device", "cpu"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"pope_adversarial", "scienceqa"}
+    assert set(out["pope_adversarial"]) == {"accuracy", "balanced_accuracy", "precision", "recall", "f1",
+                                            "yes_ratio", "margin", "n"}
+    assert set(out["scienceqa"]) == {"accuracy", "margin", "n"}
+
+
+def test_cli_eval_unknown_task(setup: tuple, capsys: pytest.CaptureFixture[str]) -> None:
+    world, ckpt, _, _ = setup
+    assert main(["eval", "--model", str(ckpt), "--data", str(world), "--tasks", "mmmu"]) == 2
+    assert "unknown task name(s) 'mmmu'" in capsys.readouterr().err
