@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml plugins/hipp-lmms/pyproject.toml plugins/hipp-lmms/cons
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m pip install -q --no-deps -e plugins/hipp-owl
+	$(PY) -m pip install -q --no-deps -e plugins/hipp-baselines
 	# lmms-eval 0.7.3 (docs/lmms-eval.md): exact pins; torchvision 0.28.0 matches torch 2.13.0 so the CPU
 	# torch stays, and is removed again (its PyPI wheel is a CUDA build that breaks `import lmms_eval`).
 	$(PY) -m pip install -q -c plugins/hipp-lmms/constraints.txt "torchvision==0.28.0" -e ".[test,lmms]" -e plugins/hipp-lmms

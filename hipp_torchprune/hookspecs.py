@@ -58,3 +58,17 @@ def hipp_reward_tasks() -> list[type]:
 
     :return: reward-task classes; each has a unique ``name`` (e.g. ``"pope"``).
     """
+
+
+@hookspec
+def hipp_pruning_methods() -> list[type]:
+    """Return whole pruning methods for comparisons (``hipp compare``): classes with a unique
+    ``name``, a ``kind`` (``"mlp-rows"`` or ``"slicing"``) and
+    ``prune(model, sparsity, context) -> MethodReport`` (see :mod:`hipp_torchprune.methods`).
+
+    An MLP-row method is an (allocation strategy, importance scorer) pair
+    (:class:`~hipp_torchprune.methods.MLPRowMethod`); a method with its own route (e.g.
+    SliceGPT) removes a parameter count equal to the MLP-sparsity budget's.
+
+    :return: method classes; each has a unique ``name`` (e.g. ``"wanda"``).
+    """

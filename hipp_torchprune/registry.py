@@ -19,12 +19,13 @@ from hipp_torchprune.errors import UnknownPluginError
 #: The entry-point group third-party plugins register under.
 ENTRY_POINT_GROUP = "hipp_torchprune"
 
-Kind = Literal["adapter", "importance", "strategy", "reward task"]
+Kind = Literal["adapter", "importance", "strategy", "reward task", "method"]
 _HOOKS: dict[Kind, str] = {
     "adapter": "hipp_model_adapters",
     "importance": "hipp_importance_scorers",
     "strategy": "hipp_allocators",
     "reward task": "hipp_reward_tasks",
+    "method": "hipp_pruning_methods",
 }
 
 

@@ -12,7 +12,7 @@ from hipp_torchprune.errors import HippError
 #: Subcommand modules under ``hipp_torchprune.cli``; each defines ``register(subparsers) -> None``
 #: and sets ``func(args) -> int`` on its parser via ``set_defaults``.
 SUBCOMMAND_MODULES: tuple[str, ...] = ("prune", "world", "demo_model", "evaluate", "calibrate", "train", "query",
-                                       "lmms_tasks", "demo")
+                                       "lmms_tasks", "demo", "recover", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:

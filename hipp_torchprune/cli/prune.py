@@ -92,16 +92,19 @@ def run(args: argparse.Namespace) -> int:
         _apply_config(args, set(getattr(args, "argv_flags", ())))
     registry = default_registry()
     scorer_cls = registry.get("importance", args.importance)
-    registry.get("strategy", args.strategy)
+    strategy_cls = registry.get("strategy", args.strategy)
+    strategy_calib = bool(getattr(strategy_cls, "needs_calibration", False))  # e.g. owl, ecoflap
     options = _strategy_options(args)
     model, processor = load_model(args.model, seed=args.seed)
-    plan = api.make_plan(model, args.strategy, args.sparsity, round_to=args.round_to, r_max=args.r_max,
-                         seed=args.seed, registry=registry, **options)
-    spec = _calibration_spec(args, args.model in TINY_MODELS, scorer_cls.needs_calibration)
+    spec = _calibration_spec(args, args.model in TINY_MODELS, scorer_cls.needs_calibration or strategy_calib)
     stats = None
     if spec is not None:
         samples = calibration_samples(spec, args.calib_n, seed=args.seed)
         stats = api.calibrate(model, processor, samples, with_grads=scorer_cls.needs_grads, registry=registry)
+        if strategy_calib:
+            options.update(stats=stats, processor=processor, samples=samples)
+    plan = api.make_plan(model, args.strategy, args.sparsity, round_to=args.round_to, r_max=args.r_max,
+                         seed=args.seed, registry=registry, **options)
     scorer = api.importance(args.importance, model, stats, registry=registry)
     api.prune_model(model, plan, scorer, registry=registry)
     report = {**plan.to_dict(), "strategy": args.strategy, "importance": args.importance,

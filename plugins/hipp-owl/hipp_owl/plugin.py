@@ -38,6 +38,8 @@ class OWLAllocator:
     """Outlier-weighted layerwise sparsity (options: ``model``, ``stats``, ``m``=5, ``lam``=0.08)."""
 
     name: ClassVar[str] = "owl"
+    #: The CLI calibrates before planning and passes ``stats`` (``hipp prune --strategy owl``).
+    needs_calibration: ClassVar[bool] = True
 
     def allocate(self, request: AllocationRequest) -> list[float]:
         """Ratios from each layer's Wanda outlier ratio, rebalanced to the target sparsity."""

@@ -1,0 +1,81 @@
+"""``hipp compare``: every method at matched sparsity, calibration and recovery; Tables 1/3/4 + figure."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def _prefs(text: str) -> tuple[tuple[float, float, float], ...]:
+    from hipp_torchprune.hipp.preferences import parse_preference
+
+    return tuple(parse_preference(p) for p in text.split(";") if p.strip())
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``compare`` subcommand."""
+    from hipp_torchprune.compare import BASELINES
+
+    p = subparsers.add_parser("compare", help="matched comparison of HiPP against the baselines (Tables 1, 3, 4)")
+    p.add_argument("--model", default="demo", help="model spec (default: demo)")
+    p.add_argument("--data", required=True, help="proving-ground world directory")
+    p.add_argument("--policy", required=True, help="HiPP policy directory (Tables 1 and 3)")
+    p.add_argument("--out", required=True, help="results directory (results.json, tables.md, PNG, TensorBoard)")
+    p.add_argument("--methods", default=",".join(BASELINES), help="comma-separated baseline methods")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--preference", default="0.6,0.3,0.1", help="HiPP preference of Table 1")
+    p.add_argument("--table3", default=None, help="Table-3 preferences 'a,b,c;a,b,c;...'")
+    p.add_argument("--table4", default=None, help="Table-4 preferences 'a,b,c;...'")
+    p.add_argument("--sampler-policy", action="append", default=[], metavar="NAME=DIR",
+                   help="policy trained with sampler NAME (Table 4); repeat for mixed, anchors, dirichlet")
+    p.add_argument("--steps", type=int, default=100, help="recovery steps (same for every method)")
+    p.add_argument("--batch-size", type=int, default=8, help="recovery batch size")
+    p.add_argument("--lr", type=float, default=1e-3, help="recovery learning rate")
+    p.add_argument("--lora-layers", type=int, default=2, help="recovery LoRA on the last K layers")
+    p.add_argument("--calib-n", type=int, default=64, help="calibration samples (shared by all methods)")
+    p.add_argument("--limit", type=int, default=None, help="test rows per task (default: all)")
+    p.add_argument("--tolerance", type=float, default=0.005, help="allowed realized-sparsity gap")
+    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing results.json")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``hipp compare``."""
+    from hipp_torchprune.compare import (
+        TABLE3_PREFERENCES,
+        TABLE4_PREFERENCES,
+        CompareConfig,
+        CompareError,
+        run_compare,
+    )
+    from hipp_torchprune.hipp.preferences import parse_preference
+    from hipp_torchprune.recovery import RecoveryConfig
+
+    samplers = []
+    for item in args.sampler_policy:
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory:
+            raise CompareError(f"--sampler-policy takes NAME=DIR, got {item!r}")
+        samplers.append((name, directory))
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    except ValueError as exc:
+        raise CompareError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from exc
+    config = CompareConfig(
+        model=args.model, data=args.data, policy=args.policy,
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), seeds=seeds,
+        preference=parse_preference(args.preference),
+        table3=_prefs(args.table3) if args.table3 else TABLE3_PREFERENCES,
+        table4=_prefs(args.table4) if args.table4 else TABLE4_PREFERENCES, samplers=tuple(samplers),
+        recovery=RecoveryConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                lora_layers=args.lora_layers, save_every=max(1, args.steps // 4)),
+        calib_n=args.calib_n, limit=args.limit, tolerance=args.tolerance,
+        device=args.device)
+    run_compare(config, args.out, progress=not args.no_progress, fresh=args.fresh)
+    from pathlib import Path
+
+    print((Path(args.out) / "tables.md").read_text())
+    print(f"results in {args.out}/results.json, figure {args.out}/operating_points.png")
+    return 0

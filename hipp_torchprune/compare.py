@@ -1,0 +1,388 @@
+"""``hipp compare``: every method at matched realized sparsity, matched calibration and matched
+recovery, over several seeds; Tables 1, 3 and 4 and the robustness-utility figure.
+
+One *cell* is (table, method, preference, seed): prune a copy of the model, evaluate it, recover
+it with the shared :class:`~hipp_torchprune.recovery.RecoveryConfig`, evaluate again. Cells are
+written to ``results.json`` as they finish (atomically), so an interrupted run resumes where it
+stopped. Matching:
+
+* **sparsity**: HiPP is queried first; every baseline then prunes at HiPP's realized sparsity
+  and must land within ``tolerance`` (default 0.5 percentage points) of it, or the cell is
+  marked ``matched: false`` (never silently dropped);
+* **calibration**: one calibration set (``calib_n`` rows of the world's calibration split) and
+  one set of statistics of the dense model serve every method and seed;
+* **recovery**: the same config (steps, batch, learning rate, LoRA, data mix) for every method;
+  the seed varies data order and LoRA init together with the random strategies.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hipp_torchprune.errors import HippError
+from hipp_torchprune.recovery.config import RecoveryConfig
+
+#: Evaluation tasks of every cell.
+TASKS = "pope_adversarial,pope_random,scienceqa"
+#: Default Table-3 preferences (w_rob, w_util, w_comp).
+TABLE3_PREFERENCES: tuple[tuple[float, float, float], ...] = (
+    (0.8, 0.1, 0.1), (0.6, 0.3, 0.1), (1 / 3, 1 / 3, 1 / 3), (0.3, 0.6, 0.1), (0.1, 0.8, 0.1))
+#: Preferences each sampler-ablation policy is queried at (Table 4).
+TABLE4_PREFERENCES: tuple[tuple[float, float, float], ...] = ((0.7, 0.2, 0.1), (1 / 3, 1 / 3, 1 / 3), (0.2, 0.7, 0.1))
+#: Baselines of Table 1, in order.
+BASELINES: tuple[str, ...] = ("random", "wanda", "llm-pruner", "slicegpt", "owl", "ecoflap")
+
+
+class CompareError(HippError, ValueError):
+    """A comparison was misconfigured, or its results file belongs to another configuration."""
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """One comparison run."""
+
+    #: Model spec (``demo``, a checkpoint directory, or a tiny model name).
+    model: str
+    #: Proving-ground world (train split: recovery; calibration split: calibration; test split: tables).
+    data: str
+    #: HiPP policy directory (its ``round_to`` is used for every MLP-row method).
+    policy: str
+    #: Baseline method names (registered ``hipp_pruning_methods``).
+    methods: tuple[str, ...] = BASELINES
+    #: Seeds; every table reports mean +- std over them.
+    seeds: tuple[int, ...] = (0, 1, 2)
+    #: The preference HiPP is queried at in Table 1.
+    preference: tuple[float, float, float] = (0.6, 0.3, 0.1)
+    #: Table-3 preferences.
+    table3: tuple[tuple[float, float, float], ...] = TABLE3_PREFERENCES
+    #: Table-4 sampler policies as ``(name, directory)``; empty: Table 4 is skipped.
+    samplers: tuple[tuple[str, str], ...] = ()
+    #: Table-4 preferences.
+    table4: tuple[tuple[float, float, float], ...] = TABLE4_PREFERENCES
+    #: Shared recovery config (its seed is replaced by the cell's seed).
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    #: Calibration samples (shared by every method).
+    calib_n: int = 64
+    #: Test rows per task (None: all).
+    limit: int | None = None
+    #: Allowed |realized - target| sparsity gap for baselines.
+    tolerance: float = 0.005
+    #: Device for every cell (None: ``cuda`` when available, else ``cpu``). Not part of the signature.
+    device: str | None = None
+
+    def signature(self) -> str:
+        """Hash of everything that changes results (not ``seeds``/``methods``: those only add cells)."""
+        d = asdict(self)
+        for k in ("seeds", "methods", "table3", "samplers", "table4", "device"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- pure math
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for one value). Example: [1, 3] -> (2, 1.414...)."""
+    if not values:
+        return math.nan, math.nan
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates (both coordinates maximized), sorted by x.
+
+    Example: ``[(1, 1), (2, 0), (0, 2), (0.5, 0.5)]`` -> ``[2, 0, 1]``.
+    """
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((a >= x and b >= y) and (a > x or b > y) for j, (a, b) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
+
+
+def fmt_pm(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+    """``"mean ± std"`` in percent."""
+    m, s = mean_std([scale * v for v in values])
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+# ---------------------------------------------------------------- results file
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        Path(tmp).write_text(json.dumps(obj, indent=1))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cell_key(table: str, method: str, preference: Sequence[float] | None, seed: int) -> str:
+    """Stable key of one cell."""
+    pref = "-" if preference is None else ",".join(f"{p:.3f}" for p in preference)
+    return f"{table}|{method}|{pref}|{seed}"
+
+
+def _metrics(result: dict[str, dict[str, Any]]) -> dict[str, float]:
+    return {"pope_adv_bal_acc": float(result["pope_adversarial"]["balanced_accuracy"]),
+            "pope_rand_bal_acc": float(result["pope_random"]["balanced_accuracy"]),
+            "sqa_acc": float(result["scienceqa"]["accuracy"]),
+            "pope_yes_ratio": float(result["pope_adversarial"]["yes_ratio"])}
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class _Shared:
+    model: Any
+    processor: Any
+    prepared: Any
+    samples: list
+    stats: Any
+    policies: dict[str, Any]
+    registry: Any
+
+
+def _cells(config: CompareConfig) -> list[tuple[str, str, tuple[float, float, float] | None, int, str]]:
+    """(table, method, preference, seed, policy name) of every cell, Table 1 first."""
+    cells = []
+    for seed in config.seeds:
+        cells.append(("table1", "hipp", config.preference, seed, "main"))
+        cells += [("table1", m, config.preference, seed, "main") for m in config.methods]
+    for seed in config.seeds:
+        cells += [("table3", "hipp", p, seed, "main") for p in config.table3]
+    for seed in config.seeds:
+        cells += [("table4", name, p, seed, name) for name, _ in config.samplers for p in config.table4]
+    return cells
+
+
+def _hipp_plan(shared: _Shared, model: Any, policy: Any, preference: Sequence[float]) -> Any:
+    from hipp_torchprune import api
+
+    return api.make_plan(model, "hipp", round_to=policy.round_to, r_max=policy.policy.config.r_max,
+                         policy=policy, preference=tuple(preference), registry=shared.registry)
+
+
+def _run_cell(config: CompareConfig, shared: _Shared, table: str, method: str,
+              preference: tuple[float, float, float] | None, seed: int, policy_name: str,
+              work_dir: Path) -> dict[str, Any]:
+    from hipp_torchprune import api
+    from hipp_torchprune.evaluation import evaluate
+    from hipp_torchprune.methods import MethodContext
+    from hipp_torchprune.recovery import recover
+
+    policy = shared.policies[policy_name]
+    model = copy.deepcopy(shared.model)
+    target = _hipp_plan(shared, model, shared.policies["main"], config.preference).realized_sparsity
+    ctx = MethodContext(shared.processor, shared.samples, shared.stats, round_to=policy.round_to,
+                        r_max=policy.policy.config.r_max, seed=seed, registry=shared.registry)
+    if method == "hipp" or table == "table4":
+        plan = _hipp_plan(shared, model, policy, preference)
+        api.prune_model(model, plan, api.importance("wanda", model, shared.stats, registry=shared.registry),
+                        registry=shared.registry)
+        realized, widths, details = plan.realized_sparsity, list(plan.widths_after), {"policy": policy_name}
+        target = realized
+    else:
+        report = shared.registry.get("method", method)().prune(model, target, ctx)
+        realized, widths, details = report.realized_sparsity, list(report.widths), dict(report.details)
+    pre = _metrics(evaluate(model, shared.processor, shared.prepared))
+    rcfg = RecoveryConfig(**{**config.recovery.to_dict(), "seed": seed})
+    result = recover(model, shared.processor, config.data, rcfg, work_dir=work_dir, progress=False,
+                     registry=shared.registry)
+    post = _metrics(evaluate(result.model, shared.processor, shared.prepared))
+    return {"table": table, "method": method, "preference": list(preference) if preference else None, "seed": seed,
+            "target_sparsity": target, "realized_sparsity": realized,
+            "matched": abs(realized - target) <= config.tolerance + 1e-12, "widths": widths, "details": details,
+            "pre_recovery": pre, "post_recovery": post,
+            "final_loss": result.history[-1]["loss"] if result.history else None}
+
+
+def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = True, fresh: bool = False,
+                registry: Any = None) -> dict[str, Any]:
+    """Run (or resume) the comparison; returns the results dict also written to ``out_dir/results.json``
+    and renders ``tables.md`` and ``operating_points.png`` there."""
+    import shutil
+
+    from tqdm.auto import tqdm
+
+    from hipp_torchprune import api
+    from hipp_torchprune.calib_data import calibration_samples
+    from hipp_torchprune.evaluation import evaluate, prepare_eval
+    from hipp_torchprune.hipp.policy_io import load_policy
+    from hipp_torchprune.loading import load_model
+    from hipp_torchprune.registry import default_registry
+
+    registry = registry or default_registry()
+    known = registry.names("method")
+    missing = [m for m in config.methods if m not in known]
+    if missing:
+        raise CompareError(f"unknown method(s) {', '.join(missing)}; registered: {', '.join(known) or 'none'} "
+                           "(install plugins/hipp-baselines)")
+    if not config.seeds:
+        raise CompareError("give at least one seed")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    results: dict[str, Any] = {"signature": config.signature(), "config": json.loads(json.dumps(asdict(config),
+                                                                                                 default=str)),
+                               "cells": {}}
+    if path.exists() and not fresh:
+        old = json.loads(path.read_text())
+        if old.get("signature") != results["signature"]:
+            raise CompareError(f"{path} was written by a different comparison config; use --fresh or another --out")
+        results["cells"] = old.get("cells", {})
+        results["dense"] = old.get("dense")
+    todo = [c for c in _cells(config) if cell_key(c[0], c[1], c[2], c[3]) not in results["cells"]]
+    writer = None
+    if todo or results.get("dense") is None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"))
+        import torch
+
+        model, processor = load_model(config.model)
+        model.to(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        policies = {"main": load_policy(config.policy), **{n: load_policy(d) for n, d in config.samplers}}
+        samples = calibration_samples(config.data, config.calib_n)
+        stats = api.calibrate(model, processor, samples, with_grads=True, registry=registry)
+        prepared = prepare_eval(processor, config.data, TASKS, limit=config.limit)
+        shared = _Shared(model, processor, prepared, samples, stats, policies, registry)
+        if results.get("dense") is None:
+            results["dense"] = _metrics(evaluate(model, processor, prepared))
+            _write_json_atomic(path, results)
+        bar = tqdm(todo, desc="compare", disable=not progress)
+        for table, method, pref, seed, pol in bar:
+            key = cell_key(table, method, pref, seed)
+            bar.set_postfix_str(key)
+            work = out / "work" / hashlib.sha1(key.encode()).hexdigest()[:12]
+            cell = _run_cell(config, shared, table, method, pref, seed, pol, work)
+            results["cells"][key] = cell
+            _write_json_atomic(path, results)
+            shutil.rmtree(work, ignore_errors=True)
+            for k, v in cell["post_recovery"].items():
+                writer.add_scalar(f"{table}/{method}/{k}", v, seed)
+        bar.close()
+        writer.close()
+    (out / "tables.md").write_text(render_tables(results))
+    plot_operating_points(results, out / "operating_points.png")
+    return results
+
+
+# ---------------------------------------------------------------- tables and figure
+
+
+def _group(results: dict[str, Any], table: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for cell in results["cells"].values():
+        if cell["table"] == table:
+            pref = "-" if cell["preference"] is None else "(" + ", ".join(f"{p:.2f}" for p in cell["preference"]) + ")"
+            groups.setdefault((cell["method"], pref), []).append(cell)
+    return groups
+
+
+def _row(cells: list[dict[str, Any]], stage: str = "post_recovery") -> list[str]:
+    return [fmt_pm([c["realized_sparsity"] for c in cells]),
+            fmt_pm([c[stage]["pope_adv_bal_acc"] for c in cells]),
+            fmt_pm([c[stage]["pope_rand_bal_acc"] for c in cells]),
+            fmt_pm([c[stage]["sqa_acc"] for c in cells]),
+            fmt_pm([c[stage]["pope_yes_ratio"] for c in cells]),
+            fmt_pm([c["pre_recovery"]["pope_adv_bal_acc"] for c in cells]),
+            fmt_pm([c["pre_recovery"]["sqa_acc"] for c in cells]),
+            str(len(cells)) + ("" if all(c["matched"] for c in cells) else " (UNMATCHED)")]
+
+
+HEADER = ("| {first} | sparsity % | POPE-adv BalAcc | POPE-rand BalAcc | SQA acc | POPE yes % "
+          "| pre-rec. POPE-adv | pre-rec. SQA | seeds |\n|" + "---|" * 9)
+
+
+def render_tables(results: dict[str, Any]) -> str:
+    """Markdown for Tables 1, 3 and 4 (mean ± std over seeds, in percent; after recovery unless marked)."""
+    order = ["hipp", *BASELINES]
+    lines = ["### Table 1: methods at matched realized MLP sparsity (after matched recovery)", "",
+             HEADER.format(first="method")]
+    dense = results.get("dense")
+    if dense:
+        lines.append(f"| dense | 0.0 | {100 * dense['pope_adv_bal_acc']:.1f} | {100 * dense['pope_rand_bal_acc']:.1f} "
+                     f"| {100 * dense['sqa_acc']:.1f} | {100 * dense['pope_yes_ratio']:.1f} | | | |")
+    t1 = _group(results, "table1")
+    for (method, _), cells in sorted(t1.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order
+                                                                 else 99, kv[0][0])):
+        lines.append(f"| {'HiPP' if method == 'hipp' else method} | " + " | ".join(_row(cells)) + " |")
+    lines += ["", "### Table 3: one HiPP policy queried at several preferences (w_rob, w_util, w_comp)", "",
+              HEADER.format(first="preference")]
+    for (_, pref), cells in sorted(_group(results, "table3").items(), key=lambda kv: kv[0][1]):
+        lines.append(f"| {pref} | " + " | ".join(_row(cells)) + " |")
+    t4 = _group(results, "table4")
+    lines += ["", "### Table 4: preference-sampler ablation (policy trained with each sampler)", ""]
+    if not t4:
+        lines.append("Not run: no sampler policies given (`--sampler-policy NAME=DIR`).")
+    else:
+        lines.append(HEADER.format(first="sampler @ preference"))
+        for (name, pref), cells in sorted(t4.items()):
+            lines.append(f"| {name} @ {pref} | " + " | ".join(_row(cells)) + " |")
+        by_sampler: dict[str, list[dict[str, Any]]] = {}
+        for (name, _), cells in t4.items():
+            by_sampler.setdefault(name, []).extend(cells)
+        for name, cells in sorted(by_sampler.items()):
+            lines.append(f"| **{name}, all preferences** | " + " | ".join(_row(cells)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def operating_points(results: dict[str, Any]) -> list[tuple[str, float, float, float, float]]:
+    """``(label, sqa mean, sqa std, pope-adv mean, pope-adv std)`` of Table-1 methods and Table-3 preferences."""
+    points = []
+    for table in ("table1", "table3"):
+        for (method, pref), cells in _group(results, table).items():
+            label = ("HiPP" if method == "hipp" else method) + (f" {pref}" if table == "table3" else "")
+            sx, sxs = mean_std([100 * c["post_recovery"]["sqa_acc"] for c in cells])
+            py, pys = mean_std([100 * c["post_recovery"]["pope_adv_bal_acc"] for c in cells])
+            points.append((label, sx, sxs, py, pys))
+    return points
+
+
+def plot_operating_points(results: dict[str, Any], path: Path) -> None:
+    """Robustness (POPE-adv balanced accuracy) against utility (ScienceQA accuracy); Pareto front marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = operating_points(results)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for label, x, xs, y, ys in pts:
+        color = "tab:red" if label.startswith("HiPP") else "tab:blue"
+        ax.errorbar(x, y, xerr=xs, yerr=ys, fmt="o", color=color, ms=5, capsize=2, alpha=0.85)
+        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    if pts:
+        front = pareto_front([(p[1], p[3]) for p in pts])
+        ax.plot([pts[i][1] for i in front], [pts[i][3] for i in front], "k--", lw=1, label="Pareto front")
+        ax.scatter([pts[i][1] for i in front], [pts[i][3] for i in front], s=140, facecolors="none",
+                   edgecolors="k")
+    dense = results.get("dense")
+    if dense:
+        ax.scatter([100 * dense["sqa_acc"]], [100 * dense["pope_adv_bal_acc"]], marker="*", s=120, color="k",
+                   label="dense")
+    ax.set_xlabel("ScienceQA-style accuracy (%) [utility]")
+    ax.set_ylabel("POPE-adversarial balanced accuracy (%) [robustness]")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

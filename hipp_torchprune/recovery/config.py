@@ -1,0 +1,79 @@
+"""Recovery configuration (one frozen dataclass shared by every compared method) and its error."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from hipp_torchprune.errors import HippError
+
+DataMix = Literal["mix", "pope", "scienceqa"]
+
+
+class RecoveryError(HippError, ValueError):
+    """Recovery was given bad settings, unusable data, or would change the pruned widths."""
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """One recovery run. The same instance is used for every method in a comparison.
+
+    The pruning mask is fixed: only the LM head, the final norm, the multimodal projector and
+    (``lora_layers > 0``) LoRA adapters on the last ``lora_layers`` decoder layers train.
+    """
+
+    #: Optimizer steps.
+    steps: int = 100
+    #: Examples per step.
+    batch_size: int = 8
+    #: AdamW learning rate (head, norm, projector and LoRA).
+    lr: float = 1e-3
+    #: AdamW weight decay.
+    weight_decay: float = 0.0
+    #: Gradient-norm clip.
+    grad_clip: float = 1.0
+    #: LoRA on the last this many decoder layers (0: no LoRA).
+    lora_layers: int = 2
+    #: LoRA rank.
+    lora_rank: int = 8
+    #: LoRA alpha (scale ``alpha / rank``).
+    lora_alpha: float = 16.0
+    #: Which rows train: POPE and ScienceQA mixed, or one of them.
+    data: DataMix = "mix"
+    #: POPE share of a mixed batch before the preference bias.
+    pope_base_fraction: float = 0.5
+    #: Robustness weight of the preference that biases the mix toward POPE (None: no bias).
+    w_rob: float | None = None
+    #: Weight of the class-balanced token loss (POPE rows).
+    w_balanced: float = 1.0
+    #: Weight of the margin hinge.
+    w_margin: float = 0.5
+    #: Target log-margin of the hinge.
+    margin: float = 1.0
+    #: Weight of the batch yes-rate regularizer (POPE rows).
+    w_yes_rate: float = 1.0
+    #: Train-split rows used per task (None: all).
+    limit: int | None = None
+    #: Seed for data order and LoRA initialization.
+    seed: int = 0
+    #: Save a resumable checkpoint every this many steps (0: never).
+    save_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1:
+            raise RecoveryError(f"steps must be >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}")
+        if self.lr <= 0 or self.lora_layers < 0 or self.lora_rank < 1:
+            raise RecoveryError("lr must be > 0, lora_layers >= 0 and lora_rank >= 1")
+        if self.data not in ("mix", "pope", "scienceqa"):
+            raise RecoveryError(f"data must be 'mix', 'pope' or 'scienceqa', got {self.data!r}")
+        if not 0.0 <= self.pope_base_fraction <= 1.0:
+            raise RecoveryError(f"pope_base_fraction must lie in [0, 1], got {self.pope_base_fraction}")
+        if self.w_rob is not None and not 0.0 <= self.w_rob <= 1.0:
+            raise RecoveryError(f"w_rob must lie in [0, 1], got {self.w_rob}")
+        if self.limit is not None and self.limit < 1:
+            raise RecoveryError(f"limit must be >= 1 or None, got {self.limit}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (checkpoint metadata, resume checks)."""
+        return dataclasses.asdict(self)

@@ -1,0 +1,189 @@
+"""The recovery loop: fixed mask, trainable head/norm/projector (+ LoRA), POPE-aware loss,
+tqdm progress, TensorBoard, resumable checkpoints, LoRA merged back at the same widths."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hipp_torchprune.recovery.config import RecoveryConfig, RecoveryError
+from hipp_torchprune.recovery.data import Row, encode_rows, load_pool, step_rows
+from hipp_torchprune.recovery.lora import ShapeSnapshot, attach, merge
+from hipp_torchprune.recovery.losses import (
+    class_balanced_mean,
+    margin_hinge,
+    next_token_nll,
+    option_logprobs,
+    yes_rate_penalty,
+)
+
+#: Resumable state inside a work directory.
+STATE_FILE = "recovery_state.pt"
+
+
+@dataclass
+class RecoveryResult:
+    """The recovered (merged) model and the per-step loss log."""
+
+    model: nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+def recovery_loss(logprobs: torch.Tensor, rows: list[tuple[str, Row]], config: RecoveryConfig
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss and its terms for one batch of answer-position log-probabilities ``(B, V)``.
+
+    ``total = nll + w_balanced * balanced + w_margin * margin + w_yes_rate * yes_rate`` where
+    ``nll`` is the gold answer token's next-token loss over all rows, ``balanced`` the same loss
+    class-balanced over POPE rows, ``margin`` the hinge over all rows, ``yes_rate`` the batch
+    yes-rate penalty over POPE rows.
+    """
+    cands = [r.candidates for _, r in rows]
+    gold = torch.tensor([r.gold for _, r in rows], device=logprobs.device)
+    targets = torch.tensor([r.candidates[r.gold][0] for _, r in rows], device=logprobs.device)
+    is_pope = torch.tensor([fam == "pope" for fam, _ in rows], device=logprobs.device)
+    opt = option_logprobs(logprobs, cands)
+    nll = next_token_nll(logprobs, targets)
+    terms = {
+        "nll": nll.mean(),
+        "balanced": class_balanced_mean(nll[is_pope], gold[is_pope]),
+        "margin": margin_hinge(opt, gold, config.margin),
+        "yes_rate": yes_rate_penalty(opt[is_pope, 0], opt[is_pope, 1]),
+    }
+    total = (terms["nll"] + config.w_balanced * terms["balanced"] + config.w_margin * terms["margin"]
+             + config.w_yes_rate * terms["yes_rate"])
+    return total, {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+
+
+def _forward_logprobs(net: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
+                      dtype: torch.dtype) -> torch.Tensor:
+    inputs = {k: (v.to(device=device, dtype=dtype) if k == "pixel_values" else v.to(device))
+              for k, v in batch.items() if hasattr(v, "to")}
+    out = net(**inputs, use_cache=False, logits_to_keep=1)
+    return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _trainable(net: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in net.named_parameters() if p.requires_grad}
+
+
+def recover(model: nn.Module, processor: Any, data_dir: str | Path, config: RecoveryConfig, *,
+            work_dir: str | Path | None = None, progress: bool = True, registry: Any = None,
+            split: str = "train") -> RecoveryResult:
+    """Recover a pruned ``model`` in place and return it with LoRA merged back.
+
+    ``work_dir`` (optional) holds ``recovery_state.pt`` (saved every ``config.save_every``
+    steps; a run with the same config resumes from it) and TensorBoard logs. The widths,
+    linear shapes and parameter count after merging are checked against the ones before.
+    """
+    from hipp_torchprune.api import get_adapter
+
+    adapter = get_adapter(model, registry)
+    snapshot = ShapeSnapshot.of(model, adapter)
+    pool = load_pool(processor, data_dir, config, split=split)
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    torch.manual_seed(config.seed)
+    net = attach(model, adapter, config)
+    params = _trainable(net)
+    opt = torch.optim.AdamW(list(params.values()), lr=config.lr, weight_decay=config.weight_decay)
+    work = Path(work_dir) if work_dir is not None else None
+    start, history = 0, []
+    # ``steps`` is left out: batches depend on (seed, step) only, so a run can be extended.
+    meta = {"config": {k: v for k, v in config.to_dict().items() if k != "steps"},
+            "widths": list(snapshot.widths), "params": snapshot.params}
+    if work is not None:
+        work.mkdir(parents=True, exist_ok=True)
+        state_path = work / STATE_FILE
+        if state_path.exists():
+            state = torch.load(state_path, map_location=device, weights_only=False)
+            if state["meta"] != meta:
+                raise RecoveryError(f"{state_path} was written by a different recovery run (config or model "
+                                    "differ); delete it or use another work directory")
+            with torch.no_grad():
+                for name, value in state["params"].items():
+                    params[name].copy_(value)
+            opt.load_state_dict(state["optimizer"])
+            start, history = int(state["step"]), list(state["history"])
+    writer = None
+    if work is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(work / "tensorboard"), purge_step=start)
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    net.eval()  # no dropout: same seed, same result
+    bar = tqdm(range(start, config.steps), desc="recover", disable=not progress, initial=start, total=config.steps)
+    try:
+        for step in bar:
+            rows = step_rows(pool, config, step)
+            lp = _forward_logprobs(net, encode_rows(processor, pool, rows), device, dtype)
+            loss, record = recovery_loss(lp, rows, config)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(params.values()), config.grad_clip)
+            opt.step()
+            record["step"] = step + 1
+            history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", yes=f"{record['yes_rate']:.3f}")
+            if writer is not None:
+                for k, v in record.items():
+                    if k != "step":
+                        writer.add_scalar(f"recovery/{k}", v, step + 1)
+            done = step + 1
+            if work is not None and config.save_every and (done % config.save_every == 0 or done == config.steps):
+                _save_state(work / STATE_FILE, {
+                    "meta": meta, "step": done, "history": history, "optimizer": opt.state_dict(),
+                    "params": {n: p.detach().cpu().clone() for n, p in params.items()}})
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    with torch.no_grad():
+        merged = merge(net, model)
+    merged.train(was_training)
+    snapshot.check(merged, adapter.__class__(merged))
+    return RecoveryResult(merged, history, start)
+
+
+def recover_checkpoint(model_dir: str | Path, data_dir: str | Path, out: str | Path, config: RecoveryConfig, *,
+                       work_dir: str | Path | None = None, progress: bool = True) -> RecoveryResult:
+    """Load a pruned checkpoint, recover it, and save it to ``out`` at the same widths.
+
+    ``out`` is written atomically (:func:`~hipp_torchprune.checkpoint.save_pruned`) and gets
+    ``recovery.json`` (config and loss log). ``work_dir`` defaults to ``OUT.recovery``.
+    """
+    from hipp_torchprune.checkpoint import read_pruning_meta, save_pruned
+    from hipp_torchprune.loading import load_model, resolve_model_dir
+    from hipp_torchprune.models.tiny import TINY_MODELS
+
+    model, processor = load_model(model_dir, seed=config.seed)
+    meta = None if str(model_dir) in TINY_MODELS else read_pruning_meta(resolve_model_dir(model_dir))
+    out = Path(out)
+    work = Path(work_dir) if work_dir is not None else out.parent / f"{out.name}.recovery"
+    result = recover(model, processor, data_dir, config, work_dir=work, progress=progress)
+    report = {"config": config.to_dict(), "source": str(model_dir), "history": result.history}
+    plan = dict((meta or {}).get("plan") or {})
+    plan["recovery"] = {"steps": config.steps, "seed": config.seed}
+    save_pruned(result.model, out, processor, plan=plan, extra_files={"recovery.json": json.dumps(report, indent=1)})
+    return result

@@ -1,0 +1,140 @@
+"""Recovery on the tiny models: widths stay, LoRA merges exactly, same seed same result, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hipp_torchprune import api
+from hipp_torchprune.checkpoint import load_pruned, save_pruned
+from hipp_torchprune.cli import main
+from hipp_torchprune.errors import DataError
+from hipp_torchprune.models.tiny import build_tiny
+from hipp_torchprune.recovery import RecoveryConfig, RecoveryError, recover
+from hipp_torchprune.recovery.data import encode_rows, load_pool, step_rows
+from hipp_torchprune.recovery.lora import ShapeSnapshot, attach, head_modules, merge
+from hipp_torchprune.world import build_world
+
+CFG = RecoveryConfig(steps=2, batch_size=4, lora_layers=2, lora_rank=4, save_every=1, limit=32)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("w") / "world"
+    build_world(out, 0, 200)
+    return out
+
+
+def _pruned(name: str) -> tuple[torch.nn.Module, object]:
+    model, processor = build_tiny(name, seed=0)
+    plan = api.make_plan(model, "random", 0.4, round_to=16, seed=1)
+    api.prune_model(model, plan, api.importance("magnitude", model))
+    return model, processor
+
+
+def test_only_head_norm_projector_and_lora_train(tiny) -> None:
+    name, _, _ = tiny
+    model, _ = _pruned(name)
+    from hipp_torchprune.api import get_adapter
+
+    adapter = get_adapter(model)
+    net = attach(model, adapter, CFG)
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    head = {id(p) for m in head_modules(adapter) for p in m.parameters()}
+    for n, p in net.named_parameters():
+        if p.requires_grad:
+            assert "lora_" in n or id(p) in head, n
+    n_layers = len(adapter.decoder_layers())
+    assert any(f"layers.{n_layers - 1}.mlp.down_proj.lora_A" in n for n in trainable)
+    assert not any("layers.0.mlp" in n and "lora_" in n for n in trainable)  # only the last 2 layers
+
+
+def test_merged_logits_equal_peft_and_widths_stay(tiny, world: Path) -> None:
+    name, _, _ = tiny
+    model, processor = _pruned(name)
+    from hipp_torchprune.api import get_adapter
+
+    adapter = get_adapter(model)
+    snap = ShapeSnapshot.of(model, adapter)
+    net = attach(model, adapter, CFG)
+    torch.manual_seed(3)
+    with torch.no_grad():  # non-trivial adapters (peft initializes B to zero)
+        for n, p in net.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    pool = load_pool(processor, world, CFG)
+    batch = encode_rows(processor, pool, step_rows(pool, CFG, 0))
+    with torch.no_grad():
+        before = net(**batch, use_cache=False).logits
+        merged = merge(net, model)
+        after = merged(**batch, use_cache=False).logits
+    assert torch.allclose(before, after, atol=1e-5)
+    snap.check(merged, get_adapter(merged))
+    assert get_adapter(merged).intermediate_widths() == list(snap.widths)
+
+
+def test_recover_same_seed_same_result_and_save(tiny, world: Path, tmp_path: Path) -> None:
+    name, _, _ = tiny
+    results = []
+    for _ in range(2):
+        model, processor = _pruned(name)
+        widths = api.get_adapter(model).intermediate_widths()
+        res = recover(model, processor, world, CFG, progress=False)
+        assert api.get_adapter(res.model).intermediate_widths() == widths
+        assert len(res.history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in res.history)
+        results.append(res)
+    for (n, a), (_, b) in zip(results[0].model.state_dict().items(), results[1].model.state_dict().items()):
+        assert torch.equal(a, b), n
+    save_pruned(results[0].model, tmp_path / "ck", processor)
+    assert api.get_adapter(load_pruned(tmp_path / "ck")).intermediate_widths() == widths
+
+
+def test_resume_extends_to_the_same_weights(world: Path, tmp_path: Path) -> None:
+    cfg4 = RecoveryConfig(**{**CFG.to_dict(), "steps": 4, "save_every": 2})
+    model, processor = _pruned("tiny-llava")
+    full = recover(model, processor, world, cfg4, progress=False, work_dir=tmp_path / "a").model
+    model, processor = _pruned("tiny-llava")
+    recover(model, processor, world, RecoveryConfig(**{**cfg4.to_dict(), "steps": 2}), progress=False,
+            work_dir=tmp_path / "b")
+    model, processor = _pruned("tiny-llava")
+    resumed = recover(model, processor, world, cfg4, progress=False, work_dir=tmp_path / "b")
+    assert resumed.resumed_from == 2 and [h["step"] for h in resumed.history] == [1, 2, 3, 4]
+    for (n, a), (_, b) in zip(full.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), n
+    model, processor = _pruned("tiny-llava")
+    with pytest.raises(RecoveryError, match="different recovery run"):
+        recover(model, processor, world, RecoveryConfig(**{**cfg4.to_dict(), "lr": 0.5}), progress=False,
+                work_dir=tmp_path / "b")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"steps": -1}, "steps"), ({"lora_rank": 0}, "lora_rank"), ({"data": "x"}, "data"), ({"w_rob": 2.0}, "w_rob")])
+def test_bad_config(kwargs: dict, message: str) -> None:
+    with pytest.raises(RecoveryError, match=message):
+        RecoveryConfig(**kwargs)
+
+
+def test_cli_recover(world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pruned = tmp_path / "pruned"
+    assert main(["prune", "--model", "tiny-llava", "--sparsity", "0.3", "--round-to", "16", "--out", str(pruned),
+                 "--calib-n", "2", "--json"]) == 0
+    widths = load_pruned(pruned).config.text_config.hipp_intermediate_sizes
+    capsys.readouterr()
+    out = tmp_path / "rec"
+    assert main(["recover", "--model", str(pruned), "--data", str(world), "--steps", "1", "--out", str(out),
+                 "--batch-size", "2", "--limit", "8", "--no-progress", "--json", "--preference", "0.8,0.1,0.1"]) == 0
+    assert (out / "recovery.json").is_file() and (tmp_path / "rec.recovery" / "recovery_state.pt").is_file()
+    assert api.get_adapter(load_pruned(out)).intermediate_widths() == widths
+    assert main(["recover", "--model", str(pruned), "--data", str(tmp_path / "nope"), "--steps", "1",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_empty_task_is_a_data_error(tmp_path: Path) -> None:
+    _, processor = build_tiny("tiny-llava")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError):
+        load_pool(processor, tmp_path / "empty", CFG)
+
