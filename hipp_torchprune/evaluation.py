@@ -287,24 +287,15 @@ def evaluate(model: Any, processor: Any, data: str | Path | PreparedEval,
 
 def load_model_and_processor(path: str | Path, device: str | None = None,
                              dtype: str | None = None) -> tuple[Any, Any]:
-    """Load a checkpoint directory (or "demo") as ``(model, processor)`` in eval mode.
+    """Load a checkpoint directory, dense or pruned (or "demo"), as ``(model, processor)`` in eval mode.
 
-    LLaVA checkpoints load with ``LlavaForConditionalGeneration``, others with
-    ``AutoModelForImageTextToText``. ``dtype`` defaults to float32 on CPU and bfloat16 on GPU.
+    Goes through :func:`hipp_torchprune.loading.load_model`, so pruned checkpoints with per-layer
+    MLP widths load too. ``dtype`` defaults to float32 on CPU and bfloat16 on GPU.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
 
-    from hipp_torchprune.demo import resolve_model_dir
-    from hipp_torchprune.errors import CheckpointError
+    from hipp_torchprune.loading import load_model
 
-    model_dir = resolve_model_dir(path)
-    if not (model_dir / "config.json").is_file():
-        raise CheckpointError(f"{model_dir}: no config.json (not a checkpoint directory)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = getattr(torch, dtype) if dtype else (torch.float32 if device == "cpu" else torch.bfloat16)
-    config = AutoConfig.from_pretrained(model_dir)
-    cls = LlavaForConditionalGeneration if config.model_type == "llava" else AutoModelForImageTextToText
-    model = cls.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
-    return model, processor
+    return load_model(path, dtype=torch_dtype, device=device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from hipp_torchprune.checkpoint import load_pruned
@@ -43,15 +44,22 @@ def resolve_model_dir(spec: str | Path) -> Path:
     return path
 
 
-def load_model(spec: str | Path, seed: int = 0) -> tuple[nn.Module, Any]:
+def load_model(spec: str | Path, seed: int = 0, dtype: torch.dtype | None = None,
+               device: str | torch.device | None = None) -> tuple[nn.Module, Any]:
     """Load ``spec`` as ``(model, processor)`` in eval mode.
 
     ``spec`` is ``tiny-llava`` / ``tiny-qwen2_5_vl`` (random, built offline with ``seed``),
-    ``demo``, or a checkpoint directory.
+    ``demo``, or a checkpoint directory (dense or pruned). ``dtype`` defaults to float32 on CPU
+    (a checkpoint shipped in bf16 is upcast) and to the checkpoint's own dtype elsewhere.
     """
     from hipp_torchprune.models.tiny import TINY_MODELS, build_tiny
 
     if str(spec) in TINY_MODELS:
-        return build_tiny(str(spec), seed=seed)
-    directory = resolve_model_dir(spec)
-    return load_pruned(directory), load_processor(directory)
+        model, processor = build_tiny(str(spec), seed=seed)
+    else:
+        directory = resolve_model_dir(spec)
+        model, processor = load_pruned(directory), load_processor(directory)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if dtype is None and device.type == "cpu":
+        dtype = torch.float32
+    return model.to(device=device, dtype=dtype).eval(), processor

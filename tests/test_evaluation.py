@@ -143,3 +143,26 @@ def test_cli_eval_unknown_task(setup: tuple, capsys: pytest.CaptureFixture[str])
     world, ckpt, _, _ = setup
     assert main(["eval", "--model", str(ckpt), "--data", str(world), "--tasks", "mmmu"]) == 2
     assert "unknown task name(s) 'mmmu'" in capsys.readouterr().err
+
+
+def test_hipp_eval_loads_pruned_checkpoints(tmp_path, capsys) -> None:
+    """``hipp eval`` reads a pruned checkpoint (per-layer widths) and matches in-memory scoring."""
+    import json
+
+    from hipp_torchprune.cli import main
+    from hipp_torchprune.evaluation import evaluate
+    from hipp_torchprune.loading import load_model
+    from hipp_torchprune.world import build_world
+
+    world = tmp_path / "w"
+    build_world(world, seed=2, n_images=60)
+    assert main(["prune", "--model", "tiny-llava", "--importance", "magnitude", "--round-to", "16",
+                 "--sparsity", "0.4", "--out", str(tmp_path / "ck")]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tmp_path / "ck"), "--data", str(world), "--tasks", "scienceqa",
+                 "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)["scienceqa"]
+    model, processor = load_model(tmp_path / "ck")
+    assert [layer.mlp.gate_proj.out_features for layer in model.model.language_model.layers] != [256] * 4
+    direct = evaluate(model, processor, world, "scienceqa")["scienceqa"]
+    assert cli["margin"] == direct["margin"] and cli["n"] == direct["n"] > 0
