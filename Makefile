@@ -24,9 +24,10 @@ $(STAMP): pyproject.toml plugins/hipp-lmms/pyproject.toml plugins/hipp-lmms/cons
 test: $(STAMP)
 	HIPP_DISABLE_PLUGIN_AUTOLOAD=1 $(PY) -m pytest -q -n 2 tests
 
+# The main job: a fresh proving-ground world, the shipped demo model and the HiPP policy trained
+# on it, queried at three preferences, pruned, and compared with uniform Wanda (see README).
 demo: $(STAMP)
-	$(VENV)/bin/hipp prune --model tiny-llava --strategy uniform --importance wanda --sparsity 0.3 --round-to 16 --out out/demo-tiny-llava
-	$(VENV)/bin/hipp prune --model tiny-qwen2_5_vl --strategy random --importance taylor --sparsity 0.3 --round-to 16 --out out/demo-tiny-qwen2_5_vl
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(VENV)/bin/hipp demo --out out/demo --world out/demo/world
 
 bench: $(STAMP)
 	$(PY) benchmarks/pruned_speed.py

@@ -42,12 +42,12 @@ def sweep(args: argparse.Namespace) -> list[dict]:
     rows = [{"sparsity": 0.0, "method": "dense", "realized": 0.0,
              **{t: [v] for t, v in {k: r[METRIC[k]] for k, r in evaluate(model, processor, prepared).items()}.items()}}]
     for s in args.sparsities:
-        uniform = hipp.make_plan(model, "uniform", s, round_to=args.round_to)
+        uniform = hipp.make_plan(model, "uniform", s, round_to=args.round_to, r_max=args.r_max)
         rows.append({"sparsity": s, "method": "uniform", "realized": uniform.realized_sparsity,
                      **{t: [v] for t, v in run_plan(model, uniform, scorer, processor, prepared).items()}})
         per_seed = []
         for seed in range(args.seeds):
-            plan = hipp.make_plan(model, "random", s, round_to=args.round_to, seed=seed)
+            plan = hipp.make_plan(model, "random", s, round_to=args.round_to, seed=seed, r_max=args.r_max)
             per_seed.append((plan.realized_sparsity, run_plan(model, plan, scorer, processor, prepared)))
         rows.append({"sparsity": s, "method": "random", "realized": statistics.mean(p for p, _ in per_seed),
                      **{t: [r[t] for _, r in per_seed] for t in METRIC}})
@@ -105,6 +105,7 @@ def main() -> None:
                         default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--round-to", type=int, default=32)
+    parser.add_argument("--r-max", type=float, default=0.95)
     parser.add_argument("--limit", type=int, default=300)
     parser.add_argument("--calib-n", type=int, default=64)
     parser.add_argument("--out", default="docs/figures/degradation")

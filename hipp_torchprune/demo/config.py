@@ -100,7 +100,7 @@ class TrainConfig:
     """
 
     seed: int = 0
-    steps: int = 9000
+    steps: int = 11000
     batch_size: int = 32
     lr: float = 1e-3
     min_lr_ratio: float = 0.05
@@ -108,12 +108,12 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     mix_pope: float = 0.45
-    mix_mc: float = 0.30
+    mix_mc: float = 0.25
     mix_caption: float = 0.10
-    mix_short: float = 0.15
+    mix_short: float = 0.20
     aux_weight: float = 0.5
-    qk_tied_init: float = 2.0
-    curriculum: tuple[float, ...] = (0.06, 0.12, 0.18, 0.24)
+    qk_tied_init: float = 0.0
+    curriculum: tuple[float, ...] = (0.14, 0.21, 0.28, 0.35)
     pool_rounds: int = 2
     eval_every: int = 500
     eval_limit: int = 150

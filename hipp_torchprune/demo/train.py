@@ -154,6 +154,8 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
     config = model_cfg.llava_config(len(tok), tok.convert_tokens_to_ids("<image>"), tok.pad_token_id,
                                     tok.bos_token_id, tok.eos_token_id)
     model = LlavaForConditionalGeneration(config)
+    processor.save_pretrained(out_dir)  # lets export_checkpoint() ship an interrupted run
+    (out_dir / "run_config.json").write_text(json.dumps({"model": model_cfg.to_dict(), "train": cfg.to_dict()}, indent=2))
     if cfg.qk_tied_init:
         similarity_init(model, cfg.qk_tied_init)
     grid = model_cfg.image_size // model_cfg.patch_size
@@ -246,6 +248,23 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
                "calibration_history": history, "data_dir": str(data_dir)}
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def export_checkpoint(out_dir: str | Path) -> Path:
+    """Write ``out_dir/checkpoint.pt``'s weights as a bf16 LLaVA checkpoint in ``out_dir``."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    out_dir = Path(out_dir)
+    state = torch.load(out_dir / CHECKPOINT_NAME, weights_only=False)
+    summary = json.loads((out_dir / "run_config.json").read_text())
+    model_cfg = DemoModelConfig(**summary["model"])
+    tok = AutoProcessor.from_pretrained(out_dir).tokenizer
+    config = model_cfg.llava_config(len(tok), tok.convert_tokens_to_ids("<image>"), tok.pad_token_id,
+                                    tok.bos_token_id, tok.eos_token_id)
+    model = LlavaForConditionalGeneration(config)
+    model.load_state_dict(state["model"])
+    model.to(torch.bfloat16).save_pretrained(out_dir)
+    return out_dir
 
 
 def quick_config(cfg: TrainConfig, **changes: Any) -> TrainConfig:
