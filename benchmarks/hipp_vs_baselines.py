@@ -44,15 +44,15 @@ def metrics(model: Any, processor: Any, prepared: Any, plan: Any, scorer: Any) -
 
 
 def compare_once(model: Any, processor: Any, prepared: Any, scorer: Any, policy_dir: Path, round_to: int,
-                 seed: int) -> dict[str, dict[str, Any]]:
+                 seed: int, r_max: float) -> dict[str, dict[str, Any]]:
     """HiPP at the three preferences, uniform and random at each plan's realized sparsity."""
     policy = load_policy(policy_dir)
     out: dict[str, dict[str, Any]] = {}
     for name, pref in PREFS.items():
-        plan = api.make_plan(model, "hipp", round_to=round_to, policy=policy, preference=pref)
+        plan = api.make_plan(model, "hipp", round_to=round_to, r_max=r_max, policy=policy, preference=pref)
         s = plan.realized_sparsity
-        uniform = api.make_plan(model, "uniform", s, round_to=round_to)
-        rand = api.make_plan(model, "random", s, round_to=round_to, seed=1000 + seed)
+        uniform = api.make_plan(model, "uniform", s, round_to=round_to, r_max=r_max)
+        rand = api.make_plan(model, "random", s, round_to=round_to, r_max=r_max, seed=1000 + seed)
         out[name] = {"sparsity": {"hipp": s, "uniform": uniform.realized_sparsity, "random": rand.realized_sparsity},
                      "hipp": metrics(model, processor, prepared, plan, scorer),
                      "uniform": metrics(model, processor, prepared, uniform, scorer),
@@ -61,13 +61,13 @@ def compare_once(model: Any, processor: Any, prepared: Any, scorer: Any, policy_
 
 
 def correlations(model: Any, processor: Any, prepared: Any, scorer: Any, policy_dir: Path,
-                 round_to: int) -> dict[str, float]:
+                 round_to: int, r_max: float) -> dict[str, float]:
     """Pearson r of w_rob with POPE and of w_util with ScienceQA over a sweep of preferences."""
     policy = load_policy(policy_dir)
     rows = []
     for w_rob in (0.0, 0.2, 0.4, 0.6, 0.8):
         pref = (w_rob, 0.8 - w_rob, 0.2)
-        plan = api.make_plan(model, "hipp", round_to=round_to, policy=policy, preference=pref)
+        plan = api.make_plan(model, "hipp", round_to=round_to, r_max=r_max, policy=policy, preference=pref)
         rows.append((pref, metrics(model, processor, prepared, plan, scorer)))
 
     def pearson(x: list[float], y: list[float]) -> float:
@@ -94,18 +94,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for chunk_end in range(args.chunk, args.steps + 1, args.chunk):
             config = TrainConfig(steps=chunk_end, group=args.group, prefs_per_step=args.prefs, seed=seed,
                                  checkpoint_every=args.chunk,
-                                 policy=PolicyConfig(rho_min=args.budget[0], rho_max=args.budget[1]))
+                                 policy=PolicyConfig(rho_min=args.budget[0], rho_max=args.budget[1],
+                                                     r_max=args.r_max))
             train_from_data(args.model, args.world, policy_dir, config, round_to=args.round_to,
                             calib_n=args.calib_n, reward_limit=args.reward_limit, progress=False)
             train_s = time.perf_counter() - start
-            cmp = compare_once(model, processor, prepared, scorer, policy_dir, args.round_to, seed)
+            cmp = compare_once(model, processor, prepared, scorer, policy_dir, args.round_to, seed, args.r_max)
             start = time.perf_counter() - train_s  # evaluation time is not training time
             beats = all(c["hipp"]["pope"] > max(c["uniform"]["pope"], c["random"]["pope"]) for c in cmp.values())
             trace.append({"step": chunk_end, "train_s": train_s, "beats_best_baseline_on_pope": beats, "compare": cmp})
             print(json.dumps({"seed": seed, "step": chunk_end, "train_s": round(train_s, 1), "beats": beats}), flush=True)
         report["seeds"][seed] = {"trace": trace, "final": trace[-1]["compare"],
                                  "correlations": correlations(model, processor, prepared, scorer, policy_dir,
-                                                              args.round_to)}
+                                                              args.round_to, args.r_max)}
         (out / "report.json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -141,7 +142,8 @@ def main() -> None:
     parser.add_argument("--model", default="demo")
     parser.add_argument("--world", required=True)
     parser.add_argument("--out", default="out/bench/hipp")
-    parser.add_argument("--budget", type=lambda t: tuple(float(x) for x in t.split(",")), default=(0.3, 0.5))
+    parser.add_argument("--budget", type=lambda t: tuple(float(x) for x in t.split(",")), default=(0.75, 0.9))
+    parser.add_argument("--r-max", type=float, default=0.95)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--chunk", type=int, default=20)

@@ -51,17 +51,16 @@ def run_demo(model_spec: str, policy_dir: str | Path, world_dir: str | Path, out
     scorer = api.importance("wanda", model, stats)
     prepared = prepare_eval(processor, world_dir, TASKS, limit=limit)
     rows = [{"method": "dense", "preference": None, "sparsity": 0.0, **_scores(model, processor, prepared)}]
+    r_max = policy.policy.config.r_max
     for name, pref in PREFERENCES.items():
-        plan = api.make_plan(model, "hipp", round_to=policy.round_to, r_max=policy.policy.config.r_max,
-                             policy=policy, preference=pref)
+        plan = api.make_plan(model, "hipp", round_to=policy.round_to, r_max=r_max, policy=policy, preference=pref)
         rows.append({"method": f"HiPP {name}", "preference": list(pref), "sparsity": plan.realized_sparsity,
                      "widths": list(plan.widths_after), **_scores(model, processor, prepared, plan, scorer)})
-        uniform = api.make_plan(model, "uniform", plan.realized_sparsity, round_to=policy.round_to)
+        uniform = api.make_plan(model, "uniform", plan.realized_sparsity, round_to=policy.round_to, r_max=r_max)
         rows.append({"method": f"uniform Wanda @ {name}", "preference": None, "sparsity": uniform.realized_sparsity,
                      "widths": list(uniform.widths_after), **_scores(model, processor, prepared, uniform, scorer)})
         pruned = copy.deepcopy(model)
-        api.prune_model(pruned, api.plan_from_ratios(pruned, plan.ratios, round_to=policy.round_to,
-                                                     r_max=policy.policy.config.r_max),
+        api.prune_model(pruned, api.plan_from_ratios(pruned, plan.ratios, round_to=policy.round_to, r_max=r_max),
                         api.importance("wanda", pruned, stats))
         save_pruned(pruned, out_dir / f"pruned-{name}", processor, plan=plan.to_dict())
     (out_dir / "demo.json").write_text(json.dumps(rows, indent=1))
