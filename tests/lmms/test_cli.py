@@ -29,14 +29,17 @@ def hipp_eval(model: Path, world: Path, tasks: str, capsys: pytest.CaptureFixtur
     from hipp_torchprune.cli import main
 
     capsys.readouterr()
-    assert main(["eval", "--model", str(model), "--data", str(world), "--tasks", tasks, "--json"]) == 0
+    assert main(["eval", "--model", str(model), "--data", str(world), "--tasks", tasks, "--json",
+                 "--dtype", "float64"]) == 0
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def test_cli_matches_hipp_eval(dense_dir: Path, world: Path, tasks_dir: Path, tmp_path: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    proc = run_lmms_eval("--model", "hipp_vlm", "--model_args", f"pretrained={dense_dir}",
+    # float64 on both sides: the two pipelines batch and pad differently, and float32 summation
+    # order alone moves a trained model's margins by ~1e-6
+    proc = run_lmms_eval("--model", "hipp_vlm", "--model_args", f"pretrained={dense_dir},dtype=float64",
                          "--tasks", "hipp_pope_adversarial,hipp_scienceqa_img", "--include_path", str(tasks_dir),
                          "--output_path", str(out), tmp=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
