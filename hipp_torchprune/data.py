@@ -85,8 +85,8 @@ def resolve_task_files(data_dir: str | Path, family: TaskFamily, split: str = "t
                     f"{split}/{stem}.parquet and lmms-lab layouts)")
 
 
-def read_rows(path: Path, required: Sequence[str]) -> list[dict[str, Any]]:
-    """Read a parquet file into row dicts, checking ``required`` columns exist."""
+def check_columns(path: Path, required: Sequence[str]) -> None:
+    """Raise DataError unless ``path`` is a readable parquet file with the ``required`` columns."""
     import pyarrow.parquet as pq
 
     try:
@@ -95,7 +95,15 @@ def read_rows(path: Path, required: Sequence[str]) -> list[dict[str, Any]]:
         raise DataError(f"{path}: not a readable parquet file ({exc})") from exc
     missing = [c for c in required if c not in names]
     if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (expected the lmms-lab layout: "
+                        f"{', '.join(required)})")
+
+
+def read_rows(path: Path, required: Sequence[str]) -> list[dict[str, Any]]:
+    """Read a parquet file into row dicts, checking ``required`` columns exist."""
+    import pyarrow.parquet as pq
+
+    check_columns(path, required)
     return pq.read_table(path).to_pylist()
 
 

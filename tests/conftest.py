@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,26 @@ from hipp_torchprune.models.tiny import TINY_MODELS, build_tiny  # noqa: E402
 from hipp_torchprune.registry import Registry, make_plugin_manager  # noqa: E402
 
 PROMPTS = ["Is there a red object in the image?", "How many objects are in the image?", "What colour"]
+
+
+@pytest.fixture(scope="session")
+def make_world(tmp_path_factory: pytest.TempPathFactory):
+    """``make_world(seed, n_images) -> Path``: a proving-ground world, built once per session.
+
+    Tests must not write into it; copy what they want to break.
+    """
+    from hipp_torchprune.world import build_world
+
+    built: dict[tuple[int, int], Path] = {}
+
+    def make(seed: int, n_images: int) -> Path:
+        if (seed, n_images) not in built:
+            out = tmp_path_factory.mktemp(f"world-s{seed}-n{n_images}") / "world"
+            build_world(out, seed=seed, n_images=n_images)
+            built[(seed, n_images)] = out
+        return built[(seed, n_images)]
+
+    return make
 
 
 @pytest.fixture

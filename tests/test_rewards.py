@@ -15,13 +15,9 @@ from hipp_torchprune.rewards import PopeMarginReward, ScienceQAMarginReward
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def world(make_world) -> Path:
     """A 40-image proving-ground world."""
-    from hipp_torchprune.world.build import build_world
-
-    out = tmp_path_factory.mktemp("rewards") / "world"
-    build_world(out, seed=1, n_images=40)
-    return out
+    return make_world(1, 40)
 
 
 @pytest.fixture(scope="module")

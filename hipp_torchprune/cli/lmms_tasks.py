@@ -21,31 +21,15 @@ def _write(args: argparse.Namespace) -> int:
             raise
         raise PluginMissingError("the hipp-lmms plugin is not installed; run `make test` once or "
                                  "`pip install -e plugins/hipp-lmms` (see docs/lmms-eval.md)") from exc
-    from hipp_torchprune.data import POPE_COLUMNS, SCIENCEQA_COLUMNS, read_rows, resolve_task_files
+    from hipp_torchprune.data import POPE_COLUMNS, SCIENCEQA_COLUMNS, check_columns, resolve_task_files
 
     for family, columns in (("pope", POPE_COLUMNS), ("mc", SCIENCEQA_COLUMNS)):
         for path in resolve_task_files(args.data, family, args.split):
-            _check_columns(path, columns)
+            check_columns(path, columns)
     written = write_tasks(args.out, args.data, split=args.split)
     print(json.dumps({"out": str(args.out), "tasks": [p.stem for p in written]}) if args.json
           else "\n".join(str(p) for p in written))
     return 0
-
-
-def _check_columns(path: Any, columns: Any) -> None:
-    """Fail early (DataError) when a parquet file lacks the lmms-lab columns."""
-    import pyarrow.parquet as pq
-
-    from hipp_torchprune.errors import DataError
-
-    try:
-        names = pq.read_schema(path).names
-    except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
-        raise DataError(f"{path}: not a readable parquet file ({exc})") from exc
-    missing = [c for c in columns if c not in names]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (expected the lmms-lab layout: "
-                        f"{', '.join(columns)})")
 
 
 def register(subparsers: Any) -> None:

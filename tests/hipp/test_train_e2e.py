@@ -11,12 +11,9 @@ from hipp_torchprune.cli import main
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hipp_torchprune.world import build_world
-
-    out = tmp_path_factory.mktemp("world") / "w"
-    build_world(out, seed=3, n_images=200)
-    return out
+def world(make_world) -> Path:
+    """A 200-image world (its calibration split has POPE and ScienceQA rows)."""
+    return make_world(3, 200)
 
 
 @pytest.fixture(scope="module")

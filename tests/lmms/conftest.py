@@ -17,13 +17,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def world(make_world) -> Path:
     """A 40-image proving-ground world (seed 1)."""
-    from hipp_torchprune.world.build import build_world
-
-    out = tmp_path_factory.mktemp("lmms") / "world"
-    build_world(out, seed=1, n_images=40)
-    return out
+    return make_world(1, 40)
 
 
 @pytest.fixture(scope="session")
