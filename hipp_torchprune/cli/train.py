@@ -37,6 +37,19 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _distributed_state() -> Any:
+    """An ``accelerate`` state when launched on several processes (``accelerate launch`` /
+    ``torchrun`` set ``WORLD_SIZE``); ``None`` for a plain single-process run."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``hipp train``."""
     from hipp_torchprune.hipp.policy import PolicyConfig
@@ -54,9 +67,12 @@ def run(args: argparse.Namespace) -> int:
         from hipp_torchprune.config import load_yaml
 
         config = load_yaml(TrainConfig, args.config)
+    state = _distributed_state()
     result = train_from_data(args.model, args.data, args.out, config, round_to=args.round_to, calib_n=args.calib_n,
                              reward_limit=args.reward_limit, calibration=args.calibration,
-                             resume=not args.no_resume)
+                             resume=not args.no_resume, state=state)
+    if state is not None and not state.is_main_process:
+        return 0
     last = result["history"][-1] if result["history"] else {}
     print(json.dumps(last) if args.json else f"policy saved to {args.out}; last step: {last}")
     return 0

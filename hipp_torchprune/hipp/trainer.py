@@ -117,7 +117,7 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
     is_main = state is None or state.is_main_process
     writer = SummaryWriter(str(out_dir / "runs")) if is_main else None
     P, G = config.prefs_per_step, config.group
-    if start == 0 and is_main:
+    if start == 0:  # every rank scores (plan scoring is collective across processes)
         history.append({"step": 0, "anchor_reward": anchor_reward(policy, env, static, sizes)})
 
     for step in trange(start, config.steps, desc="hipp train", disable=not (progress and is_main)):
