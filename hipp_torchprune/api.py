@@ -85,8 +85,10 @@ def allocate(model: nn.Module, strategy: str = "uniform", sparsity: float = 0.22
     plan = make_plan(model, strategy, sparsity, round_to=round_to, r_max=r_max, seed=seed,
                      registry=registry, **options)
     adapter = get_adapter(model, registry)
+    # every layer is listed (0.0 for dense ones): a missing key would fall back to the pruner's
+    # global default ratio (0.5) in Torch-Pruning
     return {mlp.gate: torch_pruning_ratio(b, a)
-            for mlp, b, a in zip(adapter.mlps(), plan.widths_before, plan.widths_after) if a < b}
+            for mlp, b, a in zip(adapter.mlps(), plan.widths_before, plan.widths_after)}
 
 
 def importance(name: str, model: nn.Module, stats: CalibrationStats | None = None, *,

@@ -63,13 +63,29 @@ def save_pruned(model: nn.Module, directory: str | Path, processor: Any = None,
         (tmp / PRUNING_FILE).write_text(json.dumps(meta, indent=2))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        _swap_in(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _swap_in(new: Path, directory: Path) -> None:
+    """Move ``new`` to ``directory``; an existing ``directory`` is set aside first and deleted
+    only once the new one is in place (a crash leaves the old or the new, never neither)."""
+    old = None
+    if directory.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+        os.replace(directory, old / directory.name)
+    try:
+        os.replace(new, directory)
+    except BaseException:
+        if old is not None:
+            os.replace(old / directory.name, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_pruning_meta(directory: str | Path) -> dict[str, Any] | None:

@@ -92,3 +92,27 @@ def test_failed_save_leaves_nothing(tiny, tmp_path: Path) -> None:
     with pytest.raises(OSError, match="disk full"):
         save_pruned(model, tmp_path / "ck", Broken())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_keeps_old_checkpoint_when_swap_fails(tiny, tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    from hipp_torchprune import checkpoint
+
+    _, model, processor = tiny
+    save_pruned(model, tmp_path / "ck", processor, plan={"version": 1})
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def flaky(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the new directory's move into place
+            raise OSError("killed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", flaky)
+    with pytest.raises(OSError, match="killed"):
+        save_pruned(model, tmp_path / "ck", processor, plan={"version": 2})
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "ck" / PRUNING_FILE).read_text())["plan"] == {"version": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]

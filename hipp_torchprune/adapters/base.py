@@ -88,6 +88,15 @@ class ModelAdapter(ABC):
         """Boolean mask ``(B, T)`` of the positions that hold vision tokens."""
         return input_ids == self.image_token_id()
 
+    def non_text_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Boolean mask ``(B, T)`` of vision placeholders and the markers around them (never
+        language-model targets): the image token plus any vision start/end/video ids in the config."""
+        cfg = self.model.config
+        ids = {self.image_token_id()} | {int(v) for k in ("vision_start_token_id", "vision_end_token_id",
+                                                          "video_token_id")
+                                         if (v := getattr(cfg, k, None)) is not None}
+        return torch.isin(input_ids, torch.tensor(sorted(ids), device=input_ids.device))
+
     def text_example_inputs(self) -> dict[str, torch.Tensor]:
         """A tiny text-only input for tracing the language model's dependency graph."""
         device = next(self.language_model().parameters()).device

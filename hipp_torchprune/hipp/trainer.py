@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import trange
 
+from hipp_torchprune.atomic import write_atomic
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.gate import GateConfig, QuantileBand
 from hipp_torchprune.hipp.grpo import gated_policy_loss, group_advantages, scalarize
@@ -168,7 +169,7 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
             _checkpoint(ckpt, step + 1, policy, optim, norm, band, gen, history)
     if writer is not None:
         writer.close()
-        (out_dir / "train_log.json").write_text(json.dumps(history))
+        write_atomic(out_dir / "train_log.json", lambda tmp: Path(tmp).write_text(json.dumps(history)))
     return policy.eval(), history
 
 

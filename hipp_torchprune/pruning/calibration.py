@@ -75,9 +75,10 @@ def _taylor_terms(adapter: ModelAdapter, names: dict[nn.Module, str]) -> dict[st
     return out
 
 
-def _next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def _next_token_loss(model: nn.Module, adapter: ModelAdapter, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token loss over real text tokens (vision placeholders and padding excluded)."""
     labels = batch["input_ids"].clone()
+    labels[adapter.non_text_positions(labels)] = -100
     if "attention_mask" in batch:
         labels[batch["attention_mask"] == 0] = -100
     return model(**batch, labels=labels, use_cache=False).loss
@@ -107,7 +108,7 @@ def collect_stats(model: nn.Module, adapter: ModelAdapter, batches: Iterable[dic
                 stats.n_tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
                 stats.n_samples += batch["input_ids"].shape[0]
                 if with_grads:
-                    _next_token_loss(model, batch).backward()
+                    _next_token_loss(model, adapter, batch).backward()
                 else:
                     with torch.no_grad():
                         model(**batch, use_cache=False)

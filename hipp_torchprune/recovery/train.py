@@ -103,6 +103,7 @@ def recover(model: nn.Module, processor: Any, data_dir: str | Path, config: Reco
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     torch.manual_seed(config.seed)
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     net = attach(model, adapter, config)
     params = _trainable(net)
     opt = torch.optim.AdamW(list(params.values()), lr=config.lr, weight_decay=config.weight_decay)
@@ -162,6 +163,8 @@ def recover(model: nn.Module, processor: Any, data_dir: str | Path, config: Reco
     with torch.no_grad():
         merged = merge(net, model)
     merged.train(was_training)
+    for name, p in merged.named_parameters():  # hand the model back with its gradient flags
+        p.requires_grad_(requires_grad.get(name, p.requires_grad))
     snapshot.check(merged, adapter.__class__(merged))
     return RecoveryResult(merged, history, start)
 

@@ -73,3 +73,23 @@ def test_scorers_needing_calibration_refuse_without_it(tiny, name: str) -> None:
     _, model, _ = tiny
     with pytest.raises(CalibrationError):
         api.importance(name, model, None)
+
+
+def test_taylor_loss_ignores_vision_placeholders(tiny, monkeypatch) -> None:
+    """The calibration loss of the Taylor scorer targets text tokens only."""
+    _, model, processor = tiny
+    adapter = api.get_adapter(model)
+    seen = []
+    real = model.forward
+
+    def spy(*args, **kwargs):
+        if kwargs.get("labels") is not None:
+            seen.append((kwargs["input_ids"], kwargs["labels"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    api.calibrate(model, processor, samples(2), with_grads=True)
+    ids, labels = seen[0]
+    vision = adapter.non_text_positions(ids)
+    assert vision.any() and (labels[vision] == -100).all()
+    assert (labels[~vision & (ids != processor.tokenizer.pad_token_id)] != -100).any()

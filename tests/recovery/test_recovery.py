@@ -81,8 +81,10 @@ def test_recover_same_seed_same_result_and_save(tiny, world: Path, tmp_path: Pat
     for _ in range(2):
         model, processor = _pruned(name)
         widths = api.get_adapter(model).intermediate_widths()
+        grads_before = {n: p.requires_grad for n, p in model.named_parameters()}
         res = recover(model, processor, world, CFG, progress=False)
         assert api.get_adapter(res.model).intermediate_widths() == widths
+        assert {n: p.requires_grad for n, p in res.model.named_parameters()} == grads_before
         assert len(res.history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in res.history)
         results.append(res)
     for (n, a), (_, b) in zip(results[0].model.state_dict().items(), results[1].model.state_dict().items()):
