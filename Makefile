@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml plugins/hipp-lmms/pyproject.toml plugins/hipp-lmms/cons
 	touch $(STAMP)
 
 test: $(STAMP)
-	HIPP_DISABLE_PLUGIN_AUTOLOAD=1 $(PY) -m pytest -q -n 2 tests
+	# two xdist workers with one torch thread each: two threads per worker spin against each other
+	OMP_NUM_THREADS=1 HIPP_DISABLE_PLUGIN_AUTOLOAD=1 $(PY) -m pytest -q -n 2 tests
 
 # The main job: a fresh proving-ground world, the shipped demo model and the HiPP policy trained
 # on it, queried at three preferences, pruned, and compared with uniform Wanda (see README).
