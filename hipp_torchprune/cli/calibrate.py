@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     model, processor = load_model(args.model)
     profile, stats, _ = profile_model(model, processor, calibration_samples(args.data, args.n))
     if args.cache:
-        save_calibration(args.cache, profile, stats)
+        source = {"data": args.data if args.data == "random" else str(Path(args.data).resolve()), "n": args.n}
+        save_calibration(args.cache, profile, stats, source)
     layers = profile.to_dict()["layers"]
     if args.plot:
         plot_sensitivity([layer["visual_sensitivity"] for layer in layers], args.plot)

@@ -89,15 +89,26 @@ def build_profile(model: nn.Module, stats: CalibrationStats, sensitivity: list[f
     return ModelProfile(type(model).__name__, tuple(layers), row_params(adapter), stats.n_samples)
 
 
-def save_calibration(directory: str | Path, profile: ModelProfile, stats: CalibrationStats) -> Path:
-    """Write ``profile.json`` and ``calibration.safetensors`` atomically into ``directory``."""
+def save_calibration(directory: str | Path, profile: ModelProfile, stats: CalibrationStats,
+                     source: dict[str, Any] | None = None) -> Path:
+    """Write ``profile.json`` and ``calibration.safetensors`` atomically into ``directory``;
+    ``source`` (e.g. data directory and sample count) is recorded for cache checks."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {f"in_sq/{k}": v.contiguous() for k, v in stats.in_sq.items()}
-    meta = {**profile.to_dict(), "n_tokens": stats.n_tokens}
+    meta = {**profile.to_dict(), "n_tokens": stats.n_tokens, "source": source or {}}
     write_atomic(directory / "calibration.safetensors", lambda tmp: save_file(tensors, tmp))
     write_atomic(directory / "profile.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
     return directory
+
+
+def calibration_source(directory: str | Path) -> dict[str, Any]:
+    """The ``source`` a cache was written with (empty when unknown or missing)."""
+    path = Path(directory) / "profile.json"
+    try:
+        return dict(json.loads(path.read_text()).get("source") or {})
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def load_calibration(directory: str | Path) -> tuple[ModelProfile, CalibrationStats]:

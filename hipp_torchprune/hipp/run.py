@@ -12,7 +12,7 @@ from hipp_torchprune.hipp.calibrate import profile_model
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.objectives import default_objectives
 from hipp_torchprune.hipp.policy_io import save_policy
-from hipp_torchprune.hipp.profile import ModelProfile, load_calibration, save_calibration
+from hipp_torchprune.hipp.profile import ModelProfile, calibration_source, load_calibration, save_calibration
 from hipp_torchprune.hipp.trainer import TrainConfig, config_dict, train_policy
 from hipp_torchprune.loading import load_model
 from hipp_torchprune.pruning.operator import layer_scores
@@ -23,13 +23,14 @@ def calibrated_profile(model: Any, processor: Any, data_dir: str | Path, calib_n
     """The model's profile and Wanda row scores, from ``cache`` when it holds this model's
     calibration (same class and widths), computed and written there otherwise."""
     adapter = api.get_adapter(model)
-    if (cache / "profile.json").exists():
+    source = {"data": str(Path(data_dir).resolve()), "n": calib_n}
+    if (cache / "profile.json").exists() and calibration_source(cache) in (source, {}):
         profile, stats = load_calibration(cache)
         if list(profile.widths) == adapter.intermediate_widths() and profile.model_class == type(model).__name__:
             return profile, layer_scores(adapter, api.importance("wanda", model, stats))
     profile, stats, scores = profile_model(model, processor, calibration_samples(str(data_dir), calib_n), state=state)
     if state is None or state.is_main_process:
-        save_calibration(cache, profile, stats)
+        save_calibration(cache, profile, stats, source)
     return profile, scores
 
 

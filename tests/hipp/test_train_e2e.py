@@ -88,3 +88,20 @@ def test_calibration_is_cached_and_reused(policy_dir: Path, world: Path, tmp_pat
     assert out["n"] == 4 and [layer["index"] for layer in out["layers"]] == [0, 1, 2, 3]
     assert all(0 <= layer["visual_sensitivity"] <= 1 for layer in out["layers"])
     assert (tmp_path / "s.png").exists() and load_calibration(cache)[0].n_samples == 4
+
+
+def test_calibration_cache_is_not_reused_for_other_data(policy_dir: Path, world: Path, make_world) -> None:
+    from hipp_torchprune.hipp.profile import calibration_source
+    from hipp_torchprune.hipp.run import calibrated_profile
+    from hipp_torchprune.loading import load_model
+
+    cache = policy_dir / "calibration"
+    assert calibration_source(cache) == {"data": str(world.resolve()), "n": 6}
+    model, processor = load_model("tiny-llava")
+    other = make_world(4, 200)
+    import shutil
+
+    copy = policy_dir.parent / "cache-copy"
+    shutil.copytree(cache, copy)
+    profile, _ = calibrated_profile(model, processor, other, 5, copy)
+    assert profile.n_samples == 5 and calibration_source(copy)["data"] == str(other.resolve())
