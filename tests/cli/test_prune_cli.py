@@ -72,3 +72,9 @@ def test_yaml_config_unknown_field(tmp_path: Path, capsys: pytest.CaptureFixture
     cfg.write_text("sparsty: 0.5\n")
     assert main(["prune", "--model", "tiny-llava", "--config", str(cfg)]) == 2
     assert "unknown field(s) sparsty" in capsys.readouterr().err
+
+
+def test_missing_calibration_directory_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-such-world"
+    assert main(["prune", "--model", "tiny-llava", "--calib", str(missing), "--round-to", "16"]) == 2
+    assert f"calibration data directory '{missing}' does not exist" in capsys.readouterr().err
