@@ -14,17 +14,15 @@ from hipp_torchprune.demo.dataset import Example, build_examples, normalize, pix
 from hipp_torchprune.demo.train import lr_at, make_batch, train_demo_model
 from hipp_torchprune.errors import CheckpointError
 from hipp_torchprune.models.processors import build_llava_processor
-from hipp_torchprune.world.build import build_world
 
 TINY = DemoModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, vision_intermediate=64,
                        text_hidden=32, text_layers=1, text_heads=2, text_intermediate=64)
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("w") / "world"
-    build_world(out, seed=4, n_images=40)
-    return out
+def world(make_world) -> Path:
+    """A 40-image world (seed 4), shared through the session fixture."""
+    return make_world(4, 40)
 
 
 def test_resolve_model_dir(tmp_path: Path) -> None:

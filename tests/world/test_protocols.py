@@ -9,7 +9,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from hipp_torchprune.world.build import build_world
 from hipp_torchprune.world.categories import CATEGORIES, CATEGORY_NAMES, SCENE_TYPES
 from hipp_torchprune.world.pope import (
     CooccurrenceStats,
@@ -105,10 +104,9 @@ def test_questions_are_correct() -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("w") / "world"
-    build_world(out, seed=11, n_images=60)
-    return out
+def world(make_world) -> Path:
+    """A 60-image world (seed 11), shared through the session fixture."""
+    return make_world(11, 60)
 
 
 def test_pope_parquet_protocol(world: Path) -> None:
