@@ -2,7 +2,9 @@
 
 The bound is one dense forward pass over the reward batch (what scoring a plan can at best
 cost); a mask-mode plan evaluation adds the plan's rounding, row selection, mask update and the
-masked forward. Both are timed alternately in one run (median of ``--repeats``).
+masked forward. Both are timed alternately in one run (median of ``--repeats``). On a GPU the
+plan evaluation is also timed with the scores kept on the device (``*_device_scores``), and
+``breakdown_ms`` says where one plan evaluation's time goes (each phase timed on its own).
 
 - CPU (proving-ground scale): the shipped demo model (or ``--model``), one batch of 64 POPE
   prompts from a world built on the fly.
@@ -24,7 +26,7 @@ from collections.abc import Callable
 import torch
 
 import hipp_torchprune as hipp
-from hipp_torchprune.pruning.operator import PlanMasks, keep_indices
+from hipp_torchprune.pruning.operator import PlanMasks, score_ranks
 from hipp_torchprune.pruning.plan import budget_matched_widths
 
 
@@ -90,12 +92,17 @@ def main() -> None:
     params = row_params(adapter)
     scores = [torch.randn(w, generator=torch.Generator().manual_seed(i)) for i, w in enumerate(widths)]
     masks = PlanMasks(adapter)
+    # as PlanEnvironment does: rows ranked once, on the model's device; a plan is then one
+    # comparison per layer (no sort, no host-to-device copies)
+    ranks = [score_ranks(s).to(m.device) for s, m in zip(scores, masks.masks)]
     gen = torch.Generator().manual_seed(0)
 
-    def evaluate_plan() -> object:
+    def random_kept() -> tuple[int, ...]:
         ratios = (0.15 + 0.3 * torch.rand(len(widths), generator=gen)).tolist()
-        kept = budget_matched_widths(ratios, widths, args.round_to, 0.8, params)
-        masks.set_keep([keep_indices(s, k) for s, k in zip(scores, kept)])
+        return budget_matched_widths(ratios, widths, args.round_to, 0.8, params)
+
+    def evaluate_plan() -> object:
+        masks.set_ranked(ranks, random_kept())
         with torch.inference_mode():
             out = forward()
         masks.set_keep(None)
@@ -104,15 +111,39 @@ def main() -> None:
     with torch.inference_mode():
         forward()
     evaluate_plan()
-    dense, plan = [], []
+    dense: list[float] = []
+    plan: list[float] = []
     for _ in range(args.repeats):
         with torch.inference_mode():
             dense.append(timed(forward, device))
         plan.append(timed(evaluate_plan, device))
+
+    # where a plan evaluation's time goes, each phase timed on its own
+    phases: dict[str, list[float]] = {k: [] for k in ("round", "set_ranked", "masked_forward", "reset")}
+
+    def phase(name: str, fn: Callable[[], object]) -> object:
+        _sync(device)
+        start = time.perf_counter()
+        out = fn()
+        _sync(device)
+        phases[name].append(time.perf_counter() - start)
+        return out
+
+    for _ in range(min(args.repeats, 5)):
+        kept = phase("round", random_kept)
+        phase("set_ranked", lambda kept=kept: masks.set_ranked(ranks, kept))
+        with torch.inference_mode():
+            phase("masked_forward", forward)
+        phase("reset", lambda: masks.set_keep(None))
     masks.remove()
-    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "model": args.model,
-              "dense_forwards_per_s": 1 / statistics.median(dense), "plans_per_s": 1 / statistics.median(plan),
-              "fraction_of_bound": statistics.median(dense) / statistics.median(plan)}
+    med_dense = statistics.median(dense)
+    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+              "model": "llava-1.5-7b-shapes-random-bf16" if device == "cuda" else args.model,
+              "dense_forwards_per_s": 1 / med_dense}
+    result["plans_per_s"] = 1 / statistics.median(plan)
+    result["fraction_of_bound"] = med_dense / statistics.median(plan)
+    result["breakdown_ms"] = {k: round(1000 * statistics.median(v), 3) for k, v in phases.items()}
+    result["breakdown_ms"]["dense_forward"] = round(1000 * med_dense, 3)
     print(json.dumps(result) if args.json else "\n".join(f"{k:>22}: {v}" for k, v in result.items()))
 
 

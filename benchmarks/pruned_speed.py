@@ -3,7 +3,9 @@
 On a GPU: LLaVA-1.5-7B language-model shapes (hidden 4096, MLP 11008, 32 layers, vocab 32000),
 random weights, bf16, batch 32, 616-token inputs. On CPU: a smaller stand-in with the same
 MLP/hidden ratio, fp32. Both models are timed alternately (median of ``--repeats``), and the
-ideal speedup from FLOPs is printed next to the measured one.
+ideal speedup from FLOPs is printed next to the measured one. The same plan applied in mask mode
+(``PlanMasks`` hooks on the dense model, same kept channels) is timed in the same loop for
+comparison; mask mode does not save compute, so its speedup stays at or just below 1.
 
     python benchmarks/pruned_speed.py [--sparsity 0.225] [--round-to 64] [--json]
 """
@@ -20,6 +22,7 @@ import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 import hipp_torchprune as hipp
+from hipp_torchprune.pruning.operator import PlanMasks, keep_indices, layer_scores
 
 GPU_SHAPES = dict(hidden=4096, inter=11008, layers=32, heads=32, vocab=32000, batch=32, seq=616, dtype="bfloat16")
 CPU_SHAPES = dict(hidden=512, inter=1408, layers=4, heads=8, vocab=4096, batch=4, seq=256, dtype="float32")
@@ -72,14 +75,26 @@ def main() -> None:
     dense = build(shapes, device)
     pruned = copy.deepcopy(dense)
     plan = hipp.make_plan(pruned, "uniform", args.sparsity, round_to=args.round_to)
+    # mask mode keeps the same channels (the copy has identical weights, the scorer is deterministic)
+    dense_adapter = hipp.get_adapter(dense)
+    keep = [keep_indices(s, k) for s, k in
+            zip(layer_scores(dense_adapter, hipp.importance("magnitude", dense)), plan.widths_after)]
     hipp.prune_model(pruned, plan, hipp.importance("magnitude", pruned))
     ids = torch.randint(0, shapes["vocab"] - 2, (shapes["batch"], shapes["seq"]), device=device)
+
+    def time_masked() -> float:
+        with PlanMasks(dense_adapter) as masks:  # hooks only while timing, so "dense" stays hook-free
+            masks.set_keep(keep)
+            return time_forward(dense, ids, device)
+
     for model in (dense, pruned):  # warm-up
         time_forward(model, ids, device)
-    times: dict[str, list[float]] = {"dense": [], "pruned": []}
+    time_masked()
+    times: dict[str, list[float]] = {"dense": [], "pruned": [], "masked": []}
     for _ in range(args.repeats):
         times["dense"].append(time_forward(dense, ids, device))
         times["pruned"].append(time_forward(pruned, ids, device))
+        times["masked"].append(time_masked())
     med = {k: statistics.median(v) for k, v in times.items()}
     ideal = lm_flops(shapes["hidden"], list(plan.widths_before), shapes["seq"], shapes["vocab"]) / lm_flops(
         shapes["hidden"], list(plan.widths_after), shapes["seq"], shapes["vocab"])
@@ -89,6 +104,7 @@ def main() -> None:
         "dense_samples_per_s": shapes["batch"] / med["dense"], "pruned_samples_per_s": shapes["batch"] / med["pruned"],
         "speedup": med["dense"] / med["pruned"], "ideal_speedup": ideal,
         "fraction_of_ideal": (med["dense"] / med["pruned"]) / ideal,
+        "masked_samples_per_s": shapes["batch"] / med["masked"], "masked_speedup": med["dense"] / med["masked"],
     }
     if args.json:
         print(json.dumps(result))

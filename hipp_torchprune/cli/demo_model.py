@@ -17,7 +17,7 @@ def _train(args: argparse.Namespace) -> int:
                       eval_every=defaults.eval_every if args.eval_every is None else args.eval_every,
                       threads=args.threads or defaults.threads)
     summary = train_demo_model(args.data, args.out, DemoModelConfig(), cfg, resume=not args.no_resume,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, device=args.device)
     print(json.dumps({k: summary[k] for k in ("steps", "train_seconds", "parameters")}
                      | {"out": str(args.out)}, indent=2))
     return 0
@@ -35,6 +35,7 @@ def register(subparsers: Any) -> None:
     train.add_argument("--batch-size", type=int, default=None, help="batch size (default: recipe)")
     train.add_argument("--eval-every", type=int, default=None, help="calibration eval period (0 = off)")
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    train.add_argument("--device", default="cpu", help="where to train: cpu (default) or cuda")
     train.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint.pt")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(func=_train)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from transformers import LlavaConfig
@@ -25,6 +25,8 @@ class DemoModelConfig:
         text_heads: Llama attention heads (= key/value heads).
         text_intermediate: Llama MLP intermediate size (>= 512).
         max_positions: Llama maximum sequence length.
+        projector_act: activation between the projector's two linears ("gelu" is LLaVA-1.5's
+            ``mlp2x_gelu``; "linear" makes the projector linear, as in the first LLaVA).
     """
 
     image_size: int = 64
@@ -38,6 +40,7 @@ class DemoModelConfig:
     text_heads: int = 4
     text_intermediate: int = 512
     max_positions: int = 256
+    projector_act: Literal["gelu", "linear"] = "gelu"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and the model card)."""
@@ -62,7 +65,7 @@ class DemoModelConfig:
         n_tokens = (self.image_size // self.patch_size) ** 2
         return LlavaConfig(
             vision_config=vision, text_config=text, image_token_index=image_token_id,
-            projector_hidden_act="gelu", vision_feature_select_strategy="default",
+            projector_hidden_act=self.projector_act, vision_feature_select_strategy="default",
             vision_feature_layer=-1, image_seq_length=n_tokens, pad_token_id=pad_id,
         )
 
@@ -83,8 +86,15 @@ class TrainConfig:
         mix_pope: share of steps on yes/no object questions.
         mix_mc: share of steps on ScienceQA-style multiple choice.
         mix_caption: share of steps on the "list the objects" auxiliary task.
-        aux_weight: weight of the auxiliary per-patch object-classification loss on the projector
-            output (a linear head used only in training; 0 = off).
+        aux_weight: weight of the auxiliary per-patch object-classification loss (a head tied to
+            the LM's word embeddings, used only in training; 0 = off).
+        aux_layer: where that loss reads the image tokens: -1 = the projector output; ``i >= 0`` =
+            the output of LM decoder layer ``i``, so LM layers ``0..i`` (their MLPs included) must
+            turn patch features into object identities, as a real VLM's early layers do.
+        aux_attr_weight: weight of the auxiliary per-patch size / row / column classification at
+            the same place (a linear head used only in training; 0 = off).
+        vision_lr_scale: learning-rate multiplier of the vision tower (0 = frozen at its random
+            initialization: a random-feature encoder, so recognition is learned downstream).
         curriculum: step fractions ending the curriculum stages; during stage i (1-based) batches
             are fresh examples on train scenes re-rendered with at most i objects; afterwards
             batches come from the full-scene pools.
@@ -112,6 +122,9 @@ class TrainConfig:
     mix_caption: float = 0.10
     mix_short: float = 0.20
     aux_weight: float = 0.5
+    aux_layer: int = -1
+    aux_attr_weight: float = 0.0
+    vision_lr_scale: float = 1.0
     qk_tied_init: float = 0.0
     curriculum: tuple[float, ...] = (0.14, 0.21, 0.28, 0.35)
     pool_rounds: int = 2

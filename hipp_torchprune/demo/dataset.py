@@ -123,6 +123,15 @@ def patch_labels(scenes: Sequence[Scene], grid: int) -> torch.Tensor:
     return out
 
 
+def patch_sizes(scenes: Sequence[Scene], grid: int) -> torch.Tensor:
+    """Per-image, per-grid-cell object size (row-major): 0 small, 1 big, -100 for an empty cell."""
+    out = torch.full((len(scenes), grid * grid), -100, dtype=torch.long)
+    for i, s in enumerate(scenes):
+        for o in s.objects:
+            out[i, o.row * grid + o.col] = int(o.size == "big")
+    return out
+
+
 def build_examples(data_dir: str | Path, seed: int,
                    rounds: int) -> tuple[list[Any], dict[Kind, list[Example]], list[Scene]]:
     """Decoded train images, the examples of each kind (train rows + ``rounds`` extra draws), scenes."""

@@ -22,6 +22,7 @@ from hipp_torchprune.demo.dataset import (
     curriculum_batch,
     normalize,
     patch_labels,
+    patch_sizes,
     pixel_tensor,
     tokenize_pool,
     vocabulary,
@@ -107,10 +108,56 @@ class TiedPatchHead(torch.nn.Module):
         return self.log_tau.exp() * cos
 
 
-def _save_checkpoint(path: Path, model: Any, aux_head: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
+class PatchAttributeHead(torch.nn.Module):
+    """Auxiliary per-patch size / row / column classifier (training only, a single linear map)."""
+
+    def __init__(self, hidden: int, grid: int) -> None:
+        super().__init__()
+        self.grid = grid
+        self.linear = torch.nn.Linear(hidden, 2 + 2 * grid)
+
+    def loss(self, feats: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of size (object patches only), row and column, for feats [B, grid**2, hidden]."""
+        logits = self.linear(feats)  # (B, P, 2 + 2 * grid)
+        cells = torch.arange(self.grid * self.grid, device=feats.device)
+        rows = (cells // self.grid).expand(feats.shape[0], -1)
+        cols = (cells % self.grid).expand(feats.shape[0], -1)
+        ce = torch.nn.functional.cross_entropy
+        g = self.grid
+        return (ce(logits[..., :2].flatten(0, 1), sizes.flatten(), ignore_index=-100)
+                + ce(logits[..., 2:2 + g].flatten(0, 1), rows.flatten())
+                + ce(logits[..., 2 + g:].flatten(0, 1), cols.flatten()))
+
+
+def _image_features(model: Any, captured: dict[str, torch.Tensor], input_ids: torch.Tensor, layer: int,
+                    n_img: int) -> torch.Tensor:
+    """The image tokens' features [B, n_img, hidden] at the auxiliary loss's read-out point."""
+    out = captured["f"]
+    if layer < 0:  # projector output: already [B * n_img, hidden] (or [B, n_img, hidden])
+        return out.reshape(input_ids.shape[0], n_img, -1)
+    where = input_ids == model.config.image_token_id
+    return out[where].reshape(input_ids.shape[0], n_img, -1)
+
+
+def _optimizer(model: Any, heads: list[torch.nn.Module], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the model and the auxiliary heads; the vision tower gets ``vision_lr_scale``."""
+    vision = list(model.model.vision_tower.parameters())
+    if cfg.vision_lr_scale == 0:
+        for p in vision:
+            p.requires_grad_(False)
+    vision_ids = {id(p) for p in vision}
+    rest = [p for p in model.parameters() if id(p) not in vision_ids] + [p for h in heads for p in h.parameters()]
+    groups = [{"params": rest, "lr": cfg.lr}]
+    if cfg.vision_lr_scale > 0:
+        groups.append({"params": vision, "lr": cfg.lr * cfg.vision_lr_scale})
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+
+
+def _save_checkpoint(path: Path, model: Any, heads: list[torch.nn.Module], opt: torch.optim.Optimizer, step: int,
                      rng: np.random.Generator, elapsed: float) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"model": model.state_dict(), "aux_head": aux_head.state_dict(), "optimizer": opt.state_dict(), "step": step,
+    torch.save({"model": model.state_dict(), "aux_head": [h.state_dict() for h in heads],
+                "optimizer": opt.state_dict(), "step": step,
                 "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                 "elapsed": elapsed}, tmp)
     os.replace(tmp, path)
@@ -118,13 +165,14 @@ def _save_checkpoint(path: Path, model: Any, aux_head: torch.nn.Module, opt: tor
 
 def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoModelConfig = DemoModelConfig(),
                      cfg: TrainConfig = TrainConfig(), resume: bool = True, progress: bool = True,
-                     stop_at: int | None = None) -> dict[str, Any]:
+                     stop_at: int | None = None, device: str = "cpu") -> dict[str, Any]:
     """Train the demo LLaVA on a world's train split and save it (bf16) with its processor.
 
     ``out_dir`` receives the checkpoint (``config.json``, ``model.safetensors``, processor
     files), ``checkpoint.pt`` (resumable state), ``runs/`` (TensorBoard) and ``train_summary.json``.
     Returns the summary (configs, steps, wall time, calibration metrics). ``stop_at`` ends the
     run early after that step (checkpoint saved, no final model), as an interruption would.
+    ``device`` is where training runs ("cpu" or "cuda"); the saved checkpoint is the same format.
     """
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -161,26 +209,34 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
     grid = model_cfg.image_size // model_cfg.patch_size
     stats = CooccurrenceStats.from_scenes([s.categories for s in scenes])
     aux_labels = patch_labels(scenes, grid) if cfg.aux_weight > 0 else None
+    size_labels = patch_sizes(scenes, grid) if cfg.aux_attr_weight > 0 else None
     aux_head = TiedPatchHead(model, [tok.convert_tokens_to_ids(c) for c in CATEGORY_NAMES])
+    attr_head = PatchAttributeHead(model_cfg.text_hidden, grid)
+    heads: list[torch.nn.Module] = [aux_head, attr_head]
     captured: dict[str, torch.Tensor] = {}
-    model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.__setitem__("f", o))
-    params = [*model.parameters(), *aux_head.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    tap = model.model.multi_modal_projector if cfg.aux_layer < 0 else model.model.language_model.layers[cfg.aux_layer]
+    tap.register_forward_hook(lambda m, i, o: captured.__setitem__("f", o))
+    model.to(device)
+    for head in heads:
+        head.to(device)
+    opt = _optimizer(model, heads, cfg)
+    params = [p for group in opt.param_groups for p in group["params"]]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg))
     rng = np.random.default_rng([cfg.seed, 11])
     step, elapsed = 0, 0.0
     ckpt = out_dir / CHECKPOINT_NAME
     if resume and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location=device)
         try:
             model.load_state_dict(state["model"])
-            aux_head.load_state_dict(state["aux_head"])
+            for head, head_state in zip(heads, state["aux_head"]):
+                head.load_state_dict(head_state)
         except RuntimeError as exc:
             raise CheckpointError(f"{ckpt}: does not match this model config ({exc})") from exc
         opt.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
         rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg), last_epoch=step - 1)
     mix = np.array([cfg.mix_pope, cfg.mix_mc, cfg.mix_caption, cfg.mix_short], dtype=np.float64)
     writer = SummaryWriter(str(out_dir / "runs"))
@@ -193,22 +249,29 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
         kind = KINDS[int(rng.choice(len(KINDS), p=mix / mix.sum()))]
         cap = max_objects_at(step, cfg)
         if cap is None:
-            pool, batch_pixels, labels_of = pools[kind], pixels, aux_labels
+            pool, batch_pixels, labels_of, sizes_of = pools[kind], pixels, aux_labels, size_labels
             idx = torch.from_numpy(rng.integers(0, len(pool.lengths), size=cfg.batch_size))
         else:
             ex_b, im_b, sc_b = curriculum_batch(scenes, kind, cap, cfg.batch_size, stats, rng)
             pool = tokenize_pool(ex_b, processor, n_img, raw=kind in RAW_KINDS)
             batch_pixels = pixel_tensor(im_b, mean, std)
             labels_of = patch_labels(sc_b, grid) if aux_labels is not None else None
+            sizes_of = patch_sizes(sc_b, grid) if size_labels is not None else None
             idx = torch.arange(cfg.batch_size)
-        loss = model(**make_batch(pool, idx, batch_pixels, mean, std), use_cache=False).loss
+        batch = {k: v.to(device) for k, v in make_batch(pool, idx, batch_pixels, mean, std).items()}
+        loss = model(**batch, use_cache=False).loss
         total = loss
+        if labels_of is not None or sizes_of is not None:
+            feats = _image_features(model, captured, batch["input_ids"], cfg.aux_layer, n_img)
         if labels_of is not None:
-            feats = captured["f"].reshape(len(idx), -1, model_cfg.text_hidden)
             aux = torch.nn.functional.cross_entropy(aux_head(feats).flatten(0, 1),
-                                                    labels_of[pool.image[idx]].flatten())
-            total = loss + cfg.aux_weight * aux
+                                                    labels_of[pool.image[idx]].flatten().to(device))
+            total = total + cfg.aux_weight * aux
             writer.add_scalar("loss/aux_patch", aux.item(), step + 1)
+        if sizes_of is not None:
+            attr = attr_head.loss(feats, sizes_of[pool.image[idx]].to(device))
+            total = total + cfg.aux_attr_weight * attr
+            writer.add_scalar("loss/aux_attributes", attr.item(), step + 1)
         opt.zero_grad(set_to_none=True)
         total.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -231,7 +294,7 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
             bar.write(json.dumps(history[-1]))
             model.train()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_at:
-            _save_checkpoint(ckpt, model, aux_head, opt, step, rng, time.perf_counter() - t0)
+            _save_checkpoint(ckpt, model, heads, opt, step, rng, time.perf_counter() - t0)
         if step == stop_at:
             bar.close()
             writer.close()
@@ -239,9 +302,9 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
     bar.close()
     writer.close()
     train_s = time.perf_counter() - t0
-    model.to(torch.bfloat16).save_pretrained(out_dir)
+    model.to("cpu", torch.bfloat16).save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    summary = {"model": model_cfg.to_dict(), "train": cfg.to_dict(), "steps": step,
+    summary = {"device": device, "model": model_cfg.to_dict(), "train": cfg.to_dict(), "steps": step,
                "train_seconds": round(train_s, 1), "prep_seconds": round(prep_s, 1),
                "parameters": sum(p.numel() for p in model.parameters()),
                "vocab_size": len(tok), "pool_sizes": {k: len(p.lengths) for k, p in pools.items()},

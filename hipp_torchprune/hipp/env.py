@@ -17,7 +17,7 @@ from torch import nn
 from hipp_torchprune.adapters.base import ModelAdapter
 from hipp_torchprune.hipp.normalization import compression_return
 from hipp_torchprune.hipp.synflow import log_synflow
-from hipp_torchprune.pruning.operator import PlanMasks, keep_indices
+from hipp_torchprune.pruning.operator import PlanMasks, score_ranks
 from hipp_torchprune.pruning.plan import budget_matched_widths, realized_sparsity
 
 #: A raw objective: model (with masks applied) -> scalar return.
@@ -58,6 +58,8 @@ class PlanEnvironment:
         self.row_params, self.round_to, self.r_max = tuple(row_params), round_to, r_max
         self.compression_range, self.state = compression_range, state
         self.masks = PlanMasks(adapter)
+        # ranks once, on the weights' device: each plan's mask is then one comparison per layer
+        self.ranks = [score_ranks(sc).to(m.device) for sc, m in zip(self.row_scores, self.masks.masks)]
         self.abs_up = [m.up.weight.detach().double().abs() for m in adapter.mlps()]
         self.abs_down = [m.down.weight.detach().double().abs() for m in adapter.mlps()]
         self.dense_log_flow = log_synflow(self.abs_up, self.abs_down)
@@ -67,14 +69,13 @@ class PlanEnvironment:
         return budget_matched_widths(ratios, self.widths, self.round_to, self.r_max, self.row_params)
 
     def _score_one(self, widths: tuple[int, ...]) -> tuple[float, float, float]:
-        keep = [keep_indices(s, k) for s, k in zip(self.row_scores, widths)]
-        self.masks.set_keep(keep)
+        self.masks.set_ranked(self.ranks, widths)
         try:
             rob = self.objectives["rob"](self.model)
             util = self.objectives["util"](self.model)
         finally:
             self.masks.set_keep(None)
-        flow_masks = [m.double() for m in _masks_from(keep, self.widths)]
+        flow_masks = [(r < k).to(u.device, torch.float64) for r, k, u in zip(self.ranks, widths, self.abs_up)]
         phi = (log_synflow(self.abs_up, self.abs_down, flow_masks) - self.dense_log_flow).item()
         return rob, util, phi
 
@@ -92,11 +93,3 @@ class PlanEnvironment:
         """Remove the masks; the model is dense again."""
         self.masks.remove()
 
-
-def _masks_from(keep: Sequence[torch.Tensor], widths: Sequence[int]) -> list[torch.Tensor]:
-    masks = []
-    for idx, width in zip(keep, widths):
-        m = torch.zeros(width)
-        m[idx] = 1.0
-        masks.append(m)
-    return masks

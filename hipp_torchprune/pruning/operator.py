@@ -69,6 +69,18 @@ def keep_indices(scores: torch.Tensor, kept: int) -> torch.Tensor:
     return order[:kept].sort().values
 
 
+def score_ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Rank of every row, 0 = highest score (ties broken by lower index).
+
+    ``keep_indices(scores, k)`` are exactly the rows whose rank is below ``k``, so a plan's mask
+    is one comparison per layer once the ranks are known (no sort per plan).
+    """
+    order = torch.argsort(-scores.double(), stable=True)
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(order.numel(), device=order.device)
+    return ranks
+
+
 def _snapshot(adapter: ModelAdapter) -> list[tuple[nn.Linear, nn.Parameter, nn.Parameter | None, int, int]]:
     return [(lin, lin.weight, lin.bias, lin.in_features, lin.out_features)
             for m in adapter.mlps() for lin in (m.gate, m.up, m.down)]
@@ -147,6 +159,17 @@ class PlanMasks:
             else:
                 mask.zero_()
                 mask[keep[i].to(mask.device)] = 1
+
+    def set_ranked(self, ranks: Sequence[torch.Tensor], kept: Sequence[int]) -> None:
+        """Keep the ``kept[l]`` best rows of layer ``l``, given :func:`score_ranks` of its scores.
+
+        Equivalent to ``set_keep([keep_indices(s, k) ...])`` but sort-free; with ``ranks`` already
+        on the model's device it costs one comparison per layer and no host synchronization.
+        """
+        if len(ranks) != len(self.masks) or len(kept) != len(self.masks):
+            raise PlanError(f"got {len(ranks)} rank tensors and {len(kept)} widths for {len(self.masks)} layers")
+        for mask, rank, k in zip(self.masks, ranks, kept):
+            mask.copy_(rank.to(mask.device) < k)
 
     def remove(self) -> None:
         """Remove the hooks; the model is dense and untouched again."""

@@ -107,3 +107,28 @@ def test_rows_outside_language_model_untouched(tiny) -> None:
 
 def test_error_types_share_base() -> None:
     assert issubclass(PlanError, HippError) and issubclass(operator.GroupStructureError, HippError)
+
+
+@pytest.mark.parametrize("kept", [0, 1, 5, 12])
+def test_score_ranks_select_the_same_rows_as_keep_indices(kept: int) -> None:
+    scores = torch.tensor([0.3, 0.9, 0.3, 0.1, 0.9, 0.5, 0.0, 0.3, 0.7, 0.2, 0.9, 0.4])  # ties on purpose
+    ranks = operator.score_ranks(scores)
+    assert sorted(ranks.tolist()) == list(range(12))
+    assert ranks[1].item() == 0 and ranks[4].item() == 1 and ranks[10].item() == 2  # ties: lower index first
+    assert torch.equal(torch.nonzero(ranks < kept).flatten(), operator.keep_indices(scores, kept))
+
+
+def test_set_ranked_equals_set_keep(tiny) -> None:
+    _, model, _ = tiny
+    adapter = api.get_adapter(model)
+    scores = operator.layer_scores(adapter, api.importance("magnitude", model))
+    kept = [w // 3 + i for i, w in enumerate(adapter.intermediate_widths())]
+    with operator.PlanMasks(adapter) as masks:
+        masks.set_keep([operator.keep_indices(s, k) for s, k in zip(scores, kept)])
+        expected = [m.clone() for m in masks.masks]
+        masks.set_keep(None)
+        masks.set_ranked([operator.score_ranks(s) for s in scores], kept)
+        assert all(torch.equal(a, b) for a, b in zip(masks.masks, expected))
+        assert [int(m.sum()) for m in masks.masks] == kept
+        with pytest.raises(PlanError):
+            masks.set_ranked([operator.score_ranks(s) for s in scores][:-1], kept)
