@@ -98,6 +98,7 @@ class TrainConfig:
         curriculum: step fractions ending the curriculum stages; during stage i (1-based) batches
             are fresh examples on train scenes re-rendered with at most i objects; afterwards
             batches come from the full-scene pools.
+        mix_relation: share of steps on yes/no questions about sizes and pairwise relations.
         mix_short: share of steps on the auxiliary one-hop presence task (``<image>`` tokens, the
             bare object name, then Yes/No), which bootstraps the POPE look-up circuit.
         qk_tied_init: if > 0, initialize each LM attention with ``k_proj = q_proj`` scaled by
@@ -121,6 +122,7 @@ class TrainConfig:
     mix_mc: float = 0.25
     mix_caption: float = 0.10
     mix_short: float = 0.20
+    mix_relation: float = 0.0
     aux_weight: float = 0.5
     aux_layer: int = -1
     aux_attr_weight: float = 0.0

@@ -1,9 +1,10 @@
 """Instruction data for the demo model, built from a world's train split.
 
-Three kinds of examples share one format (prompt in the chat template, answer after
+The kinds of examples share one format (prompt in the chat template, answer after
 ``ASSISTANT:``): yes/no object questions (the train POPE rows plus extra questions drawn from the
-scene annotations), ScienceQA-style multiple choice (the train rows plus extra questions), and an
-auxiliary "list the objects" caption task. Everything is tokenized once into padded tensors.
+scene annotations), ScienceQA-style multiple choice (the train rows plus extra questions), yes/no
+questions on sizes and relations, and two auxiliary tasks ("list the objects", and a one-hop
+presence task without the chat template). Everything is tokenized once into padded tensors.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from hipp_torchprune.world.pope import (
 from hipp_torchprune.world.scenes import ObjectAnn, Scene
 from hipp_torchprune.world.scienceqa import GENERATORS, OWNERS
 
-Kind = Literal["pope", "mc", "caption", "short"]
-KINDS: tuple[Kind, ...] = ("pope", "mc", "caption", "short")
+Kind = Literal["pope", "mc", "caption", "short", "relation"]
+KINDS: tuple[Kind, ...] = ("pope", "mc", "caption", "short", "relation")
 #: Kinds tokenized without the chat template: ``<image>`` tokens, then the prompt, answer next.
 RAW_KINDS: frozenset[str] = frozenset({"short"})
 CAPTION_PROMPT = "What objects are in the image?"
@@ -108,6 +109,28 @@ def short_examples(i: int, scene: Scene, stats: CooccurrenceStats, rng: np.rando
     return [Example(e.image, e.prompt.split(" ")[3], e.answer) for e in yes_no_examples(i, scene, stats, rng)]
 
 
+def relation_examples(i: int, scene: Scene, rng: np.random.Generator) -> list[Example]:
+    """Yes/no questions on sizes and pairwise relations: the sub-skills of the size, spatial and
+    comparison multiple-choice kinds, with the simplest answer format."""
+    def ask(question: str, yes: bool) -> Example:
+        return Example(i, pope_prompt({"question": question}), "Yes" if yes else "No")
+
+    objs = scene.objects
+    out = []
+    for o in objs:
+        word = ("small", "big")[int(rng.integers(2))]
+        out.append(ask(f"Is the {o.category} {word}?", o.size == word))
+    if len(objs) >= 2:
+        a, b = (objs[int(j)] for j in rng.choice(len(objs), size=2, replace=False))
+        if a.col != b.col:
+            out.append(ask(f"Is the {a.category} to the left of the {b.category}?", a.col < b.col))
+        if a.row != b.row:
+            out.append(ask(f"Is the {a.category} above the {b.category}?", a.row < b.row))
+        if a.size != b.size:
+            out.append(ask(f"Is the {a.category} bigger than the {b.category}?", a.size == "big"))
+    return out
+
+
 def caption_example(i: int, scene: Scene) -> Example:
     """The objects in grid-cell order (auxiliary dense supervision)."""
     return Example(i, CAPTION_PROMPT, " ".join(scene.categories))
@@ -151,6 +174,7 @@ def build_examples(data_dir: str | Path, seed: int,
         for i, s in enumerate(scenes):
             ex["pope"] += yes_no_examples(i, s, stats, rng)
             ex["mc"] += mc_examples(i, s, rng)
+            ex["relation"] += relation_examples(i, s, rng)
     ex["caption"] = [caption_example(i, s) for i, s in enumerate(scenes)]
     ex["short"] = [Example(e.image, e.prompt.split(" ")[3], e.answer) for e in ex["pope"][-len(ex["pope"]) // 2:]]
     return images, ex, scenes
@@ -184,6 +208,8 @@ def curriculum_batch(scenes: Sequence[Scene], kind: Kind, max_objects: int, batc
             cands = mc_examples(len(images), scene, rng)
         elif kind == "short":
             cands = short_examples(len(images), scene, stats, rng)
+        elif kind == "relation":
+            cands = relation_examples(len(images), scene, rng)
         else:
             cands = [caption_example(len(images), scene)]
         if cands:

@@ -238,7 +238,7 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"].cpu())
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg), last_epoch=step - 1)
-    mix = np.array([cfg.mix_pope, cfg.mix_mc, cfg.mix_caption, cfg.mix_short], dtype=np.float64)
+    mix = np.array([cfg.mix_pope, cfg.mix_mc, cfg.mix_caption, cfg.mix_short, cfg.mix_relation], dtype=np.float64)
     writer = SummaryWriter(str(out_dir / "runs"))
     history: list[dict[str, Any]] = []
     model.train()

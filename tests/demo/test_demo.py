@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,9 +73,14 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "model.safetensors")
 
 
-def test_train_is_deterministic_and_resumes(world: Path, tmp_path: Path) -> None:
+GROUNDING_IN_LM = dict(aux_layer=0, aux_attr_weight=0.5, vision_lr_scale=0.0, mix_relation=0.2)
+
+
+@pytest.mark.parametrize("recipe", [{"aux_layer": -1, "vision_lr_scale": 1.0}, GROUNDING_IN_LM],
+                         ids=["aux-on-projector", "aux-in-lm-frozen-vision"])
+def test_train_is_deterministic_and_resumes(world: Path, tmp_path: Path, recipe: dict) -> None:
     cfg = TrainConfig(steps=6, batch_size=4, warmup_steps=2, eval_every=0, checkpoint_every=2,
-                      pool_rounds=1, threads=1, curriculum=(0.2, 0.5))
+                      pool_rounds=1, threads=1, curriculum=(0.2, 0.5), **recipe)
     a = train_demo_model(world, tmp_path / "a", TINY, cfg, progress=False)
     assert train_demo_model(world, tmp_path / "b", TINY, cfg, progress=False, stop_at=3)["stopped"]
     assert not (tmp_path / "b" / "model.safetensors").exists()
@@ -103,3 +109,34 @@ def test_shipped_checkpoint() -> None:
     model, processor = load_model_and_processor("demo", device="cpu")
     assert type(model).__name__ == "LlavaForConditionalGeneration"
     assert type(processor).__name__ == "LlavaProcessor"
+
+
+def test_frozen_vision_tower_stays_at_init(world: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(steps=4, batch_size=4, warmup_steps=1, eval_every=0, pool_rounds=1, threads=1,
+                      curriculum=(0.5,), **GROUNDING_IN_LM)
+    train_demo_model(world, tmp_path / "a", TINY, cfg, progress=False)
+    train_demo_model(world, tmp_path / "b", TINY, TrainConfig(**{**cfg.to_dict(), "steps": 1}), progress=False)
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    vision = [k for k in wa if "vision_tower" in k]
+    text = [k for k in wa if "language_model" in k and "mlp" in k]
+    assert vision and all(torch.equal(wa[k], wb[k]) for k in vision)
+    assert any(not torch.equal(wa[k], wb[k]) for k in text)
+
+
+def test_relation_examples_answer_from_annotations() -> None:
+    from hipp_torchprune.demo.dataset import relation_examples
+    from hipp_torchprune.world.scenes import ObjectAnn, Scene
+
+    scene = Scene("kitchen", (0.0, 0.0), (ObjectAnn("cup", 0, 0, "big", (0, 0, 14, 14)),
+                                          ObjectAnn("apple", 2, 3, "small", (50, 34, 58, 42))))
+    seen: dict[str, str] = {}
+    for seed in range(20):
+        for e in relation_examples(3, scene, np.random.default_rng(seed)):
+            assert e.image == 3
+            seen[e.prompt.split("\n")[0]] = e.answer
+    assert seen["Is the cup big?"] == "Yes" and seen["Is the apple big?"] == "No"
+    assert seen["Is the apple small?"] == "Yes" and seen["Is the cup small?"] == "No"
+    assert seen["Is the cup to the left of the apple?"] == "Yes"
+    assert seen["Is the apple to the left of the cup?"] == "No"
+    assert seen["Is the cup above the apple?"] == "Yes" and seen["Is the apple above the cup?"] == "No"
+    assert seen["Is the cup bigger than the apple?"] == "Yes" and seen["Is the apple bigger than the cup?"] == "No"
