@@ -40,7 +40,7 @@ class DemoModelConfig:
     text_heads: int = 4
     text_intermediate: int = 512
     max_positions: int = 256
-    projector_act: Literal["gelu", "linear"] = "gelu"
+    projector_act: Literal["gelu", "linear"] = "linear"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and the model card)."""
@@ -111,26 +111,26 @@ class TrainConfig:
     """
 
     seed: int = 0
-    steps: int = 11000
+    steps: int = 16000
     batch_size: int = 32
     lr: float = 1e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 200
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    mix_pope: float = 0.45
-    mix_mc: float = 0.25
+    mix_pope: float = 0.35
+    mix_mc: float = 0.35
     mix_caption: float = 0.10
     mix_short: float = 0.20
     mix_relation: float = 0.0
     aux_weight: float = 0.5
-    aux_layer: int = -1
-    aux_attr_weight: float = 0.0
-    vision_lr_scale: float = 1.0
+    aux_layer: int = 1
+    aux_attr_weight: float = 0.5
+    vision_lr_scale: float = 0.0
     qk_tied_init: float = 0.0
     curriculum: tuple[float, ...] = (0.14, 0.21, 0.28, 0.35)
     pool_rounds: int = 2
-    eval_every: int = 500
+    eval_every: int = 2000
     eval_limit: int = 150
     checkpoint_every: int = 250
     threads: int = 1
