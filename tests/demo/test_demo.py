@@ -140,3 +140,16 @@ def test_relation_examples_answer_from_annotations() -> None:
     assert seen["Is the apple to the left of the cup?"] == "No"
     assert seen["Is the cup above the apple?"] == "Yes" and seen["Is the apple above the cup?"] == "No"
     assert seen["Is the cup bigger than the apple?"] == "Yes" and seen["Is the apple bigger than the cup?"] == "No"
+
+
+def test_cli_trains_the_recipe(world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hipp_torchprune.cli import main
+
+    out = tmp_path / "run"
+    assert main(["demo-model", "train", "--data", str(world), "--out", str(out), "--steps", "2",
+                 "--batch-size", "4", "--eval-every", "0", "--device", "cpu", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 2 and summary["parameters"] > 1_000_000
+    run = json.loads((out / "run_config.json").read_text())
+    assert run["train"]["aux_layer"] == TrainConfig().aux_layer and run["model"] == DemoModelConfig().to_dict()
+    assert (out / "model.safetensors").is_file()
