@@ -153,6 +153,22 @@ def _optimizer(model: Any, heads: list[torch.nn.Module], cfg: TrainConfig) -> to
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
 
+def _resume(ckpt: Path, model: Any, heads: list[torch.nn.Module], opt: torch.optim.Optimizer,
+            rng: np.random.Generator, device: str) -> tuple[int, float]:
+    """Load a resumable checkpoint into the model, heads, optimizer and RNGs; returns (step, elapsed s)."""
+    state = torch.load(ckpt, weights_only=False, map_location=device)
+    try:
+        model.load_state_dict(state["model"])
+        for head, head_state in zip(heads, state["aux_head"]):
+            head.load_state_dict(head_state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{ckpt}: does not match this model config ({exc})") from exc
+    opt.load_state_dict(state["optimizer"])
+    rng.bit_generator.state = state["rng"]
+    torch.set_rng_state(state["torch_rng"].cpu())
+    return int(state["step"]), float(state["elapsed"])
+
+
 def _save_checkpoint(path: Path, model: Any, heads: list[torch.nn.Module], opt: torch.optim.Optimizer, step: int,
                      rng: np.random.Generator, elapsed: float) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -226,17 +242,7 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
     step, elapsed = 0, 0.0
     ckpt = out_dir / CHECKPOINT_NAME
     if resume and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False, map_location=device)
-        try:
-            model.load_state_dict(state["model"])
-            for head, head_state in zip(heads, state["aux_head"]):
-                head.load_state_dict(head_state)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{ckpt}: does not match this model config ({exc})") from exc
-        opt.load_state_dict(state["optimizer"])
-        step, elapsed = int(state["step"]), float(state["elapsed"])
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"].cpu())
+        step, elapsed = _resume(ckpt, model, heads, opt, rng, device)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg), last_epoch=step - 1)
     mix = np.array([cfg.mix_pope, cfg.mix_mc, cfg.mix_caption, cfg.mix_short, cfg.mix_relation], dtype=np.float64)
     writer = SummaryWriter(str(out_dir / "runs"))
