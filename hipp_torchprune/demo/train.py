@@ -153,6 +153,19 @@ def _optimizer(model: Any, heads: list[torch.nn.Module], cfg: TrainConfig) -> to
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
 
+def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
+    """Refuse recipe values the loop cannot honour, before anything is written."""
+    from hipp_torchprune.config import ConfigError
+
+    if not -1 <= cfg.aux_layer < model_cfg.text_layers:
+        raise ConfigError(f"aux_layer={cfg.aux_layer}: must be -1 (projector) or a decoder layer "
+                          f"0..{model_cfg.text_layers - 1}")
+    if cfg.vision_lr_scale < 0:
+        raise ConfigError(f"vision_lr_scale={cfg.vision_lr_scale}: must be >= 0 (0 freezes the tower)")
+    if model_cfg.projector_act not in ("gelu", "linear"):
+        raise ConfigError(f"projector_act={model_cfg.projector_act!r}: must be 'gelu' or 'linear'")
+
+
 def _resume(ckpt: Path, model: Any, heads: list[torch.nn.Module], opt: torch.optim.Optimizer,
             rng: np.random.Generator, device: str) -> tuple[int, float]:
     """Load a resumable checkpoint into the model, heads, optimizer and RNGs; returns (step, elapsed s)."""
@@ -197,6 +210,7 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
     from hipp_torchprune.evaluation import evaluate, prepare_eval
     from hipp_torchprune.models.processors import build_llava_processor
 
+    _check_recipe(model_cfg, cfg)
     torch.set_num_threads(cfg.threads)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -153,3 +153,19 @@ def test_cli_trains_the_recipe(world: Path, tmp_path: Path, capsys: pytest.Captu
     run = json.loads((out / "run_config.json").read_text())
     assert run["train"]["aux_layer"] == TrainConfig().aux_layer and run["model"] == DemoModelConfig().to_dict()
     assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("model_cfg", "changes"), [
+    (TINY, {"aux_layer": 1}),  # TINY has one decoder layer
+    (TINY, {"aux_layer": -2}),
+    (TINY, {"vision_lr_scale": -0.5}),
+    (DemoModelConfig(projector_act="relu"), {}),  # type: ignore[arg-type]
+])
+def test_bad_recipe_is_refused_before_writing(world: Path, tmp_path: Path, model_cfg: DemoModelConfig,
+                                              changes: dict) -> None:
+    from hipp_torchprune.errors import HippError
+
+    with pytest.raises(HippError):
+        train_demo_model(world, tmp_path / "run", model_cfg, TrainConfig(steps=1, eval_every=0, **changes),
+                         progress=False)
+    assert not (tmp_path / "run").exists()
