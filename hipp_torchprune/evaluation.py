@@ -243,8 +243,8 @@ def last_position_logprobs(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
 
 
-def score_task(model: Any, task: PreparedTask) -> dict[str, float | int]:
-    """Run a prepared task through ``model`` and compute its metrics."""
+def option_logprobs(model: Any, task: PreparedTask) -> list[list[float]]:
+    """Per example, the log-probability of each option (POPE: [yes, no]) at the answer position."""
     import torch
 
     option_lps: list[list[float]] = []
@@ -258,6 +258,12 @@ def score_task(model: Any, task: PreparedTask) -> dict[str, float | int]:
                 vals = dict(zip(flat, row[flat].tolist()))
                 option_lps.append([logsumexp([vals[t] for t in c]) for c in cands])
                 i += 1
+    return option_lps
+
+
+def score_task(model: Any, task: PreparedTask) -> dict[str, float | int]:
+    """Run a prepared task through ``model`` and compute its metrics."""
+    option_lps = option_logprobs(model, task)
     if task.family == "pope":
         margins = [o[0] - o[1] for o in option_lps]
         return pope_metrics(margins, [g == 0 for g in task.gold])

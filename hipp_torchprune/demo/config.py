@@ -93,6 +93,12 @@ class TrainConfig:
             turn patch features into object identities, as a real VLM's early layers do.
         aux_attr_weight: weight of the auxiliary per-patch size / row / column classification at
             the same place (a linear head used only in training; 0 = off).
+        option_weight: weight of the auxiliary option loss on multiple-choice steps: a linear
+            head (training only) reads each option's first token at the output of LM layer
+            ``option_layer`` and predicts whether it is the gold option, so the model learns to
+            judge each option where it is written and the answer token only has to find the
+            judged-correct option's letter (0 = off).
+        option_layer: the decoder layer whose output that head reads.
         vision_lr_scale: learning-rate multiplier of the vision tower (0 = frozen at its random
             initialization: a random-feature encoder, so recognition is learned downstream).
         curriculum: step fractions ending the curriculum stages; during stage i (1-based) batches
@@ -126,6 +132,8 @@ class TrainConfig:
     aux_weight: float = 0.5
     aux_layer: int = 1
     aux_attr_weight: float = 0.5
+    option_weight: float = 0.0
+    option_layer: int = 2
     vision_lr_scale: float = 0.0
     qk_tied_init: float = 0.0
     curriculum: tuple[float, ...] = (0.14, 0.21, 0.28, 0.35)

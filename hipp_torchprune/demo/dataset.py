@@ -249,6 +249,33 @@ def tokenize_pool(examples: Sequence[Example], processor: Any, n_image_tokens: i
                      torch.tensor([e.image for e in examples]))
 
 
+def option_slots(pool: TokenPool, letter_ids: Sequence[int], dot_id: int,
+                 max_options: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each multiple-choice option's text starts, and whether it is the gold option.
+
+    An option is written ``"{letter}. {text}"``; its slot is the first token of ``text`` (the
+    token after the letter and the dot), searched in the prompt only. The gold option is the one
+    whose letter is the first answer token.
+
+    Returns ``positions`` [N, max_options] (0 where there is no option) and ``labels``
+    [N, max_options] (1 gold, 0 other option, -100 no option).
+    """
+    ids = pool.input_ids
+    n, length = ids.shape
+    positions = torch.zeros(n, max_options, dtype=torch.long)
+    labels = torch.full((n, max_options), -100, dtype=torch.long)
+    if length < 3:
+        return positions, labels
+    is_letter = torch.isin(ids[:, :-2], torch.tensor(list(letter_ids))) & (ids[:, 1:-1] == dot_id)
+    within = torch.arange(length - 2).unsqueeze(0) + 2 < pool.answer_start.unsqueeze(1)
+    for row, col in (is_letter & within).nonzero().tolist():
+        k = int((labels[row] != -100).sum())
+        if k < max_options:
+            positions[row, k] = col + 2
+            labels[row, k] = int(ids[row, col] == ids[row, pool.answer_start[row]])
+    return positions, labels
+
+
 def pixel_tensor(images: Sequence[Any], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Images as a uint8 [N, 3, H, W] tensor plus nothing else; normalize with :func:`normalize`."""
     arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images]).transpose(0, 3, 1, 2)

@@ -21,6 +21,7 @@ from hipp_torchprune.demo.dataset import (
     build_examples,
     curriculum_batch,
     normalize,
+    option_slots,
     patch_labels,
     patch_sizes,
     pixel_tensor,
@@ -129,6 +130,25 @@ class PatchAttributeHead(torch.nn.Module):
                 + ce(logits[..., 2 + g:].flatten(0, 1), cols.flatten()))
 
 
+class OptionHead(torch.nn.Module):
+    """Auxiliary multiple-choice option judge (training only, a single linear map).
+
+    It scores each option's first token at a decoder layer's output: 1 for the gold option, 0
+    for the others (binary cross-entropy).
+    """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden, 1)
+
+    def loss(self, hidden: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """BCE over the option slots; hidden [B, T, H], positions / labels [B, K] (-100 = no option)."""
+        picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (B, K, H)
+        logits = self.linear(picked).squeeze(-1)  # (B, K)
+        valid = labels != -100
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits[valid], labels[valid].float())
+
+
 def _image_features(model: Any, captured: dict[str, torch.Tensor], input_ids: torch.Tensor, layer: int,
                     n_img: int) -> torch.Tensor:
     """The image tokens' features [B, n_img, hidden] at the auxiliary loss's read-out point."""
@@ -160,6 +180,10 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
     if not -1 <= cfg.aux_layer < model_cfg.text_layers:
         raise ConfigError(f"aux_layer={cfg.aux_layer}: must be -1 (projector) or a decoder layer "
                           f"0..{model_cfg.text_layers - 1}")
+    if cfg.option_weight > 0 and not 0 <= cfg.option_layer < model_cfg.text_layers:
+        raise ConfigError(f"option_layer={cfg.option_layer}: must be a decoder layer 0..{model_cfg.text_layers - 1}")
+    if cfg.option_weight < 0:
+        raise ConfigError(f"option_weight={cfg.option_weight}: must be >= 0 (0 turns the option loss off)")
     if cfg.vision_lr_scale < 0:
         raise ConfigError(f"vision_lr_scale={cfg.vision_lr_scale}: must be >= 0 (0 freezes the tower)")
     if model_cfg.projector_act not in ("gelu", "linear"):
@@ -242,10 +266,17 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
     size_labels = patch_sizes(scenes, grid) if cfg.aux_attr_weight > 0 else None
     aux_head = TiedPatchHead(model, [tok.convert_tokens_to_ids(c) for c in CATEGORY_NAMES])
     attr_head = PatchAttributeHead(model_cfg.text_hidden, grid)
-    heads: list[torch.nn.Module] = [aux_head, attr_head]
+    option_head = OptionHead(model_cfg.text_hidden)
+    heads: list[torch.nn.Module] = [aux_head, attr_head, option_head]
     captured: dict[str, torch.Tensor] = {}
-    tap = model.model.multi_modal_projector if cfg.aux_layer < 0 else model.model.language_model.layers[cfg.aux_layer]
+    layers = model.model.language_model.layers
+    tap = model.model.multi_modal_projector if cfg.aux_layer < 0 else layers[cfg.aux_layer]
     tap.register_forward_hook(lambda m, i, o: captured.__setitem__("f", o))
+    if cfg.option_weight > 0:
+        layers[cfg.option_layer].register_forward_hook(lambda m, i, o: captured.__setitem__("o", o))
+    letter_ids = tok.convert_tokens_to_ids(list("ABCDE"))
+    dot_id = tok.convert_tokens_to_ids(".")
+    mc_slots = option_slots(pools["mc"], letter_ids, dot_id)
     model.to(device)
     for head in heads:
         head.to(device)
@@ -278,6 +309,8 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
             labels_of = patch_labels(sc_b, grid) if aux_labels is not None else None
             sizes_of = patch_sizes(sc_b, grid) if size_labels is not None else None
             idx = torch.arange(cfg.batch_size)
+        slots = (mc_slots if cap is None else option_slots(pool, letter_ids, dot_id)) \
+            if kind == "mc" and cfg.option_weight > 0 else None
         batch = {k: v.to(device) for k, v in make_batch(pool, idx, batch_pixels, mean, std).items()}
         loss = model(**batch, use_cache=False).loss
         total = loss
@@ -292,6 +325,10 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
             attr = attr_head.loss(feats, sizes_of[pool.image[idx]].to(device))
             total = total + cfg.aux_attr_weight * attr
             writer.add_scalar("loss/aux_attributes", attr.item(), step + 1)
+        if slots is not None:
+            judge = option_head.loss(captured["o"], slots[0][idx].to(device), slots[1][idx].to(device))
+            total = total + cfg.option_weight * judge
+            writer.add_scalar("loss/aux_option", judge.item(), step + 1)
         opt.zero_grad(set_to_none=True)
         total.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +77,9 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 GROUNDING_IN_LM = dict(aux_layer=0, aux_attr_weight=0.5, vision_lr_scale=0.0, mix_relation=0.2)
 
 
-@pytest.mark.parametrize("recipe", [{"aux_layer": -1, "vision_lr_scale": 1.0}, GROUNDING_IN_LM],
-                         ids=["aux-on-projector", "aux-in-lm-frozen-vision"])
+@pytest.mark.parametrize("recipe", [{"aux_layer": -1, "vision_lr_scale": 1.0}, GROUNDING_IN_LM,
+                                    {**GROUNDING_IN_LM, "option_weight": 1.0, "option_layer": 0, "mix_mc": 1.0}],
+                         ids=["aux-on-projector", "aux-in-lm-frozen-vision", "option-judge"])
 def test_train_is_deterministic_and_resumes(world: Path, tmp_path: Path, recipe: dict) -> None:
     cfg = TrainConfig(steps=6, batch_size=4, warmup_steps=2, eval_every=0, checkpoint_every=2,
                       pool_rounds=1, threads=1, curriculum=(0.2, 0.5), **recipe)
@@ -159,6 +161,8 @@ def test_cli_trains_the_recipe(world: Path, tmp_path: Path, capsys: pytest.Captu
     (TINY, {"aux_layer": 1}),  # TINY has one decoder layer
     (TINY, {"aux_layer": -2}),
     (TINY, {"vision_lr_scale": -0.5}),
+    (TINY, {"option_weight": 1.0, "option_layer": 1}),
+    (TINY, {"option_weight": -1.0}),
     (DemoModelConfig(projector_act="relu"), {}),  # type: ignore[arg-type]
 ])
 def test_bad_recipe_is_refused_before_writing(world: Path, tmp_path: Path, model_cfg: DemoModelConfig,
@@ -169,3 +173,36 @@ def test_bad_recipe_is_refused_before_writing(world: Path, tmp_path: Path, model
         train_demo_model(world, tmp_path / "run", model_cfg, TrainConfig(steps=1, eval_every=0, **changes),
                          progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_option_slots_point_at_each_option_and_mark_the_gold_one(world: Path) -> None:
+    from hipp_torchprune.data import scienceqa_prompt
+    from hipp_torchprune.demo.dataset import option_slots
+
+    _, ex, _ = build_examples(world, seed=0, rounds=1)
+    proc = build_llava_processor(sorted(vocabulary(ex)), 64, 16)
+    tok = proc.tokenizer
+    docs = [({"hint": "Anna has the cup.", "question": "Whose object is in the image?",
+              "choices": ["Anna", "Ben", "Cara"]}, "B"),
+            ({"hint": "", "question": "Which object is bigger?", "choices": ["cup", "dog"]}, "A")]
+    pool = tokenize_pool([Example(0, scienceqa_prompt(d), a) for d, a in docs]
+                         + [Example(0, "Is there a cup in the image?", "Yes")], proc, 16)
+    pos, lab = option_slots(pool, tok.convert_tokens_to_ids(list("ABCDE")), tok.convert_tokens_to_ids("."))
+    words = [[tok.convert_ids_to_tokens(int(pool.input_ids[r, p])) for p, l in zip(pos[r], lab[r]) if l != -100]
+             for r in range(3)]
+    assert words == [["Anna", "Ben", "Cara"], ["cup", "dog"], []]  # the hint's "cup ." is not an option
+    assert lab.tolist() == [[0, 1, 0, -100, -100], [1, 0, -100, -100, -100], [-100] * 5]
+
+
+def test_option_head_loss_is_binary_cross_entropy_over_real_slots() -> None:
+    from hipp_torchprune.demo.train import OptionHead
+
+    head = OptionHead(2)
+    with torch.no_grad():
+        head.linear.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        head.linear.bias.zero_()
+    hidden = torch.tensor([[[9.0, 9.0], [2.0, 5.0], [7.0, 7.0], [-1.0, 3.0]]])  # (1, 4, 2)
+    loss = head.loss(hidden, torch.tensor([[1, 3, 0]]), torch.tensor([[1, 0, -100]]))
+    # logits 2 (gold) and -1 (other): mean of log(1 + e^-2) and log(1 + e^-1)
+    expected = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-1.0))) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
