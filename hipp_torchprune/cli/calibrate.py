@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 
@@ -41,14 +40,13 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``hipp calibrate``."""
     from hipp_torchprune.calib_data import calibration_samples
     from hipp_torchprune.hipp.calibrate import profile_model
-    from hipp_torchprune.hipp.profile import save_calibration
+    from hipp_torchprune.hipp.profile import calibration_key, save_calibration
     from hipp_torchprune.loading import load_model
 
     model, processor = load_model(args.model)
     profile, stats, _ = profile_model(model, processor, calibration_samples(args.data, args.n))
     if args.cache:
-        source = {"data": args.data if args.data == "random" else str(Path(args.data).resolve()), "n": args.n}
-        save_calibration(args.cache, profile, stats, source)
+        save_calibration(args.cache, profile, stats, calibration_key(model, args.data, args.n))
     layers = profile.to_dict()["layers"]
     if args.plot:
         plot_sensitivity([layer["visual_sensitivity"] for layer in layers], args.plot)

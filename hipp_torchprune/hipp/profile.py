@@ -102,6 +102,36 @@ def save_calibration(directory: str | Path, profile: ModelProfile, stats: Calibr
     return directory
 
 
+def model_fingerprint(model: Any) -> str:
+    """A short, cheap identity of a model's weights: names, shapes and the first values of every
+    parameter, hashed (two checkpoints of one architecture get different fingerprints)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        head = param.detach().reshape(-1)[:32].float().cpu().numpy()
+        digest.update(f"{name}:{tuple(param.shape)}".encode())
+        digest.update(head.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def data_fingerprint(data: str | Path) -> str:
+    """The identity of a calibration data source: a proving-ground world's content hash when it
+    has a manifest, else the resolved path ("random" stays "random")."""
+    if str(data) == "random":
+        return "random"
+    root = Path(data).resolve()
+    try:
+        return "world:" + str(json.loads((root / "manifest.json").read_text())["content_hash"])
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        return str(root)
+
+
+def calibration_key(model: Any, data: str | Path, n: int) -> dict[str, Any]:
+    """What a calibration cache is valid for: the model's weights, the data and the sample count."""
+    return {"model": model_fingerprint(model), "data": data_fingerprint(data), "n": n}
+
+
 def calibration_source(directory: str | Path) -> dict[str, Any]:
     """The ``source`` a cache was written with (empty when unknown or missing)."""
     path = Path(directory) / "profile.json"

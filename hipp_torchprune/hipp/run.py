@@ -12,7 +12,13 @@ from hipp_torchprune.hipp.calibrate import profile_model
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.objectives import default_objectives
 from hipp_torchprune.hipp.policy_io import save_policy
-from hipp_torchprune.hipp.profile import ModelProfile, calibration_source, load_calibration, save_calibration
+from hipp_torchprune.hipp.profile import (
+    ModelProfile,
+    calibration_key,
+    calibration_source,
+    load_calibration,
+    save_calibration,
+)
 from hipp_torchprune.hipp.trainer import TrainConfig, config_dict, train_policy
 from hipp_torchprune.loading import load_model
 from hipp_torchprune.pruning.operator import layer_scores
@@ -21,10 +27,10 @@ from hipp_torchprune.pruning.operator import layer_scores
 def calibrated_profile(model: Any, processor: Any, data_dir: str | Path, calib_n: int, cache: Path,
                        state: Any = None) -> tuple[ModelProfile, list[Any]]:
     """The model's profile and Wanda row scores, from ``cache`` when it holds this model's
-    calibration (same class and widths), computed and written there otherwise."""
+    calibration (same weights, data and sample count), computed and written there otherwise."""
     adapter = api.get_adapter(model)
-    source = {"data": str(Path(data_dir).resolve()), "n": calib_n}
-    if (cache / "profile.json").exists() and calibration_source(cache) in (source, {}):
+    source = calibration_key(model, data_dir, calib_n)
+    if (cache / "profile.json").exists() and calibration_source(cache) == source:
         profile, stats = load_calibration(cache)
         if list(profile.widths) == adapter.intermediate_widths() and profile.model_class == type(model).__name__:
             return profile, layer_scores(adapter, api.importance("wanda", model, stats))

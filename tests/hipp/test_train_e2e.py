@@ -91,17 +91,40 @@ def test_calibration_is_cached_and_reused(policy_dir: Path, world: Path, tmp_pat
 
 
 def test_calibration_cache_is_not_reused_for_other_data(policy_dir: Path, world: Path, make_world) -> None:
-    from hipp_torchprune.hipp.profile import calibration_source
+    from hipp_torchprune.hipp.profile import calibration_key, calibration_source, model_fingerprint
     from hipp_torchprune.hipp.run import calibrated_profile
     from hipp_torchprune.loading import load_model
 
     cache = policy_dir / "calibration"
-    assert calibration_source(cache) == {"data": str(world.resolve()), "n": 6}
     model, processor = load_model("tiny-llava")
+    world_hash = json.loads((world / "manifest.json").read_text())["content_hash"]
+    assert calibration_source(cache) == {"model": model_fingerprint(model), "data": f"world:{world_hash}", "n": 6}
+    assert calibration_source(cache) == calibration_key(model, world, 6)
     other = make_world(4, 200)
     import shutil
 
     copy = policy_dir.parent / "cache-copy"
     shutil.copytree(cache, copy)
     profile, _ = calibrated_profile(model, processor, other, 5, copy)
-    assert profile.n_samples == 5 and calibration_source(copy)["data"] == str(other.resolve())
+    assert profile.n_samples == 5 and calibration_source(copy) == calibration_key(model, other, 5)
+
+
+def test_calibration_cache_is_not_reused_for_other_weights(policy_dir: Path, world: Path) -> None:
+    """A retrained checkpoint of the same architecture must not inherit the old calibration."""
+    import shutil
+
+    import torch
+
+    from hipp_torchprune.hipp.profile import calibration_source, model_fingerprint
+    from hipp_torchprune.hipp.run import calibrated_profile
+    from hipp_torchprune.loading import load_model
+
+    model, processor = load_model("tiny-llava")
+    before = model_fingerprint(model)
+    copy = policy_dir.parent / "cache-other-weights"
+    shutil.copytree(policy_dir / "calibration", copy)
+    with torch.no_grad():
+        model.model.language_model.layers[0].mlp.up_proj.weight.mul_(2.0)
+    assert model_fingerprint(model) != before
+    calibrated_profile(model, processor, world, 6, copy)
+    assert calibration_source(copy)["model"] == model_fingerprint(model)
