@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--model", default="demo")
     parser.add_argument("--world", required=True)
     parser.add_argument("--out", default="out/bench/hipp")
-    parser.add_argument("--budget", type=lambda t: tuple(float(x) for x in t.split(",")), default=(0.5, 0.7))
+    parser.add_argument("--budget", type=lambda t: tuple(float(x) for x in t.split(",")), default=(0.6, 0.8))
     parser.add_argument("--r-max", type=float, default=0.95)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100)

@@ -117,7 +117,7 @@ class TrainConfig:
     """
 
     seed: int = 0
-    steps: int = 16000
+    steps: int = 20000
     batch_size: int = 32
     lr: float = 1e-3
     min_lr_ratio: float = 0.05
@@ -132,7 +132,7 @@ class TrainConfig:
     aux_weight: float = 0.5
     aux_layer: int = 1
     aux_attr_weight: float = 0.5
-    option_weight: float = 0.0
+    option_weight: float = 1.0
     option_layer: int = 2
     vision_lr_scale: float = 0.0
     qk_tied_init: float = 0.0
