@@ -113,6 +113,16 @@ def test_shipped_checkpoint() -> None:
     assert type(processor).__name__ == "LlavaProcessor"
 
 
+@pytest.mark.skipif(not (DEMO_MODEL_DIR / "train_summary.json").is_file(), reason="demo checkpoint not shipped")
+def test_shipped_checkpoint_was_trained_with_the_recipe_defaults() -> None:
+    """The model card's command (the defaults) reproduces the shipped run's configuration."""
+    summary = json.loads((DEMO_MODEL_DIR / "train_summary.json").read_text())
+    defaults = json.loads(json.dumps(TrainConfig().to_dict()))  # tuples -> lists, as in the JSON
+    assert summary["train"] == defaults
+    assert summary["model"] == json.loads(json.dumps(DemoModelConfig().to_dict()))
+    assert summary["steps"] == defaults["steps"]
+
+
 def test_frozen_vision_tower_stays_at_init(world: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(steps=4, batch_size=4, warmup_steps=1, eval_every=0, pool_rounds=1, threads=1,
                       curriculum=(0.5,), **GROUNDING_IN_LM)
