@@ -211,7 +211,8 @@ def _run_cell(config: CompareConfig, shared: _Shared, table: str, method: str,
             "target_sparsity": target, "realized_sparsity": realized,
             "matched": abs(realized - target) <= config.tolerance + 1e-12, "widths": widths, "details": details,
             "pre_recovery": pre, "post_recovery": post,
-            "final_loss": result.history[-1]["loss"] if result.history else None}
+            "final_loss": result.history[-1]["loss"] if result.history else None,
+            "recovery_step_kept": result.best_step}
 
 
 def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = True, fresh: bool = False,

@@ -31,6 +31,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--steps", type=int, default=100, help="recovery steps (same for every method)")
     p.add_argument("--batch-size", type=int, default=8, help="recovery batch size")
     p.add_argument("--lr", type=float, default=1e-3, help="recovery learning rate")
+    p.add_argument("--select-every", type=int, default=None,
+                   help="score each method's recovery on the calibration split every N steps (and before "
+                        "the first) and keep its best state, unrecovered included (default steps // 4; 0: "
+                        "keep the last step)")
     p.add_argument("--lora-layers", type=int, default=2, help="recovery LoRA on the last K layers")
     p.add_argument("--calib-n", type=int, default=64, help="calibration samples (shared by all methods)")
     p.add_argument("--limit", type=int, default=None, help="test rows per task (default: all)")
@@ -70,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
         table3=_prefs(args.table3) if args.table3 else TABLE3_PREFERENCES,
         table4=_prefs(args.table4) if args.table4 else TABLE4_PREFERENCES, samplers=tuple(samplers),
         recovery=RecoveryConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                lora_layers=args.lora_layers, save_every=max(1, args.steps // 4)),
+                                lora_layers=args.lora_layers, save_every=max(1, args.steps // 4),
+                                select_every=max(1, args.steps // 4) if args.select_every is None
+                                else args.select_every),
         calib_n=args.calib_n, limit=args.limit, tolerance=args.tolerance,
         device=args.device)
     run_compare(config, args.out, progress=not args.no_progress, fresh=args.fresh)

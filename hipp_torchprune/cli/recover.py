@@ -16,6 +16,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="write the recovered checkpoint here (same widths)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--select-every", type=int, default=0,
+                   help="score on the data's calibration split every N steps (and before the first) and "
+                        "save the best state, the unrecovered model included (default 0: the last step)")
     p.add_argument("--lora-layers", type=int, default=2, help="LoRA on the last K decoder layers (0: none)")
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--data-mix", choices=("mix", "pope", "scienceqa"), default="mix")
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         w_rob = parse_preference(args.preference)[0]
     config = RecoveryConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lora_layers=args.lora_layers,
                             lora_rank=args.lora_rank, data=args.data_mix, w_rob=w_rob, limit=args.limit,
-                            seed=args.seed, save_every=args.save_every)
+                            seed=args.seed, save_every=args.save_every, select_every=args.select_every)
     result = recover_checkpoint(args.model, args.data, args.out, config, work_dir=args.work_dir,
                                 progress=not args.no_progress)
     last = result.history[-1] if result.history else {}

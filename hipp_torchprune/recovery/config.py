@@ -59,6 +59,14 @@ class RecoveryConfig:
     seed: int = 0
     #: Save a resumable checkpoint every this many steps (0: never).
     save_every: int = 50
+    #: Every this many steps (and before the first), score the model on ``select_split`` and hand
+    #: back the best-scoring state, the unrecovered model included, so recovery never returns a
+    #: model that is worse on held-out rows than the one it was given (0: keep the last step).
+    select_every: int = 0
+    #: Split whose rows score the states (never the test split).
+    select_split: str = "calibration"
+    #: Rows per task (POPE-adversarial, ScienceQA) in that score.
+    select_limit: int = 128
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1:
@@ -71,6 +79,11 @@ class RecoveryConfig:
             raise RecoveryError(f"pope_base_fraction must lie in [0, 1], got {self.pope_base_fraction}")
         if self.w_rob is not None and not 0.0 <= self.w_rob <= 1.0:
             raise RecoveryError(f"w_rob must lie in [0, 1], got {self.w_rob}")
+        if self.select_every < 0 or self.select_limit < 1:
+            raise RecoveryError(f"select_every must be >= 0 and select_limit >= 1, got {self.select_every}, "
+                                f"{self.select_limit}")
+        if self.select_every and self.select_split == "test":
+            raise RecoveryError("select_split must not be the test split (it would select on the test rows)")
         if self.limit is not None and self.limit < 1:
             raise RecoveryError(f"limit must be >= 1 or None, got {self.limit}")
 

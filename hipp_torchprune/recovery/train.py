@@ -30,11 +30,47 @@ STATE_FILE = "recovery_state.pt"
 
 @dataclass
 class RecoveryResult:
-    """The recovered (merged) model and the per-step loss log."""
+    """The recovered (merged) model, the per-step loss log, and which step was handed back
+    (``best_step``: the last step, or the best-scoring one with ``select_every``; 0 = unchanged)."""
 
     model: nn.Module
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int = 0
+    best_step: int | None = None
+
+
+def selection_score(metrics: dict[str, dict[str, float]]) -> float:
+    """Mean of POPE balanced accuracy and multiple-choice accuracy over the scored tasks."""
+    values = [m["balanced_accuracy"] if "balanced_accuracy" in m else m["accuracy"] for m in metrics.values()]
+    if not values:
+        raise RecoveryError("selection_score needs at least one task's metrics")
+    return sum(values) / len(values)
+
+
+class _BestState:
+    """The best-scoring trainable parameters seen so far (step 0 = before recovery)."""
+
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
+        state = state or {}
+        self.score: float | None = state.get("score")
+        self.step: int | None = state.get("step")
+        self.params: dict[str, torch.Tensor] = dict(state.get("params") or {})
+
+    def offer(self, score: float, step: int, params: dict[str, nn.Parameter]) -> None:
+        """Keep ``params`` when ``score`` beats the best so far (ties keep the earlier state)."""
+        if self.score is None or score > self.score:
+            self.score, self.step = score, step
+            self.params = {n: p.detach().cpu().clone() for n, p in params.items()}
+
+    def restore(self, params: dict[str, nn.Parameter]) -> None:
+        """Copy the best parameters back into the trainable ones."""
+        with torch.no_grad():
+            for name, value in self.params.items():
+                params[name].copy_(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """State for the resumable checkpoint."""
+        return {"score": self.score, "step": self.step, "params": self.params}
 
 
 def recovery_loss(logprobs: torch.Tensor, rows: list[tuple[str, Row]], config: RecoveryConfig
@@ -109,6 +145,8 @@ def recover(model: nn.Module, processor: Any, data_dir: str | Path, config: Reco
     opt = torch.optim.AdamW(list(params.values()), lr=config.lr, weight_decay=config.weight_decay)
     work = Path(work_dir) if work_dir is not None else None
     start, history = 0, []
+    best = _BestState()
+    select = _selection_data(processor, data_dir, config)
     # ``steps`` is left out: batches depend on (seed, step) only, so a run can be extended.
     meta = {"config": {k: v for k, v in config.to_dict().items() if k != "steps"},
             "widths": list(snapshot.widths), "params": snapshot.params}
@@ -125,6 +163,7 @@ def recover(model: nn.Module, processor: Any, data_dir: str | Path, config: Reco
                     params[name].copy_(value)
             opt.load_state_dict(state["optimizer"])
             start, history = int(state["step"]), list(state["history"])
+            best = _BestState(state.get("best"))
     writer = None
     if work is not None:
         from torch.utils.tensorboard import SummaryWriter
@@ -135,6 +174,8 @@ def recover(model: nn.Module, processor: Any, data_dir: str | Path, config: Reco
     was_training = model.training
     net.eval()  # no dropout: same seed, same result
     bar = tqdm(range(start, config.steps), desc="recover", disable=not progress, initial=start, total=config.steps)
+    if select is not None and start == 0:
+        best.offer(_score(net, processor, select), 0, params)
     try:
         for step in bar:
             rows = step_rows(pool, config, step)
@@ -152,21 +193,49 @@ def recover(model: nn.Module, processor: Any, data_dir: str | Path, config: Reco
                     if k != "step":
                         writer.add_scalar(f"recovery/{k}", v, step + 1)
             done = step + 1
+            if select is not None and (done % config.select_every == 0 or done == config.steps):
+                record["select_score"] = _score(net, processor, select)
+                best.offer(record["select_score"], done, params)
+                if writer is not None:
+                    writer.add_scalar("recovery/select_score", record["select_score"], done)
             if work is not None and config.save_every and (done % config.save_every == 0 or done == config.steps):
                 _save_state(work / STATE_FILE, {
                     "meta": meta, "step": done, "history": history, "optimizer": opt.state_dict(),
-                    "params": {n: p.detach().cpu().clone() for n, p in params.items()}})
+                    "params": {n: p.detach().cpu().clone() for n, p in params.items()}, "best": best.to_dict()})
     finally:
         bar.close()
         if writer is not None:
             writer.close()
+    if select is not None:
+        best.restore(params)
     with torch.no_grad():
         merged = merge(net, model)
     merged.train(was_training)
     for name, p in merged.named_parameters():  # hand the model back with its gradient flags
         p.requires_grad_(requires_grad.get(name, p.requires_grad))
     snapshot.check(merged, adapter.__class__(merged))
-    return RecoveryResult(merged, history, start)
+    return RecoveryResult(merged, history, start, best.step if select is not None else config.steps)
+
+
+def _selection_data(processor: Any, data_dir: str | Path, config: RecoveryConfig) -> Any:
+    """Prepared held-out rows for state selection, or None when selection is off."""
+    if not config.select_every:
+        return None
+    from hipp_torchprune.evaluation import prepare_eval
+
+    return prepare_eval(processor, data_dir, "pope_adversarial,scienceqa", limit=config.select_limit,
+                        split=config.select_split)
+
+
+def _score(net: nn.Module, processor: Any, prepared: Any) -> float:
+    """Selection score of the current (LoRA-attached) model on prepared held-out rows."""
+    from hipp_torchprune.evaluation import evaluate
+
+    was_training = net.training
+    try:
+        return selection_score(evaluate(net, processor, prepared))
+    finally:
+        net.train(was_training)
 
 
 def recover_checkpoint(model_dir: str | Path, data_dir: str | Path, out: str | Path, config: RecoveryConfig, *,

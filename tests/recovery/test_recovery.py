@@ -111,8 +111,35 @@ def test_resume_extends_to_the_same_weights(world: Path, tmp_path: Path) -> None
                 work_dir=tmp_path / "b")
 
 
+def test_selection_score_averages_pope_balanced_and_mc_accuracy() -> None:
+    from hipp_torchprune.recovery.train import selection_score
+
+    metrics = {"pope_adversarial": {"accuracy": 0.9, "balanced_accuracy": 0.8, "n": 10},
+               "scienceqa": {"accuracy": 0.6, "margin": 1.0, "n": 10}}
+    assert selection_score(metrics) == pytest.approx(0.7)
+    with pytest.raises(RecoveryError):
+        selection_score({})
+
+
+def test_selection_hands_back_the_best_scored_step(world: Path, tmp_path: Path) -> None:
+    """The returned weights are exactly those of a plain run stopped at the kept step (0 = untouched)."""
+    cfg = RecoveryConfig(**{**CFG.to_dict(), "steps": 3, "lr": 0.05, "select_every": 1, "select_limit": 16})
+    model, processor = _pruned("tiny-llava")
+    chosen = recover(model, processor, world, cfg, progress=False, work_dir=tmp_path / "sel")
+    scores = [h["select_score"] for h in chosen.history]
+    assert len(scores) == 3 and chosen.best_step in (0, 1, 2, 3)
+    model, processor = _pruned("tiny-llava")
+    plain = RecoveryConfig(**{**cfg.to_dict(), "steps": chosen.best_step, "select_every": 0})
+    reference = recover(model, processor, world, plain, progress=False).model
+    for (n, a), (_, b) in zip(chosen.model.state_dict().items(), reference.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), n
+    if chosen.best_step:
+        assert scores[chosen.best_step - 1] == max(scores)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"steps": -1}, "steps"), ({"lora_rank": 0}, "lora_rank"), ({"data": "x"}, "data"), ({"w_rob": 2.0}, "w_rob")])
+    ({"steps": -1}, "steps"), ({"lora_rank": 0}, "lora_rank"), ({"data": "x"}, "data"), ({"w_rob": 2.0}, "w_rob"),
+    ({"select_every": -1}, "select_every"), ({"select_every": 5, "select_split": "test"}, "test split")])
 def test_bad_config(kwargs: dict, message: str) -> None:
     with pytest.raises(RecoveryError, match=message):
         RecoveryConfig(**kwargs)
