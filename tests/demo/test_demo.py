@@ -74,10 +74,10 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "model.safetensors")
 
 
-GROUNDING_IN_LM = dict(aux_layer=0, aux_attr_weight=0.5, vision_lr_scale=0.0, mix_relation=0.2)
+GROUNDING_IN_LM = dict(aux_layer=0, aux_attr_weight=0.5, vision_lr_scale=0.0, mix_relation=0.2, option_layer=0)
 
 
-@pytest.mark.parametrize("recipe", [{"aux_layer": -1, "vision_lr_scale": 1.0}, GROUNDING_IN_LM,
+@pytest.mark.parametrize("recipe", [{"aux_layer": -1, "vision_lr_scale": 1.0, "option_weight": 0.0}, GROUNDING_IN_LM,
                                     {**GROUNDING_IN_LM, "option_weight": 1.0, "option_layer": 0, "mix_mc": 1.0}],
                          ids=["aux-on-projector", "aux-in-lm-frozen-vision", "option-judge"])
 def test_train_is_deterministic_and_resumes(world: Path, tmp_path: Path, recipe: dict) -> None:
