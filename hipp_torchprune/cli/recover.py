@@ -48,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
                                 progress=not args.no_progress)
     last = result.history[-1] if result.history else {}
     if args.json:
-        print(json.dumps({"out": args.out, "steps": config.steps, "resumed_from": result.resumed_from, **last}))
+        print(json.dumps({"out": args.out, "steps": config.steps, "resumed_from": result.resumed_from,
+                          "kept_step": result.best_step, **last}))
     else:
-        print(f"recovered {config.steps} steps (resumed from {result.resumed_from}); last losses: "
+        print(f"recovered {config.steps} steps (resumed from {result.resumed_from}; kept step "
+              f"{result.best_step}); last losses: "
               + ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k != "step"))
         print(f"saved to {args.out}")
     return 0

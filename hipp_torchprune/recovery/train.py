@@ -254,8 +254,9 @@ def recover_checkpoint(model_dir: str | Path, data_dir: str | Path, out: str | P
     out = Path(out)
     work = Path(work_dir) if work_dir is not None else out.parent / f"{out.name}.recovery"
     result = recover(model, processor, data_dir, config, work_dir=work, progress=progress)
-    report = {"config": config.to_dict(), "source": str(model_dir), "history": result.history}
+    report = {"config": config.to_dict(), "source": str(model_dir), "kept_step": result.best_step,
+              "history": result.history}
     plan = dict((meta or {}).get("plan") or {})
-    plan["recovery"] = {"steps": config.steps, "seed": config.seed}
+    plan["recovery"] = {"steps": config.steps, "seed": config.seed, "kept_step": result.best_step}
     save_pruned(result.model, out, processor, plan=plan, extra_files={"recovery.json": json.dumps(report, indent=1)})
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,14 @@ def test_cli_recover(world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
                  "--batch-size", "2", "--limit", "8", "--no-progress", "--json", "--preference", "0.8,0.1,0.1"]) == 0
     assert (out / "recovery.json").is_file() and (tmp_path / "rec.recovery" / "recovery_state.pt").is_file()
     assert api.get_adapter(load_pruned(out)).intermediate_widths() == widths
+    assert json.loads(capsys.readouterr().out)["kept_step"] == 1
+    selected = tmp_path / "rec-selected"
+    assert main(["recover", "--model", str(pruned), "--data", str(world), "--steps", "2", "--out", str(selected),
+                 "--batch-size", "2", "--limit", "8", "--no-progress", "--json", "--select-every", "1"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    report = json.loads((selected / "recovery.json").read_text())
+    assert printed["kept_step"] in (0, 1, 2) and report["kept_step"] == printed["kept_step"]
+    assert [h["step"] for h in report["history"] if "select_score" in h] == [1, 2]
     assert main(["recover", "--model", str(pruned), "--data", str(tmp_path / "nope"), "--steps", "1",
                  "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "x").exists()
