@@ -228,14 +228,11 @@ def _selection_data(processor: Any, data_dir: str | Path, config: RecoveryConfig
 
 
 def _score(net: nn.Module, processor: Any, prepared: Any) -> float:
-    """Selection score of the current (LoRA-attached) model on prepared held-out rows."""
+    """Selection score of the current (LoRA-attached) model on prepared held-out rows
+    (``evaluate`` restores the train/eval mode it found)."""
     from hipp_torchprune.evaluation import evaluate
 
-    was_training = net.training
-    try:
-        return selection_score(evaluate(net, processor, prepared))
-    finally:
-        net.train(was_training)
+    return selection_score(evaluate(net, processor, prepared))
 
 
 def recover_checkpoint(model_dir: str | Path, data_dir: str | Path, out: str | Path, config: RecoveryConfig, *,
