@@ -128,3 +128,19 @@ def test_calibration_cache_is_not_reused_for_other_weights(policy_dir: Path, wor
     assert model_fingerprint(model) != before
     calibrated_profile(model, processor, world, 6, copy)
     assert calibration_source(copy)["model"] == model_fingerprint(model)
+
+
+def test_data_fingerprint_names_worlds_by_content_and_other_dirs_by_path(tmp_path: Path) -> None:
+    from hipp_torchprune.hipp.profile import data_fingerprint
+
+    world = tmp_path / "w"
+    world.mkdir()
+    (world / "manifest.json").write_text(json.dumps({"content_hash": "abc"}))
+    copy = tmp_path / "elsewhere"
+    copy.mkdir()
+    (copy / "manifest.json").write_text(json.dumps({"content_hash": "abc"}))
+    assert data_fingerprint(world) == data_fingerprint(copy) == "world:abc"  # moved worlds keep their cache
+    plain = tmp_path / "lmms"
+    plain.mkdir()
+    assert data_fingerprint(plain) == str(plain.resolve())
+    assert data_fingerprint("random") == "random"
