@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     except ValueError as exc:
         raise CompareError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from exc
+    quarter = max(1, args.steps // 4)  # checkpoint and (by default) held-out selection cadence
     config = CompareConfig(
         model=args.model, data=args.data, policy=args.policy,
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), seeds=seeds,
@@ -74,9 +75,8 @@ def run(args: argparse.Namespace) -> int:
         table3=_prefs(args.table3) if args.table3 else TABLE3_PREFERENCES,
         table4=_prefs(args.table4) if args.table4 else TABLE4_PREFERENCES, samplers=tuple(samplers),
         recovery=RecoveryConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                lora_layers=args.lora_layers, save_every=max(1, args.steps // 4),
-                                select_every=max(1, args.steps // 4) if args.select_every is None
-                                else args.select_every),
+                                lora_layers=args.lora_layers, save_every=quarter,
+                                select_every=quarter if args.select_every is None else args.select_every),
         calib_n=args.calib_n, limit=args.limit, tolerance=args.tolerance,
         device=args.device)
     run_compare(config, args.out, progress=not args.no_progress, fresh=args.fresh)
