@@ -114,6 +114,9 @@ class TrainConfig:
         eval_limit: calibration rows per task in those evaluations.
         checkpoint_every: steps between resumable checkpoints.
         threads: torch CPU threads.
+        ema_decay: decay of an exponential moving average of the trained weights (Polyak
+            averaging, warmed up as ``min(ema_decay, (1 + step) / (10 + step))``); when > 0, the
+            calibration evaluations and the saved model use the averaged weights (0 = off).
     """
 
     seed: int = 0
@@ -142,6 +145,7 @@ class TrainConfig:
     eval_limit: int = 150
     checkpoint_every: int = 250
     threads: int = 1
+    ema_decay: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and the model card)."""

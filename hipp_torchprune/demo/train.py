@@ -6,6 +6,8 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,41 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return (step + 1) / cfg.warmup_steps
     t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """Effective weight-EMA decay after ``step`` optimizer steps: ``min(decay, (1 + step) / (10 + step))``.
+
+    The warm-up keeps the average from being dominated by the random initialization.
+    """
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def ema_update(shadow: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
+    """In place: ``shadow <- decay * shadow + (1 - decay) * params``, tensor by tensor."""
+    for s, p in zip(shadow, params):
+        s.lerp_(p.detach(), 1.0 - decay)
+
+
+@contextmanager
+def averaged_weights(params: list[torch.Tensor], shadow: list[torch.Tensor] | None) -> Iterator[None]:
+    """Temporarily load ``shadow`` into ``params`` (nothing happens when ``shadow`` is None)."""
+    if shadow is None:
+        yield
+        return
+    backup = [p.detach().clone() for p in params]
+    _copy(params, shadow)
+    try:
+        yield
+    finally:
+        _copy(params, backup)
+
+
+@torch.no_grad()
+def _copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+    for d, s in zip(dst, src):
+        d.copy_(s)
 
 
 def max_objects_at(step: int, cfg: TrainConfig) -> int | None:
@@ -191,9 +228,17 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
 
 
 def _resume(ckpt: Path, model: Any, heads: list[torch.nn.Module], opt: torch.optim.Optimizer,
-            rng: np.random.Generator, device: str) -> tuple[int, float]:
-    """Load a resumable checkpoint into the model, heads, optimizer and RNGs; returns (step, elapsed s)."""
+            rng: np.random.Generator, device: str, shadow: dict[str, torch.Tensor] | None) -> tuple[int, float]:
+    """Load a resumable checkpoint into the model, heads, optimizer, weight EMA and RNGs.
+
+    Returns (step, elapsed s).
+    """
     state = torch.load(ckpt, weights_only=False, map_location=device)
+    if (shadow is None) != (state.get("ema") is None):
+        raise CheckpointError(f"{ckpt}: was written with{'out' if shadow is not None else ''} a weight EMA; "
+                              "resume with the ema_decay it was started with")
+    if shadow is not None:
+        _copy(list(shadow.values()), [state["ema"][k] for k in shadow])
     try:
         model.load_state_dict(state["model"])
         for head, head_state in zip(heads, state["aux_head"]):
@@ -207,10 +252,10 @@ def _resume(ckpt: Path, model: Any, heads: list[torch.nn.Module], opt: torch.opt
 
 
 def _save_checkpoint(path: Path, model: Any, heads: list[torch.nn.Module], opt: torch.optim.Optimizer, step: int,
-                     rng: np.random.Generator, elapsed: float) -> None:
+                     rng: np.random.Generator, elapsed: float, shadow: dict[str, torch.Tensor] | None) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save({"model": model.state_dict(), "aux_head": [h.state_dict() for h in heads],
-                "optimizer": opt.state_dict(), "step": step,
+                "optimizer": opt.state_dict(), "step": step, "ema": shadow,
                 "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                 "elapsed": elapsed}, tmp)
     os.replace(tmp, path)
@@ -282,12 +327,16 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
         head.to(device)
     opt = _optimizer(model, heads, cfg)
     params = [p for group in opt.param_groups for p in group["params"]]
+    trained = [p for p in model.parameters() if p.requires_grad]
+    shadow = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad} \
+        if cfg.ema_decay > 0 else None  # the weight EMA, keyed like the state dict
+    averaged = list(shadow.values()) if shadow is not None else None
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg))
     rng = np.random.default_rng([cfg.seed, 11])
     step, elapsed = 0, 0.0
     ckpt = out_dir / CHECKPOINT_NAME
     if resume and ckpt.is_file():
-        step, elapsed = _resume(ckpt, model, heads, opt, rng, device)
+        step, elapsed = _resume(ckpt, model, heads, opt, rng, device, shadow)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg), last_epoch=step - 1)
     mix = np.array([cfg.mix_pope, cfg.mix_mc, cfg.mix_caption, cfg.mix_short, cfg.mix_relation], dtype=np.float64)
     writer = SummaryWriter(str(out_dir / "runs"))
@@ -334,6 +383,8 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
+        if averaged is not None:
+            ema_update(averaged, trained, ema_decay_at(step, cfg.ema_decay))
         step += 1
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         writer.add_scalar(f"loss/{kind}", loss.item(), step)
@@ -342,7 +393,8 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
         bar.update(1)
         bar.set_postfix(loss=f"{ema:.3f}")
         if calib is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-            metrics = evaluate(model, processor, calib)
+            with averaged_weights(trained, averaged):
+                metrics = evaluate(model, processor, calib)
             flat = {f"{t}/{k}": v for t, m in metrics.items() for k, v in m.items() if k != "n"}
             for k, v in flat.items():
                 writer.add_scalar(f"calibration/{k}", v, step)
@@ -351,7 +403,7 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
             bar.write(json.dumps(history[-1]))
             model.train()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_at:
-            _save_checkpoint(ckpt, model, heads, opt, step, rng, time.perf_counter() - t0)
+            _save_checkpoint(ckpt, model, heads, opt, step, rng, time.perf_counter() - t0, shadow)
         if step == stop_at:
             bar.close()
             writer.close()
@@ -359,6 +411,8 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
     bar.close()
     writer.close()
     train_s = time.perf_counter() - t0
+    if averaged is not None:
+        _copy(trained, averaged)
     model.to("cpu", torch.bfloat16).save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     summary = {"device": device, "model": model_cfg.to_dict(), "train": cfg.to_dict(), "steps": step,
@@ -383,6 +437,8 @@ def export_checkpoint(out_dir: str | Path) -> Path:
                                     tok.bos_token_id, tok.eos_token_id)
     model = LlavaForConditionalGeneration(config)
     model.load_state_dict(state["model"])
+    if state.get("ema") is not None:  # the averaged weights are the model, as at the end of a run
+        model.load_state_dict(state["ema"], strict=False)
     model.to(torch.bfloat16).save_pretrained(out_dir)
     return out_dir
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,15 @@ import torch
 from hipp_torchprune.demo import DEMO_MODEL_DIR, resolve_model_dir
 from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
 from hipp_torchprune.demo.dataset import Example, build_examples, normalize, pixel_tensor, tokenize_pool, vocabulary
-from hipp_torchprune.demo.train import lr_at, make_batch, train_demo_model
+from hipp_torchprune.demo.train import (
+    averaged_weights,
+    ema_decay_at,
+    ema_update,
+    export_checkpoint,
+    lr_at,
+    make_batch,
+    train_demo_model,
+)
 from hipp_torchprune.errors import CheckpointError
 from hipp_torchprune.models.processors import build_llava_processor
 
@@ -68,6 +77,23 @@ def test_lr_schedule() -> None:
     assert lr_at(100, cfg) == pytest.approx(0.1)
 
 
+def test_ema_decay_warms_up_then_caps() -> None:
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    assert ema_decay_at(8, 0.999) == pytest.approx(0.5)  # 9 / 18
+    assert ema_decay_at(10**6, 0.999) == 0.999
+
+
+def test_ema_update_and_swap_by_hand() -> None:
+    shadow, param = [torch.tensor([0.0, 4.0])], [torch.tensor([2.0, 0.0])]
+    ema_update(shadow, param, 0.75)  # 0.75 * shadow + 0.25 * param
+    assert shadow[0].tolist() == [0.5, 3.0]
+    with averaged_weights(param, shadow):
+        assert param[0].tolist() == [0.5, 3.0]
+    assert param[0].tolist() == [2.0, 0.0]
+    with averaged_weights(param, None):
+        assert param[0].tolist() == [2.0, 0.0]
+
+
 def _weights(out: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -78,8 +104,9 @@ GROUNDING_IN_LM = dict(aux_layer=0, aux_attr_weight=0.5, vision_lr_scale=0.0, mi
 
 
 @pytest.mark.parametrize("recipe", [{"aux_layer": -1, "vision_lr_scale": 1.0, "option_weight": 0.0}, GROUNDING_IN_LM,
-                                    {**GROUNDING_IN_LM, "option_weight": 1.0, "option_layer": 0, "mix_mc": 1.0}],
-                         ids=["aux-on-projector", "aux-in-lm-frozen-vision", "option-judge"])
+                                    {**GROUNDING_IN_LM, "option_weight": 1.0, "option_layer": 0, "mix_mc": 1.0},
+                                    {**GROUNDING_IN_LM, "ema_decay": 0.9}],
+                         ids=["aux-on-projector", "aux-in-lm-frozen-vision", "option-judge", "weight-ema"])
 def test_train_is_deterministic_and_resumes(world: Path, tmp_path: Path, recipe: dict) -> None:
     cfg = TrainConfig(steps=6, batch_size=4, warmup_steps=2, eval_every=0, checkpoint_every=2,
                       pool_rounds=1, threads=1, curriculum=(0.2, 0.5), **recipe)
@@ -118,9 +145,26 @@ def test_shipped_checkpoint_was_trained_with_the_recipe_defaults() -> None:
     """The model card's command (the defaults) reproduces the shipped run's configuration."""
     summary = json.loads((DEMO_MODEL_DIR / "train_summary.json").read_text())
     defaults = json.loads(json.dumps(TrainConfig().to_dict()))  # tuples -> lists, as in the JSON
-    assert summary["train"] == defaults
+    # a field added after the run is absent from its summary and means that knob's default (off)
+    assert json.loads(json.dumps(TrainConfig(**summary["train"]).to_dict())) == defaults
     assert summary["model"] == json.loads(json.dumps(DemoModelConfig().to_dict()))
     assert summary["steps"] == defaults["steps"]
+
+
+def test_weight_ema_is_what_is_saved_and_exported(world: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(steps=6, batch_size=4, warmup_steps=2, eval_every=0, checkpoint_every=3, pool_rounds=1,
+                      threads=1, curriculum=(0.5,), **GROUNDING_IN_LM)
+    train_demo_model(world, tmp_path / "raw", TINY, cfg, progress=False)
+    train_demo_model(world, tmp_path / "ema", TINY, replace(cfg, ema_decay=0.9), progress=False)
+    raw, ema = _weights(tmp_path / "raw"), _weights(tmp_path / "ema")
+    text = [k for k in raw if "language_model" in k]
+    assert any(not torch.equal(raw[k], ema[k]) for k in text)  # same run, averaged weights saved
+    assert all(torch.equal(raw[k], ema[k]) for k in raw if "vision_tower" in k)  # frozen: nothing to average
+    (tmp_path / "ema" / "model.safetensors").unlink()
+    export_checkpoint(tmp_path / "ema")  # an interrupted run ships its averaged weights too
+    assert all(torch.equal(ema[k], v) for k, v in _weights(tmp_path / "ema").items())
+    with pytest.raises(CheckpointError, match="weight EMA"):
+        train_demo_model(world, tmp_path / "ema", TINY, replace(cfg, steps=8), progress=False)
 
 
 def test_frozen_vision_tower_stays_at_init(world: Path, tmp_path: Path) -> None:
