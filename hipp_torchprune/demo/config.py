@@ -144,8 +144,8 @@ class TrainConfig:
     eval_every: int = 2000
     eval_limit: int = 150
     checkpoint_every: int = 250
-    threads: int = 1
-    ema_decay: float = 0.0
+    threads: int = 2
+    ema_decay: float = 0.999
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and the model card)."""
