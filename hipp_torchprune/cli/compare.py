@@ -14,6 +14,8 @@ def _prefs(text: str) -> tuple[tuple[float, float, float], ...]:
 
 def register(subparsers: Any) -> None:
     """Add the ``compare`` subcommand."""
+    from hipp_torchprune.recovery.config import RecoveryConfig  # light: dataclass only
+
     from hipp_torchprune.compare import BASELINES
 
     p = subparsers.add_parser("compare", help="matched comparison of HiPP against the baselines (Tables 1, 3, 4)")
@@ -30,7 +32,8 @@ def register(subparsers: Any) -> None:
                    help="policy trained with sampler NAME (Table 4); repeat for mixed, anchors, dirichlet")
     p.add_argument("--steps", type=int, default=100, help="recovery steps (same for every method)")
     p.add_argument("--batch-size", type=int, default=8, help="recovery batch size")
-    p.add_argument("--lr", type=float, default=1e-3, help="recovery learning rate")
+    p.add_argument("--lr", type=float, default=RecoveryConfig.lr,
+                   help=f"recovery learning rate (default {RecoveryConfig.lr:g})")
     p.add_argument("--select-every", type=int, default=None,
                    help="score each method's recovery on the calibration split every N steps (and before "
                         "the first) and keep its best state, unrecovered included (default steps // 4; 0: "

@@ -9,13 +9,16 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     """Add the ``recover`` subcommand."""
+    from hipp_torchprune.recovery.config import RecoveryConfig  # light: dataclass only
+
     p = subparsers.add_parser("recover", help="recover a pruned checkpoint (mask fixed; head, projector, LoRA train)")
     p.add_argument("--model", required=True, help="pruned checkpoint dir (or 'demo' / a tiny model name)")
     p.add_argument("--data", required=True, help="proving-ground world or split dir (its train split is used)")
     p.add_argument("--steps", type=int, required=True, help="optimizer steps")
     p.add_argument("--out", required=True, help="write the recovered checkpoint here (same widths)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=RecoveryConfig.lr,
+                   help=f"recovery learning rate (default {RecoveryConfig.lr:g})")
     p.add_argument("--select-every", type=int, default=0,
                    help="score on the data's calibration split every N steps (and before the first) and "
                         "save the best state, the unrecovered model included (default 0: the last step)")

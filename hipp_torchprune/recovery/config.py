@@ -27,8 +27,9 @@ class RecoveryConfig:
     steps: int = 100
     #: Examples per step.
     batch_size: int = 8
-    #: AdamW learning rate (head, norm, projector and LoRA).
-    lr: float = 1e-3
+    #: AdamW learning rate (head, norm, projector and LoRA). 3e-4 rather than 1e-3: on the demo
+    #: model 1e-3 lost 2.6-6.0 points of POPE-adversarial on every plan tried (docs/notes.md).
+    lr: float = 3e-4
     #: AdamW weight decay.
     weight_decay: float = 0.0
     #: Gradient-norm clip.
