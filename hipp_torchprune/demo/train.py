@@ -221,6 +221,8 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
         raise ConfigError(f"option_layer={cfg.option_layer}: must be a decoder layer 0..{model_cfg.text_layers - 1}")
     if cfg.option_weight < 0:
         raise ConfigError(f"option_weight={cfg.option_weight}: must be >= 0 (0 turns the option loss off)")
+    if not 0 <= cfg.ema_decay < 1:
+        raise ConfigError(f"ema_decay={cfg.ema_decay}: must be in [0, 1) (0 turns the weight EMA off)")
     if cfg.vision_lr_scale < 0:
         raise ConfigError(f"vision_lr_scale={cfg.vision_lr_scale}: must be >= 0 (0 freezes the tower)")
     if model_cfg.projector_act not in ("gelu", "linear"):
@@ -327,9 +329,9 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
         head.to(device)
     opt = _optimizer(model, heads, cfg)
     params = [p for group in opt.param_groups for p in group["params"]]
-    trained = [p for p in model.parameters() if p.requires_grad]
-    shadow = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad} \
-        if cfg.ema_decay > 0 else None  # the weight EMA, keyed like the state dict
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    trained = [p for _, p in named]
+    shadow = {n: p.detach().clone() for n, p in named} if cfg.ema_decay > 0 else None  # keyed like the state dict
     averaged = list(shadow.values()) if shadow is not None else None
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg))
     rng = np.random.default_rng([cfg.seed, 11])

@@ -220,6 +220,8 @@ def test_cli_trains_the_recipe(world: Path, tmp_path: Path, capsys: pytest.Captu
     (TINY, {"vision_lr_scale": -0.5}),
     (TINY, {"option_weight": 1.0, "option_layer": 1}),
     (TINY, {"option_weight": -1.0}),
+    (TINY, {"ema_decay": 1.0}),
+    (TINY, {"ema_decay": -0.1}),
     (DemoModelConfig(projector_act="relu"), {}),  # type: ignore[arg-type]
 ])
 def test_bad_recipe_is_refused_before_writing(world: Path, tmp_path: Path, model_cfg: DemoModelConfig,
