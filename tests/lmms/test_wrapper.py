@@ -11,7 +11,7 @@ pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (`make test`
 pytest.importorskip("hipp_lmms", reason="the hipp-lmms plugin is not installed (pip install -e plugins/hipp-lmms)")
 
 from hipp_lmms.models import HippVLM, ModelArgsError  # noqa: E402
-from lmms_eval.api.instance import Instance  # noqa: E402
+from lmms_eval.api.instance import GenerationResult, Instance  # noqa: E402
 
 from hipp_torchprune.errors import CheckpointError, DataError  # noqa: E402
 
@@ -86,7 +86,105 @@ def test_generate_until_returns_cut_strings(pruned_lm: HippVLM, world: Path) -> 
     gen = [Instance("generate_until", (r.args[0], {"max_new_tokens": 4, "until": ["\n"]}, *r.args[2:]), idx=0,
                     metadata=r.metadata) for r in reqs]
     out = pruned_lm.generate_until(gen)
-    assert len(out) == 3 and all(isinstance(t, str) and "\n" not in t for t in out)
+    assert len(out) == 3 and all(isinstance(r, GenerationResult) and "\n" not in r.text for r in out)
+    assert all(r.token_counts.output_tokens <= 4 for r in out)
+
+
+@pytest.fixture(scope="module")
+def demo_lm() -> HippVLM:
+    """The shipped demo model in float64 (padding in a batch then cannot flip a greedy token)."""
+    return HippVLM(pretrained="demo", dtype="float64", batch_size=3)
+
+
+def _generation_requests(lm: HippVLM, world: Path, kwargs: list[dict]) -> list[Instance]:
+    """One ``generate_until`` request per kwargs dict, on successive POPE images and prompts."""
+    from hipp_torchprune.data import TASKS, decode_image, load_task_docs
+
+    docs = load_task_docs(world, TASKS["pope_adversarial"], limit=len(kwargs))
+    lm.task_dict = {"t": {"test": [{"image": decode_image(d["image"], "x")} for d in docs]}}
+    prompts = ["List the objects.", docs[0]["question"], "Describe the image."]
+    return [Instance("generate_until", (prompts[i % 3], kw, lambda doc: [doc["image"]], i, "t", "test"), idx=0,
+                     metadata={"task": "t", "doc_id": i, "repeats": 1}) for i, kw in enumerate(kwargs)]
+
+
+def _generate(lm: HippVLM, reqs: list[Instance], batch_size: int) -> list[GenerationResult]:
+    old, lm.batch_size_per_gpu = lm.batch_size_per_gpu, batch_size
+    try:
+        return lm.generate_until(reqs)
+    finally:
+        lm.batch_size_per_gpu = old
+
+
+def test_generation_does_not_depend_on_batch_size(demo_lm: HippVLM, world: Path) -> None:
+    # the demo model answers with object lists ("dog bird car ..."); stop request 1 at its 2nd word
+    uncut = _generate(demo_lm, _generation_requests(demo_lm, world, [{"max_new_tokens": 16}] * 3), 1)
+    stop = " " + uncut[1].text.split()[1]
+    kwargs = [{"max_new_tokens": 2}, {"max_new_tokens": 16, "until": [stop]}, {"max_new_tokens": 16}]
+    reqs = _generation_requests(demo_lm, world, kwargs)
+    one, three = _generate(demo_lm, reqs, 1), _generate(demo_lm, reqs, 3)
+    assert [(r.text, r.token_counts) for r in one] == [(r.text, r.token_counts) for r in three]
+    # and each request got its own settings, not the first request's
+    assert one[0].token_counts.output_tokens == 2 and uncut[0].token_counts.output_tokens > 2
+    assert one[1].text == uncut[1].text.split(stop)[0] != uncut[1].text
+    assert (one[2].text, one[2].token_counts) == (uncut[2].text, uncut[2].token_counts)
+    assert one[2].token_counts.output_tokens > 2
+
+
+def test_sampling_kwargs_reach_generate(demo_lm: HippVLM, world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict] = []
+    real = demo_lm.model.generate
+
+    def spy(**kwargs: object) -> object:
+        seen.append({k: kwargs.get(k) for k in ("do_sample", "temperature", "top_p", "num_beams", "max_new_tokens")})
+        return real(**kwargs)
+
+    monkeypatch.setattr(demo_lm.model, "generate", spy)
+    kwargs = [{"temperature": 0, "do_sample": True, "top_p": 0.5}, {"temperature": 0.8, "top_p": 0.9},
+              {"num_beams": 2, "max_new_tokens": 3}]
+    _generate(demo_lm, _generation_requests(demo_lm, world, kwargs), 3)
+    assert seen == [
+        {"do_sample": False, "temperature": None, "top_p": None, "num_beams": 1, "max_new_tokens": 32},
+        {"do_sample": True, "temperature": 0.8, "top_p": 0.9, "num_beams": 1, "max_new_tokens": 32},
+        {"do_sample": False, "temperature": None, "top_p": None, "num_beams": 2, "max_new_tokens": 3},
+    ]
+
+
+def test_sampling_samples_and_temperature_zero_is_greedy(demo_lm: HippVLM, world: Path) -> None:
+    import torch
+
+    greedy = [r.text for r in _generate(demo_lm, _generation_requests(demo_lm, world, [{"max_new_tokens": 12}] * 3), 3)]
+    zero = _generation_requests(demo_lm, world, [{"max_new_tokens": 12, "temperature": 0, "do_sample": True}] * 3)
+    assert [r.text for r in _generate(demo_lm, zero, 3)] == greedy
+    hot = _generation_requests(demo_lm, world, [{"max_new_tokens": 12, "temperature": 5.0, "do_sample": True}] * 3)
+    torch.manual_seed(0)
+    first = [r.text for r in _generate(demo_lm, hot, 3)]
+    torch.manual_seed(0)
+    assert [r.text for r in _generate(demo_lm, hot, 3)] == first  # seeded sampling is reproducible
+    assert first != greedy
+
+
+def test_token_counts_are_recorded(demo_lm: HippVLM, world: Path) -> None:
+    from lmms_eval.models.model_utils.usage_metrics import reset_usage_metrics, summarize_usage_metrics
+
+    reset_usage_metrics()
+    demo_lm.token_counts.clear()
+    reqs = _generation_requests(demo_lm, world, [{"max_new_tokens": 2}, {"max_new_tokens": 16}])
+    out = demo_lm.generate_until(reqs)
+    pooled = demo_lm.loglikelihood(_requests(demo_lm, world, [" Yes", " No"]))
+    assert len(pooled) == 6
+    prompt_lens = [len(demo_lm.tokenizer(demo_lm.prompt_text(r.args[0], 1))["input_ids"]) for r in reqs]
+    image_tokens = demo_lm.model.config.image_seq_length - 1  # the <image> placeholder expands in place
+    assert [r.token_counts.input_tokens for r in out] == [n + image_tokens for n in prompt_lens]
+    assert [r.token_counts.output_tokens for r in out] == [2, len(demo_lm.tokenizer(out[1].text)["input_ids"])]
+    kinds = [(c.request_type, c.doc_id, c.output_tokens) for c in demo_lm.token_counts]
+    # one loglikelihood record per distinct context (the yes/no pair shares one forward pass)
+    assert kinds == [("generate_until", 0, 2), ("generate_until", 1, out[1].token_counts.output_tokens),
+                     ("loglikelihood", 0, 0), ("loglikelihood", 1, 0), ("loglikelihood", 2, 0)]
+    totals = demo_lm.token_totals
+    assert totals["calls"] == 5 and totals["output_tokens"] == sum(r.token_counts.output_tokens for r in out)
+    usage = summarize_usage_metrics()["total"]
+    assert (usage["input_tokens"], usage["output_tokens"], usage["n_api_calls"]) == (
+        totals["input_tokens"], totals["output_tokens"], 5)
 
 
 def test_wraps_in_memory_model(pruned_lm: HippVLM) -> None:
@@ -120,3 +218,40 @@ def test_dataset_without_expected_columns_is_named(pruned_lm: HippVLM, world: Pa
     write_tasks(tmp_path / "tasks", bad)  # the data went bad after the tasks were written
     with pytest.raises(DataError, match=r"no column\(s\) question"):
         simple_evaluate(pruned_lm, ["hipp_pope_adversarial"], tmp_path / "tasks")
+
+
+def test_device_is_checked_up_front(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from hipp_lmms.models import DeviceError, available_devices, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert available_devices()[0] == "cpu" and "cuda" not in available_devices()
+    assert resolve_device(None) == "cpu" and resolve_device("cpu") == "cpu"
+    with pytest.raises(DeviceError, match=r"device='cuda' is not available.*this machine has: cpu"):
+        resolve_device("cuda")
+    with pytest.raises(DeviceError, match=r"device='gpu' is not a torch device; this machine has: cpu"):
+        resolve_device("gpu")
+    with pytest.raises(DeviceError, match="'cuda'"):  # before any loading
+        HippVLM(pretrained="/no/such/checkpoint", device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device(None) == "cuda" and resolve_device("cuda:0") == "cuda:0"
+    with pytest.raises(DeviceError, match=r"device='cuda:1' is not available; this machine has: cpu, cuda, cuda:0"):
+        resolve_device("cuda:1")
+    assert issubclass(DeviceError, ModelArgsError)
+
+
+def test_batch_size_in_model_args_wins_over_lmms_evals_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    # lmms-eval's CLI always passes its --batch_size (default 1) next to --model_args
+    lm = HippVLM.create_from_arg_string("pretrained=tiny-llava,batch_size=5",
+                                        {"batch_size": 1, "max_batch_size": None, "device": None})
+    assert lm.batch_size_per_gpu == 5
+    lm = HippVLM.create_from_arg_string("pretrained=tiny-llava", {"batch_size": "auto", "max_batch_size": 8})
+    assert lm.batch_size_per_gpu == 8
+    assert HippVLM.create_from_arg_string({"pretrained": "tiny-llava"}, {"batch_size": 3}).batch_size_per_gpu == 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ModelArgsError, match="device='cpu' in --model_args conflicts with --device 'cuda'"):
+        HippVLM.create_from_arg_string("pretrained=tiny-llava,device=cpu", {"device": "cuda"})

@@ -14,6 +14,15 @@ Registered through the ``lmms_eval.models`` entry-point group
   (:func:`hipp_lmms.utils.answer_variants`, :func:`hipp_torchprune.evaluation.answer_token_ids`).
   Other continuations get the exact teacher-forced log-likelihood. ``answer_pooling=false``
   turns pooling off.
+* :meth:`HippVLM.generate_until` batches only requests with equal generation settings
+  (:mod:`hipp_lmms.generation`: ``until``, ``max_new_tokens``, ``do_sample``, ``temperature``,
+  ``top_p``, ``num_beams``), so greedy outputs do not depend on the batch size.
+* Token counts: every generation returns lmms-eval's ``GenerationResult`` with per-request
+  ``TokenCounts`` (in the ``--log_samples`` output), every model call is logged with lmms-eval's
+  ``log_usage`` (the ``usage`` block of the results file), and :attr:`HippVLM.token_counts` /
+  :attr:`HippVLM.token_totals` keep them on the wrapper.
+* ``device=`` is checked up front (:func:`resolve_device`); ``batch_size=`` in ``--model_args``
+  wins over lmms-eval's ``--batch_size`` (:meth:`HippVLM.create_from_arg_string`).
 * :meth:`HippVLM.clean` is overridden: the base class deletes every ``nn.Module`` attribute
   after each ``evaluate()``, which would make a wrapper unusable for a second evaluation.
 """
@@ -21,15 +30,26 @@ Registered through the ``lmms_eval.models`` entry-point group
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from lmms_eval.api.instance import Instance
+from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
+from lmms_eval.models.model_utils.gen_metrics import log_metrics
+from lmms_eval.models.model_utils.usage_metrics import log_usage
 
 from hipp_torchprune.errors import CheckpointError, HippError
 from hipp_torchprune.evaluation import answer_token_ids, last_position_logprobs, logsumexp
+from hipp_lmms.generation import (
+    GenerationSettings,
+    TokenCount,
+    cut_at_stop,
+    generated_lengths,
+    generation_settings,
+    parse_bool,
+)
 from hipp_lmms.utils import answer_variants
 
 #: Default examples per forward pass (``hipp eval``'s default, so batches are identical).
@@ -40,33 +60,66 @@ class ModelArgsError(HippError, ValueError):
     """A ``--model_args`` value of ``hipp_vlm`` is unknown or malformed."""
 
 
-def _as_bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ModelArgsError(f"hipp_vlm: {name}={value!r} is not a boolean (use true or false)")
+class DeviceError(ModelArgsError):
+    """``device=`` names a device this machine does not have; the message lists the ones it has."""
 
 
-def _as_batch_size(value: Any) -> int:
-    if value is None or str(value).startswith("auto"):
-        return DEFAULT_BATCH_SIZE
+#: The ``--model_args`` keys ``hipp_vlm`` accepts.
+MODEL_ARGS: tuple[str, ...] = ("pretrained", "device", "dtype", "batch_size", "max_batch_size", "answer_pooling",
+                               "max_new_tokens", "threads")
+
+
+def _positive_int(value: Any, name: str) -> int:
     try:
-        size = int(value)
+        number = int(value)
     except (TypeError, ValueError) as exc:
-        raise ModelArgsError(f"hipp_vlm: batch size {value!r} is not an integer") from exc
-    if size < 1:
-        raise ModelArgsError(f"hipp_vlm: batch size must be >= 1, got {size}")
-    return size
+        raise ModelArgsError(f"hipp_vlm: {name} {value!r} is not an integer") from exc
+    if number < 1:
+        raise ModelArgsError(f"hipp_vlm: {name} must be >= 1, got {number}")
+    return number
 
 
-def _pick_device(device: str | None) -> str:
-    if device and device.startswith("cuda") and not torch.cuda.is_available():
+def _as_batch_size(value: Any, max_batch_size: Any = None) -> int:
+    if value is None or str(value).startswith("auto"):
+        cap = DEFAULT_BATCH_SIZE if max_batch_size is None else _positive_int(max_batch_size, "max batch size")
+        return min(DEFAULT_BATCH_SIZE, cap)
+    return _positive_int(value, "batch size")
+
+
+def available_devices() -> list[str]:
+    """The devices this machine can run on: ``cpu``, then ``cuda`` and ``cuda:N`` per GPU, then ``mps``."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def resolve_device(device: str | None) -> str:
+    """``device`` checked against :func:`available_devices`; None means cuda when available, else cpu.
+
+    Raises :class:`DeviceError` for a name torch does not know (``gpu``) or a device this
+    machine lacks (``cuda`` without a GPU); there is no silent fallback.
+    """
+    if device is None or not str(device).strip():
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    name, have = str(device).strip(), available_devices()
+    try:
+        parsed = torch.device(name)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise DeviceError(f"hipp_vlm: device={name!r} is not a torch device; this machine has: "
+                          f"{', '.join(have)}") from exc
+    if parsed.type == "cpu":
         return "cpu"
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if str(parsed) not in have:
+        why = ""
+        if parsed.type == "cuda" and not torch.cuda.is_available():
+            why = (f" (torch {torch.__version__} is a CPU-only build)" if torch.version.cuda is None
+                   else " (torch finds no CUDA GPU)")
+        raise DeviceError(f"hipp_vlm: device={name!r} is not available{why}; this machine has: {', '.join(have)}")
+    return str(parsed)
 
 
 def load_for_eval(pretrained: str, device: str, dtype: str | None) -> tuple[Any, Any]:
@@ -93,11 +146,13 @@ class HippVLM(lmms):
             is given).
         model: a model already in memory (then ``processor`` is required).
         processor: the model's processor.
-        device: ``cpu`` / ``cuda`` (default: cuda when available).
+        device: ``cpu`` / ``cuda`` / ``cuda:N`` / ``mps`` (default: cuda when available); a device
+            this machine lacks raises :class:`DeviceError`. An in-memory model is moved there.
         dtype: ``float32`` / ``bfloat16`` / ``float16`` (default: float32 on CPU, bfloat16 on GPU).
-        batch_size: contexts per forward pass (lmms-eval's ``--batch_size``; ``auto`` = 64).
+        batch_size: contexts per forward pass (``auto`` = 64, capped by ``max_batch_size``).
+        max_batch_size: the cap for ``batch_size=auto``.
         answer_pooling: score known answers as ``hipp eval`` does (see the module docstring).
-        max_new_tokens: default generation length for :meth:`generate_until`.
+        max_new_tokens: generation length for requests whose ``generation_kwargs`` give none.
         threads: torch CPU threads, when given.
     """
 
@@ -110,20 +165,42 @@ class HippVLM(lmms):
         super().__init__()
         if unknown:
             raise ModelArgsError(f"hipp_vlm: unknown model argument(s) {', '.join(sorted(unknown))}; valid: "
-                                 "pretrained, device, dtype, batch_size, answer_pooling, max_new_tokens, threads")
+                                 + ", ".join(MODEL_ARGS))
         if threads:
             torch.set_num_threads(int(threads))
-        self.batch_size_per_gpu = _as_batch_size(batch_size)
-        self.answer_pooling = _as_bool(answer_pooling, "answer_pooling")
-        self.max_new_tokens = int(max_new_tokens)
+        self.batch_size_per_gpu = _as_batch_size(batch_size, max_batch_size)
+        self.answer_pooling = parse_bool(answer_pooling, "hipp_vlm: answer_pooling", ModelArgsError)
+        self.max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
+        target = resolve_device(device)
         if model is not None:
             if processor is None:
                 raise ModelArgsError("hipp_vlm: wrapping an in-memory model needs its processor too")
+            model = model.to(target) if device is not None else model
             self._model, self._processor = model.eval(), processor
         else:
-            self._model, self._processor = load_for_eval(pretrained, _pick_device(device), dtype)
+            self._model, self._processor = load_for_eval(pretrained, target, dtype)
         self._templates: dict[int, str] = {}
         self._variant_ids: dict[tuple[str, ...], list[int]] = {}
+        self.token_counts: list[TokenCount] = []
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str | Mapping[str, Any],
+                               additional_config: dict[str, Any] | None = None) -> HippVLM:
+        """Build from ``--model_args`` plus lmms-eval's own ``--batch_size`` / ``--device``.
+
+        lmms-eval always passes its ``--batch_size`` (default 1) in ``additional_config``; a
+        ``batch_size`` (or ``max_batch_size``) in the model arguments wins over it. A ``device`` in
+        both places must name the same device (:class:`ModelArgsError` otherwise).
+        """
+        from lmms_eval.utils import simple_parse_args_string
+
+        args = dict(arg_string) if isinstance(arg_string, Mapping) else simple_parse_args_string(arg_string or "")
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        if "device" in args and "device" in extra and \
+                resolve_device(str(args["device"])) != resolve_device(str(extra["device"])):
+            raise ModelArgsError(f"hipp_vlm: device={args['device']!r} in --model_args conflicts with "
+                                 f"--device {extra['device']!r}; give one")
+        return cls(**{**extra, **args})
 
     # ------------------------------------------------------------ properties
 
@@ -146,6 +223,19 @@ class HippVLM(lmms):
     def device(self) -> torch.device:
         """Where the model's parameters are."""
         return next(self._model.parameters()).device
+
+    @property
+    def token_totals(self) -> dict[str, int]:
+        """Sums over :attr:`token_counts`: ``calls``, ``input_tokens``, ``output_tokens``."""
+        return {"calls": len(self.token_counts),
+                "input_tokens": sum(c.input_tokens for c in self.token_counts),
+                "output_tokens": sum(c.output_tokens for c in self.token_counts)}
+
+    def _record(self, task: str, doc_id: int, request_type: str, input_tokens: int, output_tokens: int) -> None:
+        """Keep one model call's token counts and log them with lmms-eval's ``log_usage``."""
+        self.token_counts.append(TokenCount(task, int(doc_id), request_type, int(input_tokens), int(output_tokens)))
+        log_usage(model_name="hipp_vlm", task_name=task, input_tokens=int(input_tokens),
+                  output_tokens=int(output_tokens))
 
     def clean(self) -> None:
         """Keep the model: the base class would delete every ``nn.Module`` attribute."""
@@ -174,6 +264,11 @@ class HippVLM(lmms):
         finally:
             tok.padding_side = old_side
         return dict(enc)
+
+    def _on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch``'s tensors on the model's device (pixel values also in the model's dtype)."""
+        return {k: (v.to(self.device, self._model.dtype) if k == "pixel_values" else v.to(self.device))
+                for k, v in batch.items() if hasattr(v, "to")}
 
     def _visuals(self, doc_to_visual: Any, doc_id: int, task: str, split: str) -> list[Any]:
         if doc_to_visual is None:
@@ -220,7 +315,8 @@ class HippVLM(lmms):
             batch = self.encode([k[3] for k in chunk], visuals)
             with torch.inference_mode():
                 logprobs = last_position_logprobs(self._model, batch).cpu()
-            for key, row in zip(chunk, logprobs):
+            for key, row, n_in in zip(chunk, logprobs, batch["attention_mask"].sum(dim=1).tolist()):
+                self._record(key[0], key[2], "loglikelihood", n_in, 0)
                 idx = groups[key]
                 ids = [self._variant_token_ids(answer_variants(self._continuation(requests[i]))) for i in idx]
                 flat = sorted({t for c in ids for t in c})
@@ -244,11 +340,11 @@ class HippVLM(lmms):
         for key in ("token_type_ids", "mm_token_type_ids"):
             if key in batch:
                 batch[key] = torch.cat([batch[key], torch.zeros_like(cont_ids)], dim=1)
-        inputs = {k: (v.to(self.device, self._model.dtype) if k == "pixel_values" else v.to(self.device))
-                  for k, v in batch.items() if hasattr(v, "to")}
         with torch.inference_mode():
-            logits = self._model(**inputs, use_cache=False, logits_to_keep=width + 1).logits[:, :width]
-            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+            logits = self._model(**self._on_device(batch), use_cache=False, logits_to_keep=width + 1).logits
+            logprobs = torch.log_softmax(logits[:, :width].float(), dim=-1).cpu()
+        for r, n_in in zip(reqs, batch["attention_mask"].sum(dim=1).tolist()):
+            self._record(r.args[4], r.args[3], "loglikelihood", n_in, 0)
         for i, c, lp in zip(idx, conts, logprobs):
             if not c:
                 results[i] = (0.0, True)
@@ -263,36 +359,54 @@ class HippVLM(lmms):
 
     # ------------------------------------------------------------ generation
 
-    def generate_until(self, requests: list[Instance]) -> list[str]:
-        """Greedy batched generation; each output is cut at the first ``until`` string."""
-        outputs: list[str] = []
-        for s in range(0, len(requests), self.batch_size_per_gpu):
-            outputs.extend(self._generate_batch(requests[s:s + self.batch_size_per_gpu]))
-        return outputs
+    def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
+        """Generated text per request, cut at its first ``until`` string, with its token counts.
 
-    def _generate_batch(self, reqs: Sequence[Instance]) -> list[str]:
-        gen_kwargs = dict(reqs[0].args[1] or {})
-        until = gen_kwargs.get("until") or []
-        until = [until] if isinstance(until, str) else list(until)
-        max_new = int(gen_kwargs.get("max_new_tokens", self.max_new_tokens))
+        Requests are grouped by their :class:`~hipp_lmms.generation.GenerationSettings` (every
+        request's kwargs are checked before anything runs) and batched within a group only, so
+        each request is decoded with its own settings whatever the batch size.
+        """
+        groups: dict[GenerationSettings, list[int]] = {}
+        for i, req in enumerate(requests):
+            groups.setdefault(generation_settings(req.args[1], self.max_new_tokens), []).append(i)
+        results: list[Any] = [None] * len(requests)
+        start, generated = time.perf_counter(), 0
+        for settings, idx in groups.items():
+            for s in range(0, len(idx), self.batch_size_per_gpu):
+                chunk = idx[s:s + self.batch_size_per_gpu]
+                for i, res in zip(chunk, self._generate_batch([requests[i] for i in chunk], settings)):
+                    results[i] = res
+                    generated += res.token_counts.output_tokens
+        if requests:
+            elapsed = time.perf_counter() - start
+            log_metrics(total_elapsed_time=elapsed, total_gen_tokens=generated,
+                        avg_speed=generated / elapsed if elapsed > 0 else 0.0)
+        return results
+
+    def _stop_token_ids(self) -> set[int]:
+        eos = getattr(getattr(self._model, "generation_config", None), "eos_token_id", None)
+        ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        ids.add(self.tokenizer.eos_token_id)
+        return {int(t) for t in ids if t is not None}
+
+    def _generate_batch(self, reqs: Sequence[Instance], settings: GenerationSettings) -> list[GenerationResult]:
         visuals = [self._visuals(r.args[2], r.args[3], r.args[4], r.args[5]) for r in reqs]
-        batch = self.encode([r.args[0] for r in reqs], visuals)
-        inputs = {k: (v.to(self.device, self._model.dtype) if k == "pixel_values" else v.to(self.device))
-                  for k, v in batch.items() if hasattr(v, "to")}
+        inputs = self._on_device(self.encode([r.args[0] for r in reqs], visuals))
         tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         with torch.inference_mode():
-            out = self._model.generate(**inputs, max_new_tokens=max_new, do_sample=False,
-                                       pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-        texts = tok.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        return [_cut(t, until) for t in texts]
+            out = self._model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=pad)
+        new = out[:, inputs["input_ids"].shape[1]:].cpu()
+        texts = tok.batch_decode(new, skip_special_tokens=True)
+        results = []
+        for r, text, n_in, n_out in zip(reqs, texts, inputs["attention_mask"].sum(dim=1).tolist(),
+                                        generated_lengths(new, self._stop_token_ids())):
+            self._record(r.args[4], r.args[3], "generate_until", n_in, n_out)
+            results.append(GenerationResult(text=cut_at_stop(text, settings.until),
+                                            token_counts=TokenCounts(input_tokens=n_in, output_tokens=n_out)))
+        return results
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
         """Not supported."""
         raise HippError("hipp_vlm does not support multi-round generation")
 
-
-def _cut(text: str, until: Iterable[str]) -> str:
-    for stop in until:
-        if stop and stop in text:
-            text = text.split(stop, 1)[0]
-    return text
