@@ -1,4 +1,10 @@
-"""``hipp lmms-tasks``: write the hipp lmms-eval task YAMLs pointing at a local data directory."""
+"""``hipp lmms-tasks``: write lmms-eval task YAMLs pointing at a local data directory.
+
+The hipp tasks (``hipp_pope_*``, ``hipp_scienceqa_img``) always; with ``--builtin`` also
+lmms-eval's own ``pope``, ``pope_adv``, ``pope_pop``, ``pope_random`` and ``scienceqa_img`` on the
+same rows, as ``local_pope``, ``local_pope_adv``, ``local_pope_pop``, ``local_pope_random`` and
+``local_scienceqa_img`` (see ``hipp_lmms.builtin``).
+"""
 
 from __future__ import annotations
 
@@ -26,8 +32,9 @@ def _write(args: argparse.Namespace) -> int:
     for family, columns in (("pope", POPE_COLUMNS), ("mc", SCIENCEQA_COLUMNS)):
         for path in resolve_task_files(args.data, family, args.split):
             check_columns(path, columns)
-    written = write_tasks(args.out, args.data, split=args.split)
-    print(json.dumps({"out": str(args.out), "tasks": [p.stem for p in written]}) if args.json
+    written = write_tasks(args.out, args.data, split=args.split, builtin=args.builtin)
+    tasks = [p.stem for p in written if p.suffix == ".yaml"]
+    print(json.dumps({"out": str(args.out), "tasks": tasks}) if args.json
           else "\n".join(str(p) for p in written))
     return 0
 
@@ -38,5 +45,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data", required=True, help="proving-ground world, split dir or lmms-lab download")
     p.add_argument("--out", required=True, help="directory for the YAMLs (pass it to lmms-eval --include_path)")
     p.add_argument("--split", default="test", help="split of a world directory (default test)")
+    p.add_argument("--builtin", action="store_true",
+                   help="also write lmms-eval's own pope, pope_adv, pope_pop, pope_random and scienceqa_img "
+                        "on this data, as local_pope, local_pope_adv, ... (their YAMLs and utils unchanged)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_write)

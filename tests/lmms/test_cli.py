@@ -24,13 +24,13 @@ def run_lmms_eval(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([LMMS_EVAL, "eval", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
-def hipp_eval(model: Path, world: Path, tasks: str, capsys: pytest.CaptureFixture[str]) -> dict:
-    """``hipp eval --json`` in-process."""
+def hipp_eval(model: Path, world: Path, tasks: str, capsys: pytest.CaptureFixture[str], *extra: str) -> dict:
+    """``hipp eval --json EXTRA`` in-process."""
     from hipp_torchprune.cli import main
 
     capsys.readouterr()
     assert main(["eval", "--model", str(model), "--data", str(world), "--tasks", tasks, "--json",
-                 "--dtype", "float64"]) == 0
+                 "--dtype", "float64", *extra]) == 0
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 

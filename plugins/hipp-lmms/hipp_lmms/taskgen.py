@@ -4,13 +4,17 @@ One function, :func:`task_configs`, defines every task; :func:`write_tasks` writ
 shipped directory ``hipp_lmms/tasks`` is its output with no data directory (reading
 ``lmms-lab/POPE`` and ``lmms-lab/ScienceQA``); ``hipp lmms-tasks --data DIR --out TASKS_DIR``
 writes the same task names pointing at local parquet files (``dataset_path: parquet`` with
-``dataset_kwargs.data_files``), which lmms-eval reads offline.
+``dataset_kwargs.data_files``), which lmms-eval reads offline; ``--builtin`` adds lmms-eval's
+own tasks on the same data (:mod:`hipp_lmms.builtin`).
 
 Nothing here imports lmms-eval.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -109,17 +113,42 @@ def dump_yaml(config: dict[str, Any]) -> str:
 HEADER = "# Written by hipp_lmms.taskgen ({source}); do not edit by hand.\n"
 
 
-def write_tasks(out: str | Path, data_dir: str | Path | None = None, split: str = "test") -> list[Path]:
-    """Write every task YAML into ``out`` (created); returns the files written."""
+def _publish(staging: Path, out: Path, files: list[Path]) -> list[Path]:
+    """Move ``files`` (relative to ``staging``) into ``out``, each with one atomic rename."""
+    moved = []
+    for rel in files:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / rel, out / rel)
+        moved.append(out / rel)
+    return moved
+
+
+def write_tasks(out: str | Path, data_dir: str | Path | None = None, split: str = "test",
+                builtin: bool = False) -> list[Path]:
+    """Write every task YAML into ``out`` (created); returns the files written.
+
+    ``builtin`` also writes lmms-eval's own POPE and ScienceQA-IMG tasks on the local data
+    (:mod:`hipp_lmms.builtin`; needs ``data_dir``). Everything is written to a scratch
+    directory inside ``out`` first, so a failure leaves ``out`` as it was.
+    """
+    if builtin and data_dir is None:
+        raise DataError("--builtin needs local data (--data DIR)")
     configs = task_configs(data_dir, split)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {str(out)!r} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     source = "Hugging Face datasets" if data_dir is None else f"local data {Path(data_dir).resolve()}"
-    written = []
-    for stem, config in configs.items():
-        path = out / f"{stem}.yaml"
-        path.write_text(HEADER.format(source=source) + dump_yaml(config))
-        written.append(path)
-    return written
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        files = []
+        for stem, config in configs.items():
+            (staging / f"{stem}.yaml").write_text(HEADER.format(source=source) + dump_yaml(config), encoding="utf-8")
+            files.append(Path(f"{stem}.yaml"))
+        if builtin:
+            from hipp_lmms.builtin import write_builtin_tasks
+
+            files += write_builtin_tasks(staging, out, data_dir, split)
+        return _publish(staging, out, files)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
