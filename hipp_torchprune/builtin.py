@@ -1,4 +1,4 @@
-"""The built-in plugin: hipp-torchprune's own adapters, scorers and strategies, registered
+"""The built-in plugin: hipp-torchprune's own adapters, scorers, strategies and method, registered
 through the same hooks as any third-party plugin."""
 
 from __future__ import annotations
@@ -37,3 +37,11 @@ def hipp_reward_tasks() -> list[type]:
     from hipp_torchprune.rewards import PopeMarginReward, ScienceQAMarginReward
 
     return [PopeMarginReward, ScienceQAMarginReward]
+
+
+@hookimpl
+def hipp_pruning_methods() -> list[type]:
+    """``hipp``: a trained policy queried at a preference (the baselines are in ``hipp-baselines``)."""
+    from hipp_torchprune.hipp.method import HippMethod
+
+    return [HippMethod]

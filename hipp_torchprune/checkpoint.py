@@ -6,6 +6,12 @@ transformers' Llama/Qwen2 configs have one ``intermediate_size`` for every layer
 plus ``hipp_pruning.json`` with the per-layer widths and the plan; :func:`load_pruned` rebuilds
 the model from the config, resizes each MLP to its recorded width and loads the weights
 strictly. A dense HF checkpoint directory loads too.
+
+Other shape changes (SliceGPT's sliced residual stream: a narrower embedding, norms, ``lm_head``
+and stream-reading/-writing linears) are recorded by :func:`reshaped_parameters` as
+``reshaped_parameters`` in :data:`PRUNING_FILE` and rebuilt by :func:`apply_reshaped`. The
+config keeps the width the architecture is built from (transformers' configs refuse a hidden
+size that is not a multiple of the head count).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 import torch
 import transformers
+from huggingface_hub.errors import StrictDataclassError
 from safetensors.torch import load_file, save_model
 from torch import nn
 from transformers import AutoConfig
@@ -31,6 +38,8 @@ from hipp_torchprune.registry import Registry
 PRUNING_FILE = "hipp_pruning.json"
 #: Format tag written into :data:`PRUNING_FILE`.
 FORMAT = "hipp-torchprune/1"
+#: Key in :data:`PRUNING_FILE`: parameter name -> shape, where it differs from what the config builds.
+RESHAPED_KEY = "reshaped_parameters"
 
 
 def save_pruned(model: nn.Module, directory: str | Path, processor: Any = None,
@@ -59,7 +68,7 @@ def save_pruned(model: nn.Module, directory: str | Path, processor: Any = None,
         if processor is not None:
             processor.save_pretrained(tmp)
         meta = {"format": FORMAT, "architecture": type(model).__name__, "intermediate_sizes": widths,
-                "plan": plan or {}}
+                "plan": plan or {}, RESHAPED_KEY: reshaped_parameters(model, tmp, widths, registry)}
         (tmp / PRUNING_FILE).write_text(json.dumps(meta, indent=2))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
@@ -136,6 +145,46 @@ def _resize_mlps(model: nn.Module, widths: list[int], registry: Registry | None)
     adapter.text_config().hipp_intermediate_sizes = list(widths)
 
 
+def reshaped_parameters(model: nn.Module, config_dir: Path, widths: list[int],
+                        registry: Registry | None = None) -> dict[str, list[int]]:
+    """Parameters of ``model`` whose shapes differ from the model that ``config_dir/config.json``
+    builds with MLP ``widths`` (empty unless something besides MLP rows was pruned, e.g. SliceGPT).
+
+    The comparison model is built from the written config exactly as :func:`load_pruned` will,
+    on the meta device (no memory). A config that transformers cannot read back raises
+    :class:`CheckpointError`, so no unloadable checkpoint is written.
+    """
+    try:
+        config = AutoConfig.from_pretrained(config_dir)
+    except (StrictDataclassError, ValueError, OSError) as exc:
+        raise CheckpointError(f"the model's config cannot be read back by transformers: {exc}") from exc
+    with torch.device("meta"), no_init_weights():
+        built = _model_class(config, config_dir)._from_config(config)
+        _resize_mlps(built, widths, registry)
+    expected = {name: list(p.shape) for name, p in built.named_parameters()}
+    return {name: list(p.shape) for name, p in model.named_parameters()
+            if name in expected and expected[name] != list(p.shape)}
+
+
+def apply_reshaped(model: nn.Module, shapes: dict[str, list[int]], directory: Path) -> None:
+    """Give each named parameter its recorded shape (uninitialized; the weights are loaded next).
+
+    ``nn.Linear``/``nn.Embedding`` size attributes follow their weights.
+    """
+    params = dict(model.named_parameters())
+    for name, shape in shapes.items():
+        if name not in params:
+            raise CheckpointError(f"{directory}/{PRUNING_FILE} reshapes {name!r}, which the model does not have")
+        owner, _, attr = name.rpartition(".")
+        module, old = model.get_submodule(owner), params[name]
+        setattr(module, attr, nn.Parameter(torch.empty([int(n) for n in shape], dtype=old.dtype, device=old.device),
+                                           requires_grad=old.requires_grad))
+        if isinstance(module, nn.Linear) and attr == "weight":
+            module.out_features, module.in_features = module.weight.shape
+        elif isinstance(module, nn.Embedding) and attr == "weight":
+            module.num_embeddings, module.embedding_dim = module.weight.shape
+
+
 def load_pruned(directory: str | Path, registry: Registry | None = None) -> nn.Module:
     """Load a checkpoint written by :func:`save_pruned`, or a dense HF checkpoint, in eval mode.
 
@@ -154,6 +203,7 @@ def load_pruned(directory: str | Path, registry: Registry | None = None) -> nn.M
     with no_init_weights():
         model = cls._from_config(config)
     _resize_mlps(model, [int(w) for w in meta["intermediate_sizes"]], registry)
+    apply_reshaped(model, meta.get(RESHAPED_KEY) or {}, directory)
     dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
     if dtype is not None:
         model.to(dtype)

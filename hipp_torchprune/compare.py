@@ -173,35 +173,33 @@ def _cells(config: CompareConfig) -> list[tuple[str, str, tuple[float, float, fl
     return cells
 
 
-def _hipp_plan(shared: _Shared, model: Any, policy: Any, preference: Sequence[float]) -> Any:
-    from hipp_torchprune import api
+def _context(shared: _Shared, policy: Any, seed: int, preference: Sequence[float] | None = None) -> Any:
+    """The matched :class:`~hipp_torchprune.methods.MethodContext` of a cell (HiPP: with its policy)."""
+    from hipp_torchprune.methods import MethodContext
 
-    return api.make_plan(model, "hipp", round_to=policy.round_to, r_max=policy.policy.config.r_max,
-                         policy=policy, preference=tuple(preference), registry=shared.registry)
+    options = {} if preference is None else {"policy": policy, "preference": tuple(preference)}
+    return MethodContext(shared.processor, shared.samples, shared.stats, round_to=policy.round_to,
+                         r_max=policy.policy.config.r_max, seed=seed, registry=shared.registry, options=options)
 
 
 def _run_cell(config: CompareConfig, shared: _Shared, table: str, method: str,
               preference: tuple[float, float, float] | None, seed: int, policy_name: str,
               work_dir: Path) -> dict[str, Any]:
-    from hipp_torchprune import api
     from hipp_torchprune.evaluation import evaluate
-    from hipp_torchprune.methods import MethodContext
+    from hipp_torchprune.hipp.method import HippMethod
+    from hipp_torchprune.methods import prune_with_method
     from hipp_torchprune.recovery import recover
 
-    policy = shared.policies[policy_name]
+    policy, main = shared.policies[policy_name], shared.policies["main"]
     model = copy.deepcopy(shared.model)
-    target = _hipp_plan(shared, model, shared.policies["main"], config.preference).realized_sparsity
-    ctx = MethodContext(shared.processor, shared.samples, shared.stats, round_to=policy.round_to,
-                        r_max=policy.policy.config.r_max, seed=seed, registry=shared.registry)
-    if method == "hipp" or table == "table4":
-        plan = _hipp_plan(shared, model, policy, preference)
-        api.prune_model(model, plan, api.importance("wanda", model, shared.stats, registry=shared.registry),
-                        registry=shared.registry)
-        realized, widths, details = plan.realized_sparsity, list(plan.widths_after), {"policy": policy_name}
-        target = realized
-    else:
-        report = shared.registry.get("method", method)().prune(model, target, ctx)
-        realized, widths, details = report.realized_sparsity, list(report.widths), dict(report.details)
+    # every baseline prunes at HiPP's realized sparsity (the HiPP strategy ignores the sparsity it is given)
+    target = HippMethod().plan(model, 0.0, _context(shared, main, seed, config.preference)).realized_sparsity
+    is_hipp = method == "hipp" or table == "table4"
+    ctx = _context(shared, policy, seed, preference if is_hipp else None)
+    report = prune_with_method(model, HippMethod.name if is_hipp else method, target, ctx)
+    realized, widths, details = report.realized_sparsity, list(report.widths), dict(report.details)
+    if is_hipp:
+        target, details["policy"] = realized, policy_name
     pre = _metrics(evaluate(model, shared.processor, shared.prepared))
     rcfg = RecoveryConfig(**{**config.recovery.to_dict(), "seed": seed})
     result = recover(model, shared.processor, config.data, rcfg, work_dir=work_dir, progress=False,

@@ -23,6 +23,9 @@ class PruneConfig:
     strategy: str = "uniform"
     #: Row-importance scorer name (a registered plugin).
     importance: str = "wanda"
+    #: A registered pruning method (``random``, ``wanda``, ``slicegpt``, ``hipp``, ...); replaces
+    #: ``strategy`` and ``importance``, which must then keep their defaults. None: the pair.
+    method: str | None = None
     #: Target fraction of prunable MLP parameters to remove.
     sparsity: float = 0.225
     #: Kept widths round to this multiple (fast GEMM shapes).

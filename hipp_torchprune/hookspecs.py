@@ -62,9 +62,10 @@ def hipp_reward_tasks() -> list[type]:
 
 @hookspec
 def hipp_pruning_methods() -> list[type]:
-    """Return whole pruning methods for comparisons (``hipp compare``): classes with a unique
-    ``name``, a ``kind`` (``"mlp-rows"`` or ``"slicing"``) and
-    ``prune(model, sparsity, context) -> MethodReport`` (see :mod:`hipp_torchprune.methods`).
+    """Return whole pruning methods (``hipp prune --method NAME``, ``hipp compare``): classes with
+    a unique ``name``, a ``kind`` (``"mlp-rows"`` or ``"slicing"``) and
+    ``prune(model, sparsity, context) -> MethodReport``, optionally ``needs(registry) ->
+    MethodNeeds`` and ``check(model)`` (see :mod:`hipp_torchprune.methods`).
 
     An MLP-row method is an (allocation strategy, importance scorer) pair
     (:class:`~hipp_torchprune.methods.MLPRowMethod`); a method with its own route (e.g.

@@ -1,9 +1,15 @@
-"""Whole pruning methods for matched comparisons (the ``hipp_pruning_methods`` hook).
+"""Whole pruning methods (the ``hipp_pruning_methods`` hook), run by ``hipp prune --method`` and
+``hipp compare`` through one function, :func:`prune_with_method`.
 
 A method prunes a model to an MLP-sparsity budget. MLP-row methods are an (allocation
 strategy, importance scorer) pair and go through :func:`hipp_torchprune.api.make_plan` and
 :func:`~hipp_torchprune.api.prune_model`; other methods (SliceGPT) remove the same *parameter
 count* the budget names: ``sparsity * sum_l width_l * row_params_l``.
+
+A method class has a unique ``name``, a ``kind`` and ``prune(model, sparsity, context)``; it may
+also define ``needs(registry) -> MethodNeeds`` (what calibration it uses; default: samples and
+statistics) and ``check(model)`` (raise a :class:`~hipp_torchprune.errors.HippError` for a model
+it cannot prune, before anything is computed or changed).
 """
 
 from __future__ import annotations
@@ -14,10 +20,28 @@ from typing import Any, ClassVar, Literal
 
 from torch import nn
 
+from hipp_torchprune.errors import HippError
 from hipp_torchprune.pruning.calibration import CalibrationStats
-from hipp_torchprune.registry import Registry
+from hipp_torchprune.pruning.plan import Plan
+from hipp_torchprune.registry import Registry, default_registry
 
 MethodKind = Literal["mlp-rows", "slicing"]
+
+
+class MethodError(HippError, ValueError):
+    """A pruning method was asked for with options that do not go with it, or without ones it needs."""
+
+
+@dataclass(frozen=True)
+class MethodNeeds:
+    """What a method uses from calibration (so a caller computes only that)."""
+
+    #: Calibration ``(image, prompt)`` samples and the processor.
+    samples: bool = True
+    #: Calibration statistics of the dense model (input norms).
+    stats: bool = True
+    #: The statistics' first-order Taylor terms (a backward pass per batch).
+    grads: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +77,8 @@ class MethodReport:
     realized_sparsity: float
     widths: tuple[int, ...]
     details: dict[str, Any] = field(default_factory=dict)
+    #: The rounded plan of an MLP-row method (None for other kinds).
+    plan: Plan | None = None
 
 
 def mlp_param_total(model: nn.Module, registry: Registry | None = None) -> int:
@@ -70,6 +96,14 @@ class MLPRowMethod:
     kind: ClassVar[MethodKind] = "mlp-rows"
     strategy: ClassVar[str] = "uniform"
     importance: ClassVar[str] = "wanda"
+
+    def needs(self, registry: Registry | None = None) -> MethodNeeds:
+        """Calibration when the scorer or the strategy needs it; gradients when the scorer does."""
+        registry = registry or default_registry()
+        scorer = registry.get("importance", self.importance)
+        calib = bool(scorer.needs_calibration or getattr(registry.get("strategy", self.strategy),
+                                                         "needs_calibration", False))
+        return MethodNeeds(samples=calib, stats=calib, grads=bool(calib and scorer.needs_grads))
 
     def strategy_options(self, context: MethodContext) -> dict[str, Any]:
         """Options passed to the strategy: calibration (stats, processor, samples) plus the context's."""
@@ -92,4 +126,44 @@ class MLPRowMethod:
                     registry=context.registry)
         return MethodReport(self.name, self.kind, plan.realized_sparsity, plan.widths_after,
                             {"strategy": self.strategy, "importance": self.importance,
-                             "ratios": list(plan.realized_ratios)})
+                             "ratios": list(plan.realized_ratios)}, plan)
+
+
+def pair_method(strategy: str, importance: str) -> MLPRowMethod:
+    """An unregistered MLP-row method for an explicit (strategy, importance) pair
+    (``hipp prune --strategy S --importance I``)."""
+    cls = type("PairMethod", (MLPRowMethod,), {"name": f"{strategy}+{importance}", "strategy": strategy,
+                                               "importance": importance})
+    return cls()
+
+
+def method_needs(method: Any, registry: Registry | None = None) -> MethodNeeds:
+    """``method.needs(registry)``, or samples and statistics for a method that does not say."""
+    needs = getattr(method, "needs", None)
+    return needs(registry) if needs is not None else MethodNeeds()
+
+
+def check_method(method: Any, model: nn.Module) -> None:
+    """``method.check(model)`` where defined: refuse a model the method cannot prune, untouched."""
+    check = getattr(method, "check", None)
+    if check is not None:
+        check(model)
+
+
+def prune_with_method(model: nn.Module, method: str | Any, sparsity: float, context: MethodContext) -> MethodReport:
+    """Prune ``model`` in place with ``method`` (a registered name, or a method instance) at
+    ``sparsity`` and return its report: the one path of ``hipp prune`` and ``hipp compare``.
+
+    The method's :func:`check_method` runs first; a method that needs calibration statistics
+    but gets none raises :class:`MethodError` before the model is touched.
+    """
+    registry = context.registry or default_registry()
+    impl = registry.get("method", method)() if isinstance(method, str) else method
+    check_method(impl, model)
+    needs = method_needs(impl, registry)
+    if (needs.samples and not context.samples) or (needs.stats and context.stats is None):
+        raise MethodError(f"method {impl.name!r} needs calibration: give the context samples and statistics")
+    report = impl.prune(model, sparsity, context)
+    if not isinstance(report, MethodReport):
+        raise MethodError(f"method {impl.name!r} returned {type(report).__name__}, not a MethodReport")
+    return report

@@ -59,3 +59,17 @@ def images(n: int, seed: int = 0, size: int = 40) -> list[Image.Image]:
 def samples(n: int, seed: int = 0) -> list[tuple[Image.Image, str]]:
     """``n`` (image, prompt) calibration samples."""
     return list(zip(images(n, seed), [PROMPTS[i % len(PROMPTS)] for i in range(n)]))
+
+
+def baselines_registry() -> Registry:
+    """A fresh registry (autoload off) with the ``hipp-owl`` and ``hipp-baselines`` plugins registered.
+
+    Callers ``pytest.importorskip`` both plugins first.
+    """
+    import hipp_baselines.plugin
+    import hipp_owl.plugin
+
+    reg = Registry(make_plugin_manager(autoload=False))
+    reg.pm.register(hipp_owl.plugin)
+    reg.pm.register(hipp_baselines.plugin)
+    return reg

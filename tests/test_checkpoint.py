@@ -116,3 +116,63 @@ def test_overwrite_keeps_old_checkpoint_when_swap_fails(tiny, tmp_path: Path, mo
     monkeypatch.undo()
     assert json.loads((tmp_path / "ck" / PRUNING_FILE).read_text())["plan"] == {"version": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def _narrow_projector(model: torch.nn.Module, inner: int) -> None:
+    """Give LLaVA's projector a hidden width the config cannot express (a non-MLP shape change)."""
+    proj = model.model.multi_modal_projector
+    torch.manual_seed(0)
+    proj.linear_1 = torch.nn.Linear(proj.linear_1.in_features, inner)
+    proj.linear_2 = torch.nn.Linear(inner, proj.linear_2.out_features)
+
+
+def test_reshaped_parameters_are_recorded_and_rebuilt(tmp_path: Path) -> None:
+    from hipp_torchprune.checkpoint import RESHAPED_KEY
+    from hipp_torchprune.models.tiny import build_tiny
+
+    model, processor = build_tiny("tiny-llava")
+    _pruned(model)
+    _narrow_projector(model, 24)
+    batch = api.get_adapter(model).encode(processor, images(2), PROMPTS[:2])
+    save_pruned(model, tmp_path / "ck", processor)
+    meta = json.loads((tmp_path / "ck" / PRUNING_FILE).read_text())
+    proj = "model.multi_modal_projector"
+    assert meta[RESHAPED_KEY] == {f"{proj}.linear_1.weight": [24, model.config.vision_config.hidden_size],
+                                  f"{proj}.linear_1.bias": [24], f"{proj}.linear_2.weight": [64, 24]}
+    loaded = load_pruned(tmp_path / "ck")
+    assert loaded.model.multi_modal_projector.linear_2.in_features == 24
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, loaded(**batch).logits)
+
+
+def test_plain_pruned_checkpoint_records_no_reshape(tiny, tmp_path: Path) -> None:
+    from hipp_torchprune.checkpoint import RESHAPED_KEY
+
+    _, model, processor = tiny
+    _pruned(model)
+    save_pruned(model, tmp_path / "ck", processor)
+    assert json.loads((tmp_path / "ck" / PRUNING_FILE).read_text())[RESHAPED_KEY] == {}
+
+
+def test_config_transformers_cannot_read_is_refused_and_nothing_written(tmp_path: Path) -> None:
+    from hipp_torchprune.models.tiny import build_tiny
+
+    model, processor = build_tiny("tiny-llava")
+    model.config.text_config.hidden_size = 50  # not a multiple of the 4 heads: LlamaConfig refuses it on load
+    with pytest.raises(CheckpointError, match="cannot be read back by transformers"):
+        save_pruned(model, tmp_path / "ck", processor)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reshape_of_unknown_parameter_is_refused(tmp_path: Path) -> None:
+    from hipp_torchprune.checkpoint import RESHAPED_KEY
+    from hipp_torchprune.models.tiny import build_tiny
+
+    model, processor = build_tiny("tiny-llava")
+    save_pruned(model, tmp_path / "ck", processor)
+    meta_path = tmp_path / "ck" / PRUNING_FILE
+    meta = json.loads(meta_path.read_text())
+    meta[RESHAPED_KEY] = {"model.nowhere.weight": [3, 3]}
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="reshapes 'model.nowhere.weight', which the model does not have"):
+        load_pruned(tmp_path / "ck")

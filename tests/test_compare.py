@@ -50,11 +50,16 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "world", root / "policy"
 
 
-def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path) -> None:
+def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hipp_torchprune.methods as methods
+
     world, policy = setup
     reg = Registry(make_plugin_manager(autoload=False))
     reg.pm.register(owl)
     reg.pm.register(plugin)
+    pruned_with = []  # every cell prunes through the function `hipp prune --method` uses
+    real = methods.prune_with_method
+    monkeypatch.setattr(methods, "prune_with_method", lambda m, name, *a: pruned_with.append(name) or real(m, name, *a))
     config = CompareConfig(model="tiny-llava", data=str(world), policy=str(policy), methods=("wanda", "ecoflap"),
                            seeds=(0,), table3=((0.8, 0.1, 0.1),), samplers=(("mixed", str(policy)),),
                            table4=((0.5, 0.4, 0.1),), recovery=RecoveryConfig(steps=1, batch_size=2, limit=8),
@@ -63,7 +68,9 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path) -> N
     cells = results["cells"]
     assert set(cells) == {cell_key("table1", m, config.preference, 0) for m in ("hipp", "wanda", "ecoflap")} | {
         cell_key("table3", "hipp", (0.8, 0.1, 0.1), 0), cell_key("table4", "mixed", (0.5, 0.4, 0.1), 0)}
+    assert sorted(pruned_with) == ["ecoflap", "hipp", "hipp", "hipp", "wanda"]  # table1 x3 + table3 + table4
     hipp = cells[cell_key("table1", "hipp", config.preference, 0)]
+    assert hipp["details"]["policy"] == "main" and hipp["details"]["strategy"] == "hipp"
     for m in ("wanda", "ecoflap"):
         cell = cells[cell_key("table1", m, config.preference, 0)]
         assert cell["matched"] and abs(cell["realized_sparsity"] - hipp["realized_sparsity"]) <= 0.005

@@ -1,21 +1,31 @@
-"""``hipp prune``: allocate a plan, score rows, physically prune, save, print the table."""
+"""``hipp prune``: prune with a registered method (``--method``) or an (allocation strategy,
+importance) pair, save the checkpoint, print the table."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from hipp_torchprune.pruning.plan import Plan
 
+#: ``--strategy`` / ``--importance`` defaults (``--method`` replaces both).
+DEFAULT_STRATEGY, DEFAULT_IMPORTANCE = "uniform", "wanda"
+
 
 def register(subparsers: Any) -> None:
     """Add the ``prune`` subcommand."""
-    p = subparsers.add_parser("prune", help="prune a VLM's language-model MLP rows")
+    p = subparsers.add_parser("prune", help="prune a VLM's language model with a method or a strategy/importance pair")
     p.add_argument("--model", required=True, help="checkpoint dir, 'demo', 'tiny-llava' or 'tiny-qwen2_5_vl'")
-    p.add_argument("--strategy", default="uniform", help="layer allocation strategy (default: uniform)")
-    p.add_argument("--importance", default="wanda", help="row importance scorer (default: wanda)")
-    p.add_argument("--sparsity", type=float, default=0.225, help="target fraction of MLP parameters removed")
+    p.add_argument("--method", default=None,
+                   help="a registered pruning method (random, wanda, llm-pruner, owl, ecoflap, slicegpt, hipp); "
+                        "replaces --strategy/--importance")
+    p.add_argument("--strategy", default=DEFAULT_STRATEGY, help="layer allocation strategy (default: uniform)")
+    p.add_argument("--importance", default=DEFAULT_IMPORTANCE, help="row importance scorer (default: wanda)")
+    p.add_argument("--sparsity", type=float, default=0.225,
+                   help="target fraction of MLP parameters removed (slicegpt: the same parameter count; hipp: "
+                        "set by --preference instead)")
     p.add_argument("--round-to", type=int, default=64, help="kept widths round to this multiple (default 64)")
     p.add_argument("--r-max", type=float, default=0.8, help="cap on any layer's removal ratio (default 0.8)")
     p.add_argument("--calib", default=None, help="calibration data dir; 'random' (tiny models only)")
@@ -23,8 +33,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for random strategies and tiny models")
     p.add_argument("--out", default=None, help="write the pruned checkpoint (and plan.json) here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.add_argument("--policy", default=None, help="HiPP policy directory (with --strategy hipp)")
-    p.add_argument("--preference", default=None, help="w_rob,w_util,w_comp for --strategy hipp")
+    p.add_argument("--policy", default=None, help="HiPP policy directory (with --method hipp or --strategy hipp)")
+    p.add_argument("--preference", default=None, help="w_rob,w_util,w_comp (with --method hipp or --strategy hipp)")
     p.add_argument("--config", default=None, help="YAML file of PruneConfig fields; command-line flags win")
     p.set_defaults(func=run)
 
@@ -48,7 +58,15 @@ def format_table(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def _calibration_spec(args: argparse.Namespace, tiny: bool, needs: bool) -> str | None:
+def format_report(report: Any) -> str:
+    """The table of an MLP-row method; a one-line summary of a method of another kind."""
+    if report.plan is not None:
+        return format_table(report.plan)
+    facts = ", ".join(f"{k}={v}" for k, v in report.details.items() if isinstance(v, int | float | str))
+    return f"{report.method} ({report.kind}): {facts}\nparameter-matched MLP sparsity: {report.realized_sparsity:.4f}"
+
+
+def _calibration_spec(args: argparse.Namespace, tiny: bool, needs: bool, what: str) -> str | None:
     from hipp_torchprune.errors import CalibrationError
 
     if not needs:
@@ -56,14 +74,14 @@ def _calibration_spec(args: argparse.Namespace, tiny: bool, needs: bool) -> str 
     if args.calib is None:
         if tiny:
             return "random"
-        raise CalibrationError(f"--importance {args.importance} needs calibration data: pass --calib DATA_DIR")
+        raise CalibrationError(f"{what} needs calibration data: pass --calib DATA_DIR")
     if args.calib == "random" and not tiny:
         raise CalibrationError("--calib random is only allowed for the tiny random models")
     return args.calib
 
 
 def _strategy_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Options for ``--strategy hipp``: the loaded policy and the parsed preference."""
+    """Options for HiPP (``--method hipp`` / ``--strategy hipp``): the loaded policy and the parsed preference."""
     if args.policy is None and args.preference is None:
         return {}
     from hipp_torchprune.hipp.policy_io import load_policy
@@ -72,50 +90,98 @@ def _strategy_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.policy is None or args.preference is None:
         from hipp_torchprune.errors import HippError
 
-        raise HippError("--policy and --preference go together (with --strategy hipp)")
+        raise HippError("--policy and --preference go together (with --method hipp or --strategy hipp)")
     policy = load_policy(args.policy)
     if args.round_to == 64 and policy.round_to != 64 and "--round-to" not in getattr(args, "argv_flags", ()):
         args.round_to = policy.round_to  # the rounding the policy was trained with
     return {"policy": policy, "preference": parse_preference(args.preference)}
 
 
+def _resolve_method(args: argparse.Namespace, registry: Any) -> tuple[Any, str]:
+    """The method instance and how to name it in messages: ``--method`` or the strategy/importance pair."""
+    from hipp_torchprune.methods import MethodError, pair_method
+
+    if args.method is None:
+        method = pair_method(args.strategy, args.importance)
+        method.needs(registry)  # unknown strategy / importance names fail here, before loading anything
+        return method, f"--strategy {args.strategy} --importance {args.importance}"
+    flags = {"--strategy", "--importance"} & set(getattr(args, "argv_flags", ()))
+    if flags or (args.strategy, args.importance) != (DEFAULT_STRATEGY, DEFAULT_IMPORTANCE):
+        raise MethodError(f"--method {args.method} names a whole method; it does not go with --strategy or "
+                          "--importance (give one or the other)")
+    return registry.get("method", args.method)(), f"--method {args.method}"
+
+
+def _layers(widths_before: Sequence[int], report: Any) -> dict[str, Any]:
+    """``plan.to_dict()`` of an MLP-row method; unchanged widths (ratio 0) for other kinds."""
+    if report.plan is not None:
+        return report.plan.to_dict()
+    rows = [{"index": i, "width_before": b, "width_after": a, "ratio": 1.0 - a / b}
+            for i, (b, a) in enumerate(zip(widths_before, report.widths))]
+    return {"realized_sparsity": report.realized_sparsity, "layers": rows}
+
+
+def _method_options(args: argparse.Namespace, method: Any, what: str) -> dict[str, Any]:
+    """:func:`_strategy_options`: required by HiPP, refused for any other method (before loading the model)."""
+    from hipp_torchprune.methods import MethodError
+
+    options, hipp = _strategy_options(args), getattr(method, "strategy", None) == "hipp"
+    if options and not hipp:
+        raise MethodError(f"--policy and --preference go with --method hipp or --strategy hipp, not {what}")
+    if hipp and not options:
+        raise MethodError(f"{what} needs a trained policy and a preference (--policy DIR --preference "
+                          "w_rob,w_util,w_comp)")
+    return options
+
+
+def _context(args: argparse.Namespace, method: Any, what: str, model: Any, processor: Any, registry: Any,
+             options: dict[str, Any]) -> Any:
+    """The method's context: the calibration it needs (and only that), the rounding and the options."""
+    from hipp_torchprune import api
+    from hipp_torchprune.calib_data import calibration_samples
+    from hipp_torchprune.methods import MethodContext, method_needs
+    from hipp_torchprune.models.tiny import TINY_MODELS
+
+    needs = method_needs(method, registry)
+    spec = _calibration_spec(args, args.model in TINY_MODELS, needs.samples or needs.stats, what)
+    samples = calibration_samples(spec, args.calib_n, seed=args.seed) if spec is not None else []
+    stats = (api.calibrate(model, processor, samples, with_grads=needs.grads, registry=registry)
+             if spec is not None and needs.stats else None)
+    return MethodContext(processor, samples, stats, round_to=args.round_to, r_max=args.r_max, seed=args.seed,
+                         registry=registry, options=options)
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``hipp prune``."""
     from hipp_torchprune import api
-    from hipp_torchprune.calib_data import calibration_samples
     from hipp_torchprune.checkpoint import save_pruned
     from hipp_torchprune.loading import load_model
-    from hipp_torchprune.models.tiny import TINY_MODELS
+    from hipp_torchprune.methods import check_method, prune_with_method
     from hipp_torchprune.registry import default_registry
 
     if args.config:
         _apply_config(args, set(getattr(args, "argv_flags", ())))
     registry = default_registry()
-    scorer_cls = registry.get("importance", args.importance)
-    strategy_cls = registry.get("strategy", args.strategy)
-    strategy_calib = bool(getattr(strategy_cls, "needs_calibration", False))  # e.g. owl, ecoflap
-    options = _strategy_options(args)
+    method, what = _resolve_method(args, registry)
+    options = _method_options(args, method, what)
     model, processor = load_model(args.model, seed=args.seed)
-    spec = _calibration_spec(args, args.model in TINY_MODELS, scorer_cls.needs_calibration or strategy_calib)
-    stats = None
-    if spec is not None:
-        samples = calibration_samples(spec, args.calib_n, seed=args.seed)
-        stats = api.calibrate(model, processor, samples, with_grads=scorer_cls.needs_grads, registry=registry)
-        if strategy_calib:
-            options.update(stats=stats, processor=processor, samples=samples)
-    plan = api.make_plan(model, args.strategy, args.sparsity, round_to=args.round_to, r_max=args.r_max,
-                         seed=args.seed, registry=registry, **options)
-    scorer = api.importance(args.importance, model, stats, registry=registry)
-    api.prune_model(model, plan, scorer, registry=registry)
-    report = {**plan.to_dict(), "strategy": args.strategy, "importance": args.importance,
+    check_method(method, model)  # e.g. slicegpt refuses Qwen2.5-VL before any calibration
+    widths_before = api.get_adapter(model, registry).intermediate_widths()
+    context = _context(args, method, what, model, processor, registry, options)
+    report = prune_with_method(model, method, args.sparsity, context)
+    record = {**_layers(widths_before, report), **{k: report.details[k] for k in ("strategy", "importance")
+                                                   if k in report.details},
               "target_sparsity": args.sparsity, "round_to": args.round_to}
+    if args.method is not None:
+        record.update(method=report.method, kind=report.kind, details=report.details)
     if args.out:
-        save_pruned(model, args.out, processor, plan=report, registry=registry,
-                    extra_files={"plan.json": json.dumps(report, indent=2)})
+        save_pruned(model, args.out, processor, plan=record, registry=registry,
+                    extra_files={"plan.json": json.dumps(record, indent=2)})
     if args.json:
-        print(json.dumps({"realized_sparsity": plan.realized_sparsity, "layers": report["layers"], "out": args.out}))
+        keys = ("realized_sparsity", "layers") + (("method", "kind", "details") if args.method else ())
+        print(json.dumps({**{k: record[k] for k in keys}, "out": args.out}))
     else:
-        print(format_table(plan))
+        print(format_report(report))
         if args.out:
             print(f"saved to {args.out}")
     return 0

@@ -42,7 +42,7 @@ def test_entry_point_registers_methods_and_ecoflap() -> None:
     auto = Registry(make_plugin_manager(autoload=True))
     assert set(auto.names("method")) >= {*EXPECTED, "slicegpt"} and "ecoflap" in auto.names("strategy")
     off = Registry(make_plugin_manager(autoload=False))
-    assert off.names("method") == [] and "ecoflap" not in off.names("strategy")
+    assert off.names("method") == ["hipp"] and "ecoflap" not in off.names("strategy")  # hipp is built in
 
 
 def test_method_aliases() -> None:
@@ -70,15 +70,13 @@ def test_every_method_on_tiny_models(tiny, method: str, tmp_path: Path) -> None:
         assert list(report.widths) == api.get_adapter(model, reg).intermediate_widths()
         assert sum(report.widths) < 4 * 256 and abs(mlp_param_total(model, reg) / total - 0.7) < 0.03
     batch = _inputs(model, processor)
-    if report.kind == "slicing":  # in memory only: LLaVA's projector width follows hidden_size on reload
+    if report.kind == "slicing":
         assert model.model.language_model.embed_tokens.weight.shape[1] == report.details["hidden_after"] < 64
-        with torch.no_grad():
-            assert torch.isfinite(model(**batch).logits).all()
-        return
     save_pruned(model, tmp_path / "ck", processor, registry=reg)
-    loaded = load_pruned(tmp_path / "ck", registry=reg)
+    loaded = load_pruned(tmp_path / "ck", registry=reg)  # a sliced LLaVA reloads too
+    assert {n: p.shape for n, p in loaded.named_parameters()} == {n: p.shape for n, p in model.named_parameters()}
     with torch.no_grad():
-        assert torch.allclose(model(**batch).logits, loaded(**batch).logits, atol=1e-5)
+        assert torch.equal(model(**batch).logits, loaded(**batch).logits)
 
 
 def test_ecoflap_weights_by_hand() -> None:

@@ -10,7 +10,8 @@ method         strategy    importance  what it is
 ``ecoflap``    ecoflap     wanda       zeroth-order layer importance, inverse ratios
 =============  ==========  ==========  =================================================
 
-``hipp prune --strategy S --importance I`` selects the same pairs by their parts.
+``hipp prune --method NAME`` selects them by name; ``hipp prune --strategy S --importance I``
+selects the same pairs by their parts.
 """
 
 from __future__ import annotations

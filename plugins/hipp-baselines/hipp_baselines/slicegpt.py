@@ -24,9 +24,16 @@ norm). An MLP sparsity ``s`` removes ``s * sum_l width_l * row_params_l`` parame
 SliceGPT deletes ``k = round(s * sum_l width_l * row_params_l / P_dim)`` dimensions
 (:func:`dims_for_budget`); its realized "sparsity" is ``k * P_dim / sum_l width_l * row_params_l``.
 
-Qwen2.5-VL is refused (:class:`SliceGPTUnsupportedError`): its text attention derives
-``head_dim = hidden_size // num_heads`` and requires ``head_dim * num_heads == hidden_size``,
-so a sliced model cannot be rebuilt by transformers' class.
+**Config and checkpoint.** ``text_config.hidden_size`` keeps the dense width ``d``: it is the
+width the unsliced modules are built from (the projector's first layer, and the attention width
+``head_dim * num_heads``), and transformers' configs refuse a hidden size that is not a multiple
+of the head count. ``head_dim`` is written explicitly. The sliced width is in the modules;
+:func:`~hipp_torchprune.checkpoint.save_pruned` records their shapes and
+:func:`~hipp_torchprune.checkpoint.load_pruned` rebuilds them.
+
+Qwen2.5-VL is refused (:class:`SliceGPTUnsupportedError`) before anything is touched: the
+rotation would also have to be folded into its vision merger, which writes the image tokens
+into the residual stream, and only LLaVA's projector is wired.
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ import torch
 from torch import nn
 
 from hipp_torchprune.errors import CalibrationError, HippError
-from hipp_torchprune.methods import MethodContext, MethodReport, mlp_param_total
+from hipp_torchprune.methods import MethodContext, MethodNeeds, MethodReport, mlp_param_total
+from hipp_torchprune.registry import Registry
 
 
 class SliceGPTUnsupportedError(HippError, TypeError):
@@ -65,9 +73,9 @@ def dims_for_budget(budget_params: float, params_per_dim: int, hidden: int, mult
 def _parts(model: nn.Module) -> dict[str, Any]:
     if type(model).__name__ != "LlavaForConditionalGeneration":
         raise SliceGPTUnsupportedError(
-            f"slicegpt supports LLaVA only, not {type(model).__name__}: Qwen2.5-VL's text attention derives head_dim "
-            "from hidden_size and requires head_dim * num_heads == hidden_size, so a sliced model cannot be rebuilt "
-            "(see docs/baselines.md)")
+            f"slicegpt supports LLaVA only, not {type(model).__name__}: the residual-stream rotation must also be "
+            "folded into every module that writes the stream, and only LLaVA's multi-modal projector is wired "
+            "(Qwen2.5-VL's vision merger is not); the model was not changed (see docs/baselines.md)")
     lm = model.model.language_model
     return {"lm": lm, "layers": list(lm.layers), "embed": lm.embed_tokens, "norm": lm.norm,
             "lm_head": model.lm_head, "proj_out": model.model.multi_modal_projector.linear_2}
@@ -192,23 +200,30 @@ def rotate_and_slice(model: nn.Module, q: torch.Tensor, new_hidden: int) -> None
                                   for n in (layer.input_layernorm, layer.post_attention_layernorm))]:
         norm.weight = nn.Parameter(torch.full((new_hidden,), scale, dtype=norm.weight.dtype,
                                               device=norm.weight.device))
-    text = model.config.text_config
+    text = model.config.text_config  # hidden_size stays the architecture's width (module docstring)
     if getattr(text, "head_dim", None) is None:
         text.head_dim = hidden // text.num_attention_heads
-    text.hidden_size = new_hidden
 
 
 class SliceGPTMethod:
     """SliceGPT at the parameter count of an MLP-sparsity budget (LLaVA).
 
     Context option ``slicegpt_multiple`` (default 1: the closest budget match) makes the kept
-    hidden width a multiple of it. The sliced model lives in memory: transformers' LLaVA ties
-    the projector's hidden width and ``LlamaConfig``'s head-count check to ``hidden_size``, so
-    :func:`~hipp_torchprune.checkpoint.load_pruned` cannot rebuild it (docs/baselines.md).
+    hidden width a multiple of it. The sliced model saves with
+    :func:`~hipp_torchprune.checkpoint.save_pruned` and reloads with
+    :func:`~hipp_torchprune.checkpoint.load_pruned` (module docstring).
     """
 
     name: ClassVar[str] = "slicegpt"
     kind: ClassVar[str] = "slicing"
+
+    def needs(self, registry: Registry | None = None) -> MethodNeeds:
+        """Calibration samples for the PCA; no statistics, no gradients."""
+        return MethodNeeds(samples=True, stats=False, grads=False)
+
+    def check(self, model: nn.Module) -> None:
+        """Raise :class:`SliceGPTUnsupportedError` for a model family other than LLaVA."""
+        _parts(model)
 
     def prune(self, model: nn.Module, sparsity: float, context: MethodContext) -> MethodReport:
         """Fold, PCA on the context's calibration samples, rotate, slice ``k`` dims (budget-matched)."""
