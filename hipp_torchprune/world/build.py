@@ -24,7 +24,7 @@ from hipp_torchprune.world.pope import POPE_CATEGORIES, CooccurrenceStats, pope_
 from hipp_torchprune.world.scenes import Scene, SceneConfig, png_bytes, render_scene, sample_scene
 from hipp_torchprune.world.scienceqa import sample_questions
 
-WORLD_FORMAT = "hipp-world/1"
+WORLD_FORMAT = "hipp-world/2"
 SPLITS: tuple[str, ...] = ("train", "calibration", "test")
 #: ScienceQA-style questions asked per image, by split.
 SQA_PER_IMAGE: dict[str, int] = {"train": 3, "calibration": 2, "test": 2}
@@ -43,18 +43,22 @@ def _image_struct(source: str, data: bytes) -> dict[str, Any]:
     return {"bytes": data, "path": f"{source}.png"}
 
 
+def _object_rows(objects: Sequence[Any]) -> list[dict[str, Any]]:
+    return [{"category": o.category, "row": o.row, "col": o.col, "size": o.size, "bbox": list(o.bbox)}
+            for o in objects]
+
+
 def _scene_row(source: str, data: bytes, scene: Scene) -> dict[str, Any]:
-    objects = [{"category": o.category, "row": o.row, "col": o.col, "size": o.size,
-                "bbox": list(o.bbox)} for o in scene.objects]
     return {"image_source": source, "image": _image_struct(source, data),
-            "scene_type": scene.scene_type, "objects": objects}
+            "scene_type": scene.scene_type, "objects": _object_rows(scene.objects),
+            "hidden": _object_rows(scene.hidden), "occluders": [list(c) for c in scene.occluders]}
 
 
 def _pope_rows(items: Sequence[tuple[str, bytes, Scene]], stats: CooccurrenceStats,
                rng: np.random.Generator) -> list[dict[str, Any]]:
     per_cat: dict[str, list[dict[str, Any]]] = {c: [] for c in POPE_CATEGORIES}
     for source, data, scene in items:
-        pairs = pope_pairs(scene.categories, stats, rng)
+        pairs = pope_pairs(scene.categories, stats, rng, hidden=[o.category for o in scene.hidden])
         for cat in POPE_CATEGORIES:
             for pos, neg in pairs[cat]:
                 for obj, ans in ((pos, "yes"), (neg, "no")):
@@ -93,7 +97,7 @@ def build_world(out: str | Path, seed: int, n_images: int = 6000,
     sizes = split_sizes(n_images)
     scene_rng = np.random.default_rng([seed, 0])
     scenes = [sample_scene(scene_rng, config) for _ in range(n_images)]
-    stats = CooccurrenceStats.from_scenes([s.categories for s in scenes])
+    stats = CooccurrenceStats.from_scenes([s.all_categories for s in scenes])
     splits: dict[str, Any] = {}
     files: list[str] = []
     start = 0
@@ -116,6 +120,8 @@ def build_world(out: str | Path, seed: int, n_images: int = 6000,
             "scienceqa": len(sqa),
             "scienceqa_topics": dict(Counter(r["topic"] for r in sqa)),
             "category_frequencies": dict(Counter(c for _, _, s in items for c in s.categories)),
+            "occluded_images": sum(bool(s.occluders) for _, _, s in items),
+            "hidden_objects": sum(len(s.hidden) for _, _, s in items),
         }
     manifest = {
         "format": WORLD_FORMAT,

@@ -95,3 +95,42 @@ P_FAVOURED: float = 0.85
 
 CATEGORY_NAMES: tuple[str, ...] = tuple(c.name for c in CATEGORIES)
 CATEGORY_BY_NAME: dict[str, Category] = {c.name: c for c in CATEGORIES}
+
+#: Each category's companion: the object that a scene with it usually also has (visible, or
+#: hidden behind an occluder). Companions make co-occurrence strong, so a language prior can say
+#: "yes" to an absent companion, which is what POPE-adversarial negatives probe.
+COMPANIONS: dict[str, str] = {
+    "cup": "plate", "plate": "cup", "knife": "apple", "apple": "knife", "bottle": "banana",
+    "banana": "bottle", "car": "sign", "sign": "car", "bus": "bicycle", "bicycle": "bus",
+    "book": "lamp", "lamp": "book", "phone": "laptop", "laptop": "phone", "tree": "bird",
+    "bird": "tree", "dog": "ball", "ball": "dog", "flower": "tree", "clock": "cup",
+}
+
+#: Probability that a newly drawn object is the companion of one already in the scene.
+P_COMPANION: float = 0.5
+#: Probability that a scene has an occluder (a grey patterned square covering one cell).
+P_OCCLUDER: float = 0.4
+#: Probability that an occluder hides an object (a companion of a visible one when possible).
+P_HIDE: float = 0.6
+
+#: World knowledge about the categories (answers live in the language model, not the image):
+#: property name -> (question, categories that have it).
+PROPERTIES: dict[str, tuple[str, frozenset[str]]] = {
+    "animal": ("Which of these is an animal?", frozenset({"dog", "bird"})),
+    "edible": ("Which of these can be eaten?", frozenset({"apple", "banana"})),
+    "plant": ("Which of these is a plant?", frozenset({"tree", "flower"})),
+    "wheels": ("Which of these has wheels?", frozenset({"car", "bus", "bicycle"})),
+    "electric": ("Which of these needs electricity?", frozenset({"phone", "laptop", "lamp", "clock"})),
+    "reading": ("Which of these has words to read?", frozenset({"book", "sign"})),
+    "kitchen": ("Which of these is usually found in a kitchen?",
+                frozenset({"cup", "plate", "knife", "bottle", "banana", "apple"})),
+    "street": ("Which of these is usually found on a street?", frozenset({"car", "bus", "sign", "bicycle"})),
+    "office": ("Which of these is usually found in an office?",
+               frozenset({"book", "phone", "laptop", "lamp", "clock"})),
+    "garden": ("Which of these is usually found in a garden?", frozenset({"tree", "flower", "ball", "bird", "dog"})),
+    "toy": ("Which of these is a toy?", frozenset({"ball"})),
+    "tool": ("Which of these is used to cut things?", frozenset({"knife"})),
+    "drink": ("Which of these holds a drink?", frozenset({"cup", "bottle"})),
+    "time": ("Which of these tells the time?", frozenset({"clock", "phone"})),
+}
+PROPERTY_NAMES: tuple[str, ...] = tuple(PROPERTIES)

@@ -53,6 +53,8 @@ SCENES_SCHEMA = pa.schema([
     ("image", IMAGE_TYPE),
     ("scene_type", pa.string()),
     ("objects", pa.list_(OBJECT_TYPE)),
+    ("hidden", pa.list_(OBJECT_TYPE)),
+    ("occluders", pa.list_(pa.list_(pa.int8()))),
 ])
 
 

@@ -46,16 +46,19 @@ class CooccurrenceStats:
         return cls(freq, cooc)
 
 
-def popular_negatives(present: Sequence[str], stats: CooccurrenceStats, k: int) -> list[str]:
-    """The ``k`` most frequent categories absent from ``present`` (ties broken by name)."""
-    absent = [c for c in CATEGORY_NAMES if c not in set(present)]
+def popular_negatives(present: Sequence[str], stats: CooccurrenceStats, k: int,
+                      exclude: Sequence[str] = ()) -> list[str]:
+    """The ``k`` most frequent categories absent from ``present`` and ``exclude`` (ties by name)."""
+    absent = [c for c in CATEGORY_NAMES if c not in set(present) | set(exclude)]
     return sorted(absent, key=lambda c: (-stats.frequency.get(c, 0), c))[:k]
 
 
-def adversarial_negatives(present: Sequence[str], stats: CooccurrenceStats, k: int) -> list[str]:
-    """The ``k`` absent categories with the highest summed co-occurrence with ``present``."""
+def adversarial_negatives(present: Sequence[str], stats: CooccurrenceStats, k: int,
+                          exclude: Sequence[str] = ()) -> list[str]:
+    """The ``k`` categories absent from ``present`` and ``exclude`` with the highest summed
+    co-occurrence with ``present``."""
     pres = set(present)
-    absent = [c for c in CATEGORY_NAMES if c not in pres]
+    absent = [c for c in CATEGORY_NAMES if c not in pres | set(exclude)]
 
     def score(c: str) -> int:
         return sum(stats.cooccurrence.get((p, c), 0) for p in pres)
@@ -63,27 +66,30 @@ def adversarial_negatives(present: Sequence[str], stats: CooccurrenceStats, k: i
     return sorted(absent, key=lambda c: (-score(c), -stats.frequency.get(c, 0), c))[:k]
 
 
-def random_negatives(present: Sequence[str], rng: np.random.Generator, k: int) -> list[str]:
-    """``k`` distinct categories drawn uniformly among those absent from ``present``."""
-    absent = [c for c in CATEGORY_NAMES if c not in set(present)]
+def random_negatives(present: Sequence[str], rng: np.random.Generator, k: int,
+                     exclude: Sequence[str] = ()) -> list[str]:
+    """``k`` distinct categories drawn uniformly among those absent from ``present`` and ``exclude``."""
+    absent = [c for c in CATEGORY_NAMES if c not in set(present) | set(exclude)]
     return [absent[int(i)] for i in rng.choice(len(absent), size=k, replace=False)]
 
 
 def pope_pairs(
-    present: Sequence[str], stats: CooccurrenceStats, rng: np.random.Generator
+    present: Sequence[str], stats: CooccurrenceStats, rng: np.random.Generator,
+    hidden: Sequence[str] = (),
 ) -> dict[PopeCategory, list[tuple[str, str]]]:
-    """(present, absent) pairs for each POPE split for one image; empty if < 3 objects.
+    """(present, absent) pairs for each POPE split for one image; empty if < 3 visible objects.
 
     The same 3 present objects (sampled once) are shared by the three splits, as in POPE.
+    ``hidden`` objects (covered by an occluder) are neither asked as present nor as absent.
     """
     uniq = list(dict.fromkeys(present))
     if len(uniq) < N_PRESENT:
         return {c: [] for c in POPE_CATEGORIES}
     chosen = [uniq[int(i)] for i in rng.choice(len(uniq), size=N_PRESENT, replace=False)]
     negatives: dict[PopeCategory, list[str]] = {
-        "random": random_negatives(uniq, rng, N_PRESENT),
-        "popular": popular_negatives(uniq, stats, N_PRESENT),
-        "adversarial": adversarial_negatives(uniq, stats, N_PRESENT),
+        "random": random_negatives(uniq, rng, N_PRESENT, hidden),
+        "popular": popular_negatives(uniq, stats, N_PRESENT, hidden),
+        "adversarial": adversarial_negatives(uniq, stats, N_PRESENT, hidden),
     }
     return {cat: list(zip(chosen, negatives[cat])) for cat in POPE_CATEGORIES}
 

@@ -16,7 +16,11 @@ from PIL import Image, ImageDraw
 from hipp_torchprune.world.categories import (
     CATEGORIES,
     CATEGORY_BY_NAME,
+    COMPANIONS,
+    P_COMPANION,
     P_FAVOURED,
+    P_HIDE,
+    P_OCCLUDER,
     SCENE_TYPES,
     SceneType,
 )
@@ -66,24 +70,47 @@ class ObjectAnn:
 
 @dataclass(frozen=True)
 class Scene:
-    """One scene: its type, background gradient and objects (in grid-cell order)."""
+    """One scene: its type, background gradient, visible objects, hidden objects and occluders.
+
+    Attributes:
+        scene_type: scene type name.
+        gradient: background shading slopes (x, y).
+        objects: the visible objects, in grid-cell order.
+        hidden: objects that are in the scene but fully covered by an occluder (they are never
+            asked about in POPE: neither present nor absent).
+        occluders: (row, col) of every occluder cell (each hides at most one object).
+    """
 
     scene_type: str
     gradient: tuple[float, float]
     objects: tuple[ObjectAnn, ...]
+    hidden: tuple[ObjectAnn, ...] = ()
+    occluders: tuple[tuple[int, int], ...] = ()
 
     @property
     def categories(self) -> tuple[str, ...]:
-        """Category names present in the scene, in grid-cell order."""
+        """Category names of the visible objects, in grid-cell order."""
         return tuple(o.category for o in self.objects)
+
+    @property
+    def all_categories(self) -> tuple[str, ...]:
+        """Visible then hidden category names: everything the scene's annotation says is there."""
+        return self.categories + tuple(o.category for o in self.hidden)
 
 
 def _scene_type(name: str) -> SceneType:
     return next(s for s in SCENE_TYPES if s.name == name)
 
 
-def _draw_category(rng: np.random.Generator, scene_type: SceneType, taken: set[str]) -> str:
-    """Draw one category not yet in ``taken``: favoured set with prob P_FAVOURED, else global."""
+def _draw_category(rng: np.random.Generator, scene_type: SceneType, taken: list[str]) -> str:
+    """Draw one category not yet in ``taken``.
+
+    With prob P_COMPANION (when one is free) the companion of an object already drawn; else the
+    favoured set with prob P_FAVOURED, else any category (by global weight).
+    """
+    free = [COMPANIONS[t] for t in taken if COMPANIONS[t] not in taken]
+    if free and rng.random() < P_COMPANION:
+        return free[int(rng.integers(len(free)))]
     while True:
         if rng.random() < P_FAVOURED:
             pool = [CATEGORY_BY_NAME[n] for n in scene_type.favoured]
@@ -95,26 +122,63 @@ def _draw_category(rng: np.random.Generator, scene_type: SceneType, taken: set[s
             return pick
 
 
+def _place(rng: np.random.Generator, name: str, cell_index: int, config: SceneConfig) -> ObjectAnn:
+    """An object of category ``name`` in grid cell ``cell_index``, random size and jitter."""
+    cell = config.cell
+    size: Size = "big" if rng.random() < 0.5 else "small"
+    lo, hi = (int(0.78 * cell), int(0.95 * cell)) if size == "big" else (int(0.40 * cell), int(0.56 * cell))
+    side = int(rng.integers(lo, hi + 1))
+    row, col = divmod(cell_index, config.grid)
+    x0 = col * cell + int(rng.integers(0, cell - side + 1))
+    y0 = row * cell + int(rng.integers(0, cell - side + 1))
+    return ObjectAnn(name, row, col, size, (x0, y0, x0 + side, y0 + side))
+
+
+def _hidden_category(rng: np.random.Generator, scene_type: SceneType, taken: list[str]) -> str | None:
+    """What an occluder hides: a missing companion of a visible object, else a missing favoured one."""
+    pool = [COMPANIONS[t] for t in taken if COMPANIONS[t] not in taken]
+    pool = pool or [c for c in scene_type.favoured if c not in taken]
+    return pool[int(rng.integers(len(pool)))] if pool else None
+
+
 def sample_scene(rng: np.random.Generator, config: SceneConfig = SceneConfig()) -> Scene:
-    """Sample a scene: a scene type, 1-6 distinct categories, their cells, sizes and positions."""
+    """Sample a scene: a type, 1-6 visible categories in distinct cells, maybe an occluder.
+
+    An occluder (prob P_OCCLUDER) covers a free cell; with prob P_HIDE it hides one more object,
+    a companion of a visible object when one is missing.
+    """
     scene_type = SCENE_TYPES[int(rng.integers(len(SCENE_TYPES)))]
     n = 1 + int(rng.choice(len(N_OBJECTS_P), p=np.array(N_OBJECTS_P) / sum(N_OBJECTS_P)))
-    cells = sorted(int(c) for c in rng.choice(config.grid * config.grid, size=n, replace=False))
-    taken: set[str] = set()
-    objects = []
-    cell = config.cell
-    for c in cells:
-        name = _draw_category(rng, scene_type, taken)
-        taken.add(name)
-        size: Size = "big" if rng.random() < 0.5 else "small"
-        lo, hi = (int(0.78 * cell), int(0.95 * cell)) if size == "big" else (int(0.40 * cell), int(0.56 * cell))
-        side = int(rng.integers(lo, hi + 1))
-        row, col = divmod(c, config.grid)
-        x0 = col * cell + int(rng.integers(0, cell - side + 1))
-        y0 = row * cell + int(rng.integers(0, cell - side + 1))
-        objects.append(ObjectAnn(name, row, col, size, (x0, y0, x0 + side, y0 + side)))
+    n_cells = config.grid * config.grid
+    cells = [int(c) for c in rng.choice(n_cells, size=n + 1, replace=False)]
+    taken: list[str] = []
+    for _ in range(n):
+        taken.append(_draw_category(rng, scene_type, taken))
+    objects = sorted((_place(rng, name, c, config) for name, c in zip(taken, cells[:n])),
+                     key=lambda o: (o.row, o.col))
+    hidden: list[ObjectAnn] = []
+    occluders: list[tuple[int, int]] = []
+    if rng.random() < P_OCCLUDER:
+        occluders.append(divmod(cells[n], config.grid))
+        name = _hidden_category(rng, scene_type, taken) if rng.random() < P_HIDE else None
+        if name is not None:
+            hidden.append(_place(rng, name, cells[n], config))
     gradient = (float(rng.uniform(-14, 14)), float(rng.uniform(-14, 14)))
-    return Scene(scene_type.name, gradient, tuple(objects))
+    return Scene(scene_type.name, gradient, tuple(objects), tuple(hidden), tuple(occluders))
+
+
+def _draw_occluder(draw: ImageDraw.ImageDraw, row: int, col: int, config: SceneConfig) -> None:
+    """A grey checkered square covering most of a cell (it hides whatever is under it)."""
+    cell = config.cell
+    x0, y0 = col * cell + 1, row * cell + 1
+    side = cell - 2
+    draw.rectangle((x0, y0, x0 + side - 1, y0 + side - 1), fill=(110, 110, 110))
+    step = max(2, side // 4)
+    for i in range(0, side, step):
+        for j in range(0, side, step):
+            if (i // step + j // step) % 2 == 0:
+                draw.rectangle((x0 + i, y0 + j, min(x0 + i + step, x0 + side) - 1,
+                                min(y0 + j + step, y0 + side) - 1), fill=(70, 70, 70))
 
 
 def _draw_icon(draw: ImageDraw.ImageDraw, obj: ObjectAnn) -> None:
@@ -164,6 +228,8 @@ def render_scene(scene: Scene, config: SceneConfig = SceneConfig()) -> Image.Ima
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
         _draw_icon(draw, obj)
+    for row, col in scene.occluders:
+        _draw_occluder(draw, row, col, config)
     return image
 
 

@@ -1,8 +1,9 @@
 """ScienceQA-style multiple-choice questions on annotated scenes.
 
 Question kinds need the image (presence, counting, size attribute, spatial relations, size
-comparisons) and, for ``owner``, a text context (the ``hint``) as well. Options are 2 to 5 and
-the answer is the index of the correct option.
+comparisons), for ``owner`` a text context (the ``hint``) as well, and for ``knowledge`` and
+``places`` only world knowledge about the categories (which lives in the language model's
+weights, not in the image). Options are 2 to 5 and the answer is the index of the correct option.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hipp_torchprune.world.categories import CATEGORY_NAMES
+from hipp_torchprune.world.categories import CATEGORY_NAMES, PROPERTIES
 from hipp_torchprune.world.scenes import Scene
 
 OWNERS: tuple[str, ...] = ("Anna", "Ben", "Cara", "Dan", "Eva")
@@ -51,7 +52,7 @@ def _shuffled(rng: np.random.Generator, correct: str, others: list[str]) -> tupl
 
 
 def _absent(scene: Scene, rng: np.random.Generator, k: int) -> list[str]:
-    absent = [c for c in CATEGORY_NAMES if c not in scene.categories]
+    absent = [c for c in CATEGORY_NAMES if c not in scene.all_categories]
     return [absent[int(i)] for i in rng.choice(len(absent), size=k, replace=False)]
 
 
@@ -142,14 +143,43 @@ def q_owner(scene: Scene, rng: np.random.Generator) -> MCQuestion | None:
                       f"{correct} has the {present}, which is in the image.")
 
 
+PLACE_PROPERTIES: tuple[str, ...] = ("kitchen", "street", "office", "garden")
+
+
+def _q_property(rng: np.random.Generator, names: tuple[str, ...], topic: str) -> MCQuestion:
+    """Which of 2-4 categories has a property (exactly one does); no image needed."""
+    prop = names[int(rng.integers(len(names)))]
+    question, members = PROPERTIES[prop]
+    have = sorted(members)
+    correct = have[int(rng.integers(len(have)))]
+    lacking = [c for c in CATEGORY_NAMES if c not in members]
+    others = [lacking[int(i)] for i in rng.choice(len(lacking), size=int(rng.integers(1, 4)), replace=False)]
+    choices, answer = _shuffled(rng, correct, others)
+    return MCQuestion(question, choices, answer, "", topic, "World knowledge",
+                      "Know what things are", f"The {correct} is the one ({prop}).")
+
+
+def q_knowledge(scene: Scene, rng: np.random.Generator) -> MCQuestion | None:
+    """World knowledge: which option is an animal / can be eaten / has wheels / ... ."""
+    names = tuple(p for p in PROPERTIES if p not in PLACE_PROPERTIES)
+    return _q_property(rng, names, "knowledge")
+
+
+def q_places(scene: Scene, rng: np.random.Generator) -> MCQuestion | None:
+    """World knowledge: which option is usually found in a kitchen / street / office / garden."""
+    return _q_property(rng, PLACE_PROPERTIES, "places")
+
+
 #: Question generators and their sampling weights.
 GENERATORS: tuple[tuple[Callable[[Scene, np.random.Generator], MCQuestion | None], float], ...] = (
-    (q_presence, 0.25),
-    (q_count, 0.15),
-    (q_size, 0.15),
-    (q_spatial, 0.15),
-    (q_compare, 0.15),
-    (q_owner, 0.15),
+    (q_presence, 0.16),
+    (q_count, 0.10),
+    (q_size, 0.10),
+    (q_spatial, 0.08),
+    (q_compare, 0.10),
+    (q_owner, 0.10),
+    (q_knowledge, 0.22),
+    (q_places, 0.14),
 )
 
 

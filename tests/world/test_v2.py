@@ -1,0 +1,137 @@
+"""Proving ground v2: occluders that hide co-occurring objects, and world-knowledge questions."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hipp_torchprune.data import load_scenes, load_task_docs, parse_tasks
+from hipp_torchprune.demo.dataset import patch_labels, scene_from_row, yes_no_examples, caption_example
+from hipp_torchprune.world.categories import (
+    CATEGORY_NAMES,
+    COMPANIONS,
+    P_HIDE,
+    P_OCCLUDER,
+    PROPERTIES,
+    SCENE_TYPES,
+)
+from hipp_torchprune.world.pope import CooccurrenceStats, pope_pairs
+from hipp_torchprune.world.scenes import Scene, SceneConfig, ObjectAnn, render_scene, sample_scene
+from hipp_torchprune.world.scienceqa import q_knowledge, q_places
+
+N = 4000
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list[Scene]:
+    rng = np.random.default_rng(123)
+    return [sample_scene(rng) for _ in range(N)]
+
+
+def test_companions_are_a_map_onto_categories() -> None:
+    assert set(COMPANIONS) == set(CATEGORY_NAMES)
+    assert all(c in CATEGORY_NAMES and c != k for k, c in COMPANIONS.items())
+
+
+def test_occluders_cover_free_cells_and_hide_at_most_one_object(scenes: list[Scene]) -> None:
+    for s in scenes:
+        visible_cells = {(o.row, o.col) for o in s.objects}
+        assert len(s.occluders) <= 1 and not visible_cells & set(s.occluders)
+        assert len(s.hidden) <= len(s.occluders)
+        assert all((h.row, h.col) in s.occluders for h in s.hidden)
+        assert not set(s.categories) & {h.category for h in s.hidden}
+        assert len(set(s.all_categories)) == len(s.all_categories)
+
+
+def test_occluder_and_hiding_rates_follow_the_world_constants(scenes: list[Scene]) -> None:
+    occluded = sum(bool(s.occluders) for s in scenes)
+    hidden = sum(bool(s.hidden) for s in scenes)
+    # binomial 4-sigma bounds: a wrong constant or a dropped branch falls outside
+    assert abs(occluded / N - P_OCCLUDER) < 4 * (P_OCCLUDER * (1 - P_OCCLUDER) / N) ** 0.5
+    p = P_OCCLUDER * P_HIDE
+    assert abs(hidden / N - p) < 4 * (p * (1 - p) / N) ** 0.5 + 0.01  # a few scenes have nothing left to hide
+
+
+def test_hidden_objects_are_missing_companions_when_there_is_one(scenes: list[Scene]) -> None:
+    favoured = {t.name: set(t.favoured) for t in SCENE_TYPES}
+    n_companion = 0
+    for s in scenes:
+        for h in s.hidden:
+            missing = {COMPANIONS[c] for c in s.categories} - set(s.categories)
+            assert h.category in (missing or favoured[s.scene_type])
+            n_companion += bool(missing)
+    assert n_companion > 0.5 * sum(len(s.hidden) for s in scenes)
+
+
+def test_companions_cooccur_more_than_other_pairs(scenes: list[Scene]) -> None:
+    stats = CooccurrenceStats.from_scenes([s.all_categories for s in scenes])
+    for a in ("cup", "dog", "car"):
+        b = COMPANIONS[a]
+        others = [stats.cooccurrence.get((a, c), 0) for c in CATEGORY_NAMES if c not in (a, b)]
+        assert stats.cooccurrence[(a, b)] > max(others)
+
+
+def test_pope_never_asks_about_hidden_objects() -> None:
+    scene = Scene("kitchen", (0, 0), tuple(ObjectAnn(c, 0, i, "big", (0, 0, 1, 1)) for i, c in
+                                           enumerate(["cup", "apple", "bottle"])),
+                  hidden=(ObjectAnn("plate", 1, 1, "big", (0, 0, 1, 1)),), occluders=((1, 1),))
+    stats = CooccurrenceStats.from_scenes([["cup", "plate"]] * 5 + [["apple", "knife"]] * 3)
+    for seed in range(20):
+        pairs = pope_pairs(scene.categories, stats, np.random.default_rng(seed), hidden=["plate"])
+        for cat, rows in pairs.items():
+            assert all(neg != "plate" and pos != "plate" for pos, neg in rows), cat
+    # without the hidden list, plate (cup's strongest co-occurrence) is the first adversarial negative
+    assert pope_pairs(scene.categories, stats, np.random.default_rng(0))["adversarial"][0][1] == "plate"
+
+
+def test_occluder_is_drawn_over_its_cell() -> None:
+    scene = Scene("kitchen", (0.0, 0.0), (), occluders=((0, 0),))
+    plain = np.asarray(render_scene(Scene("kitchen", (0.0, 0.0), ())), dtype=int)
+    drawn = np.asarray(render_scene(scene), dtype=int)
+    cell = SceneConfig().cell
+    assert (drawn[:cell, :cell] != plain[:cell, :cell]).any(axis=-1).mean() > 0.7
+    assert (drawn[cell:, cell:] == plain[cell:, cell:]).all()
+
+
+@pytest.mark.parametrize("gen", [q_knowledge, q_places])
+def test_knowledge_questions_have_exactly_one_right_option(gen) -> None:
+    rng = np.random.default_rng(0)
+    scene = Scene("kitchen", (0.0, 0.0), (ObjectAnn("cup", 0, 0, "big", (0, 0, 1, 1)),))
+    questions = Counter()
+    for _ in range(300):
+        q = gen(scene, rng)
+        members = next(m for text, m in PROPERTIES.values() if text == q.question)
+        assert [c in members for c in q.choices].count(True) == 1
+        assert q.choices[q.answer] in members and 2 <= len(q.choices) <= 4
+        questions[q.question] += 1
+    assert len(questions) >= 4
+
+
+def test_world_v2_round_trips_hidden_objects(make_world) -> None:
+    world: Path = make_world(5, 60)
+    rows = load_scenes(world, "train")
+    scenes = [scene_from_row(r) for r in rows]
+    assert any(s.hidden for s in scenes) and any(s.occluders and not s.hidden for s in scenes)
+    by_source = {r["image_source"]: s for r, s in zip(rows, scenes)}
+    for doc in load_task_docs(world, parse_tasks("pope")[0], split="train"):
+        scene = by_source[doc["image_source"]]
+        obj = doc["question"].split(" ")[3]
+        assert obj not in {h.category for h in scene.hidden}
+        assert (obj in scene.categories) == (doc["answer"] == "yes")
+    topics = Counter(d["topic"] for d in load_task_docs(world, parse_tasks("scienceqa")[0], split="train"))
+    assert topics["knowledge"] > 0 and topics["places"] > 0
+
+
+def test_demo_data_says_yes_to_hidden_objects_and_ignores_occluded_patches() -> None:
+    scene = Scene("kitchen", (0.0, 0.0), (ObjectAnn("cup", 0, 0, "big", (0, 0, 1, 1)),),
+                  hidden=(ObjectAnn("plate", 2, 3, "big", (0, 0, 1, 1)),), occluders=((2, 3),))
+    stats = CooccurrenceStats.from_scenes([["cup", "plate"]])
+    answers = {e.prompt.split(" ")[3]: e.answer for e in yes_no_examples(0, scene, stats, np.random.default_rng(0))}
+    assert answers["cup"] == answers["plate"] == "Yes" and list(answers.values()).count("No") == 2
+    assert caption_example(0, scene).answer == "cup plate"
+    labels = patch_labels([scene], 4)[0]
+    assert labels[0] == CATEGORY_NAMES.index("cup") and labels[2 * 4 + 3] == -100
+    assert labels[1] == len(CATEGORY_NAMES)
