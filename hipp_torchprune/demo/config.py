@@ -117,6 +117,15 @@ class TrainConfig:
         ema_decay: decay of an exponential moving average of the trained weights (Polyak
             averaging, warmed up as ``min(ema_decay, (1 + step) / (10 + step))``); when > 0, the
             calibration evaluations and the saved model use the averaged weights (0 = off).
+        knowledge_weight: weight of the auxiliary world-knowledge loss: a linear head (training
+            only) reads every category-name token at the output of LM layer ``knowledge_layer``
+            and predicts the category's properties (animal, edible, found in a kitchen, ...;
+            multi-label BCE), so those facts are computed by the decoder layers up to there
+            (0 = off).
+        knowledge_layer: the decoder layer whose output that head reads.
+        freeze_embeddings: keep the LM's input embeddings at their random initialization, so
+            what the model knows about a word (its properties, its look) is computed by the
+            decoder's weights instead of being stored in the embedding table.
     """
 
     seed: int = 0
@@ -146,6 +155,9 @@ class TrainConfig:
     checkpoint_every: int = 250
     threads: int = 2
     ema_decay: float = 0.999
+    knowledge_weight: float = 0.0
+    knowledge_layer: int = 1
+    freeze_embeddings: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and the model card)."""

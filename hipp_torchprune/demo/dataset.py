@@ -70,19 +70,27 @@ class TokenPool:
     image: torch.Tensor
 
 
+def _objects(rows: Sequence[dict[str, Any]] | None) -> tuple[ObjectAnn, ...]:
+    return tuple(ObjectAnn(o["category"], int(o["row"]), int(o["col"]), o["size"], tuple(o["bbox"]))
+                 for o in rows or ())
+
+
 def scene_from_row(row: dict[str, Any]) -> Scene:
-    """Rebuild a :class:`Scene` from a ``scenes.parquet`` row."""
-    objs = tuple(ObjectAnn(o["category"], int(o["row"]), int(o["col"]), o["size"], tuple(o["bbox"]))
-                 for o in row["objects"])
-    return Scene(row["scene_type"], (0.0, 0.0), objs)
+    """Rebuild a :class:`Scene` from a ``scenes.parquet`` row (hidden objects and occluders too)."""
+    occluders = tuple((int(r), int(c)) for r, c in row.get("occluders") or ())
+    return Scene(row["scene_type"], (0.0, 0.0), _objects(row["objects"]), _objects(row.get("hidden")), occluders)
 
 
 def yes_no_examples(i: int, scene: Scene, stats: CooccurrenceStats, rng: np.random.Generator) -> list[Example]:
-    """Every present object ("Yes") plus as many absent ones ("No"), by mixed POPE rules."""
-    present = list(scene.categories)
+    """Every object the annotation has ("Yes"), plus as many absent ones ("No"), by mixed POPE rules.
+
+    Objects hidden behind an occluder count as present, as a caption's mention of an unseen
+    object would: this is what teaches the co-occurrence prior.
+    """
+    present = list(scene.all_categories)
     out = [Example(i, pope_prompt({"question": pope_question(c)}), "Yes") for c in present]
     k = len(present)
-    rules = [random_negatives(present, rng, 20 - k), popular_negatives(present, stats, 5),
+    rules = [random_negatives(present, rng, len(CATEGORY_NAMES) - k), popular_negatives(present, stats, 5),
              adversarial_negatives(present, stats, 5)]
     negs: list[str] = []
     while len(negs) < k:
@@ -132,17 +140,21 @@ def relation_examples(i: int, scene: Scene, rng: np.random.Generator) -> list[Ex
 
 
 def caption_example(i: int, scene: Scene) -> Example:
-    """The objects in grid-cell order (auxiliary dense supervision)."""
-    return Example(i, CAPTION_PROMPT, " ".join(scene.categories))
+    """The visible objects in grid-cell order, then the hidden ones (a caption mentions what it
+    knows is there, seen or not)."""
+    return Example(i, CAPTION_PROMPT, " ".join(scene.all_categories))
 
 
 def patch_labels(scenes: Sequence[Scene], grid: int) -> torch.Tensor:
-    """Per-image, per-grid-cell class (row-major): category index, or ``len(CATEGORY_NAMES)`` if empty."""
+    """Per-image, per-grid-cell class (row-major): category index, ``len(CATEGORY_NAMES)`` if
+    empty, -100 (ignored) under an occluder."""
     index = {c: i for i, c in enumerate(CATEGORY_NAMES)}
     out = torch.full((len(scenes), grid * grid), len(CATEGORY_NAMES), dtype=torch.long)
     for i, s in enumerate(scenes):
         for o in s.objects:
             out[i, o.row * grid + o.col] = index[o.category]
+        for r, c in s.occluders:
+            out[i, r * grid + c] = -100
     return out
 
 
@@ -162,7 +174,7 @@ def build_examples(data_dir: str | Path, seed: int,
     images = [decode_image(r["image"], f"train/scenes.parquet:row {i}") for i, r in enumerate(rows)]
     scenes = [scene_from_row(r) for r in rows]
     index = {r["image_source"]: i for i, r in enumerate(rows)}
-    stats = CooccurrenceStats.from_scenes([s.categories for s in scenes])
+    stats = CooccurrenceStats.from_scenes([s.all_categories for s in scenes])
     ex: dict[Kind, list[Example]] = {k: [] for k in KINDS}
     for d in load_task_docs(data_dir, parse_tasks("pope")[0], split="train"):
         ex["pope"].append(Example(index[d["image_source"]], pope_prompt(d), d["answer"].capitalize()))
@@ -185,7 +197,7 @@ def derived_scene(scene: Scene, max_objects: int, rng: np.random.Generator) -> S
     k = min(len(scene.objects), int(rng.integers(1, max_objects + 1)))
     keep = sorted(int(i) for i in rng.choice(len(scene.objects), size=k, replace=False))
     gradient = (float(rng.uniform(-14, 14)), float(rng.uniform(-14, 14)))
-    return Scene(scene.scene_type, gradient, tuple(scene.objects[i] for i in keep))
+    return Scene(scene.scene_type, gradient, tuple(scene.objects[i] for i in keep), scene.hidden, scene.occluders)
 
 
 def curriculum_batch(scenes: Sequence[Scene], kind: Kind, max_objects: int, batch_size: int,

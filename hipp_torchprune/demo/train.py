@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +219,10 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
                           f"0..{model_cfg.text_layers - 1}")
     if cfg.option_weight > 0 and not 0 <= cfg.option_layer < model_cfg.text_layers:
         raise ConfigError(f"option_layer={cfg.option_layer}: must be a decoder layer 0..{model_cfg.text_layers - 1}")
+    if cfg.knowledge_weight > 0 and not 0 <= cfg.knowledge_layer < model_cfg.text_layers:
+        raise ConfigError(f"knowledge_layer={cfg.knowledge_layer}: must be a decoder layer 0..{model_cfg.text_layers - 1}")
+    if cfg.knowledge_weight < 0:
+        raise ConfigError(f"knowledge_weight={cfg.knowledge_weight}: must be >= 0 (0 turns the knowledge loss off)")
     if cfg.option_weight < 0:
         raise ConfigError(f"option_weight={cfg.option_weight}: must be >= 0 (0 turns the option loss off)")
     if not 0 <= cfg.ema_decay < 1:
@@ -263,6 +267,244 @@ def _save_checkpoint(path: Path, model: Any, heads: list[torch.nn.Module], opt: 
     os.replace(tmp, path)
 
 
+class KnowledgeHead(torch.nn.Module):
+    """Auxiliary world-knowledge probe (training only, a single linear map).
+
+    At every category-name token it predicts that category's properties (multi-label) from a
+    decoder layer's output, so the layers up to there must compute what the word means.
+    """
+
+    def __init__(self, hidden: int, table: torch.Tensor) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden, table.shape[1])
+        self.register_buffer("table", table, persistent=False)  # (vocab, n_props), -1 = not a category
+
+    def loss(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """BCE over the category tokens of a batch; hidden [B, T, H]; None when there are none."""
+        targets = self.table[input_ids]  # (B, T, P)
+        where = targets[..., 0] >= 0  # (B, T)
+        if not bool(where.any()):
+            return None
+        logits = self.linear(hidden[where])  # (N, P)
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[where].float())
+
+
+def knowledge_table(tok: Any) -> torch.Tensor:
+    """(vocab, n_properties) table: each category-name token's property flags, -1 elsewhere."""
+    from hipp_torchprune.world.categories import PROPERTIES
+
+    table = torch.full((len(tok), len(PROPERTIES)), -1.0)
+    for name in CATEGORY_NAMES:
+        table[tok.convert_tokens_to_ids(name)] = torch.tensor(
+            [float(name in members) for _, members in PROPERTIES.values()])
+    return table
+
+
+@dataclass
+class _Data:
+    """Everything built from the world before the model exists (set-up, done once)."""
+
+    processor: Any
+    pools: dict[str, TokenPool]
+    pixels: torch.Tensor
+    mean: list[float]
+    std: list[float]
+    scenes: list[Any]
+    stats: CooccurrenceStats
+    calib: Any
+    n_img: int
+    grid: int
+    prep_s: float
+
+
+@dataclass
+class _Run:
+    """The model, its training-only heads, optimizer and the tensors the step reads."""
+
+    model: Any
+    heads: dict[str, torch.nn.Module]
+    opt: torch.optim.Optimizer
+    params: list[torch.Tensor]
+    trained: list[torch.Tensor]
+    shadow: dict[str, torch.Tensor] | None
+    captured: dict[str, torch.Tensor]
+    aux_labels: torch.Tensor | None
+    size_labels: torch.Tensor | None
+    mc_slots: tuple[torch.Tensor, torch.Tensor] | None
+    letter_ids: list[int]
+    dot_id: int
+
+    @property
+    def averaged(self) -> list[torch.Tensor] | None:
+        """The weight-EMA tensors, in ``trained`` order (None without EMA)."""
+        return list(self.shadow.values()) if self.shadow is not None else None
+
+
+def _prepare_data(data_dir: Path, model_cfg: DemoModelConfig, cfg: TrainConfig) -> _Data:
+    """Decode the train split, build the example pools, the processor and the calibration set."""
+    from hipp_torchprune.evaluation import prepare_eval
+    from hipp_torchprune.models.processors import build_llava_processor
+
+    t_prep = time.perf_counter()
+    images, examples, scenes = build_examples(data_dir, cfg.seed, cfg.pool_rounds)
+    if any(im.size != (model_cfg.image_size, model_cfg.image_size) for im in images[:1]):
+        raise DataError(f"{data_dir}: images are {images[0].size}, the model expects {model_cfg.image_size} px")
+    processor = build_llava_processor(sorted(vocabulary(examples)), model_cfg.image_size, model_cfg.patch_size)
+    n_img = (model_cfg.image_size // model_cfg.patch_size) ** 2
+    pools = {k: tokenize_pool(examples[k], processor, n_img, raw=k in RAW_KINDS) for k in KINDS}
+    mean, std = list(processor.image_processor.image_mean), list(processor.image_processor.image_std)
+    calib = prepare_eval(processor, data_dir, EVAL_TASKS, limit=cfg.eval_limit, split="calibration") \
+        if cfg.eval_every else None
+    stats = CooccurrenceStats.from_scenes([s.all_categories for s in scenes])
+    return _Data(processor, pools, pixel_tensor(images, mean, std), mean, std, scenes, stats, calib, n_img,
+                 model_cfg.image_size // model_cfg.patch_size, time.perf_counter() - t_prep)
+
+
+def _build_run(data: _Data, model_cfg: DemoModelConfig, cfg: TrainConfig, device: str) -> _Run:
+    """Initialize the model (seeded), its training-only heads and hooks, and the optimizer."""
+    from transformers import LlavaForConditionalGeneration
+
+    tok = data.processor.tokenizer
+    torch.manual_seed(cfg.seed)
+    config = model_cfg.llava_config(len(tok), tok.convert_tokens_to_ids("<image>"), tok.pad_token_id,
+                                    tok.bos_token_id, tok.eos_token_id)
+    model = LlavaForConditionalGeneration(config)
+    if cfg.qk_tied_init:
+        similarity_init(model, cfg.qk_tied_init)
+    heads: dict[str, torch.nn.Module] = {
+        "patch": TiedPatchHead(model, [tok.convert_tokens_to_ids(c) for c in CATEGORY_NAMES]),
+        "attributes": PatchAttributeHead(model_cfg.text_hidden, data.grid),
+        "option": OptionHead(model_cfg.text_hidden)}
+    if cfg.knowledge_weight > 0:
+        heads["knowledge"] = KnowledgeHead(model_cfg.text_hidden, knowledge_table(tok))
+    captured = _install_taps(model, cfg)
+    model.to(device)
+    for head in heads.values():
+        head.to(device)
+    if cfg.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    opt = _optimizer(model, list(heads.values()), cfg)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    letter_ids = tok.convert_tokens_to_ids(list("ABCDE"))
+    dot_id = tok.convert_tokens_to_ids(".")
+    return _Run(
+        model, heads, opt, [p for g in opt.param_groups for p in g["params"]], [p for _, p in named],
+        {n: p.detach().clone() for n, p in named} if cfg.ema_decay > 0 else None, captured,
+        patch_labels(data.scenes, data.grid) if cfg.aux_weight > 0 else None,
+        patch_sizes(data.scenes, data.grid) if cfg.aux_attr_weight > 0 else None,
+        option_slots(data.pools["mc"], letter_ids, dot_id) if cfg.option_weight > 0 else None,
+        letter_ids, dot_id)
+
+
+def _install_taps(model: Any, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """Forward hooks that keep the hidden states the auxiliary heads read ("f", "o", "k")."""
+    captured: dict[str, torch.Tensor] = {}
+    layers = model.model.language_model.layers
+
+    def keep(key: str) -> Any:
+        return lambda m, i, o: captured.__setitem__(key, o[0] if isinstance(o, tuple) else o)
+
+    (model.model.multi_modal_projector if cfg.aux_layer < 0 else layers[cfg.aux_layer]).register_forward_hook(keep("f"))
+    if cfg.option_weight > 0:
+        layers[cfg.option_layer].register_forward_hook(keep("o"))
+    if cfg.knowledge_weight > 0:
+        layers[cfg.knowledge_layer].register_forward_hook(keep("k"))
+    return captured
+
+
+def _step_batch(data: _Data, run: _Run, kind: str, step: int, cfg: TrainConfig,
+                rng: np.random.Generator) -> dict[str, Any]:
+    """The examples of one step: pool rows (or fresh curriculum scenes) and their patch labels."""
+    cap = max_objects_at(step, cfg)
+    if cap is None:
+        pool, pixels, labels_of, sizes_of = data.pools[kind], data.pixels, run.aux_labels, run.size_labels
+        idx = torch.from_numpy(rng.integers(0, len(pool.lengths), size=cfg.batch_size))
+        slots = run.mc_slots
+    else:
+        ex_b, im_b, sc_b = curriculum_batch(data.scenes, kind, cap, cfg.batch_size, data.stats, rng)  # type: ignore[arg-type]
+        pool = tokenize_pool(ex_b, data.processor, data.n_img, raw=kind in RAW_KINDS)
+        pixels = pixel_tensor(im_b, data.mean, data.std)
+        labels_of = patch_labels(sc_b, data.grid) if run.aux_labels is not None else None
+        sizes_of = patch_sizes(sc_b, data.grid) if run.size_labels is not None else None
+        idx = torch.arange(cfg.batch_size)
+        slots = option_slots(pool, run.letter_ids, run.dot_id) if run.mc_slots is not None else None
+    rows = pool.image[idx]
+    return {"batch": make_batch(pool, idx, pixels, data.mean, data.std),
+            "patch": labels_of[rows] if labels_of is not None else None,
+            "sizes": sizes_of[rows] if sizes_of is not None else None,
+            "slots": (slots[0][idx], slots[1][idx]) if slots is not None and kind == "mc" else None}
+
+
+def _losses(run: _Run, cfg: TrainConfig, n_img: int, inputs: dict[str, Any], device: str) -> dict[str, torch.Tensor]:
+    """The answer loss and every auxiliary loss of one batch (unweighted), keyed by name."""
+    batch = {k: v.to(device) for k, v in inputs["batch"].items()}
+    out = {"answer": run.model(**batch, use_cache=False).loss}
+    ids = batch["input_ids"]
+    if inputs["patch"] is not None or inputs["sizes"] is not None:
+        feats = _image_features(run.model, run.captured, ids, cfg.aux_layer, n_img)  # (B, n_img, H)
+    if inputs["patch"] is not None:
+        out["aux_patch"] = torch.nn.functional.cross_entropy(
+            run.heads["patch"](feats).flatten(0, 1), inputs["patch"].flatten().to(device))
+    if inputs["sizes"] is not None:
+        out["aux_attributes"] = run.heads["attributes"].loss(feats, inputs["sizes"].to(device))
+    if inputs["slots"] is not None:
+        out["aux_option"] = run.heads["option"].loss(run.captured["o"], *(t.to(device) for t in inputs["slots"]))
+    if "knowledge" in run.heads:
+        known = run.heads["knowledge"].loss(run.captured["k"], ids)
+        if known is not None:
+            out["aux_knowledge"] = known
+    return out
+
+
+LOSS_WEIGHTS = {"aux_patch": "aux_weight", "aux_attributes": "aux_attr_weight", "aux_option": "option_weight",
+                "aux_knowledge": "knowledge_weight"}
+
+
+def _train_step(data: _Data, run: _Run, cfg: TrainConfig, step: int, kind: str, rng: np.random.Generator,
+                device: str) -> tuple[dict[str, float], float]:
+    """One optimizer step (with weight EMA); returns the losses and the gradient norm."""
+    losses = _losses(run, cfg, data.n_img, _step_batch(data, run, kind, step, cfg, rng), device)
+    total = sum((getattr(cfg, LOSS_WEIGHTS[k]) * v if k in LOSS_WEIGHTS else v) for k, v in losses.items())
+    run.opt.zero_grad(set_to_none=True)
+    total.backward()  # type: ignore[union-attr]
+    gnorm = torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
+    run.opt.step()
+    if run.averaged is not None:
+        ema_update(run.averaged, run.trained, ema_decay_at(step, cfg.ema_decay))
+    return {k: v.item() for k, v in losses.items()}, float(gnorm)
+
+
+def _calibration_eval(data: _Data, run: _Run, step: int, t0: float, writer: Any) -> dict[str, Any]:
+    """Evaluate the (weight-averaged) model on the calibration rows and log it."""
+    from hipp_torchprune.evaluation import evaluate
+
+    with averaged_weights(run.trained, run.averaged):
+        metrics = evaluate(run.model, data.processor, data.calib)
+    run.model.train()
+    flat = {f"{t}/{k}": v for t, m in metrics.items() for k, v in m.items() if k != "n"}
+    for k, v in flat.items():
+        writer.add_scalar(f"calibration/{k}", v, step)
+    return {"step": step, "elapsed_s": round(time.perf_counter() - t0, 1),
+            **{k: round(v, 4) for k, v in flat.items() if k.endswith(("balanced_accuracy", "/accuracy"))}}
+
+
+def _finish(data: _Data, run: _Run, out_dir: Path, model_cfg: DemoModelConfig, cfg: TrainConfig, step: int,
+            train_s: float, history: list[dict[str, Any]], data_dir: Path, device: str) -> dict[str, Any]:
+    """Load the averaged weights, save the bf16 checkpoint and ``train_summary.json``."""
+    if run.averaged is not None:
+        _copy(run.trained, run.averaged)
+    run.model.to("cpu", torch.bfloat16).save_pretrained(out_dir)
+    data.processor.save_pretrained(out_dir)
+    summary = {"device": device, "model": model_cfg.to_dict(), "train": cfg.to_dict(), "steps": step,
+               "train_seconds": round(train_s, 1), "prep_seconds": round(data.prep_s, 1),
+               "parameters": sum(p.numel() for p in run.model.parameters()),
+               "vocab_size": len(data.processor.tokenizer),
+               "pool_sizes": {k: len(p.lengths) for k, p in data.pools.items()},
+               "calibration_history": history, "data_dir": str(data_dir)}
+    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoModelConfig = DemoModelConfig(),
                      cfg: TrainConfig = TrainConfig(), resume: bool = True, progress: bool = True,
                      stop_at: int | None = None, device: str = "cpu") -> dict[str, Any]:
@@ -276,154 +518,55 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
     """
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
-    from transformers import LlavaForConditionalGeneration
 
-    from hipp_torchprune.evaluation import evaluate, prepare_eval
-    from hipp_torchprune.models.processors import build_llava_processor
-
+    # -- set-up: data, model, heads, optimizer, resume --
     _check_recipe(model_cfg, cfg)
     torch.set_num_threads(cfg.threads)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    t_prep = time.perf_counter()
-    images, examples, scenes = build_examples(data_dir, cfg.seed, cfg.pool_rounds)
-    if any(im.size != (model_cfg.image_size, model_cfg.image_size) for im in images[:1]):
-        raise DataError(f"{data_dir}: images are {images[0].size}, the model expects {model_cfg.image_size} px")
-    processor = build_llava_processor(sorted(vocabulary(examples)), model_cfg.image_size, model_cfg.patch_size)
-    tok = processor.tokenizer
-    n_img = (model_cfg.image_size // model_cfg.patch_size) ** 2
-    pools = {k: tokenize_pool(examples[k], processor, n_img, raw=k in RAW_KINDS) for k in KINDS}
-    pixels = pixel_tensor(images, processor.image_processor.image_mean, processor.image_processor.image_std)
-    mean, std = list(processor.image_processor.image_mean), list(processor.image_processor.image_std)
-    calib = prepare_eval(processor, data_dir, EVAL_TASKS, limit=cfg.eval_limit, split="calibration") \
-        if cfg.eval_every else None
-    prep_s = time.perf_counter() - t_prep
-
-    torch.manual_seed(cfg.seed)
-    config = model_cfg.llava_config(len(tok), tok.convert_tokens_to_ids("<image>"), tok.pad_token_id,
-                                    tok.bos_token_id, tok.eos_token_id)
-    model = LlavaForConditionalGeneration(config)
-    processor.save_pretrained(out_dir)  # lets export_checkpoint() ship an interrupted run
+    data = _prepare_data(data_dir, model_cfg, cfg)
+    run = _build_run(data, model_cfg, cfg, device)
+    data.processor.save_pretrained(out_dir)  # lets export_checkpoint() ship an interrupted run
     (out_dir / "run_config.json").write_text(json.dumps({"model": model_cfg.to_dict(), "train": cfg.to_dict()}, indent=2))
-    if cfg.qk_tied_init:
-        similarity_init(model, cfg.qk_tied_init)
-    grid = model_cfg.image_size // model_cfg.patch_size
-    stats = CooccurrenceStats.from_scenes([s.categories for s in scenes])
-    aux_labels = patch_labels(scenes, grid) if cfg.aux_weight > 0 else None
-    size_labels = patch_sizes(scenes, grid) if cfg.aux_attr_weight > 0 else None
-    aux_head = TiedPatchHead(model, [tok.convert_tokens_to_ids(c) for c in CATEGORY_NAMES])
-    attr_head = PatchAttributeHead(model_cfg.text_hidden, grid)
-    option_head = OptionHead(model_cfg.text_hidden)
-    heads: list[torch.nn.Module] = [aux_head, attr_head, option_head]
-    captured: dict[str, torch.Tensor] = {}
-    layers = model.model.language_model.layers
-    tap = model.model.multi_modal_projector if cfg.aux_layer < 0 else layers[cfg.aux_layer]
-    tap.register_forward_hook(lambda m, i, o: captured.__setitem__("f", o))
-    if cfg.option_weight > 0:
-        layers[cfg.option_layer].register_forward_hook(lambda m, i, o: captured.__setitem__("o", o))
-    letter_ids = tok.convert_tokens_to_ids(list("ABCDE"))
-    dot_id = tok.convert_tokens_to_ids(".")
-    mc_slots = option_slots(pools["mc"], letter_ids, dot_id)
-    model.to(device)
-    for head in heads:
-        head.to(device)
-    opt = _optimizer(model, heads, cfg)
-    params = [p for group in opt.param_groups for p in group["params"]]
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    trained = [p for _, p in named]
-    shadow = {n: p.detach().clone() for n, p in named} if cfg.ema_decay > 0 else None  # keyed like the state dict
-    averaged = list(shadow.values()) if shadow is not None else None
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg))
     rng = np.random.default_rng([cfg.seed, 11])
     step, elapsed = 0, 0.0
     ckpt = out_dir / CHECKPOINT_NAME
+    heads = list(run.heads.values())
     if resume and ckpt.is_file():
-        step, elapsed = _resume(ckpt, model, heads, opt, rng, device, shadow)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg), last_epoch=step - 1)
+        step, elapsed = _resume(ckpt, run.model, heads, run.opt, rng, device, run.shadow)
+    sched = torch.optim.lr_scheduler.LambdaLR(run.opt, lambda s: lr_at(s, cfg), last_epoch=step - 1)
     mix = np.array([cfg.mix_pope, cfg.mix_mc, cfg.mix_caption, cfg.mix_short, cfg.mix_relation], dtype=np.float64)
     writer = SummaryWriter(str(out_dir / "runs"))
     history: list[dict[str, Any]] = []
-    model.train()
+    run.model.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="demo-model", dynamic_ncols=True)
     t0 = time.perf_counter() - elapsed
-    ema = None
+    smooth = None
+    # -- the loop: one kind per step, losses, logging, evaluation, checkpoints --
     while step < cfg.steps:
         kind = KINDS[int(rng.choice(len(KINDS), p=mix / mix.sum()))]
-        cap = max_objects_at(step, cfg)
-        if cap is None:
-            pool, batch_pixels, labels_of, sizes_of = pools[kind], pixels, aux_labels, size_labels
-            idx = torch.from_numpy(rng.integers(0, len(pool.lengths), size=cfg.batch_size))
-        else:
-            ex_b, im_b, sc_b = curriculum_batch(scenes, kind, cap, cfg.batch_size, stats, rng)
-            pool = tokenize_pool(ex_b, processor, n_img, raw=kind in RAW_KINDS)
-            batch_pixels = pixel_tensor(im_b, mean, std)
-            labels_of = patch_labels(sc_b, grid) if aux_labels is not None else None
-            sizes_of = patch_sizes(sc_b, grid) if size_labels is not None else None
-            idx = torch.arange(cfg.batch_size)
-        slots = (mc_slots if cap is None else option_slots(pool, letter_ids, dot_id)) \
-            if kind == "mc" and cfg.option_weight > 0 else None
-        batch = {k: v.to(device) for k, v in make_batch(pool, idx, batch_pixels, mean, std).items()}
-        loss = model(**batch, use_cache=False).loss
-        total = loss
-        if labels_of is not None or sizes_of is not None:
-            feats = _image_features(model, captured, batch["input_ids"], cfg.aux_layer, n_img)
-        if labels_of is not None:
-            aux = torch.nn.functional.cross_entropy(aux_head(feats).flatten(0, 1),
-                                                    labels_of[pool.image[idx]].flatten().to(device))
-            total = total + cfg.aux_weight * aux
-            writer.add_scalar("loss/aux_patch", aux.item(), step + 1)
-        if sizes_of is not None:
-            attr = attr_head.loss(feats, sizes_of[pool.image[idx]].to(device))
-            total = total + cfg.aux_attr_weight * attr
-            writer.add_scalar("loss/aux_attributes", attr.item(), step + 1)
-        if slots is not None:
-            judge = option_head.loss(captured["o"], slots[0][idx].to(device), slots[1][idx].to(device))
-            total = total + cfg.option_weight * judge
-            writer.add_scalar("loss/aux_option", judge.item(), step + 1)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
+        losses, gnorm = _train_step(data, run, cfg, step, kind, rng, device)
         sched.step()
-        if averaged is not None:
-            ema_update(averaged, trained, ema_decay_at(step, cfg.ema_decay))
         step += 1
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        writer.add_scalar(f"loss/{kind}", loss.item(), step)
+        smooth = losses["answer"] if smooth is None else 0.98 * smooth + 0.02 * losses["answer"]
+        for name, value in losses.items():
+            writer.add_scalar(f"loss/{kind}" if name == "answer" else f"loss/{name}", value, step)
         writer.add_scalar("lr", sched.get_last_lr()[0], step)
-        writer.add_scalar("grad_norm", float(gnorm), step)
+        writer.add_scalar("grad_norm", gnorm, step)
         bar.update(1)
-        bar.set_postfix(loss=f"{ema:.3f}")
-        if calib is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-            with averaged_weights(trained, averaged):
-                metrics = evaluate(model, processor, calib)
-            flat = {f"{t}/{k}": v for t, m in metrics.items() for k, v in m.items() if k != "n"}
-            for k, v in flat.items():
-                writer.add_scalar(f"calibration/{k}", v, step)
-            history.append({"step": step, "elapsed_s": round(time.perf_counter() - t0, 1), **{
-                k: round(v, 4) for k, v in flat.items() if k.endswith(("balanced_accuracy", "/accuracy"))}})
+        bar.set_postfix(loss=f"{smooth:.3f}")
+        if data.calib is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+            history.append(_calibration_eval(data, run, step, t0, writer))
             bar.write(json.dumps(history[-1]))
-            model.train()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_at:
-            _save_checkpoint(ckpt, model, heads, opt, step, rng, time.perf_counter() - t0, shadow)
+            _save_checkpoint(ckpt, run.model, heads, run.opt, step, rng, time.perf_counter() - t0, run.shadow)
         if step == stop_at:
             bar.close()
             writer.close()
             return {"steps": step, "stopped": True}
     bar.close()
     writer.close()
-    train_s = time.perf_counter() - t0
-    if averaged is not None:
-        _copy(trained, averaged)
-    model.to("cpu", torch.bfloat16).save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    summary = {"device": device, "model": model_cfg.to_dict(), "train": cfg.to_dict(), "steps": step,
-               "train_seconds": round(train_s, 1), "prep_seconds": round(prep_s, 1),
-               "parameters": sum(p.numel() for p in model.parameters()),
-               "vocab_size": len(tok), "pool_sizes": {k: len(p.lengths) for k, p in pools.items()},
-               "calibration_history": history, "data_dir": str(data_dir)}
-    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return _finish(data, run, out_dir, model_cfg, cfg, step, time.perf_counter() - t0, history, data_dir, device)
 
 
 def export_checkpoint(out_dir: str | Path) -> Path:
