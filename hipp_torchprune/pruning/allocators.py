@@ -56,3 +56,16 @@ class RandomAllocator:
         weights = (gamma / gamma.sum()).tolist()
         sizes = [w * p for w, p in zip(request.widths, request.row_params)]
         return list(waterfill(weights, sizes, request.sparsity, request.r_max))
+
+
+def sensitivity_ratios(drops: list[float] | tuple[float, ...], sizes: list[float] | tuple[float, ...],
+                       sparsity: float, r_max: float, floor: float = 0.01) -> tuple[float, ...]:
+    """Layer ratios from measured single-layer sensitivity: prune the least harmful layers most.
+
+    ``drops[l]`` is the metric lost when layer ``l`` alone is pruned (e.g. POPE points as a
+    fraction, at a fixed single-layer ratio). Weights ``1 / (max(drop, 0) + floor)`` are
+    water-filled under ``r_max`` to the parameter-weighted ``sparsity``; ``floor`` keeps layers
+    whose drop is zero or negative (noise) finite.
+    """
+    weights = [1.0 / (max(d, 0.0) + floor) for d in drops]
+    return waterfill(weights, sizes, sparsity, r_max)
