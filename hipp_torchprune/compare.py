@@ -21,13 +21,12 @@ import copy
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hipp_torchprune.atomic import write_atomic
 from hipp_torchprune.errors import HippError
 from hipp_torchprune.recovery.config import RecoveryConfig
 
@@ -123,14 +122,7 @@ def fmt_pm(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> st
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        Path(tmp).write_text(json.dumps(obj, indent=1))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))
 
 
 def cell_key(table: str, method: str, preference: Sequence[float] | None, seed: int) -> str:

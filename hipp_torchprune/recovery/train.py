@@ -4,8 +4,6 @@ tqdm progress, TensorBoard, resumable checkpoints, LoRA merged back at the same 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hipp_torchprune.atomic import write_atomic
 from hipp_torchprune.recovery.config import RecoveryConfig, RecoveryError
 from hipp_torchprune.recovery.data import Row, encode_rows, load_pool, step_rows
 from hipp_torchprune.recovery.lora import ShapeSnapshot, attach, merge
@@ -108,14 +107,7 @@ def _forward_logprobs(net: nn.Module, batch: dict[str, torch.Tensor], device: to
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def _trainable(net: nn.Module) -> dict[str, nn.Parameter]:
