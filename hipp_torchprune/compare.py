@@ -77,6 +77,8 @@ class CompareConfig:
     tolerance: float = 0.005
     #: Device for every cell (None: ``cuda`` when available, else ``cpu``). Not part of the signature.
     device: str | None = None
+    #: Model dtype (``auto``: the checkpoint's own; see :data:`~hipp_torchprune.loading.DTYPE_CHOICES`).
+    dtype: str = "auto"
 
     def signature(self) -> str:
         """Hash of everything that changes results (not ``seeds``/``methods``: those only add cells)."""
@@ -219,7 +221,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
     from hipp_torchprune.calib_data import calibration_samples
     from hipp_torchprune.evaluation import evaluate, prepare_eval
     from hipp_torchprune.hipp.policy_io import load_policy
-    from hipp_torchprune.loading import load_model
+    from hipp_torchprune.loading import load_model, parse_dtype
     from hipp_torchprune.registry import default_registry
 
     registry = registry or default_registry()
@@ -230,6 +232,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
                            "(install plugins/hipp-baselines)")
     if not config.seeds:
         raise CompareError("give at least one seed")
+    parse_dtype(config.dtype)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
@@ -250,7 +253,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
         writer = SummaryWriter(str(out / "tensorboard"))
         import torch
 
-        model, processor = load_model(config.model)
+        model, processor = load_model(config.model, dtype=config.dtype)
         model.to(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         policies = {"main": load_policy(config.policy), **{n: load_policy(d) for n, d in config.samplers}}
         samples = calibration_samples(config.data, config.calib_n)

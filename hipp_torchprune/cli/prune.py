@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from hipp_torchprune.loading import add_dtype_argument
 from hipp_torchprune.pruning.plan import Plan
 
 
@@ -26,6 +27,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--policy", default=None, help="HiPP policy directory (with --strategy hipp)")
     p.add_argument("--preference", default=None, help="w_rob,w_util,w_comp for --strategy hipp")
     p.add_argument("--config", default=None, help="YAML file of PruneConfig fields; command-line flags win")
+    add_dtype_argument(p)
     p.set_defaults(func=run)
 
 
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     strategy_cls = registry.get("strategy", args.strategy)
     strategy_calib = bool(getattr(strategy_cls, "needs_calibration", False))  # e.g. owl, ecoflap
     options = _strategy_options(args)
-    model, processor = load_model(args.model, seed=args.seed)
+    model, processor = load_model(args.model, seed=args.seed, dtype=args.dtype)
     spec = _calibration_spec(args, args.model in TINY_MODELS, scorer_cls.needs_calibration or strategy_calib)
     stats = None
     if spec is not None:
