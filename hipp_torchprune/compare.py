@@ -21,13 +21,12 @@ import copy
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hipp_torchprune.atomic import write_atomic
 from hipp_torchprune.errors import HippError
 from hipp_torchprune.recovery.config import RecoveryConfig
 
@@ -78,6 +77,8 @@ class CompareConfig:
     tolerance: float = 0.005
     #: Device for every cell (None: ``cuda`` when available, else ``cpu``). Not part of the signature.
     device: str | None = None
+    #: Model dtype (``auto``: the checkpoint's own; see :data:`~hipp_torchprune.loading.DTYPE_CHOICES`).
+    dtype: str = "auto"
 
     def signature(self) -> str:
         """Hash of everything that changes results (not ``seeds``/``methods``: those only add cells)."""
@@ -123,14 +124,7 @@ def fmt_pm(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> st
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        Path(tmp).write_text(json.dumps(obj, indent=1))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))
 
 
 def cell_key(table: str, method: str, preference: Sequence[float] | None, seed: int) -> str:
@@ -225,7 +219,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
     from hipp_torchprune.calib_data import calibration_samples
     from hipp_torchprune.evaluation import evaluate, prepare_eval
     from hipp_torchprune.hipp.policy_io import load_policy
-    from hipp_torchprune.loading import load_model
+    from hipp_torchprune.loading import load_model, parse_dtype
     from hipp_torchprune.registry import default_registry
 
     registry = registry or default_registry()
@@ -236,6 +230,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
                            "(install plugins/hipp-baselines)")
     if not config.seeds:
         raise CompareError("give at least one seed")
+    parse_dtype(config.dtype)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
@@ -256,7 +251,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
         writer = SummaryWriter(str(out / "tensorboard"))
         import torch
 
-        model, processor = load_model(config.model)
+        model, processor = load_model(config.model, dtype=config.dtype)
         model.to(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         policies = {"main": load_policy(config.policy), **{n: load_policy(d) for n, d in config.samplers}}
         samples = calibration_samples(config.data, config.calib_n)

@@ -18,7 +18,7 @@ from hipp_torchprune.calib_data import calibration_samples
 from hipp_torchprune.checkpoint import save_pruned
 from hipp_torchprune.evaluation import evaluate, prepare_eval
 from hipp_torchprune.hipp.policy_io import load_policy
-from hipp_torchprune.loading import load_model
+from hipp_torchprune.loading import load_model, parse_dtype
 
 #: The HiPP policy trained on the demo model, shipped beside it.
 DEMO_POLICY_DIR: Path = Path(__file__).resolve().parent / "assets" / "demo-policy"
@@ -41,11 +41,13 @@ def _scores(model: Any, processor: Any, prepared: Any, plan: Any = None, scorer:
 
 
 def run_demo(model_spec: str, policy_dir: str | Path, world_dir: str | Path, out_dir: str | Path, *,
-             limit: int | None = None, calib_n: int = 64) -> list[dict[str, Any]]:
-    """Run the job; returns the table rows (also written to ``out_dir/demo.json``)."""
+             limit: int | None = None, calib_n: int = 64, dtype: str | None = None) -> list[dict[str, Any]]:
+    """Run the job; returns the table rows (also written to ``out_dir/demo.json``). ``dtype``:
+    see :func:`~hipp_torchprune.loading.parse_dtype` (default: the checkpoint's own)."""
+    parse_dtype(dtype)  # a bad name fails before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, processor = load_model(model_spec)
+    model, processor = load_model(model_spec, dtype=dtype)
     policy = load_policy(policy_dir)
     stats = api.calibrate(model, processor, calibration_samples(str(world_dir), calib_n))
     scorer = api.importance("wanda", model, stats)

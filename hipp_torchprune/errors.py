@@ -39,3 +39,7 @@ class CheckpointError(HippError, OSError):
 
 class DataError(HippError, ValueError):
     """A dataset is missing a file or column, has unreadable images, or names an unknown task."""
+
+
+class DtypeError(HippError, ValueError):
+    """A dtype name is not one of the accepted ones (the message lists them)."""

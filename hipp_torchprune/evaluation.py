@@ -296,12 +296,12 @@ def load_model_and_processor(path: str | Path, device: str | None = None,
     """Load a checkpoint directory, dense or pruned (or "demo"), as ``(model, processor)`` in eval mode.
 
     Goes through :func:`hipp_torchprune.loading.load_model`, so pruned checkpoints with per-layer
-    MLP widths load too. ``dtype`` defaults to float32 on CPU and bfloat16 on GPU.
+    MLP widths load too. ``dtype`` (a :data:`~hipp_torchprune.loading.DTYPE_CHOICES` name) defaults
+    to the checkpoint's own; ``device`` to ``cuda`` when available.
     """
     import torch
 
     from hipp_torchprune.loading import load_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = getattr(torch, dtype) if dtype else (torch.float32 if device == "cpu" else torch.bfloat16)
-    return load_model(path, dtype=torch_dtype, device=device)
+    return load_model(path, dtype=dtype, device=device)

@@ -1,18 +1,21 @@
-"""Pruned checkpoints: round trip, dense HF directories, and bad checkpoints."""
+"""Pruned checkpoints: round trip, dtype and tying, the on-disk format, sharding, and bad checkpoints."""
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save_file, save_model
 
 from hipp_torchprune import api
 from hipp_torchprune.checkpoint import PRUNING_FILE, load_pruned, save_pruned
 from hipp_torchprune.errors import CheckpointError
 from hipp_torchprune.loading import load_model, load_processor
+from hipp_torchprune.models.tiny import build_tiny
 from tests.conftest import PROMPTS, images
 
 
@@ -97,7 +100,7 @@ def test_failed_save_leaves_nothing(tiny, tmp_path: Path) -> None:
 def test_overwrite_keeps_old_checkpoint_when_swap_fails(tiny, tmp_path: Path, monkeypatch) -> None:
     import os
 
-    from hipp_torchprune import checkpoint
+    from hipp_torchprune import atomic
 
     _, model, processor = tiny
     save_pruned(model, tmp_path / "ck", processor, plan={"version": 1})
@@ -110,7 +113,7 @@ def test_overwrite_keeps_old_checkpoint_when_swap_fails(tiny, tmp_path: Path, mo
             raise OSError("killed")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(checkpoint.os, "replace", flaky)
+    monkeypatch.setattr(atomic.os, "replace", flaky)
     with pytest.raises(OSError, match="killed"):
         save_pruned(model, tmp_path / "ck", processor, plan={"version": 2})
     monkeypatch.undo()
@@ -176,3 +179,216 @@ def test_reshape_of_unknown_parameter_is_refused(tmp_path: Path) -> None:
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="reshapes 'model.nowhere.weight', which the model does not have"):
         load_pruned(tmp_path / "ck")
+
+
+# ---------------------------------------------------------------- dtype, tying, exactness
+
+
+def _as_loaded_in_bf16(model, tmp_path: Path):
+    """``model`` as transformers itself loads it in bf16 (``from_pretrained(dtype=bfloat16)``):
+    bf16 weights, fp32 rotary ``inv_freq``."""
+    model.save_pretrained(tmp_path / "hf-dense")
+    loaded = type(model).from_pretrained(tmp_path / "hf-dense", dtype=torch.bfloat16).eval()
+    assert loaded.model.language_model.rotary_emb.inv_freq.dtype == torch.float32
+    return loaded
+
+
+def _logits(model, processor, n: int = 2) -> torch.Tensor:
+    adapter = api.get_adapter(model)
+    with torch.no_grad():
+        return model(**adapter.encode(processor, images(n), PROMPTS[:n])).logits
+
+
+def test_bf16_round_trip_reproduces_logits_exactly(tiny, tmp_path: Path) -> None:
+    _, model, processor = tiny
+    model = _as_loaded_in_bf16(model, tmp_path)
+    _pruned(model)
+    ref = _logits(model, processor)
+    save_pruned(model, tmp_path / "ck", processor)
+    loaded = load_pruned(tmp_path / "ck")
+    assert loaded.model.language_model.rotary_emb.inv_freq.dtype == torch.float32
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert torch.equal(_logits(loaded, processor), ref)
+
+
+def test_tiny_qwen_ties_embeddings_like_the_3b() -> None:
+    model, _ = build_tiny("tiny-qwen2_5_vl")
+    assert model.config.tie_word_embeddings
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+
+
+def test_tied_checkpoint_reloads_tied(tmp_path: Path) -> None:
+    model, processor = build_tiny("tiny-qwen2_5_vl")
+    _pruned(model)
+    ref = _logits(model, processor)
+    save_pruned(model, tmp_path / "ck", processor)
+    stored = load_file(tmp_path / "ck" / "model.safetensors")
+    assert "lm_head.weight" not in stored and "model.language_model.embed_tokens.weight" in stored
+    loaded = load_pruned(tmp_path / "ck")
+    assert loaded.lm_head.weight is loaded.get_input_embeddings().weight
+    assert torch.equal(_logits(loaded, processor), ref)
+
+
+def test_checkpoint_keeps_dtype_and_config_tells_the_truth(tiny, tmp_path: Path) -> None:
+    _, model, processor = tiny
+    model = _as_loaded_in_bf16(model, tmp_path)
+    dense_dir = save_pruned(model, tmp_path / "dense", processor)
+    plan = _pruned(model)
+    save_pruned(model, tmp_path / "ck", processor)
+    stored = load_file(tmp_path / "ck" / "model.safetensors")
+    assert {t.dtype for t in stored.values() if t.is_floating_point()} == {torch.bfloat16}
+    size = (tmp_path / "ck" / "model.safetensors").stat().st_size
+    assert size < (dense_dir / "model.safetensors").stat().st_size
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert config["dtype"] == "bfloat16"
+    assert config["text_config"]["intermediate_size"] == max(plan.widths_after) < plan.widths_before[0]
+    assert config["text_config"]["hipp_intermediate_sizes"] == list(plan.widths_after)
+    assert model.config.text_config.intermediate_size == plan.widths_before[0]  # the live config is untouched
+
+
+def test_uniform_widths_make_a_plain_transformers_checkpoint(tiny, tmp_path: Path) -> None:
+    _, model, processor = tiny
+    plan = api.make_plan(model, "uniform", 0.25, round_to=16)
+    api.prune_model(model, plan, api.importance("magnitude", model))
+    save_pruned(model, tmp_path / "ck", processor)
+    assert "hipp_intermediate_sizes" not in json.loads((tmp_path / "ck" / "config.json").read_text())["text_config"]
+    plain = type(model).from_pretrained(tmp_path / "ck").eval()
+    assert torch.equal(_logits(plain, processor), _logits(model, processor))
+
+
+def test_previous_format_still_loads(tiny, tmp_path: Path) -> None:
+    """``hipp-torchprune/1``: fp32 weights under a config that says bf16, the dense intermediate_size."""
+    _, model, processor = tiny
+    plan = _pruned(model)
+    ref = _logits(model, processor)
+    old = tmp_path / "v1"
+    old.mkdir()
+    save_model(model, str(old / "model.safetensors"), metadata={"format": "pt"})
+    model.config.architectures = [type(model).__name__]
+    model.config.dtype = torch.bfloat16
+    model.config.save_pretrained(old)
+    processor.save_pretrained(old)
+    (old / PRUNING_FILE).write_text(json.dumps({"format": "hipp-torchprune/1", "architecture": type(model).__name__,
+                                                "intermediate_sizes": list(plan.widths_after), "plan": {}}))
+    loaded = load_pruned(old)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert torch.equal(_logits(loaded, processor), ref)
+
+
+def test_unknown_format_is_refused(tiny, tmp_path: Path) -> None:
+    _, model, processor = tiny
+    save_pruned(model, tmp_path / "ck", processor)
+    meta_path = tmp_path / "ck" / PRUNING_FILE
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "format": "hipp-torchprune/99"}))
+    with pytest.raises(CheckpointError, match="hipp-torchprune/99"):
+        load_pruned(tmp_path / "ck")
+
+
+def test_load_pruned_spends_no_time_on_random_init(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every weight comes from the files; at 7B, initializing the resized MLPs alone takes over a minute."""
+    model, processor = build_tiny("tiny-llava")
+    _pruned(model)
+    save_pruned(model, tmp_path / "ck", processor)
+
+    def no_init(*args, **kwargs):
+        raise AssertionError("random init during load_pruned")
+
+    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", no_init)
+    monkeypatch.setattr(torch.nn.init, "normal_", no_init)
+    load_pruned(tmp_path / "ck")
+
+
+def test_load_pruned_converts_to_a_requested_dtype(tmp_path: Path) -> None:
+    model, processor = build_tiny("tiny-llava")
+    _pruned(model)
+    save_pruned(model, tmp_path / "ck", processor)
+    loaded = load_pruned(tmp_path / "ck", dtype=torch.bfloat16)
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert loaded.model.language_model.rotary_emb.inv_freq.dtype == torch.float32
+
+
+# ---------------------------------------------------------------- sharding and permissions
+
+
+def test_large_weights_are_sharded_like_transformers(tiny, tmp_path: Path) -> None:
+    _, model, processor = tiny
+    _pruned(model)
+    ref = _logits(model, processor)
+    limit = 200_000
+    save_pruned(model, tmp_path / "ck", processor, max_shard_size=limit)
+    index = json.loads((tmp_path / "ck" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and not (tmp_path / "ck" / "model.safetensors").exists()
+    assert shards == [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    stored: dict[str, torch.Tensor] = {}
+    for name in shards:
+        part = load_file(tmp_path / "ck" / name)
+        assert sum(t.numel() * t.element_size() for t in part.values()) <= limit or len(part) == 1
+        assert all(index["weight_map"][k] == name for k in part)
+        stored.update(part)
+    assert set(stored) == set(index["weight_map"])
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in stored.values())
+    assert torch.equal(_logits(load_pruned(tmp_path / "ck"), processor), ref)
+
+
+def test_sharded_dense_checkpoint_loads_in_transformers(tiny, tmp_path: Path) -> None:
+    _, model, processor = tiny
+    save_pruned(model, tmp_path / "ck", processor, max_shard_size="100KB")
+    assert (tmp_path / "ck" / "model.safetensors.index.json").exists()
+    plain = type(model).from_pretrained(tmp_path / "ck").eval()
+    assert torch.equal(_logits(plain, processor), _logits(model, processor))
+
+
+def test_missing_shard_is_refused(tmp_path: Path) -> None:
+    model, processor = build_tiny("tiny-llava")
+    save_pruned(model, tmp_path / "ck", processor, max_shard_size="100KB")
+    (tmp_path / "ck" / "model-00002-of-{:05d}.safetensors".format(
+        len(set(json.loads((tmp_path / "ck" / "model.safetensors.index.json").read_text())["weight_map"].values())))
+     ).unlink()
+    with pytest.raises(CheckpointError, match="lacks shard"):
+        load_pruned(tmp_path / "ck")
+
+
+@pytest.mark.parametrize("size", ["lots", 0, "-5GB"])
+def test_bad_max_shard_size_writes_nothing(tmp_path: Path, size: object) -> None:
+    model, processor = build_tiny("tiny-llava")
+    with pytest.raises(CheckpointError, match="max_shard_size"):
+        save_pruned(model, tmp_path / "ck", processor, max_shard_size=size)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_directory_has_ordinary_permissions(tmp_path: Path) -> None:
+    model, processor = build_tiny("tiny-llava")
+    old = os.umask(0o027)
+    try:
+        save_pruned(model, tmp_path / "ck", processor, max_shard_size="100KB")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "ck").stat().st_mode) == 0o750
+    files = list((tmp_path / "ck").iterdir())
+    assert any(f.suffix == ".safetensors" for f in files)
+    assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o640}
+
+
+# ---------------------------------------------------------------- extension: reshapers
+
+
+def _o_proj_with_bias(model, layers: list[int]) -> None:
+    for i in layers:
+        attn = api.get_adapter(model).decoder_layers()[i].self_attn
+        old = attn.o_proj
+        attn.o_proj = torch.nn.Linear(old.in_features, old.out_features, bias=True, dtype=old.weight.dtype)
+
+
+def test_recorded_reshape_is_applied_on_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hipp_torchprune import checkpoint
+
+    model, processor = build_tiny("tiny-llava")
+    _o_proj_with_bias(model, [1])
+    torch.nn.init.normal_(api.get_adapter(model).decoder_layers()[1].self_attn.o_proj.bias)
+    ref = _logits(model, processor)
+    save_pruned(model, tmp_path / "ck", processor, reshape={"o-proj-bias": [1]})
+    with pytest.raises(CheckpointError, match="o-proj-bias"):
+        load_pruned(tmp_path / "ck")
+    monkeypatch.setitem(checkpoint.RESHAPERS, "o-proj-bias", _o_proj_with_bias)
+    assert torch.equal(_logits(load_pruned(tmp_path / "ck"), processor), ref)

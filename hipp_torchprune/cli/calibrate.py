@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from hipp_torchprune.loading import add_dtype_argument
+
 
 def register(subparsers: Any) -> None:
     """Add the ``calibrate`` subcommand."""
@@ -16,6 +18,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cache", default=None, help="write profile.json + calibration.safetensors here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", default=None, help="write a PNG of visual sensitivity by depth")
+    add_dtype_argument(p)
     p.set_defaults(func=run)
 
 
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from hipp_torchprune.hipp.profile import calibration_key, save_calibration
     from hipp_torchprune.loading import load_model
 
-    model, processor = load_model(args.model)
+    model, processor = load_model(args.model, dtype=args.dtype)
     profile, stats, _ = profile_model(model, processor, calibration_samples(args.data, args.n))
     if args.cache:
         save_calibration(args.cache, profile, stats, calibration_key(model, args.data, args.n))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from hipp_torchprune.loading import add_dtype_argument
+
 
 def _prefs(text: str) -> tuple[tuple[float, float, float], ...]:
     from hipp_torchprune.hipp.preferences import parse_preference
@@ -45,6 +47,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing results.json")
     p.add_argument("--no-progress", action="store_true")
+    add_dtype_argument(p)
     p.set_defaults(func=run)
 
 
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                                 lora_layers=args.lora_layers, save_every=quarter,
                                 select_every=quarter if args.select_every is None else args.select_every),
         calib_n=args.calib_n, limit=args.limit, tolerance=args.tolerance,
-        device=args.device)
+        device=args.device, dtype=args.dtype)
     run_compare(config, args.out, progress=not args.no_progress, fresh=args.fresh)
     from pathlib import Path
 

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from hipp_torchprune.loading import add_dtype_argument
+
 
 def register(subparsers: Any) -> None:
     """Add the ``demo`` subcommand."""
@@ -17,18 +19,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--images", type=int, default=1000, help="images in the world")
     p.add_argument("--limit", type=int, default=None, help="examples per task")
     p.add_argument("--out", default="out/demo", help="table, plot and pruned checkpoints go here")
+    add_dtype_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``hipp demo``."""
     from hipp_torchprune.demo_job import DEMO_POLICY_DIR, format_rows, run_demo
+    from hipp_torchprune.loading import parse_dtype
     from hipp_torchprune.world import build_world
 
+    parse_dtype(args.dtype)  # a bad name fails before a world is built
     world = Path(args.world)
     if not (world / "manifest.json").exists():
         build_world(world, seed=args.seed, n_images=args.images)
-    rows = run_demo(args.model, args.policy or DEMO_POLICY_DIR, world, args.out, limit=args.limit)
+    rows = run_demo(args.model, args.policy or DEMO_POLICY_DIR, world, args.out, limit=args.limit, dtype=args.dtype)
     print(format_rows(rows))
     print(f"wrote {args.out}/demo.json and {args.out}/robustness_utility.png")
     return 0

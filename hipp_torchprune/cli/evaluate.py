@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from hipp_torchprune.loading import add_dtype_argument
+
 DEFAULT_TASKS = "pope_random,pope_popular,pope_adversarial,scienceqa"
 
 
@@ -43,7 +45,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
     p.add_argument("--split", default="test", help="split of a world directory (default test)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default by device)")
+    add_dtype_argument(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object keyed by task")
     p.set_defaults(func=_eval)

@@ -8,6 +8,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from hipp_torchprune.loading import add_dtype_argument
 from hipp_torchprune.pruning.plan import Plan
 
 #: ``--strategy`` / ``--importance`` defaults (``--method`` replaces both).
@@ -36,6 +37,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--policy", default=None, help="HiPP policy directory (with --method hipp or --strategy hipp)")
     p.add_argument("--preference", default=None, help="w_rob,w_util,w_comp (with --method hipp or --strategy hipp)")
     p.add_argument("--config", default=None, help="YAML file of PruneConfig fields; command-line flags win")
+    add_dtype_argument(p)
     p.set_defaults(func=run)
 
 
@@ -164,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     registry = default_registry()
     method, what = _resolve_method(args, registry)
     options = _method_options(args, method, what)
-    model, processor = load_model(args.model, seed=args.seed)
+    model, processor = load_model(args.model, seed=args.seed, dtype=args.dtype)
     check_method(method, model)  # e.g. slicegpt refuses Qwen2.5-VL before any calibration
     widths_before = api.get_adapter(model, registry).intermediate_widths()
     context = _context(args, method, what, model, processor, registry, options)

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from hipp_torchprune.loading import add_dtype_argument
+
 
 def register(subparsers: Any) -> None:
     """Add the ``recover`` subcommand."""
@@ -32,6 +34,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--work-dir", default=None, help="resume state + TensorBoard logs (default OUT.recovery)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the final losses as one JSON object")
+    add_dtype_argument(p)
     p.set_defaults(func=run)
 
 
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
                             lora_rank=args.lora_rank, data=args.data_mix, w_rob=w_rob, limit=args.limit,
                             seed=args.seed, save_every=args.save_every, select_every=args.select_every)
     result = recover_checkpoint(args.model, args.data, args.out, config, work_dir=args.work_dir,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, dtype=args.dtype)
     last = result.history[-1] if result.history else {}
     if args.json:
         print(json.dumps({"out": args.out, "steps": config.steps, "resumed_from": result.resumed_from,

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from hipp_torchprune.loading import add_dtype_argument
+
 
 def _budget(text: str) -> tuple[float, float]:
     lo, hi = (float(x) for x in text.split(","))
@@ -34,6 +36,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the final log record as JSON")
     p.add_argument("--config", default=None,
                    help="YAML of TrainConfig fields (nested policy:/gate:); replaces the training flags above")
+    add_dtype_argument(p)
     p.set_defaults(func=run)
 
 
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     state = _distributed_state()
     result = train_from_data(args.model, args.data, args.out, config, round_to=args.round_to, calib_n=args.calib_n,
                              reward_limit=args.reward_limit, calibration=args.calibration,
-                             resume=not args.no_resume, state=state)
+                             resume=not args.no_resume, state=state, dtype=args.dtype)
     if state is not None and not state.is_main_process:
         return 0
     last = result["history"][-1] if result["history"] else {}

@@ -43,12 +43,13 @@ def calibrated_profile(model: Any, processor: Any, data_dir: str | Path, calib_n
 def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, config: TrainConfig, *,
                     round_to: int = 64, calib_n: int = 64, reward_limit: int = 128, reward_split: str = "calibration",
                     calibration: str | Path | None = None, resume: bool = True, state: Any = None,
-                    progress: bool = True) -> dict[str, Any]:
+                    progress: bool = True, dtype: str | None = None) -> dict[str, Any]:
     """Train a HiPP policy for ``model_spec`` on ``data_dir`` and save it to ``out``.
 
-    ``calibration`` is a cache from ``hipp calibrate --cache`` (default: ``out/calibration``).
+    ``calibration`` is a cache from ``hipp calibrate --cache`` (default: ``out/calibration``);
+    ``dtype`` is the model's (default: the checkpoint's own, see :func:`~hipp_torchprune.loading.parse_dtype`).
     """
-    model, processor = load_model(model_spec)
+    model, processor = load_model(model_spec, dtype=dtype)
     cache = Path(calibration) if calibration is not None else Path(out) / "calibration"
     profile, scores = calibrated_profile(model, processor, data_dir, calib_n, cache, state)
     adapter = api.get_adapter(model)

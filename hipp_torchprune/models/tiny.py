@@ -51,7 +51,8 @@ def tiny_llava(seed: int = 0, intermediate_size: int = 256, num_layers: int = 4)
 
 
 def tiny_qwen2_5_vl(seed: int = 0, intermediate_size: int = 256, num_layers: int = 4) -> tuple[nn.Module, Any]:
-    """A random Qwen2.5-VL (56px images -> 4 merged image tokens, Qwen2 hidden 64) and its processor."""
+    """A random Qwen2.5-VL (56px images -> 4 merged image tokens, Qwen2 hidden 64, ``lm_head`` tied to
+    the input embeddings as in Qwen2.5-VL-3B) and its processor."""
     specials = (IMAGE_PAD, *(t for t in QWEN_SPECIALS if t != IMAGE_PAD))
     tokenizer = build_word_tokenizer(TINY_WORDS, extra_special_tokens=specials)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
@@ -66,6 +67,7 @@ def tiny_qwen2_5_vl(seed: int = 0, intermediate_size: int = 256, num_layers: int
                          pad_token_id=tokenizer.pad_token_id),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,  # like Qwen2.5-VL-3B: lm_head shares embed_tokens' weight
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()

@@ -4,8 +4,6 @@ tqdm progress, TensorBoard, resumable checkpoints, LoRA merged back at the same 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hipp_torchprune.atomic import write_atomic
 from hipp_torchprune.recovery.config import RecoveryConfig, RecoveryError
 from hipp_torchprune.recovery.data import Row, encode_rows, load_pool, step_rows
 from hipp_torchprune.recovery.lora import ShapeSnapshot, attach, merge
@@ -108,14 +107,7 @@ def _forward_logprobs(net: nn.Module, batch: dict[str, torch.Tensor], device: to
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def _trainable(net: nn.Module) -> dict[str, nn.Parameter]:
@@ -236,17 +228,19 @@ def _score(net: nn.Module, processor: Any, prepared: Any) -> float:
 
 
 def recover_checkpoint(model_dir: str | Path, data_dir: str | Path, out: str | Path, config: RecoveryConfig, *,
-                       work_dir: str | Path | None = None, progress: bool = True) -> RecoveryResult:
+                       work_dir: str | Path | None = None, progress: bool = True,
+                       dtype: str | None = None) -> RecoveryResult:
     """Load a pruned checkpoint, recover it, and save it to ``out`` at the same widths.
 
     ``out`` is written atomically (:func:`~hipp_torchprune.checkpoint.save_pruned`) and gets
-    ``recovery.json`` (config and loss log). ``work_dir`` defaults to ``OUT.recovery``.
+    ``recovery.json`` (config and loss log). ``work_dir`` defaults to ``OUT.recovery``; ``dtype`` is
+    the model's (default: the checkpoint's own, see :func:`~hipp_torchprune.loading.parse_dtype`).
     """
     from hipp_torchprune.checkpoint import read_pruning_meta, save_pruned
     from hipp_torchprune.loading import load_model, resolve_model_dir
     from hipp_torchprune.models.tiny import TINY_MODELS
 
-    model, processor = load_model(model_dir, seed=config.seed)
+    model, processor = load_model(model_dir, seed=config.seed, dtype=dtype)
     meta = None if str(model_dir) in TINY_MODELS else read_pruning_meta(resolve_model_dir(model_dir))
     out = Path(out)
     work = Path(work_dir) if work_dir is not None else out.parent / f"{out.name}.recovery"
