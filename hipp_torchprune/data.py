@@ -170,3 +170,18 @@ def load_scenes(data_dir: str | Path, split: str = "train") -> list[dict[str, An
     if not path.is_file():
         raise DataError(f"{path}: scene annotations not found (is this a proving-ground world?)")
     return read_rows(path, ("image_source", "image", "scene_type", "objects"))
+
+
+def world_version(data_dir: str | Path) -> int:
+    """The generator version of a proving-ground world (its manifest's ``version``; 1 for worlds
+    written before versions existed, and for directories without a manifest)."""
+    import json
+
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        return 1
+    try:
+        manifest = json.loads(path.read_text())
+        return int(manifest.get("version") or str(manifest.get("format", "hipp-world/1")).rpartition("/")[2])
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
+        raise DataError(f"{path}: not a world manifest ({exc})") from exc

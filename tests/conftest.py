@@ -19,20 +19,21 @@ PROMPTS = ["Is there a red object in the image?", "How many objects are in the i
 
 @pytest.fixture(scope="session")
 def make_world(tmp_path_factory: pytest.TempPathFactory):
-    """``make_world(seed, n_images) -> Path``: a proving-ground world, built once per session.
+    """``make_world(seed, n_images, version=None) -> Path``: a proving-ground world (the default
+    generator version unless given), built once per session.
 
     Tests must not write into it; copy what they want to break.
     """
     from hipp_torchprune.world import build_world
 
-    built: dict[tuple[int, int], Path] = {}
+    built: dict[tuple[int, int, int | None], Path] = {}
 
-    def make(seed: int, n_images: int) -> Path:
-        if (seed, n_images) not in built:
-            out = tmp_path_factory.mktemp(f"world-s{seed}-n{n_images}") / "world"
-            build_world(out, seed=seed, n_images=n_images)
-            built[(seed, n_images)] = out
-        return built[(seed, n_images)]
+    def make(seed: int, n_images: int, version: int | None = None) -> Path:
+        if (seed, n_images, version) not in built:
+            out = tmp_path_factory.mktemp(f"world-s{seed}-n{n_images}-v{version}") / "world"
+            build_world(out, seed=seed, n_images=n_images, version=version)
+            built[(seed, n_images, version)] = out
+        return built[(seed, n_images, version)]
 
     return make
 

@@ -10,9 +10,9 @@ from typing import Any
 def _build(args: argparse.Namespace) -> int:
     from hipp_torchprune.world.build import build_world
 
-    manifest = build_world(args.out, seed=args.seed, n_images=args.images)
+    manifest = build_world(args.out, seed=args.seed, n_images=args.images, version=args.version)
     summary: dict[str, Any] = {
-        "out": str(args.out), "seed": manifest["seed"], "content_hash": manifest["content_hash"],
+        "out": str(args.out), "seed": manifest["seed"], "version": manifest["version"], "content_hash": manifest["content_hash"],
         "splits": {s: {"images": v["images"], "pope": sum(v["pope"].values()), "scienceqa": v["scienceqa"]}
                    for s, v in manifest["splits"].items()},
     }
@@ -28,4 +28,7 @@ def register(subparsers: Any) -> None:
     build.add_argument("--out", required=True, help="output directory")
     build.add_argument("--seed", type=int, required=True, help="world seed (same seed => same bytes)")
     build.add_argument("--images", type=int, default=6000, help="number of images (default 6000)")
+    build.add_argument("--version", type=int, choices=(1, 2), default=1,
+                       help="world generator: 1 (default; the shipped demo model's world) or 2 (proving "
+                            "ground v2: companions, occluders hiding objects, world-knowledge questions)")
     build.set_defaults(func=_build)

@@ -22,6 +22,7 @@ from hipp_torchprune.data import (
     load_scenes,
     load_task_docs,
     parse_tasks,
+    world_version,
     pope_prompt,
     scienceqa_prompt,
 )
@@ -34,7 +35,7 @@ from hipp_torchprune.world.pope import (
     random_negatives,
 )
 from hipp_torchprune.world.scenes import ObjectAnn, Scene
-from hipp_torchprune.world.scienceqa import GENERATORS, OWNERS
+from hipp_torchprune.world.scienceqa import OWNERS, generators
 
 Kind = Literal["pope", "mc", "caption", "short", "relation"]
 KINDS: tuple[Kind, ...] = ("pope", "mc", "caption", "short", "relation")
@@ -101,10 +102,10 @@ def yes_no_examples(i: int, scene: Scene, stats: CooccurrenceStats, rng: np.rand
     return out
 
 
-def mc_examples(i: int, scene: Scene, rng: np.random.Generator) -> list[Example]:
-    """One ScienceQA-style question of each kind that applies to the scene."""
+def mc_examples(i: int, scene: Scene, rng: np.random.Generator, version: int = 2) -> list[Example]:
+    """One ScienceQA-style question of each kind (of world ``version``) that applies to the scene."""
     out = []
-    for gen, _ in GENERATORS:
+    for gen, _ in generators(version):
         q = gen(scene, rng)
         if q is not None:
             doc = {"hint": q.hint, "question": q.question, "choices": list(q.choices)}
@@ -182,10 +183,11 @@ def build_examples(data_dir: str | Path, seed: int,
         ex["mc"].append(Example(index[d["image"]["path"].removesuffix(".png")], scienceqa_prompt(d),
                                 LETTERS[int(d["answer"])]))
     rng = np.random.default_rng([seed, 7])
+    version = world_version(data_dir)
     for _ in range(rounds):
         for i, s in enumerate(scenes):
             ex["pope"] += yes_no_examples(i, s, stats, rng)
-            ex["mc"] += mc_examples(i, s, rng)
+            ex["mc"] += mc_examples(i, s, rng, version)
             ex["relation"] += relation_examples(i, s, rng)
     ex["caption"] = [caption_example(i, s) for i, s in enumerate(scenes)]
     ex["short"] = [Example(e.image, e.prompt.split(" ")[3], e.answer) for e in ex["pope"][-len(ex["pope"]) // 2:]]
@@ -201,8 +203,8 @@ def derived_scene(scene: Scene, max_objects: int, rng: np.random.Generator) -> S
 
 
 def curriculum_batch(scenes: Sequence[Scene], kind: Kind, max_objects: int, batch_size: int,
-                     stats: CooccurrenceStats,
-                     rng: np.random.Generator) -> tuple[list[Example], list[Any], list[Scene]]:
+                     stats: CooccurrenceStats, rng: np.random.Generator,
+                     version: int = 2) -> tuple[list[Example], list[Any], list[Scene]]:
     """``batch_size`` fresh examples of ``kind`` on re-rendered train scenes with <= ``max_objects``.
 
     Returns the examples, their rendered images and their (derived) scenes.
@@ -217,7 +219,7 @@ def curriculum_batch(scenes: Sequence[Scene], kind: Kind, max_objects: int, batc
         if kind == "pope":
             cands = yes_no_examples(len(images), scene, stats, rng)
         elif kind == "mc":
-            cands = mc_examples(len(images), scene, rng)
+            cands = mc_examples(len(images), scene, rng, version)
         elif kind == "short":
             cands = short_examples(len(images), scene, stats, rng)
         elif kind == "relation":

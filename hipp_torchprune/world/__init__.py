@@ -14,8 +14,10 @@ if TYPE_CHECKING:
 __all__ = ["build_world"]
 
 
-def build_world(out: str | Path, seed: int, n_images: int = 6000) -> dict[str, Any]:
-    """Build a world into ``out`` (see :func:`hipp_torchprune.world.build.build_world`)."""
+def build_world(out: str | Path, seed: int, n_images: int = 6000, version: int | None = None) -> dict[str, Any]:
+    """Build a world into ``out`` (see :func:`hipp_torchprune.world.build.build_world`);
+    ``version=None`` is the default generator version."""
+    from hipp_torchprune.world.build import DEFAULT_WORLD_VERSION
     from hipp_torchprune.world.build import build_world as _build
 
-    return _build(out, seed, n_images)
+    return _build(out, seed, n_images, version=DEFAULT_WORLD_VERSION if version is None else version)  # type: ignore[arg-type]

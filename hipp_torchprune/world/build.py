@@ -21,10 +21,21 @@ from hipp_torchprune.world.io import (
     write_parquet_atomic,
 )
 from hipp_torchprune.world.pope import POPE_CATEGORIES, CooccurrenceStats, pope_pairs, pope_question
-from hipp_torchprune.world.scenes import Scene, SceneConfig, png_bytes, render_scene, sample_scene
+from hipp_torchprune.world.scenes import (
+    WORLD_VERSIONS,
+    Scene,
+    SceneConfig,
+    WorldVersion,
+    png_bytes,
+    render_scene,
+    sample_scene,
+)
 from hipp_torchprune.world.scienceqa import sample_questions
 
-WORLD_FORMAT = "hipp-world/2"
+#: Manifest format tag of each world version (see :data:`~hipp_torchprune.world.scenes.WorldVersion`).
+WORLD_FORMATS: dict[int, str] = {1: "hipp-world/1", 2: "hipp-world/2"}
+#: The version ``hipp world build`` writes by default (the shipped demo model's world).
+DEFAULT_WORLD_VERSION: WorldVersion = 1
 SPLITS: tuple[str, ...] = ("train", "calibration", "test")
 #: ScienceQA-style questions asked per image, by split.
 SQA_PER_IMAGE: dict[str, int] = {"train": 3, "calibration": 2, "test": 2}
@@ -72,11 +83,11 @@ def _pope_rows(items: Sequence[tuple[str, bytes, Scene]], stats: CooccurrenceSta
     return rows
 
 
-def _sqa_rows(items: Sequence[tuple[str, bytes, Scene]], k: int,
-              rng: np.random.Generator) -> list[dict[str, Any]]:
+def _sqa_rows(items: Sequence[tuple[str, bytes, Scene]], k: int, rng: np.random.Generator,
+              version: WorldVersion) -> list[dict[str, Any]]:
     rows = []
     for source, data, scene in items:
-        for q in sample_questions(scene, rng, k):
+        for q in sample_questions(scene, rng, k, version):
             rows.append({"image": _image_struct(source, data), "question": q.question,
                          "choices": list(q.choices), "answer": q.answer, "hint": q.hint,
                          "task": "closed choice", "grade": "grade2", "subject": "natural science",
@@ -85,18 +96,21 @@ def _sqa_rows(items: Sequence[tuple[str, bytes, Scene]], k: int,
     return rows
 
 
-def build_world(out: str | Path, seed: int, n_images: int = 6000,
-                config: SceneConfig = SceneConfig()) -> dict[str, Any]:
-    """Render a world into ``out`` and return its manifest (also written to ``manifest.json``).
+def build_world(out: str | Path, seed: int, n_images: int = 6000, config: SceneConfig = SceneConfig(),
+                version: WorldVersion = DEFAULT_WORLD_VERSION) -> dict[str, Any]:
+    """Render a world of generator ``version`` into ``out`` and return its manifest (also written
+    to ``manifest.json``).
 
     Layout: ``out/{train,calibration,test}/{pope,scienceqa,scenes}.parquet`` and
     ``out/manifest.json``. The same seed gives byte-identical files; every file is written to a
     temporary path first and moved into place with ``os.replace``.
     """
+    if version not in WORLD_VERSIONS:
+        raise DataError(f"world version {version!r} is unknown; valid: {', '.join(map(str, WORLD_VERSIONS))}")
     out = Path(out)
     sizes = split_sizes(n_images)
     scene_rng = np.random.default_rng([seed, 0])
-    scenes = [sample_scene(scene_rng, config) for _ in range(n_images)]
+    scenes = [sample_scene(scene_rng, config, version) for _ in range(n_images)]
     stats = CooccurrenceStats.from_scenes([s.all_categories for s in scenes])
     splits: dict[str, Any] = {}
     files: list[str] = []
@@ -107,7 +121,7 @@ def build_world(out: str | Path, seed: int, n_images: int = 6000,
         items = [(f"{split}_{i:06d}", png_bytes(render_scene(s, config)), s) for i, s in enumerate(chunk)]
         q_rng = np.random.default_rng([seed, 1, si])
         pope = _pope_rows(items, stats, q_rng)
-        sqa = _sqa_rows(items, SQA_PER_IMAGE[split], q_rng)
+        sqa = _sqa_rows(items, SQA_PER_IMAGE[split], q_rng, version)
         write_parquet_atomic(out / split / "scenes.parquet",
                              [_scene_row(src, d, s) for src, d, s in items], SCENES_SCHEMA)
         write_parquet_atomic(out / split / "pope.parquet", pope, POPE_SCHEMA)
@@ -124,7 +138,8 @@ def build_world(out: str | Path, seed: int, n_images: int = 6000,
             "hidden_objects": sum(len(s.hidden) for _, _, s in items),
         }
     manifest = {
-        "format": WORLD_FORMAT,
+        "format": WORLD_FORMATS[version],
+        "version": version,
         "seed": seed,
         "n_images": n_images,
         "image_size": config.image_size,

@@ -26,6 +26,10 @@ from hipp_torchprune.world.categories import (
 )
 
 Size = Literal["small", "big"]
+#: World generator version: 1 = the original world (no companions, occluders or hidden
+#: objects; byte-for-byte the same scenes as before v2 existed), 2 = proving ground v2.
+WorldVersion = Literal[1, 2]
+WORLD_VERSIONS: tuple[int, ...] = (1, 2)
 
 #: Probabilities of 1..6 objects per scene (most scenes have >= 3, so POPE can use them).
 N_OBJECTS_P: tuple[float, ...] = (0.06, 0.10, 0.20, 0.22, 0.22, 0.20)
@@ -111,6 +115,11 @@ def _draw_category(rng: np.random.Generator, scene_type: SceneType, taken: list[
     free = [COMPANIONS[t] for t in taken if COMPANIONS[t] not in taken]
     if free and rng.random() < P_COMPANION:
         return free[int(rng.integers(len(free)))]
+    return _draw_favoured(rng, scene_type, taken)
+
+
+def _draw_favoured(rng: np.random.Generator, scene_type: SceneType, taken: list[str]) -> str:
+    """A category not in ``taken``: the favoured set with prob P_FAVOURED, else any (by weight)."""
     while True:
         if rng.random() < P_FAVOURED:
             pool = [CATEGORY_BY_NAME[n] for n in scene_type.favoured]
@@ -141,12 +150,30 @@ def _hidden_category(rng: np.random.Generator, scene_type: SceneType, taken: lis
     return pool[int(rng.integers(len(pool)))] if pool else None
 
 
-def sample_scene(rng: np.random.Generator, config: SceneConfig = SceneConfig()) -> Scene:
-    """Sample a scene: a type, 1-6 visible categories in distinct cells, maybe an occluder.
+def _sample_scene_v1(rng: np.random.Generator, config: SceneConfig) -> Scene:
+    """World v1: a scene type, 1-6 distinct categories, their cells, sizes and positions."""
+    scene_type = SCENE_TYPES[int(rng.integers(len(SCENE_TYPES)))]
+    n = 1 + int(rng.choice(len(N_OBJECTS_P), p=np.array(N_OBJECTS_P) / sum(N_OBJECTS_P)))
+    cells = sorted(int(c) for c in rng.choice(config.grid * config.grid, size=n, replace=False))
+    taken: list[str] = []
+    objects = []
+    for c in cells:
+        taken.append(_draw_favoured(rng, scene_type, taken))
+        objects.append(_place(rng, taken[-1], c, config))
+    gradient = (float(rng.uniform(-14, 14)), float(rng.uniform(-14, 14)))
+    return Scene(scene_type.name, gradient, tuple(objects))
+
+
+def sample_scene(rng: np.random.Generator, config: SceneConfig = SceneConfig(), version: WorldVersion = 2) -> Scene:
+    """Sample a scene of world ``version`` (see :data:`WorldVersion`).
+
+    Version 2: a type, 1-6 visible categories in distinct cells, maybe an occluder.
 
     An occluder (prob P_OCCLUDER) covers a free cell; with prob P_HIDE it hides one more object,
     a companion of a visible object when one is missing.
     """
+    if version == 1:
+        return _sample_scene_v1(rng, config)
     scene_type = SCENE_TYPES[int(rng.integers(len(SCENE_TYPES)))]
     n = 1 + int(rng.choice(len(N_OBJECTS_P), p=np.array(N_OBJECTS_P) / sum(N_OBJECTS_P)))
     n_cells = config.grid * config.grid

@@ -183,16 +183,33 @@ GENERATORS: tuple[tuple[Callable[[Scene, np.random.Generator], MCQuestion | None
 )
 
 
-def sample_questions(scene: Scene, rng: np.random.Generator, k: int) -> list[MCQuestion]:
+#: World v1's generators and weights (image and hint kinds only).
+GENERATORS_V1: tuple[tuple[Callable[[Scene, np.random.Generator], MCQuestion | None], float], ...] = (
+    (q_presence, 0.25),
+    (q_count, 0.15),
+    (q_size, 0.15),
+    (q_spatial, 0.15),
+    (q_compare, 0.15),
+    (q_owner, 0.15),
+)
+
+
+def generators(version: int = 2) -> tuple[tuple[Callable[[Scene, np.random.Generator], MCQuestion | None], float], ...]:
+    """The question generators and weights of world ``version`` (1 or 2)."""
+    return GENERATORS_V1 if version == 1 else GENERATORS
+
+
+def sample_questions(scene: Scene, rng: np.random.Generator, k: int, version: int = 2) -> list[MCQuestion]:
     """Up to ``k`` questions of distinct kinds for one scene, drawn by the generator weights."""
-    weights = np.array([w for _, w in GENERATORS])
-    order = [int(i) for i in rng.choice(len(GENERATORS), size=len(GENERATORS), replace=False,
+    table = generators(version)
+    weights = np.array([w for _, w in table])
+    order = [int(i) for i in rng.choice(len(table), size=len(table), replace=False,
                                         p=weights / weights.sum())]
     out: list[MCQuestion] = []
     for i in order:
         if len(out) >= k:
             break
-        q = GENERATORS[i][0](scene, rng)
+        q = table[i][0](scene, rng)
         if q is not None:
             out.append(q)
     return out

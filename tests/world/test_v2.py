@@ -111,7 +111,7 @@ def test_knowledge_questions_have_exactly_one_right_option(gen) -> None:
 
 
 def test_world_v2_round_trips_hidden_objects(make_world) -> None:
-    world: Path = make_world(5, 60)
+    world: Path = make_world(5, 60, version=2)
     rows = load_scenes(world, "train")
     scenes = [scene_from_row(r) for r in rows]
     assert any(s.hidden for s in scenes) and any(s.occluders and not s.hidden for s in scenes)
@@ -135,3 +135,50 @@ def test_demo_data_says_yes_to_hidden_objects_and_ignores_occluded_patches() -> 
     labels = patch_labels([scene], 4)[0]
     assert labels[0] == CATEGORY_NAMES.index("cup") and labels[2 * 4 + 3] == -100
     assert labels[1] == len(CATEGORY_NAMES)
+
+
+def _content_digest(world: Path) -> str:
+    """SHA-256 over every split's annotations, questions, answers and image bytes."""
+    import hashlib
+    import json
+
+    import pyarrow.parquet as pq
+
+    h = hashlib.sha256()
+    for split in ("train", "calibration", "test"):
+        for name, cols in (("scenes", ["image_source", "scene_type", "objects"]),
+                           ("pope", ["question", "answer", "image_source", "category"]),
+                           ("scienceqa", ["question", "choices", "answer", "hint", "topic"])):
+            table = pq.read_table(world / split / f"{name}.parquet")
+            for row in table.select(cols).to_pylist():
+                h.update(json.dumps(row, sort_keys=True).encode())
+            for image in table.column("image").to_pylist():
+                h.update(hashlib.sha256(image["bytes"]).digest())
+    return h.hexdigest()
+
+
+def test_version_1_is_the_world_before_v2_existed(tmp_path: Path) -> None:
+    """Every documented figure was measured on v1 worlds: v1 must still produce the same rows.
+
+    The digest was computed from ``build_world(out, seed=3, n_images=40)`` at commit 899511d,
+    before the v2 generator existed.
+    """
+    from hipp_torchprune.world.build import build_world
+
+    manifest = build_world(tmp_path / "w", seed=3, n_images=40, version=1)
+    assert manifest["format"] == "hipp-world/1" and manifest["version"] == 1
+    assert _content_digest(tmp_path / "w") == "65ea052da714a7bbeb9ffdcc48342e7032a104fb8d8827fd8f0aefd63b5f78e2"
+
+
+def test_default_world_version_is_v1_and_v2_is_recorded(tmp_path: Path) -> None:
+    from hipp_torchprune.data import world_version
+    from hipp_torchprune.errors import DataError
+    from hipp_torchprune.world.build import build_world
+
+    assert build_world(tmp_path / "d", seed=0, n_images=3)["version"] == 1
+    assert world_version(tmp_path / "d") == 1
+    manifest = build_world(tmp_path / "v2", seed=0, n_images=3, version=2)
+    assert manifest["format"] == "hipp-world/2" and world_version(tmp_path / "v2") == 2
+    with pytest.raises(DataError, match="version 3"):
+        build_world(tmp_path / "v3", seed=0, n_images=3, version=3)  # type: ignore[arg-type]
+    assert not (tmp_path / "v3").exists()
