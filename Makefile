@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.hipp-installed
 
 .PHONY: test demo bench clean
 
-$(STAMP): pyproject.toml plugins/hipp-lmms/pyproject.toml plugins/hipp-lmms/constraints.txt
+# The recipe below is a prerequisite too: a changed install step reinstalls an existing .venv.
+$(STAMP): Makefile pyproject.toml plugins/hipp-lmms/pyproject.toml plugins/hipp-lmms/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
@@ -17,8 +18,10 @@ $(STAMP): pyproject.toml plugins/hipp-lmms/pyproject.toml plugins/hipp-lmms/cons
 	$(PY) -m pip install -q --no-deps -e plugins/hipp-baselines
 	# lmms-eval 0.7.3 (docs/lmms-eval.md): exact pins; torchvision 0.28.0 matches torch 2.13.0 so the CPU
 	# torch stays, and is removed again (its PyPI wheel is a CUDA build that breaks `import lmms_eval`).
+	# timm goes with it: it imports torchvision, and every `accelerate` command imports timm when it is
+	# installed. lmms-eval only declares timm; neither its code nor ours imports it.
 	$(PY) -m pip install -q -c plugins/hipp-lmms/constraints.txt "torchvision==0.28.0" -e ".[test,lmms]" -e plugins/hipp-lmms
-	$(PY) -m pip uninstall -q -y torchvision
+	$(PY) -m pip uninstall -q -y torchvision timm
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -129,9 +129,10 @@ def test_always_yes_model(setup: tuple) -> None:
 
 def test_cli_eval_json(setup: tuple, capsys: pytest.CaptureFixture[str]) -> None:
     world, ckpt, _, _ = setup
+    threads = torch.get_num_threads()
     rc = main(["eval", "--model", str(ckpt), "--data", str(world), "--tasks", "pope_adversarial,scienceqa",
-               "--limit", "8", "--batch-size", "4", "--json", "--device", "cpu"])
-    assert rc == 0
+               "--limit", "8", "--batch-size", "4", "--json", "--device", "cpu", "--threads", str(threads + 1)])
+    assert rc == 0 and torch.get_num_threads() == threads  # --threads holds for the command only
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"pope_adversarial", "scienceqa"}
     assert set(out["pope_adversarial"]) == {"accuracy", "balanced_accuracy", "precision", "recall", "f1",

@@ -22,15 +22,13 @@ def _format_table(results: dict[str, dict[str, Any]]) -> str:
 def _eval(args: argparse.Namespace) -> int:
     from hipp_torchprune.data import parse_tasks
     from hipp_torchprune.evaluation import evaluate, load_model_and_processor
+    from hipp_torchprune.threads import torch_threads
 
     parse_tasks(args.tasks)  # fail on unknown task names before loading anything
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    model, processor = load_model_and_processor(args.model, device=args.device, dtype=args.dtype)
-    results = evaluate(model, processor, args.data, args.tasks, limit=args.limit,
-                       batch_size=args.batch_size, split=args.split)
+    with torch_threads(args.threads or None):  # an in-process caller keeps its own thread count
+        model, processor = load_model_and_processor(args.model, device=args.device, dtype=args.dtype)
+        results = evaluate(model, processor, args.data, args.tasks, limit=args.limit,
+                           batch_size=args.batch_size, split=args.split)
     print(json.dumps(results) if args.json else _format_table(results))
     return 0
 

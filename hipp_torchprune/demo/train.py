@@ -34,6 +34,7 @@ from hipp_torchprune.world.categories import CATEGORY_NAMES
 from hipp_torchprune.world.pope import CooccurrenceStats
 from hipp_torchprune.data import world_version
 from hipp_torchprune.errors import CheckpointError, DataError
+from hipp_torchprune.threads import torch_threads
 
 CHECKPOINT_NAME = "checkpoint.pt"
 EVAL_TASKS = "pope_random,pope_adversarial,scienceqa"
@@ -519,12 +520,18 @@ def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoM
     run early after that step (checkpoint saved, no final model), as an interruption would.
     ``device`` is where training runs ("cpu" or "cuda"); the saved checkpoint is the same format.
     """
+    with torch_threads(cfg.threads):  # the caller's thread count comes back afterwards
+        return _train_demo_model(data_dir, out_dir, model_cfg, cfg, resume, progress, stop_at, device)
+
+
+def _train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoModelConfig, cfg: TrainConfig,
+                      resume: bool, progress: bool, stop_at: int | None, device: str) -> dict[str, Any]:
+    """The body of :func:`train_demo_model`, run under its thread count."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
     # -- set-up: data, model, heads, optimizer, resume --
     _check_recipe(model_cfg, cfg)
-    torch.set_num_threads(cfg.threads)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = _prepare_data(data_dir, model_cfg, cfg)

@@ -1,8 +1,10 @@
 """The calibration pass HiPP trains on: activation statistics, row scores, visual sensitivity.
 
-Run once per model and calibration set (``hipp calibrate`` caches it). Under several processes
-each rank calibrates on its share of the samples and the sums are all-reduced, so every rank
-ends with the same statistics and sensitivity.
+Run once per model and calibration set (``hipp calibrate`` caches it). The samples are cut into
+the same batches whatever the process count; under several processes each rank calibrates
+every ``num_processes``-th batch, the per-batch results are gathered, and every rank adds them
+in batch order in float64. One process adds the same per-batch results in the same order, so
+the statistics, the sensitivity and the row scores are the same bits on 1 or N processes.
 """
 
 from __future__ import annotations
@@ -14,42 +16,45 @@ import torch
 from torch import nn
 
 from hipp_torchprune import api
+from hipp_torchprune.adapters.base import ModelAdapter
+from hipp_torchprune.errors import CalibrationError
+from hipp_torchprune.hipp.distributed import map_over_ranks
 from hipp_torchprune.hipp.profile import ModelProfile, build_profile
 from hipp_torchprune.hipp.sensitivity import visual_sensitivity
-from hipp_torchprune.pruning.calibration import CalibrationStats
+from hipp_torchprune.pruning.calibration import CalibrationStats, collect_stats, merge_stats
 from hipp_torchprune.pruning.operator import layer_scores
 
 
-def _all_reduce_sum(tensor: torch.Tensor, state: Any) -> torch.Tensor:
-    if state is None or state.num_processes == 1:
-        return tensor
-    import torch.distributed as dist
-
-    tensor = tensor.clone()
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def sync_stats(stats: CalibrationStats, state: Any) -> CalibrationStats:
-    """Sum every rank's statistics (identity on one process)."""
-    if state is None or state.num_processes == 1:
-        return stats
-    counts = _all_reduce_sum(torch.tensor([stats.n_tokens, stats.n_samples], dtype=torch.float64), state)
-    in_sq = {k: _all_reduce_sum(v, state) for k, v in sorted(stats.in_sq.items())}
-    return CalibrationStats(in_sq=in_sq, n_tokens=int(counts[0]), n_samples=int(counts[1]))
+def _calibrate_batch(model: nn.Module, adapter: ModelAdapter, processor: Any,
+                     chunk: Sequence[tuple[Any, str]]) -> tuple[CalibrationStats, torch.Tensor]:
+    """One batch's statistics and per-layer sensitivity summed over its samples ``(L,)``, float64
+    and on the CPU (ready to be gathered across processes)."""
+    batch = next(api.calibration_batches(adapter, processor, chunk, len(chunk)))
+    stats = collect_stats(model, adapter, [batch])
+    sens = torch.tensor(visual_sensitivity(model, adapter, [batch]), dtype=torch.float64) * stats.n_samples
+    return CalibrationStats(in_sq={k: v.cpu() for k, v in stats.in_sq.items()}, n_tokens=stats.n_tokens,
+                            n_samples=stats.n_samples), sens
 
 
 def profile_model(model: nn.Module, processor: Any, samples: Sequence[tuple[Any, str]], *, batch_size: int = 8,
                   state: Any = None) -> tuple[ModelProfile, CalibrationStats, list[torch.Tensor]]:
-    """Calibrate ``model`` and return its profile, statistics and Wanda row scores per layer."""
+    """Calibrate ``model`` and return its profile, statistics and Wanda row scores per layer.
+
+    ``state`` (an ``accelerate`` state) spreads the batches over processes; the result does not
+    depend on the process count (see the module docstring)."""
     adapter = api.get_adapter(model)
-    if state is not None and state.num_processes > 1:
-        samples = list(samples)[state.process_index::state.num_processes]
-    stats = sync_stats(api.calibrate(model, processor, samples, batch_size=batch_size), state)
-    local_n = len(samples)
-    sens = torch.tensor(visual_sensitivity(model, adapter, api.calibration_batches(adapter, processor, samples,
-                                                                                    batch_size)), dtype=torch.float64)
-    total = _all_reduce_sum(torch.cat([sens * local_n, torch.tensor([float(local_n)], dtype=torch.float64)]), state)
-    sensitivity = (total[:-1] / total[-1]).tolist()
+    samples = list(samples)
+    if not samples:
+        raise CalibrationError("the calibration set is empty: give at least one (image, prompt) sample")
+    chunks = [samples[start:start + batch_size] for start in range(0, len(samples), batch_size)]
+    parts = map_over_ranks(lambda chunk: _calibrate_batch(model, adapter, processor, chunk), chunks, state)
+    merged = merge_stats([stats for stats, _ in parts])
+    device = next(model.parameters()).device
+    stats = CalibrationStats(in_sq={k: v.to(device) for k, v in merged.in_sq.items()}, n_tokens=merged.n_tokens,
+                             n_samples=merged.n_samples)
+    sens_sum = parts[0][1].clone()
+    for _, sens in parts[1:]:
+        sens_sum += sens
+    sensitivity = (sens_sum / stats.n_samples).tolist()
     scores = layer_scores(adapter, api.importance("wanda", model, stats))
     return build_profile(model, stats, sensitivity, scores), stats, scores

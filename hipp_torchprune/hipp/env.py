@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from hipp_torchprune.adapters.base import ModelAdapter
+from hipp_torchprune.hipp.distributed import map_over_ranks
 from hipp_torchprune.hipp.normalization import compression_return
 from hipp_torchprune.hipp.synflow import log_synflow
 from hipp_torchprune.pruning.operator import PlanMasks, score_ranks
@@ -22,17 +23,6 @@ from hipp_torchprune.pruning.plan import budget_matched_widths, realized_sparsit
 
 #: A raw objective: model (with masks applied) -> scalar return.
 Objective = Callable[[nn.Module], float]
-T = TypeVar("T")
-
-
-def map_over_ranks(fn: Callable[[Any], T], items: Sequence[Any], state: Any = None) -> list[T]:
-    """``[fn(x) for x in items]``, split round-robin over ``state``'s processes and gathered in order."""
-    if state is None or state.num_processes == 1:
-        return [fn(x) for x in items]
-    from accelerate.utils import gather_object
-
-    mine = [(i, fn(x)) for i, x in enumerate(items) if i % state.num_processes == state.process_index]
-    return [value for _, value in sorted(gather_object(mine), key=lambda pair: pair[0])]
 
 
 @dataclass

@@ -63,5 +63,6 @@ def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, conf
         env.close()
     if state is None or state.is_main_process:
         save_policy(out, policy, profile, round_to, extra={"train": config_dict(config), "model": str(model_spec),
-                                                          "data": str(data_dir), "steps_done": len(history)})
+                                                          "data": str(data_dir), "steps_done": len(history),
+                                                          "processes": 1 if state is None else state.num_processes})
     return {"out": str(out), "history": history}

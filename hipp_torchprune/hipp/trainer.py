@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,9 +73,19 @@ def _checkpoint(path: Path, step: int, policy: HippPolicy, optim: torch.optim.Op
                 band: QuantileBand, gen: torch.Generator, history: list[dict[str, float]]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"step": step, "policy": policy.state_dict(), "optim": optim.state_dict(), "norm": norm.state_dict(),
-                "band": band.state_dict(), "gen": gen.get_state(), "rng": torch.get_rng_state(),
-                "history": history}, tmp)
+                "band": band.state_dict(), "gen": gen.get_state(), "history": history}, tmp)
     tmp.replace(path)
+
+
+@contextmanager
+def seeded_global_rng(seed: int) -> Iterator[None]:
+    """Run the block on the global CPU RNG seeded with ``seed``, and give the caller's global RNG
+    back afterwards. ``torch.distributions`` sample from the global RNG only; this keeps the
+    policy's initialization and samples a function of the training seed alone, whatever else
+    (earlier code in the process, another rank's share of the scoring) drew from it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def anchor_reward(policy: HippPolicy, env: PlanEnvironment, static: torch.Tensor, sizes: list[float]) -> float:
@@ -94,13 +106,13 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     static = static_features(profile)  # (L, F)
     pcfg = config.policy
     budget_range = (pcfg.rho_min, pcfg.rho_max)
     sizes = [w * p for w, p in zip(profile.widths, profile.row_params)]
-    policy = HippPolicy(static.shape[1] + 5, pcfg)
+    with seeded_global_rng(config.seed):
+        policy = HippPolicy(static.shape[1] + 5, pcfg)
     optim = torch.optim.Adam(policy.parameters(), lr=config.lr)
     norm, band = RunningNorm(3, clip=config.norm_clip), QuantileBand(config.gate)
     history: list[dict[str, float]] = []
@@ -113,7 +125,6 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
         norm.load_state_dict(saved["norm"])
         band.load_state_dict(saved["band"])
         gen.set_state(saved["gen"])
-        torch.set_rng_state(saved["rng"])
         start, history = saved["step"], saved["history"]
     is_main = state is None or state.is_main_process
     writer = SummaryWriter(str(out_dir / "runs")) if is_main else None
@@ -125,7 +136,7 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
         # 1. preferences and a group of plans per preference
         prefs = sample_preferences(P, config.sampler, gen, config.anchor_prob)  # (P, 3)
         states = layer_states(static, prefs, budget_range).repeat_interleave(G, dim=0)  # (P*G, L, F+5)
-        with torch.no_grad():
+        with torch.no_grad(), seeded_global_rng(int(torch.randint(0, 2**62, (), generator=gen))):
             u, alpha, old_logp = policy.sample(states)  # (P*G,), (P*G, L), (P*G,)
         plans = [plan_ratios(float(u[i]), alpha[i].tolist(), sizes, *budget_range, pcfg.r_max)
                  for i in range(P * G)]

@@ -1,14 +1,17 @@
 """Calibration pass: forward hooks that collect the statistics the importance scorers need.
 
 For every language-model MLP projection the pass accumulates the per-feature sum of squares
-of its *input* over real (non-padding) tokens, so that ``||X_i||_2 = sqrt(in_sq[i])``. With
+of its *input* over real (non-padding) tokens, so that ``||X_i||_2 = sqrt(in_sq[i])``. Each
+batch's sum is added in float64, batch after batch, so :func:`merge_stats` of per-batch
+statistics in batch order gives exactly what one pass over all batches gives (this is how
+several processes reach the statistics of one). With
 ``with_grads=True`` it also backpropagates the next-token loss and keeps, per projection, the
 first-order Taylor terms ``sum(W * dL/dW)`` reduced to one value per intermediate channel.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -23,7 +26,8 @@ from hipp_torchprune.errors import CalibrationError
 class CalibrationStats:
     """Per-module statistics keyed by the module's qualified name in the full model.
 
-    ``in_sq[name]`` is the sum over tokens of the squared input features ``(in_features,)``;
+    ``in_sq[name]`` is the sum over tokens of the squared input features ``(in_features,)``,
+    float64;
     ``taylor[name]`` is the signed first-order term per intermediate channel ``(d_ff,)``;
     ``n_tokens`` counts the tokens seen, ``n_samples`` the (image, prompt) samples.
     """
@@ -53,7 +57,7 @@ def _input_sq_hooks(modules: dict[nn.Module, str], stats: CalibrationStats,
         x = args[0].detach()
         mask = token_mask[0]
         x = x[mask] if mask is not None and mask.shape == x.shape[:-1] else x.reshape(-1, x.shape[-1])
-        sq = x.float().pow(2).sum(0)
+        sq = x.float().pow(2).sum(0).double()  # float64 across batches, added in batch order
         name = modules[module]
         stats.in_sq[name] = stats.in_sq[name] + sq if name in stats.in_sq else sq
 
@@ -63,6 +67,21 @@ def _input_sq_hooks(modules: dict[nn.Module, str], stats: CalibrationStats,
     finally:
         for h in handles:
             h.remove()
+
+
+def merge_stats(parts: Sequence[CalibrationStats]) -> CalibrationStats:
+    """The statistics of all ``parts`` together, added in the given order. Merging per-batch
+    statistics in batch order gives exactly the ``in_sq`` that :func:`collect_stats` computes
+    over those batches at once (Taylor terms are linear in the gradient, so they add too, up to
+    rounding)."""
+    merged = CalibrationStats()
+    for part in parts:
+        for total, values in ((merged.in_sq, part.in_sq), (merged.taylor, part.taylor)):
+            for name, value in values.items():
+                total[name] = total[name] + value if name in total else value.clone()
+        merged.n_tokens += part.n_tokens
+        merged.n_samples += part.n_samples
+    return merged
 
 
 def _taylor_terms(adapter: ModelAdapter, names: dict[nn.Module, str]) -> dict[str, torch.Tensor]:

@@ -203,10 +203,13 @@ def test_relation_examples_answer_from_annotations() -> None:
 
 def test_cli_trains_the_recipe(world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from hipp_torchprune.cli import main
+    from hipp_torchprune.threads import torch_threads
 
     out = tmp_path / "run"
-    assert main(["demo-model", "train", "--data", str(world), "--out", str(out), "--steps", "2",
-                 "--batch-size", "4", "--eval-every", "0", "--device", "cpu", "--no-progress"]) == 0
+    with torch_threads(1):  # the recipe's own thread count (2) holds for the run only
+        assert main(["demo-model", "train", "--data", str(world), "--out", str(out), "--steps", "2",
+                     "--batch-size", "4", "--eval-every", "0", "--device", "cpu", "--no-progress"]) == 0
+        assert torch.get_num_threads() == 1
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 2 and summary["parameters"] > 1_000_000
     run = json.loads((out / "run_config.json").read_text())

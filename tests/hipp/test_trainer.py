@@ -62,3 +62,25 @@ def test_resume_equals_uninterrupted_and_seed_is_deterministic(tmp_path: Path) -
         assert torch.equal(a, b) and torch.allclose(a, c)
     assert [h.get("reward") for h in h1] == [h.get("reward") for h in h3] and len(h1) == 21
     assert (tmp_path / "a" / "checkpoint.pt").exists() and list((tmp_path / "a" / "runs").iterdir())
+
+
+class RandomDrawingEnv(ToyEnv):
+    """ToyEnv that also draws from the global RNG while scoring, as a rank scoring its own share
+    of a group (or a stochastic reward task) would."""
+
+    def score(self, plans: list[list[float]]) -> PlanOutcome:
+        torch.rand(len(plans) * 7)
+        return super().score(plans)
+
+
+def test_sampled_plans_depend_on_the_seed_alone(tmp_path: Path) -> None:
+    """What the environment or the caller draws from the global RNG changes no sampled plan, and
+    training hands the caller's global RNG back untouched."""
+    short = TrainConfig(**{**CONFIG.__dict__, "steps": 3, "eval_every": 1})
+    torch.manual_seed(123)
+    caller_rng = torch.get_rng_state()
+    _, quiet = train_policy(ToyEnv(), PROFILE, short, tmp_path / "a", progress=False)
+    assert torch.equal(torch.get_rng_state(), caller_rng)
+    torch.rand(5)  # a different global RNG state on entry
+    _, drawing = train_policy(RandomDrawingEnv(), PROFILE, short, tmp_path / "b", progress=False)
+    assert len(quiet) == 4 and quiet == drawing
