@@ -84,7 +84,7 @@ def zeroth_order_scores(model: nn.Module, processor: Any, samples: Sequence[Sequ
     batches = loss_batches(adapter, processor, samples)
     was_training = model.training
     model.eval()
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)  # z drawn where it is used
     scores = []
     try:
         for mlp in adapter.mlps():
@@ -93,7 +93,7 @@ def zeroth_order_scores(model: nn.Module, processor: Any, samples: Sequence[Sequ
                 original = param.data
                 for batch in batches:
                     for _ in range(n_noise):
-                        z = torch.randn(param.shape, generator=gen).to(param.device)
+                        z = torch.randn(param.shape, generator=gen, device=gen.device).to(param.device)
                         try:
                             param.data = _perturbed(original, z, eps)
                             plus = mean_calibration_loss(model, adapter, [batch])
