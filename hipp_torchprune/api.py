@@ -98,21 +98,27 @@ def importance(name: str, model: nn.Module, stats: CalibrationStats | None = Non
     return cls(model, stats, **options)
 
 
-def calibration_batches(adapter: ModelAdapter, processor: Any, samples: Sequence[tuple[Any, str]],
+def calibration_batches(adapter: ModelAdapter, processor: Any, samples: Sequence[tuple[Any, ...]],
                         batch_size: int = 8) -> Iterator[dict[str, torch.Tensor]]:
-    """Encode ``(image, prompt)`` samples into model inputs, ``batch_size`` at a time."""
+    """Encode ``(image, prompt)`` samples into model inputs, ``batch_size`` at a time (the prompt
+    only: a sample's gold answer, its third element when present, is not encoded)."""
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         yield adapter.encode(processor, [s[0] for s in chunk], [s[1] for s in chunk])
 
 
-def calibrate(model: nn.Module, processor: Any, samples: Sequence[tuple[Any, str]], *, batch_size: int = 8,
+def calibrate(model: nn.Module, processor: Any, samples: Sequence[tuple[Any, ...]], *, batch_size: int = 8,
               with_grads: bool = False, registry: Registry | None = None) -> CalibrationStats:
-    """Run the calibration pass over ``(image, prompt)`` samples."""
+    """Run the calibration pass over ``(image, prompt)`` or ``(image, prompt, answer)`` samples;
+    with answers, the gradients (``with_grads``) come from the gold answers' loss."""
+    from hipp_torchprune.pruning.answers import batch_targets
+
     if len(samples) == 0:
         raise CalibrationError("the calibration set is empty: give at least one (image, prompt) sample")
     adapter = get_adapter(model, registry)
-    return collect_stats(model, adapter, calibration_batches(adapter, processor, samples, batch_size), with_grads)
+    targets = batch_targets(processor.tokenizer, samples, batch_size) if with_grads else None
+    return collect_stats(model, adapter, calibration_batches(adapter, processor, samples, batch_size), with_grads,
+                         targets)
 
 
 @dataclass

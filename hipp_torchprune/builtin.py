@@ -16,10 +16,11 @@ def hipp_model_adapters() -> list[type]:
 
 @hookimpl
 def hipp_importance_scorers() -> list[type]:
-    """``wanda``, ``magnitude`` and ``taylor``."""
+    """``wanda``, ``wanda-sp``, ``wanda-mix``, ``magnitude``, ``taylor`` and ``taylor-vector``."""
+    from hipp_torchprune.pruning.row_scorers import ElementwiseTaylorScorer, WandaMixScorer, WandaSPScorer
     from hipp_torchprune.pruning.scorers import MagnitudeScorer, TaylorScorer, WandaScorer
 
-    return [WandaScorer, MagnitudeScorer, TaylorScorer]
+    return [WandaScorer, WandaSPScorer, WandaMixScorer, MagnitudeScorer, ElementwiseTaylorScorer, TaylorScorer]
 
 
 @hookimpl

@@ -20,10 +20,13 @@ Format ``hipp-torchprune/2`` (what :func:`save_pruned` writes):
   widths :func:`load_pruned` builds), ``plan``, ``reshaped_parameters`` and optionally ``reshape``.
 
 Other shape changes (SliceGPT's sliced residual stream: a narrower embedding, norms, ``lm_head``
-and stream-reading/-writing linears) are recorded by :func:`reshaped_parameters` as
+and stream-reading/-writing linears) are recorded by :func:`parameter_changes` as
 ``reshaped_parameters`` (name -> shape) and rebuilt by :func:`apply_reshaped`; edits that need code
 (``reshape``) go through :data:`RESHAPERS`. The config keeps the width the architecture is built
 from (transformers' configs refuse a hidden size that is not a multiple of the head count).
+Parameters the config does not build at all (FLAP's compensation biases on ``down_proj``) are
+recorded as ``added_parameters`` and recreated by :func:`apply_added`; only a missing
+``nn.Linear`` bias can be added.
 
 Format ``hipp-torchprune/1`` (earlier releases: one ``model.safetensors``, possibly in another
 dtype than ``config.json`` says, and the dense ``intermediate_size``) loads the same way.
@@ -58,6 +61,8 @@ PRUNING_FILE = "hipp_pruning.json"
 FORMAT = "hipp-torchprune/2"
 #: Key in :data:`PRUNING_FILE`: parameter name -> shape, where it differs from what the config builds.
 RESHAPED_KEY = "reshaped_parameters"
+#: Key in :data:`PRUNING_FILE`: parameter name -> shape, for parameters the config does not build.
+ADDED_KEY = "added_parameters"
 #: Format tags :func:`load_pruned` reads.
 READABLE_FORMATS: tuple[str, ...] = ("hipp-torchprune/1", FORMAT)
 #: Default largest weight file (transformers' convention: ``"5GB"`` is 5·10⁹ bytes, ``"5GiB"`` 5·2³⁰).
@@ -108,7 +113,7 @@ def save_pruned(model: nn.Module, directory: str | Path, processor: Any = None,
             model.generation_config.save_pretrained(tmp)
         if processor is not None:
             processor.save_pretrained(tmp)
-        meta[RESHAPED_KEY] = reshaped_parameters(model, tmp, widths, registry)
+        meta[RESHAPED_KEY], meta[ADDED_KEY] = parameter_changes(model, tmp, widths, registry)
         (tmp / PRUNING_FILE).write_text(json.dumps(meta, indent=2))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
@@ -257,10 +262,11 @@ def _resize_mlps(model: nn.Module, widths: list[int], registry: Registry | None)
     adapter.text_config().hipp_intermediate_sizes = list(widths)
 
 
-def reshaped_parameters(model: nn.Module, config_dir: Path, widths: list[int],
-                        registry: Registry | None = None) -> dict[str, list[int]]:
-    """Parameters of ``model`` whose shapes differ from the model that ``config_dir/config.json``
-    builds with MLP ``widths`` (empty unless something besides MLP rows was pruned, e.g. SliceGPT).
+def parameter_changes(model: nn.Module, config_dir: Path, widths: list[int], registry: Registry | None = None
+                      ) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """``(reshaped, added)``: parameters of ``model`` whose shapes differ from the model that
+    ``config_dir/config.json`` builds with MLP ``widths`` (empty unless something besides MLP rows
+    was pruned, e.g. SliceGPT), and parameters that model does not have (e.g. FLAP's biases).
 
     The comparison model is built from the written config exactly as :func:`load_pruned` will,
     on the meta device (no memory). A config that transformers cannot read back raises
@@ -274,8 +280,9 @@ def reshaped_parameters(model: nn.Module, config_dir: Path, widths: list[int],
         built = _model_class(config, config_dir)._from_config(config)
         _resize_mlps(built, widths, registry)
     expected = {name: list(p.shape) for name, p in built.named_parameters()}
-    return {name: list(p.shape) for name, p in model.named_parameters()
-            if name in expected and expected[name] != list(p.shape)}
+    actual = {name: list(p.shape) for name, p in model.named_parameters()}
+    return ({name: shape for name, shape in actual.items() if name in expected and expected[name] != shape},
+            {name: shape for name, shape in actual.items() if name not in expected})
 
 
 def apply_reshaped(model: nn.Module, shapes: dict[str, list[int]], directory: Path) -> None:
@@ -306,6 +313,25 @@ def _apply_reshapers(model: nn.Module, reshape: dict[str, Any], directory: Path)
         RESHAPERS[name](model, payload)
 
 
+def apply_added(model: nn.Module, shapes: dict[str, list[int]], directory: Path) -> None:
+    """Create each recorded added parameter (uninitialized; the weights are loaded next): a bias
+    on an ``nn.Linear`` that has none, of its ``out_features``. Anything else raises
+    :class:`CheckpointError`."""
+    for name, shape in shapes.items():
+        owner, _, attr = name.rpartition(".")
+        try:
+            module = model.get_submodule(owner)
+        except AttributeError:
+            module = None
+        if not (isinstance(module, nn.Linear) and attr == "bias" and module.bias is None
+                and [int(n) for n in shape] == [module.out_features]):
+            raise CheckpointError(f"{directory}/{PRUNING_FILE} adds {name!r} {shape}; only a missing nn.Linear "
+                                  "bias of its output width can be added")
+        weight = module.weight
+        module.bias = nn.Parameter(torch.empty(module.out_features, dtype=weight.dtype, device=weight.device),
+                                   requires_grad=weight.requires_grad)
+
+
 def load_pruned(directory: str | Path, registry: Registry | None = None,
                 dtype: torch.dtype | None = None) -> nn.Module:
     """Load a checkpoint written by :func:`save_pruned`, or a dense HF checkpoint, in eval mode.
@@ -328,6 +354,7 @@ def load_pruned(directory: str | Path, registry: Registry | None = None,
         model = cls._from_config(config, dtype=dtype or dominant_dtype(_stored_sizes(files)) or torch.float32)
         _resize_mlps(model, [int(w) for w in meta["intermediate_sizes"]], registry)
         apply_reshaped(model, meta.get(RESHAPED_KEY) or {}, directory)
+        apply_added(model, meta.get(ADDED_KEY) or {}, directory)
         _apply_reshapers(model, meta.get("reshape") or {}, directory)
     model.tie_weights()  # what the config ties (e.g. Qwen2.5-VL-3B's lm_head and embed_tokens)
     _load_weights(model, files, directory, dtype)

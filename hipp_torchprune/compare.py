@@ -38,7 +38,7 @@ TABLE3_PREFERENCES: tuple[tuple[float, float, float], ...] = (
 #: Preferences each sampler-ablation policy is queried at (Table 4).
 TABLE4_PREFERENCES: tuple[tuple[float, float, float], ...] = ((0.7, 0.2, 0.1), (1 / 3, 1 / 3, 1 / 3), (0.2, 0.7, 0.1))
 #: Baselines of Table 1, in order.
-BASELINES: tuple[str, ...] = ("random", "wanda", "llm-pruner", "slicegpt", "owl", "ecoflap")
+BASELINES: tuple[str, ...] = ("random", "wanda", "llm-pruner", "slicegpt", "owl", "ecoflap", "flap")
 
 
 class CompareError(HippError, ValueError):

@@ -50,8 +50,9 @@ class MethodContext:
 
     #: The model's processor.
     processor: Any
-    #: Calibration ``(image, prompt)`` samples.
-    samples: Sequence[tuple[Any, str]]
+    #: Calibration ``(image, prompt)`` or ``(image, prompt, answer)`` samples (with answers, every
+    #: loss or gradient is the gold answers': :mod:`hipp_torchprune.pruning.answers`).
+    samples: Sequence[tuple[Any, ...]]
     #: Calibration statistics of the dense model (input norms, and Taylor terms when collected).
     stats: CalibrationStats | None
     #: Kept MLP widths round to this multiple.
@@ -64,6 +65,9 @@ class MethodContext:
     registry: Registry | None = None
     #: Extra strategy options (e.g. the HiPP policy and preference).
     options: dict[str, Any] = field(default_factory=dict)
+    #: The shared row score (an importance name, e.g. ``wanda-sp``) for the methods that choose rows
+    #: by it (``MLPRowMethod.shared_row_score``); None: each method's own ``importance``.
+    row_score: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,14 @@ class MLPRowMethod:
     kind: ClassVar[MethodKind] = "mlp-rows"
     strategy: ClassVar[str] = "uniform"
     importance: ClassVar[str] = "wanda"
+    #: Whether the rows are chosen by the shared row score (``MethodContext.row_score`` replaces
+    #: ``importance``), rather than by a score that defines the method (Wanda-sp, Taylor, FLAP).
+    shared_row_score: ClassVar[bool] = False
+
+    def row_importance(self, context: MethodContext) -> str:
+        """The importance scorer that chooses the rows: ``context.row_score`` for a method that uses
+        the shared row score, else ``importance``."""
+        return context.row_score if self.shared_row_score and context.row_score else self.importance
 
     def needs(self, registry: Registry | None = None) -> MethodNeeds:
         """Calibration when the scorer or the strategy needs it; gradients when the scorer does."""
@@ -110,23 +122,34 @@ class MLPRowMethod:
         return {"stats": context.stats, "processor": context.processor, "samples": context.samples,
                 **context.options}
 
-    def plan(self, model: nn.Module, sparsity: float, context: MethodContext) -> Any:
-        """The rounded :class:`~hipp_torchprune.pruning.plan.Plan` at ``sparsity``."""
+    def plan_r_max(self, sparsity: float, context: MethodContext) -> float:
+        """The per-layer cap of this method's plans (default: the context's ``r_max``)."""
+        return context.r_max
+
+    def plan(self, model: nn.Module, sparsity: float, context: MethodContext, **options: Any) -> Any:
+        """The rounded :class:`~hipp_torchprune.pruning.plan.Plan` at ``sparsity`` (``options`` are
+        added to :meth:`strategy_options`)."""
         from hipp_torchprune.api import make_plan
 
-        return make_plan(model, self.strategy, sparsity, round_to=context.round_to, r_max=context.r_max,
-                         seed=context.seed, registry=context.registry, **self.strategy_options(context))
+        return make_plan(model, self.strategy, sparsity, round_to=context.round_to,
+                         r_max=self.plan_r_max(sparsity, context), seed=context.seed, registry=context.registry,
+                         **{**self.strategy_options(context), **options})
 
     def prune(self, model: nn.Module, sparsity: float, context: MethodContext) -> MethodReport:
         """Physically prune ``model`` in place at ``sparsity``."""
+        return self.prune_plan(model, self.plan(model, sparsity, context), context)
+
+    def prune_plan(self, model: nn.Module, plan: Plan, context: MethodContext,
+                   details: dict[str, Any] | None = None) -> MethodReport:
+        """Physically prune ``model`` in place to ``plan``, rows by :meth:`row_importance`."""
         from hipp_torchprune.api import importance, prune_model
 
-        plan = self.plan(model, sparsity, context)
-        prune_model(model, plan, importance(self.importance, model, context.stats, registry=context.registry),
+        name = self.row_importance(context)
+        prune_model(model, plan, importance(name, model, context.stats, registry=context.registry),
                     registry=context.registry)
         return MethodReport(self.name, self.kind, plan.realized_sparsity, plan.widths_after,
-                            {"strategy": self.strategy, "importance": self.importance,
-                             "ratios": list(plan.realized_ratios)}, plan)
+                            {"strategy": self.strategy, "importance": name,
+                             "ratios": list(plan.realized_ratios), **(details or {})}, plan)
 
 
 def pair_method(strategy: str, importance: str) -> MLPRowMethod:

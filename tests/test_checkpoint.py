@@ -392,3 +392,38 @@ def test_recorded_reshape_is_applied_on_load(tmp_path: Path, monkeypatch: pytest
         load_pruned(tmp_path / "ck")
     monkeypatch.setitem(checkpoint.RESHAPERS, "o-proj-bias", _o_proj_with_bias)
     assert torch.equal(_logits(load_pruned(tmp_path / "ck"), processor), ref)
+
+
+def test_added_bias_is_recorded_and_rebuilt(tiny, tmp_path: Path) -> None:
+    """A down_proj bias the config does not build (FLAP's compensation) is saved and reloaded."""
+    from hipp_torchprune.checkpoint import ADDED_KEY
+
+    _, model, processor = tiny
+    _pruned(model)
+    down = api.get_adapter(model).mlp(1).down
+    down.bias = torch.nn.Parameter(torch.linspace(-1, 1, down.out_features))
+    name = next(n for n, m in model.named_modules() if m is down) + ".bias"
+    batch = api.get_adapter(model).encode(processor, images(2), PROMPTS[:2])
+    save_pruned(model, tmp_path / "ck", processor)
+    assert json.loads((tmp_path / "ck" / PRUNING_FILE).read_text())[ADDED_KEY] == {name: [down.out_features]}
+    loaded = load_pruned(tmp_path / "ck")
+    assert torch.equal(dict(loaded.named_parameters())[name], down.bias)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, loaded(**batch).logits)
+
+
+@pytest.mark.parametrize(("name", "shape"), [("model.language_model.norm.bias", [64]),
+                                             ("model.language_model.layers.0.mlp.down_proj.bias", [3]),
+                                             ("model.nowhere.bias", [64])])
+def test_added_parameter_other_than_a_linear_bias_is_refused(name: str, shape: list[int], tmp_path: Path) -> None:
+    from hipp_torchprune.checkpoint import ADDED_KEY
+    from hipp_torchprune.models.tiny import build_tiny
+
+    model, processor = build_tiny("tiny-llava")
+    save_pruned(model, tmp_path / "ck", processor)
+    meta_path = tmp_path / "ck" / PRUNING_FILE
+    meta = json.loads(meta_path.read_text())
+    meta[ADDED_KEY] = {name: shape}
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="only a missing nn.Linear bias of its output width can be added"):
+        load_pruned(tmp_path / "ck")

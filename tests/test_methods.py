@@ -38,6 +38,7 @@ def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     ("wanda", MethodNeeds(samples=True, stats=True, grads=False)),
     ("llm-pruner", MethodNeeds(samples=True, stats=True, grads=True)),
     ("owl", MethodNeeds(samples=True, stats=True, grads=False)),
+    ("flap", MethodNeeds(samples=True, stats=True, grads=False)),
     ("slicegpt", MethodNeeds(samples=True, stats=False, grads=False)),
     ("hipp", MethodNeeds(samples=True, stats=True, grads=False)),
 ])
@@ -52,10 +53,10 @@ def test_pair_needs_follow_scorer_and_strategy(reg: Registry) -> None:
 
 
 def test_pair_method_is_the_registered_method(reg: Registry) -> None:
-    """``--strategy uniform --importance wanda`` and ``--method wanda`` prune the same rows."""
+    """``--strategy uniform --importance wanda-sp`` and ``--method wanda`` prune the same rows."""
     calib = samples(3)
     pruned = []
-    for method in ("wanda", pair_method("uniform", "wanda")):
+    for method in ("wanda", pair_method("uniform", "wanda-sp")):
         model, processor = build_tiny("tiny-llava", seed=0)
         stats = api.calibrate(model, processor, calib, registry=reg)
         report = prune_with_method(model, method, 0.3, MethodContext(processor, calib, stats, round_to=16,
@@ -89,5 +90,5 @@ def test_unknown_method_lists_the_registered_ones(reg: Registry) -> None:
     from hipp_torchprune.errors import UnknownPluginError
 
     model, processor = build_tiny("tiny-llava", seed=0)
-    with pytest.raises(UnknownPluginError, match="unknown method 'nope'; valid names: ecoflap, hipp, llm-pruner"):
+    with pytest.raises(UnknownPluginError, match="unknown method 'nope'; valid names: ecoflap, flap, hipp, llm-pruner"):
         prune_with_method(model, "nope", 0.3, MethodContext(processor, [], None, registry=reg))

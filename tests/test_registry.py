@@ -29,7 +29,7 @@ class ThirdPartyPlugin:
 
 def test_builtins_are_registered(registry: Registry) -> None:
     assert registry.names("adapter") == ["llava", "qwen2_5_vl"]
-    assert registry.names("importance") == ["magnitude", "taylor", "wanda"]
+    assert registry.names("importance") == ["magnitude", "taylor", "taylor-vector", "wanda", "wanda-mix", "wanda-sp"]
     assert registry.names("strategy") == ["hipp", "random", "uniform"]
 
 

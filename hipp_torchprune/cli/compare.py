@@ -16,7 +16,7 @@ def _prefs(text: str) -> tuple[tuple[float, float, float], ...]:
 
 def register(subparsers: Any) -> None:
     """Add the ``compare`` subcommand."""
-    from hipp_torchprune.recovery.config import RecoveryConfig  # light: dataclass only
+    from hipp_torchprune.recovery.config import RecoveryConfig, lora_layers  # light: dataclass only
 
     from hipp_torchprune.compare import BASELINES
 
@@ -40,7 +40,8 @@ def register(subparsers: Any) -> None:
                    help="score each method's recovery on the calibration split every N steps (and before "
                         "the first) and keep its best state, unrecovered included (default steps // 4; 0: "
                         "keep the last step)")
-    p.add_argument("--lora-layers", type=int, default=2, help="recovery LoRA on the last K layers")
+    p.add_argument("--lora-layers", type=lora_layers, default=None, metavar="all|K",
+                   help="recovery LoRA on every decoder layer (default: all) or on the last K (0: none)")
     p.add_argument("--calib-n", type=int, default=64, help="calibration samples (shared by all methods)")
     p.add_argument("--limit", type=int, default=None, help="test rows per task (default: all)")
     p.add_argument("--tolerance", type=float, default=0.005, help="allowed realized-sparsity gap")

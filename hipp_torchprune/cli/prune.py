@@ -20,7 +20,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("prune", help="prune a VLM's language model with a method or a strategy/importance pair")
     p.add_argument("--model", required=True, help="checkpoint dir, 'demo', 'tiny-llava' or 'tiny-qwen2_5_vl'")
     p.add_argument("--method", default=None,
-                   help="a registered pruning method (random, wanda, llm-pruner, owl, ecoflap, slicegpt, hipp); "
+                   help="a registered pruning method (random, wanda, llm-pruner, owl, ecoflap, flap, slicegpt, hipp); "
                         "replaces --strategy/--importance")
     p.add_argument("--strategy", default=DEFAULT_STRATEGY, help="layer allocation strategy (default: uniform)")
     p.add_argument("--importance", default=DEFAULT_IMPORTANCE, help="row importance scorer (default: wanda)")

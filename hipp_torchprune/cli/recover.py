@@ -11,7 +11,7 @@ from hipp_torchprune.loading import add_dtype_argument
 
 def register(subparsers: Any) -> None:
     """Add the ``recover`` subcommand."""
-    from hipp_torchprune.recovery.config import RecoveryConfig  # light: dataclass only
+    from hipp_torchprune.recovery.config import RecoveryConfig, lora_layers  # light: dataclass only
 
     p = subparsers.add_parser("recover", help="recover a pruned checkpoint (mask fixed; head, projector, LoRA train)")
     p.add_argument("--model", required=True, help="pruned checkpoint dir (or 'demo' / a tiny model name)")
@@ -24,7 +24,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--select-every", type=int, default=0,
                    help="score on the data's calibration split every N steps (and before the first) and "
                         "save the best state, the unrecovered model included (default 0: the last step)")
-    p.add_argument("--lora-layers", type=int, default=2, help="LoRA on the last K decoder layers (0: none)")
+    p.add_argument("--lora-layers", type=lora_layers, default=None, metavar="all|K",
+                   help="LoRA on every decoder layer's projections (default: all) or on the last K (0: none)")
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--data-mix", choices=("mix", "pope", "scienceqa"), default="mix")
     p.add_argument("--preference", default=None, help="w_rob,w_util,w_comp: biases the mix toward POPE by w_rob")

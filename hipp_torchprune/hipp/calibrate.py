@@ -32,7 +32,8 @@ def _calibrate_batch(model: nn.Module, adapter: ModelAdapter, processor: Any,
     batch = next(api.calibration_batches(adapter, processor, chunk, len(chunk)))
     stats = collect_stats(model, adapter, [batch])
     sens = torch.tensor(visual_sensitivity(model, adapter, [batch]), dtype=torch.float64) * stats.n_samples
-    return CalibrationStats(in_sq={k: v.cpu() for k, v in stats.in_sq.items()}, n_tokens=stats.n_tokens,
+    return CalibrationStats(in_sq={k: v.cpu() for k, v in stats.in_sq.items()},
+                            in_sum={k: v.cpu() for k, v in stats.in_sum.items()}, n_tokens=stats.n_tokens,
                             n_samples=stats.n_samples), sens
 
 
@@ -50,7 +51,8 @@ def profile_model(model: nn.Module, processor: Any, samples: Sequence[tuple[Any,
     parts = map_over_ranks(lambda chunk: _calibrate_batch(model, adapter, processor, chunk), chunks, state)
     merged = merge_stats([stats for stats, _ in parts])
     device = next(model.parameters()).device
-    stats = CalibrationStats(in_sq={k: v.to(device) for k, v in merged.in_sq.items()}, n_tokens=merged.n_tokens,
+    stats = CalibrationStats(in_sq={k: v.to(device) for k, v in merged.in_sq.items()},
+                             in_sum={k: v.to(device) for k, v in merged.in_sum.items()}, n_tokens=merged.n_tokens,
                              n_samples=merged.n_samples)
     sens_sum = parts[0][1].clone()
     for _, sens in parts[1:]:

@@ -17,6 +17,7 @@ class HippMethod(MLPRowMethod):
     name: ClassVar[str] = "hipp"
     strategy: ClassVar[str] = "hipp"
     importance: ClassVar[str] = "wanda"
+    shared_row_score: ClassVar[bool] = True
 
     def strategy_options(self, context: MethodContext) -> dict[str, Any]:
         """The policy and preference (required), plus the calibration options."""

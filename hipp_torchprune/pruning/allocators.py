@@ -28,6 +28,17 @@ class AllocationRequest:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+def calibrated_inputs(request: AllocationRequest, strategy: str) -> tuple[Any, Any]:
+    """``(model, stats)`` from a calibrated strategy's options (``make_plan`` adds ``model``; the
+    caller passes ``stats=``); :class:`~hipp_torchprune.errors.CalibrationError` when either is missing."""
+    from hipp_torchprune.errors import CalibrationError
+
+    model, stats = request.options.get("model"), request.options.get("stats")
+    if model is None or stats is None:
+        raise CalibrationError(f"strategy {strategy!r} needs calibration: pass the stats= option")
+    return model, stats
+
+
 class UniformAllocator:
     """Every layer removes the same ratio (Wanda-sp, LLM-Pruner)."""
 

@@ -1,12 +1,14 @@
 """Calibration pass: forward hooks that collect the statistics the importance scorers need.
 
 For every language-model MLP projection the pass accumulates the per-feature sum of squares
-of its *input* over real (non-padding) tokens, so that ``||X_i||_2 = sqrt(in_sq[i])``. Each
-batch's sum is added in float64, batch after batch, so :func:`merge_stats` of per-batch
+of its *input* over real (non-padding) tokens, so that ``||X_i||_2 = sqrt(in_sq[i])``, and the
+per-feature sum (FLAP's fluctuation and bias compensation read it for ``down_proj``). Each
+batch's sums are added in float64, batch after batch, so :func:`merge_stats` of per-batch
 statistics in batch order gives exactly what one pass over all batches gives (this is how
-several processes reach the statistics of one). With
-``with_grads=True`` it also backpropagates the next-token loss and keeps, per projection, the
-first-order Taylor terms ``sum(W * dL/dW)`` reduced to one value per intermediate channel.
+several processes reach the statistics of one). With ``with_grads=True`` it also backpropagates
+the calibration loss (:func:`hipp_torchprune.pruning.answers.calibration_loss`: the gold answer's
+loss when the samples carry answers) and keeps, per projection and intermediate channel, the
+first-order Taylor terms ``sum(W * dL/dW)`` and their element-wise form ``sum |W * dL/dW|``.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import torch
 from torch import nn
 
 from hipp_torchprune.adapters.base import ModelAdapter
 from hipp_torchprune.errors import CalibrationError
+from hipp_torchprune.pruning.answers import Targets, calibration_loss
 
 
 @dataclass
@@ -27,13 +31,16 @@ class CalibrationStats:
     """Per-module statistics keyed by the module's qualified name in the full model.
 
     ``in_sq[name]`` is the sum over tokens of the squared input features ``(in_features,)``,
-    float64;
+    float64; ``in_sum[name]`` is the sum over tokens of the input features ``(in_features,)``, float64;
     ``taylor[name]`` is the signed first-order term per intermediate channel ``(d_ff,)``;
+    ``taylor_abs[name]`` its element-wise form ``sum |W * dL/dW|`` per channel ``(d_ff,)``;
     ``n_tokens`` counts the tokens seen, ``n_samples`` the (image, prompt) samples.
     """
 
     in_sq: dict[str, torch.Tensor] = field(default_factory=dict)
     taylor: dict[str, torch.Tensor] = field(default_factory=dict)
+    in_sum: dict[str, torch.Tensor] = field(default_factory=dict)
+    taylor_abs: dict[str, torch.Tensor] = field(default_factory=dict)
     n_tokens: int = 0
     n_samples: int = 0
 
@@ -60,6 +67,8 @@ def _input_sq_hooks(modules: dict[nn.Module, str], stats: CalibrationStats,
         sq = x.float().pow(2).sum(0).double()  # float64 across batches, added in batch order
         name = modules[module]
         stats.in_sq[name] = stats.in_sq[name] + sq if name in stats.in_sq else sq
+        total = x.float().sum(0).double()
+        stats.in_sum[name] = stats.in_sum[name] + total if name in stats.in_sum else total
 
     handles = [m.register_forward_pre_hook(hook) for m in modules]
     try:
@@ -76,7 +85,8 @@ def merge_stats(parts: Sequence[CalibrationStats]) -> CalibrationStats:
     rounding)."""
     merged = CalibrationStats()
     for part in parts:
-        for total, values in ((merged.in_sq, part.in_sq), (merged.taylor, part.taylor)):
+        for total, values in ((merged.in_sq, part.in_sq), (merged.in_sum, part.in_sum),
+                              (merged.taylor, part.taylor), (merged.taylor_abs, part.taylor_abs)):
             for name, value in values.items():
                 total[name] = total[name] + value if name in total else value.clone()
         merged.n_tokens += part.n_tokens
@@ -84,29 +94,23 @@ def merge_stats(parts: Sequence[CalibrationStats]) -> CalibrationStats:
     return merged
 
 
-def _taylor_terms(adapter: ModelAdapter, names: dict[nn.Module, str]) -> dict[str, torch.Tensor]:
-    """Per-channel signed ``sum(W * grad)`` of each projection (rows for gate/up, columns for down)."""
-    out: dict[str, torch.Tensor] = {}
+def _taylor_terms(adapter: ModelAdapter, names: dict[nn.Module, str], stats: CalibrationStats) -> None:
+    """Per-channel signed ``sum(W * grad)`` and element-wise ``sum |W * grad|`` of each projection
+    (rows for gate/up, columns for down) into ``stats``."""
     for mlp in adapter.mlps():
         for module, dim in ((mlp.gate, 1), (mlp.up, 1), (mlp.down, 0)):
             if module.weight.grad is not None:
-                out[names[module]] = (module.weight.detach() * module.weight.grad).float().sum(dim)
-    return out
-
-
-def _next_token_loss(model: nn.Module, adapter: ModelAdapter, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token loss over real text tokens (vision placeholders and padding excluded)."""
-    labels = batch["input_ids"].clone()
-    labels[adapter.non_text_positions(labels)] = -100
-    if "attention_mask" in batch:
-        labels[batch["attention_mask"] == 0] = -100
-    return model(**batch, labels=labels, use_cache=False).loss
+                product = (module.weight.detach() * module.weight.grad).float()
+                stats.taylor[names[module]] = product.sum(dim)
+                stats.taylor_abs[names[module]] = product.abs().sum(dim)
 
 
 def collect_stats(model: nn.Module, adapter: ModelAdapter, batches: Iterable[dict[str, torch.Tensor]],
-                  with_grads: bool = False) -> CalibrationStats:
+                  with_grads: bool = False, targets: Iterable[Targets] | None = None) -> CalibrationStats:
     """Run the calibration pass over ``batches`` (processor outputs) and return its statistics.
 
+    ``targets`` gives each batch's gold answer token ids (:func:`~hipp_torchprune.pruning.answers.
+    batch_targets`); the gradients then come from the answers' loss, else from the text tokens'.
     Raises :class:`CalibrationError` when ``batches`` is empty. Gradients, when requested, are
     cleared again afterwards, so the model leaves this function as it came in.
     """
@@ -120,21 +124,21 @@ def collect_stats(model: nn.Module, adapter: ModelAdapter, batches: Iterable[dic
         model.zero_grad(set_to_none=True)
     try:
         with _input_sq_hooks(names, stats, token_mask):
-            for batch in batches:
+            for batch, answers in zip(batches, targets if targets is not None else repeat(None)):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 mask = batch.get("attention_mask")
                 token_mask[0] = mask.bool() if mask is not None else None
                 stats.n_tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
                 stats.n_samples += batch["input_ids"].shape[0]
                 if with_grads:
-                    _next_token_loss(model, adapter, batch).backward()
+                    calibration_loss(model, adapter, batch, answers).backward()
                 else:
                     with torch.no_grad():
                         model(**batch, use_cache=False)
         if stats.n_samples == 0:
             raise CalibrationError("the calibration set is empty: give at least one (image, prompt) sample")
         if with_grads:
-            stats.taylor = _taylor_terms(adapter, names)
+            _taylor_terms(adapter, names, stats)
     finally:
         if with_grads:
             model.zero_grad(set_to_none=True)

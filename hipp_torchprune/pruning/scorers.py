@@ -85,7 +85,8 @@ class WandaConfig:
 
 
 class WandaScorer(ModuleNamedImportance):
-    """Wanda structured score ``S_j = sum_i |W_ji| * ||X_i||_2`` (paper eq. 10)."""
+    """Wanda structured score ``S_j = sum_i |W_ji| * ||X_i||_2`` (paper eq. 10). By default on the
+    gate/up rows against the MLP input, which is not Wanda-sp's down-input score (``wanda-sp``)."""
 
     name = "wanda"
 
@@ -117,9 +118,11 @@ class MagnitudeScorer(ModuleNamedImportance):
 
 
 class TaylorScorer(ModuleNamedImportance):
-    """LLM-Pruner first-order group importance ``|sum (W * dL/dW)|`` over gate/up/down."""
+    """First-order group importance in LLM-Pruner's ``vectorize`` form, ``|sum (W * dL/dW)|`` over
+    gate/up/down (the reference's default, element-wise, is ``taylor``:
+    :class:`~hipp_torchprune.pruning.row_scorers.ElementwiseTaylorScorer`)."""
 
-    name = "taylor"
+    name = "taylor-vector"
     needs_grads = True
 
     def score(self, deps: list[tuple[nn.Linear, bool, list[int]]]) -> torch.Tensor:

@@ -20,7 +20,7 @@ class RecoveryConfig:
     """One recovery run. The same instance is used for every method in a comparison.
 
     The pruning mask is fixed: only the LM head, the final norm, the multimodal projector and
-    (``lora_layers > 0``) LoRA adapters on the last ``lora_layers`` decoder layers train.
+    LoRA adapters on every projection of the decoder layers (``lora_layers``) train.
     """
 
     #: Optimizer steps.
@@ -34,8 +34,10 @@ class RecoveryConfig:
     weight_decay: float = 0.0
     #: Gradient-norm clip.
     grad_clip: float = 1.0
-    #: LoRA on the last this many decoder layers (0: no LoRA).
-    lora_layers: int = 2
+    #: LoRA on the projections of every decoder layer (None, the default: LLM-Pruner's recovery
+    #: scope, ``post_training.py``'s seven projections of every layer), or of the last this many
+    #: (2: the scope of the earlier comparisons; 0: no LoRA).
+    lora_layers: int | None = None
     #: LoRA rank.
     lora_rank: int = 8
     #: LoRA alpha (scale ``alpha / rank``).
@@ -72,8 +74,8 @@ class RecoveryConfig:
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1:
             raise RecoveryError(f"steps must be >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}")
-        if self.lr <= 0 or self.lora_layers < 0 or self.lora_rank < 1:
-            raise RecoveryError("lr must be > 0, lora_layers >= 0 and lora_rank >= 1")
+        if self.lr <= 0 or (self.lora_layers is not None and self.lora_layers < 0) or self.lora_rank < 1:
+            raise RecoveryError("lr must be > 0, lora_layers >= 0 (or None: every layer) and lora_rank >= 1")
         if self.data not in ("mix", "pope", "scienceqa"):
             raise RecoveryError(f"data must be 'mix', 'pope' or 'scienceqa', got {self.data!r}")
         if not 0.0 <= self.pope_base_fraction <= 1.0:
@@ -91,3 +93,16 @@ class RecoveryConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (checkpoint metadata, resume checks)."""
         return dataclasses.asdict(self)
+
+
+def lora_layers(text: str) -> int | None:
+    """``--lora-layers``: ``"all"`` -> None (every decoder layer), else a non-negative layer count."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise RecoveryError(f"--lora-layers takes 'all' or a layer count, got {text!r}") from exc
+    if value < 0:
+        raise RecoveryError(f"--lora-layers must be 'all' or >= 0, got {value}")
+    return value

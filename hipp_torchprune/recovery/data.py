@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from hipp_torchprune.calib_data import pope_answer, scienceqa_answer
 from hipp_torchprune.data import (
     TASKS,
     decode_image,
@@ -69,18 +70,14 @@ def load_pool(processor: Any, data_dir: str | Path, config: RecoveryConfig, spli
     if config.data in ("mix", "pope"):
         yes, no = tuple(answer_token_ids(tok, YES_VARIANTS)), tuple(answer_token_ids(tok, NO_VARIANTS))
         for d in load_task_docs(data_dir, TASKS["pope"], split=split, limit=config.limit):
-            ans = str(d["answer"]).strip().lower()
-            if ans not in ("yes", "no"):
-                raise DataError(f"{d['_where']}: answer must be 'yes' or 'no', got {d['answer']!r}")
+            gold = 0 if pope_answer(d) == "Yes" else 1
             images.setdefault(d["_image_key"], d["image"])
-            pope.append(Row(template.replace("\x00", pope_prompt(d)), d["_image_key"], (yes, no),
-                            0 if ans == "yes" else 1))
+            pope.append(Row(template.replace("\x00", pope_prompt(d)), d["_image_key"], (yes, no), gold))
     if config.data in ("mix", "scienceqa"):
         letters = {L: tuple(answer_token_ids(tok, [L])) for L in option_letters(26)}
         for d in load_task_docs(data_dir, TASKS["scienceqa"], split=split, limit=config.limit):
+            scienceqa_answer(d)  # checks the answer index
             n = len(d["choices"])
-            if not 0 <= int(d["answer"]) < n:
-                raise DataError(f"{d['_where']}: answer {d['answer']} out of range for {n} choices")
             images.setdefault(d["_image_key"], d["image"])
             sqa.append(Row(template.replace("\x00", scienceqa_prompt(d)), d["_image_key"],
                            tuple(letters[L] for L in option_letters(n)), int(d["answer"])))

@@ -1,4 +1,4 @@
-"""What trains during recovery, LoRA on the last layers (peft), and merging it back without
+"""What trains during recovery, LoRA on the decoder layers (peft), and merging it back without
 changing any pruned width."""
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ def head_modules(adapter: ModelAdapter) -> list[nn.Module]:
     return modules
 
 
-def lora_target_names(model: nn.Module, adapter: ModelAdapter, last_k: int) -> list[str]:
-    """Qualified names of every ``nn.Linear`` in the last ``last_k`` decoder layers (attention and MLP)."""
+def lora_target_names(model: nn.Module, adapter: ModelAdapter, last_k: int | None) -> list[str]:
+    """Qualified names of every ``nn.Linear`` (attention and MLP) in every decoder layer
+    (``last_k=None``) or in the last ``last_k``."""
     layers = adapter.decoder_layers()
+    last_k = len(layers) if last_k is None else last_k
     if last_k > len(layers):
         raise RecoveryError(f"lora_layers={last_k} but the model has only {len(layers)} decoder layers")
     wanted = {id(m) for layer in layers[len(layers) - last_k:] for m in layer.modules() if isinstance(m, nn.Linear)}
@@ -71,12 +73,12 @@ class ShapeSnapshot:
 
 
 def attach(model: nn.Module, adapter: ModelAdapter, config: RecoveryConfig) -> nn.Module:
-    """Freeze everything, then make the head modules trainable and (``lora_layers > 0``) wrap
-    ``model`` in a peft LoRA model on the last layers. Returns the module to call."""
+    """Freeze everything, then make the head modules trainable and (unless ``lora_layers == 0``)
+    wrap ``model`` in a peft LoRA model on the decoder layers. Returns the module to call."""
     for p in model.parameters():
         p.requires_grad_(False)
     net = model
-    if config.lora_layers > 0:
+    if config.lora_layers != 0:
         from peft import LoraConfig, get_peft_model
 
         targets = lora_target_names(model, adapter, config.lora_layers)

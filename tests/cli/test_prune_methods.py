@@ -22,7 +22,7 @@ pytest.importorskip("hipp_baselines.plugin", reason="plugins/hipp-baselines is n
 pytest.importorskip("hipp_owl.plugin", reason="plugins/hipp-owl is not installed")
 
 #: Every registered method (``test_table_covers_every_registered_method`` keeps this complete).
-METHODS = ("random", "wanda", "llm-pruner", "owl", "ecoflap", "slicegpt", "hipp")
+METHODS = ("random", "wanda", "llm-pruner", "owl", "ecoflap", "flap", "slicegpt", "hipp")
 EVAL_TASKS = {"pope_random", "pope_popular", "pope_adversarial", "scienceqa"}
 
 
@@ -126,7 +126,7 @@ def test_qwen_slicegpt_is_refused_before_calibration(plugins: Registry, tmp_path
     (["--method", "wanda", "--strategy", "uniform"], "does not go with --strategy or --importance"),
     (["--method", "wanda", "--importance", "taylor"], "does not go with --strategy or --importance"),
     (["--method", "nope"],
-     "unknown method 'nope'; valid names: ecoflap, hipp, llm-pruner, owl, random, slicegpt, wanda"),
+     "unknown method 'nope'; valid names: ecoflap, flap, hipp, llm-pruner, owl, random, slicegpt, wanda"),
     (["--method", "hipp"], "--method hipp needs a trained policy and a preference (--policy DIR"),
     (["--method", "wanda", "--policy", "POLICY", "--preference", "1,1,1"], "go with --method hipp or --strategy hipp"),
 ])

@@ -138,8 +138,27 @@ def test_selection_hands_back_the_best_scored_step(world: Path, tmp_path: Path) 
         assert scores[chosen.best_step - 1] == max(scores)
 
 
+def test_default_lora_scope_is_every_decoder_layer() -> None:
+    """LLM-Pruner's recovery scope: LoRA on the seven projections of every layer (``lora_layers=2``: the last 2)."""
+    from hipp_torchprune.recovery.config import lora_layers
+    from hipp_torchprune.recovery.lora import lora_target_names
+
+    model, _ = _pruned("tiny-llava")
+    adapter = api.get_adapter(model)
+    assert RecoveryConfig().lora_layers is None
+    every = lora_target_names(model, adapter, RecoveryConfig().lora_layers)
+    projections = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert sorted(every) == sorted(f"model.language_model.layers.{i}.{'self_attn' if p[0] in 'qkvo' else 'mlp'}.{p}"
+                                   for i in range(len(adapter.decoder_layers())) for p in projections)
+    assert {n.split(".")[3] for n in lora_target_names(model, adapter, 2)} == {"2", "3"}
+    assert (lora_layers("all"), lora_layers("2"), lora_layers("0")) == (None, 2, 0)
+    with pytest.raises(RecoveryError, match="'all' or a layer count"):
+        lora_layers("some")
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"steps": -1}, "steps"), ({"lora_rank": 0}, "lora_rank"), ({"data": "x"}, "data"), ({"w_rob": 2.0}, "w_rob"),
+    ({"steps": -1}, "steps"), ({"lora_rank": 0}, "lora_rank"), ({"lora_layers": -1}, "lora_layers"),
+    ({"data": "x"}, "data"), ({"w_rob": 2.0}, "w_rob"),
     ({"select_every": -1}, "select_every"), ({"select_every": 5, "select_split": "test"}, "test split")])
 def test_bad_config(kwargs: dict, message: str) -> None:
     with pytest.raises(RecoveryError, match=message):

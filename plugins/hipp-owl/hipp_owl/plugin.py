@@ -1,37 +1,60 @@
 """OWL: layers with a larger share of Wanda outliers are pruned less (Yin et al., 2023).
 
-For each layer, the outlier ratio ``D_l`` is the fraction of the MLP's elementwise Wanda
-scores ``|W_ij| * ||X_j||`` above ``M`` times their layer mean. Ratios are
-``r_l = S + lam * (1 - 2 * (D_l - min D) / (max D - min D))``, then scaled (water-filled under
-``r_max``) so that their parameter-weighted mean is ``S`` again.
+Reference: luuyin/OWL, ``lib/prune_all.py`` (``prune_wanda_outlier``, ``check_outlier_mean``).
 
-Needs calibration statistics: pass ``stats=`` as an allocation option (``make_plan`` adds ``model``).
+* Outlier ratio ``D_l``: the fraction of layer ``l``'s element-wise Wanda scores ``|W_ij| * ||X_j||``
+  above ``M`` times their mean, the mean and the count taken over all of the layer's scored
+  projections together (here the MLP's gate, up and down: what is pruned; the reference scores
+  every linear of the block).
+* Ratios: ``a_l = 2 lam (D_l - min D) / (max D - min D)``, then ``r_l = S - (a_l - mean(a))``, so more
+  outliers mean a lower ratio and the (parameter-weighted) mean is ``S``; when a ratio would leave
+  ``[0, r_max]`` they are clipped and water-filled back to ``S``.
+
+Defaults ``lam = 0.08``, ``M = 5`` (the reference's README commands). The ``owl`` method of
+``hipp-baselines`` chooses both on the calibration split. Needs calibration statistics: pass
+``stats=`` as an allocation option (``make_plan`` adds ``model``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
 
-from hipp_torchprune.errors import CalibrationError
 from hipp_torchprune.hookspecs import hookimpl
-from hipp_torchprune.pruning.allocators import AllocationRequest
+from hipp_torchprune.pruning.allocators import AllocationRequest, calibrated_inputs
 from hipp_torchprune.pruning.plan import waterfill
 
-
-def outlier_ratio(weight: torch.Tensor, in_sq: torch.Tensor, m: float) -> tuple[int, int]:
-    """``(count above m * mean, total)`` of the elementwise Wanda scores of one projection."""
-    scores = weight.detach().float().abs() * in_sq.float().sqrt().unsqueeze(0)
-    return int((scores > m * scores.mean()).sum()), scores.numel()
+#: The reference's README defaults.
+DEFAULT_LAM, DEFAULT_M = 0.08, 5.0
 
 
-def owl_ratios(outliers: list[float], sparsity: float, lam: float) -> list[float]:
-    """Per-layer ratios before rebalancing: more outliers, lower ratio, within ``sparsity +- lam``."""
+def _wanda_elements(weight: torch.Tensor, in_sq: torch.Tensor) -> torch.Tensor:
+    return weight.detach().float().abs() * in_sq.float().sqrt().unsqueeze(0)
+
+
+def layer_outlier_ratio(projections: Sequence[tuple[torch.Tensor, torch.Tensor]], m: float) -> float:
+    """``D``: the fraction of the element-wise Wanda scores of all ``(weight, in_sq)`` projections
+    above ``m`` times the mean over all of them. Example: scores ``[1, 1, 1, 9]`` and ``m = 2`` -> 0.25."""
+    total = sum(float(_wanda_elements(w, x).sum()) for w, x in projections)
+    count = sum(w.numel() for w, _ in projections)
+    threshold = m * total / count
+    return sum(int((_wanda_elements(w, x) > threshold).sum()) for w, x in projections) / count
+
+
+def owl_ratios(outliers: Sequence[float], sparsity: float, lam: float,
+               sizes: Sequence[float] | None = None) -> list[float]:
+    """``r_l = S - (a_l - mean(a))``, ``a_l = 2 lam (D_l - min D) / (max D - min D)`` (mean weighted
+    by ``sizes``, equal by default). Example: ``D = [0.1, 0.2, 0.3]``, ``S = 0.5``, ``lam = 0.1`` ->
+    ``[0.6, 0.5, 0.4]``."""
     lo, hi = min(outliers), max(outliers)
     if hi - lo < 1e-12:
         return [sparsity] * len(outliers)
-    return [sparsity + lam * (1 - 2 * (d - lo) / (hi - lo)) for d in outliers]
+    sizes = list(sizes) if sizes is not None else [1.0] * len(outliers)
+    a = [2 * lam * (d - lo) / (hi - lo) for d in outliers]
+    mean = sum(x * s for x, s in zip(a, sizes)) / sum(sizes)
+    return [sparsity - (x - mean) for x in a]
 
 
 class OWLAllocator:
@@ -42,20 +65,19 @@ class OWLAllocator:
     needs_calibration: ClassVar[bool] = True
 
     def allocate(self, request: AllocationRequest) -> list[float]:
-        """Ratios from each layer's Wanda outlier ratio, rebalanced to the target sparsity."""
+        """Ratios from each layer's Wanda outlier ratio, centred on the target sparsity."""
         from hipp_torchprune.api import get_adapter
 
-        model, stats = request.options.get("model"), request.options.get("stats")
-        if model is None or stats is None:
-            raise CalibrationError("strategy 'owl' needs calibration: pass the stats= option")
+        model, stats = calibrated_inputs(request, self.name)
         names = {m: n for n, m in model.named_modules()}
-        m, lam = float(request.options.get("m", 5.0)), float(request.options.get("lam", 0.08))
-        outliers = []
-        for mlp in get_adapter(model).mlps():
-            counts = [outlier_ratio(p.weight, stats.in_sq[names[p]], m) for p in (mlp.gate, mlp.up, mlp.down)]
-            outliers.append(sum(c for c, _ in counts) / sum(t for _, t in counts))
-        raw = owl_ratios(outliers, request.sparsity, lam)
+        m = float(request.options.get("m", DEFAULT_M))
+        lam = float(request.options.get("lam", DEFAULT_LAM))
+        outliers = [layer_outlier_ratio([(p.weight, stats.in_sq[names[p]]) for p in (mlp.gate, mlp.up, mlp.down)], m)
+                    for mlp in get_adapter(model).mlps()]
         sizes = [w * p for w, p in zip(request.widths, request.row_params)]
+        raw = owl_ratios(outliers, request.sparsity, lam, sizes)
+        if all(0.0 <= r <= request.r_max for r in raw):
+            return raw
         return list(waterfill([max(r, 1e-6) for r in raw], sizes, request.sparsity, request.r_max))
 
 
