@@ -8,15 +8,23 @@ from typing import Any
 
 
 def _train(args: argparse.Namespace) -> int:
-    from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
-    from hipp_torchprune.demo.train import train_demo_model
+    from dataclasses import replace
 
-    defaults = TrainConfig()
-    cfg = TrainConfig(seed=args.seed, steps=args.steps or defaults.steps,
-                      batch_size=args.batch_size or defaults.batch_size,
-                      eval_every=defaults.eval_every if args.eval_every is None else args.eval_every,
-                      threads=args.threads or defaults.threads)
-    summary = train_demo_model(args.data, args.out, DemoModelConfig(), cfg, resume=not args.no_resume,
+    from hipp_torchprune.data import world_version
+    from hipp_torchprune.demo.config import RECIPE_WORLD_VERSION, RECIPES
+    from hipp_torchprune.demo.train import train_demo_model
+    from hipp_torchprune.errors import DataError
+
+    model_cfg, defaults = RECIPES[args.recipe]
+    if world_version(args.data) != RECIPE_WORLD_VERSION[args.recipe]:
+        raise DataError(f"{args.data} is a version-{world_version(args.data)} world; recipe {args.recipe} trains on "
+                        f"version {RECIPE_WORLD_VERSION[args.recipe]} (hipp world build --version "
+                        f"{RECIPE_WORLD_VERSION[args.recipe]})")
+    cfg = replace(defaults, seed=args.seed, steps=args.steps or defaults.steps,
+                  batch_size=args.batch_size or defaults.batch_size,
+                  eval_every=defaults.eval_every if args.eval_every is None else args.eval_every,
+                  threads=args.threads or defaults.threads)
+    summary = train_demo_model(args.data, args.out, model_cfg, cfg, resume=not args.no_resume,
                                progress=not args.no_progress, device=args.device)
     print(json.dumps({k: summary[k] for k in ("steps", "train_seconds", "parameters")}
                      | {"out": str(args.out)}, indent=2))
@@ -30,6 +38,9 @@ def register(subparsers: Any) -> None:
     train = sub.add_parser("train", help="train from scratch on a world's train split (resumable)")
     train.add_argument("--data", required=True, help="world directory (from `hipp world build`)")
     train.add_argument("--out", required=True, help="output directory (checkpoint + logs)")
+    train.add_argument("--recipe", choices=("v1", "v2"), default="v1",
+                       help="architecture and recipe: v1 (default, the shipped model's) or v2 (proving ground v2; "
+                            "needs a --version 2 world)")
     train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     train.add_argument("--steps", type=int, default=None, help="optimizer steps (default: recipe)")
     train.add_argument("--batch-size", type=int, default=None, help="batch size (default: recipe)")

@@ -268,3 +268,19 @@ def test_option_head_loss_is_binary_cross_entropy_over_real_slots() -> None:
     # logits 2 (gold) and -1 (other): mean of log(1 + e^-2) and log(1 + e^-1)
     expected = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-1.0))) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_cli_v2_recipe_trains_on_a_v2_world_and_refuses_a_v1_world(world: Path, make_world, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from hipp_torchprune.cli import main
+    from hipp_torchprune.demo.config import RECIPES
+
+    args = ["demo-model", "train", "--recipe", "v2", "--steps", "2", "--batch-size", "4", "--eval-every", "0",
+            "--no-progress"]
+    assert main([*args, "--data", str(world), "--out", str(tmp_path / "bad")]) == 2
+    assert "version 2" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main([*args, "--data", str(make_world(5, 60, version=2)), "--out", str(tmp_path / "v2")]) == 0
+    run = json.loads((tmp_path / "v2" / "run_config.json").read_text())
+    model_cfg, cfg = RECIPES["v2"]
+    assert run["model"] == model_cfg.to_dict() and run["model"]["text_layers"] == 8
+    assert run["train"]["knowledge_weight"] == cfg.knowledge_weight > 0 and run["train"]["freeze_embeddings"]
