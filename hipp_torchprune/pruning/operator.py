@@ -2,8 +2,10 @@
 
 Both modes keep, in each decoder layer, the highest-scoring channels; removing channel ``j``
 removes row ``j`` of ``gate_proj`` and ``up_proj`` and column ``j`` of ``down_proj``. Physical
-mode goes through Torch-Pruning's dependency graph, traced on the language model alone (its
-attention groups hang Torch-Pruning 1.6.x, and the vision side is never pruned).
+mode asks Torch-Pruning's dependency graph, traced on the language model alone (its attention
+groups hang Torch-Pruning 1.6.x, and the vision side is never pruned), which modules a channel
+couples, and removes them with :mod:`~hipp_torchprune.pruning.removal` (exactly what
+Torch-Pruning's ``LinearPruner`` does, but reversible and with one layer's old weights at most).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from torch import nn
 
 from hipp_torchprune.adapters.base import ModelAdapter
 from hipp_torchprune.errors import HippError, PlanError
+from hipp_torchprune.pruning.removal import LayerRemoval, split_indices
+from hipp_torchprune.pruning.scorers import ModuleNamedImportance
 
 
 class GroupStructureError(HippError, RuntimeError):
@@ -38,24 +42,35 @@ def build_mlp_graph(adapter: ModelAdapter) -> tp.DependencyGraph:
 def mlp_group(graph: tp.DependencyGraph, adapter: ModelAdapter, index: int,
               idxs: Sequence[int]) -> tp.dependency.Group:
     """The Torch-Pruning group of layer ``index``'s channels ``idxs``, checked to couple exactly
-    gate rows, up rows and down columns."""
+    gate rows, up rows and down columns (everything else in it must be parameter-free, such as
+    the activation and the elementwise product)."""
     mlp = adapter.mlp(index)
     group = graph.get_pruning_group(mlp.gate, tp.prune_linear_out_channels, idxs=list(idxs))
     members = {(dep.target.module, dep.handler == tp.prune_linear_out_channels)
                for dep, _ in group if isinstance(dep.target.module, nn.Linear)}
+    others = [dep.target.module for dep, _ in group if not isinstance(dep.target.module, nn.Linear)]
     expected = {(mlp.gate, True), (mlp.up, True), (mlp.down, False)}
-    if members != expected:
+    if members != expected or not all(isinstance(m, nn.Module) and not any(True for _ in m.parameters())
+                                      for m in others):
         raise GroupStructureError(f"layer {index}: MLP channels are coupled to unexpected modules")
     return group
 
 
 def layer_scores(adapter: ModelAdapter, scorer: tp.importance.Importance,
                  graph: tp.DependencyGraph | None = None) -> list[torch.Tensor]:
-    """Score every channel of every layer with ``scorer`` (called on full Torch-Pruning groups)."""
-    graph = graph or build_mlp_graph(adapter)
+    """Score every channel of every layer with ``scorer``.
+
+    The built-in scorers score each MLP straight from its projections
+    (:meth:`~hipp_torchprune.pruning.scorers.ModuleNamedImportance.score_mlp`, the same numbers
+    as on the full Torch-Pruning group); any other Torch-Pruning ``Importance`` is called on the
+    full-width group of each layer, from ``graph`` (traced here when not given).
+    """
+    direct = isinstance(scorer, ModuleNamedImportance) and type(scorer).__call__ is ModuleNamedImportance.__call__
+    if not direct and graph is None:
+        graph = build_mlp_graph(adapter)
     scores = []
-    for i, width in enumerate(adapter.intermediate_widths()):
-        s = scorer(mlp_group(graph, adapter, i, range(width)))
+    for i, (mlp, width) in enumerate(zip(adapter.mlps(), adapter.intermediate_widths())):
+        s = scorer.score_mlp(mlp) if direct else scorer(mlp_group(graph, adapter, i, range(width)))
         if s is None or s.shape != (width,):
             raise PlanError(f"importance returned {None if s is None else tuple(s.shape)} for layer {i}, "
                             f"expected ({width},)")
@@ -81,37 +96,31 @@ def score_ranks(scores: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-def _snapshot(adapter: ModelAdapter) -> list[tuple[nn.Linear, nn.Parameter, nn.Parameter | None, int, int]]:
-    return [(lin, lin.weight, lin.bias, lin.in_features, lin.out_features)
-            for m in adapter.mlps() for lin in (m.gate, m.up, m.down)]
+def prune_physical(adapter: ModelAdapter, keep: Sequence[torch.Tensor],
+                   graph: tp.DependencyGraph | None = None) -> None:
+    """Physically remove every channel not in ``keep[l]``, layer by layer.
 
-
-def _restore(snapshot: list[tuple[nn.Linear, nn.Parameter, nn.Parameter | None, int, int]]) -> None:
-    for lin, weight, bias, fin, fout in snapshot:
-        lin.weight, lin.bias, lin.in_features, lin.out_features = weight, bias, fin, fout
-
-
-def prune_physical(adapter: ModelAdapter, keep: Sequence[torch.Tensor]) -> None:
-    """Physically remove every channel not in ``keep[l]`` through Torch-Pruning groups.
-
-    All groups are built and checked before anything is removed; if removal fails midway,
-    the original parameters are put back, so the model is never left half-pruned.
+    Every index set is checked, and every layer's Torch-Pruning group is built from ``graph``
+    (the language model's dependency graph, traced here when not given) and checked, before
+    anything is removed. Each layer's removal then holds back only its removed channels (see
+    :class:`~hipp_torchprune.pruning.removal.LayerRemoval`), so pruning never needs more than one
+    layer's weights beyond the dense model; if anything fails midway, every layer is put back
+    exactly, so the model is never left half-pruned.
     """
-    widths = adapter.intermediate_widths()
-    if len(keep) != len(widths):
-        raise PlanError(f"got keep indices for {len(keep)} layers, the model has {len(widths)}")
-    graph = build_mlp_graph(adapter)
-    groups = []
-    for i, (idx, width) in enumerate(zip(keep, widths)):
-        removed = sorted(set(range(width)) - set(idx.tolist()))
-        groups.append(mlp_group(graph, adapter, i, removed) if removed else None)
-    snapshot = _snapshot(adapter)
+    split = split_indices(keep, adapter.intermediate_widths())
+    graph = graph or build_mlp_graph(adapter)
+    for i, (_, removed) in enumerate(split):
+        if removed.numel():
+            mlp_group(graph, adapter, i, removed.tolist())
+    done: list[LayerRemoval] = []
     try:
-        for group in groups:
-            if group is not None:
-                group.prune()
-    except Exception:
-        _restore(snapshot)
+        for i, (kept, removed) in enumerate(split):
+            if removed.numel():
+                done.append(LayerRemoval(adapter.mlp(i), kept, removed))
+                done[-1].apply()
+    except BaseException:
+        for removal in reversed(done):
+            removal.undo()
         raise
     _record_widths(adapter)
 
