@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS
 from hipp_torchprune.pruning.plan import Plan
 
 
@@ -20,6 +21,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--r-max", type=float, default=0.8, help="cap on any layer's removal ratio (default 0.8)")
     p.add_argument("--calib", default=None, help="calibration data dir; 'random' (tiny models only)")
     p.add_argument("--calib-n", type=int, default=32, help="calibration samples (default 32)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="cap on each calibration image's pixel count (Qwen2.5-VL resizes to fit; default 1280*28*28)")
     p.add_argument("--seed", type=int, default=0, help="seed for random strategies and tiny models")
     p.add_argument("--out", default=None, help="write the pruned checkpoint (and plan.json) here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -85,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from hipp_torchprune.calib_data import calibration_samples
     from hipp_torchprune.checkpoint import save_pruned
     from hipp_torchprune.loading import load_model
+    from hipp_torchprune.models.processors import cap_pixels
     from hipp_torchprune.models.tiny import TINY_MODELS
     from hipp_torchprune.registry import default_registry
 
@@ -100,9 +104,10 @@ def run(args: argparse.Namespace) -> int:
     stats = None
     if spec is not None:
         samples = calibration_samples(spec, args.calib_n, seed=args.seed)
-        stats = api.calibrate(model, processor, samples, with_grads=scorer_cls.needs_grads, registry=registry)
+        capped = cap_pixels(processor, args.max_pixels)  # calibration only: the checkpoint keeps its own
+        stats = api.calibrate(model, capped, samples, with_grads=scorer_cls.needs_grads, registry=registry)
         if strategy_calib:
-            options.update(stats=stats, processor=processor, samples=samples)
+            options.update(stats=stats, processor=capped, samples=samples)
     plan = api.make_plan(model, args.strategy, args.sparsity, round_to=args.round_to, r_max=args.r_max,
                          seed=args.seed, registry=registry, **options)
     scorer = api.importance(args.importance, model, stats, registry=registry)
