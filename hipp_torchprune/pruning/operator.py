@@ -3,9 +3,10 @@
 Both modes keep, in each decoder layer, the highest-scoring channels; removing channel ``j``
 removes row ``j`` of ``gate_proj`` and ``up_proj`` and column ``j`` of ``down_proj``. Physical
 mode asks Torch-Pruning's dependency graph, traced on the language model alone (its attention
-groups hang Torch-Pruning 1.6.x, and the vision side is never pruned), which modules a channel
-couples, and removes them with :mod:`~hipp_torchprune.pruning.removal` (exactly what
-Torch-Pruning's ``LinearPruner`` does, but reversible and with one layer's old weights at most).
+groups hang Torch-Pruning 1.6.x, and the vision side is never pruned) and on a weightless
+meta-device twin of it, which modules a channel couples, and removes them with
+:mod:`~hipp_torchprune.pruning.removal` (exactly what Torch-Pruning's ``LinearPruner`` does,
+but reversible and with one layer's old weights at most).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from hipp_torchprune.adapters.base import ModelAdapter
+from hipp_torchprune.adapters.base import MLPProjections, ModelAdapter
 from hipp_torchprune.errors import HippError, PlanError
 from hipp_torchprune.pruning.removal import LayerRemoval, split_indices
 from hipp_torchprune.pruning.scorers import ModuleNamedImportance
@@ -27,16 +28,53 @@ class GroupStructureError(HippError, RuntimeError):
     """Torch-Pruning coupled an MLP channel to something other than gate/up/down."""
 
 
-def build_mlp_graph(adapter: ModelAdapter) -> tp.DependencyGraph:
-    """Trace the language model's dependency graph from a text-only input."""
-    lm = adapter.language_model()
+def _trace(lm: nn.Module, example_inputs: dict[str, torch.Tensor]) -> tp.DependencyGraph:
     norms = [(p, 0) for name, p in lm.named_parameters() if name.endswith("norm.weight")]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return tp.DependencyGraph().build_dependency(
-            lm, example_inputs=adapter.text_example_inputs(), unwrapped_parameters=norms,
+            lm, example_inputs=example_inputs, unwrapped_parameters=norms,
             output_transform=lambda out: out.last_hidden_state,
         )
+
+
+def build_mlp_graph(adapter: ModelAdapter) -> tp.DependencyGraph:
+    """Trace the language model's dependency graph from a text-only input."""
+    return _trace(adapter.language_model(), adapter.text_example_inputs())
+
+
+def meta_twin(adapter: ModelAdapter) -> tuple[nn.Module, list[MLPProjections]]:
+    """A weightless copy of the language model on the meta device (same class, config and
+    current MLP widths) and its MLPs, in layer order."""
+    lm = adapter.language_model()
+    with torch.device("meta"):
+        twin = type(lm)._from_config(lm.config, dtype=next(lm.parameters()).dtype)
+        layers = list(twin.layers)
+        if len(layers) != len(adapter.decoder_layers()):
+            raise GroupStructureError("the language model's twin has another number of layers")
+        for layer, real in zip(layers, adapter.mlps()):
+            for name, lin in (("gate_proj", real.gate), ("up_proj", real.up), ("down_proj", real.down)):
+                setattr(layer.mlp, name, nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                                                   dtype=lin.weight.dtype))
+    return twin, [MLPProjections(gate=layer.mlp.gate_proj, up=layer.mlp.up_proj, down=layer.mlp.down_proj)
+                  for layer in layers]
+
+
+def check_mlp_coupling(adapter: ModelAdapter, layers: Sequence[int]) -> None:
+    """Raise :class:`GroupStructureError` unless, in each of ``layers``, Torch-Pruning couples an
+    MLP channel to exactly its gate row, up row and down column.
+
+    The graph is traced on :func:`meta_twin` (same modules, same shapes, no arithmetic: at 7B
+    the real trace is a bf16 forward through every weight, the slowest part of bare
+    Torch-Pruning on CPU); an architecture the twin cannot reproduce is traced for real.
+    """
+    try:
+        twin, mlps = meta_twin(adapter)
+        graph = _trace(twin, {k: v.to("meta") for k, v in adapter.text_example_inputs().items()})
+    except Exception:  # noqa: BLE001 - any failure of the shortcut falls back to the real trace
+        graph, mlps = build_mlp_graph(adapter), adapter.mlps()
+    for i in layers:
+        _coupled_group(graph, mlps[i], i, [0])  # the coupling of one channel is that of every channel
 
 
 def mlp_group(graph: tp.DependencyGraph, adapter: ModelAdapter, index: int,
@@ -44,7 +82,11 @@ def mlp_group(graph: tp.DependencyGraph, adapter: ModelAdapter, index: int,
     """The Torch-Pruning group of layer ``index``'s channels ``idxs``, checked to couple exactly
     gate rows, up rows and down columns (everything else in it must be parameter-free, such as
     the activation and the elementwise product)."""
-    mlp = adapter.mlp(index)
+    return _coupled_group(graph, adapter.mlp(index), index, idxs)
+
+
+def _coupled_group(graph: tp.DependencyGraph, mlp: MLPProjections, index: int,
+                   idxs: Sequence[int]) -> tp.dependency.Group:
     group = graph.get_pruning_group(mlp.gate, tp.prune_linear_out_channels, idxs=list(idxs))
     members = {(dep.target.module, dep.handler == tp.prune_linear_out_channels)
                for dep, _ in group if isinstance(dep.target.module, nn.Linear)}
@@ -96,22 +138,17 @@ def score_ranks(scores: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-def prune_physical(adapter: ModelAdapter, keep: Sequence[torch.Tensor],
-                   graph: tp.DependencyGraph | None = None) -> None:
+def prune_physical(adapter: ModelAdapter, keep: Sequence[torch.Tensor]) -> None:
     """Physically remove every channel not in ``keep[l]``, layer by layer.
 
-    Every index set is checked, and every layer's Torch-Pruning group is built from ``graph``
-    (the language model's dependency graph, traced here when not given) and checked, before
-    anything is removed. Each layer's removal then holds back only its removed channels (see
-    :class:`~hipp_torchprune.pruning.removal.LayerRemoval`), so pruning never needs more than one
-    layer's weights beyond the dense model; if anything fails midway, every layer is put back
-    exactly, so the model is never left half-pruned.
+    Every index set and every pruned layer's coupling (:func:`check_mlp_coupling`) is checked
+    before anything is removed. Each layer's removal then holds back only its removed channels
+    (see :class:`~hipp_torchprune.pruning.removal.LayerRemoval`), so pruning never needs more
+    than one layer's weights beyond the dense model; if anything fails midway, every layer is
+    put back exactly, so the model is never left half-pruned.
     """
     split = split_indices(keep, adapter.intermediate_widths())
-    graph = graph or build_mlp_graph(adapter)
-    for i, (_, removed) in enumerate(split):
-        if removed.numel():
-            mlp_group(graph, adapter, i, removed.tolist())
+    check_mlp_coupling(adapter, [i for i, (_, removed) in enumerate(split) if removed.numel()])
     done: list[LayerRemoval] = []
     try:
         for i, (kept, removed) in enumerate(split):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from hipp_torchprune import api
+from hipp_torchprune.adapters.base import MLPProjections
 from hipp_torchprune.errors import HippError, PlanError
 from hipp_torchprune.models.tiny import tiny_llava
 from hipp_torchprune.pruning import operator, removal
@@ -113,7 +114,8 @@ def _held_full_width_tensors(model: torch.nn.Module, width: int) -> int:
     with warnings.catch_warnings():  # isinstance on some of torch's deprecated module objects warns
         warnings.simplefilter("ignore")
         tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
-    return sum(1 for t in tensors if id(t) not in in_model and t.ndim == 2 and width in t.shape)
+    return sum(1 for t in tensors if id(t) not in in_model and t.ndim == 2 and width in t.shape
+               and not t.is_meta)  # a meta tensor holds no memory
 
 
 def test_physical_pruning_holds_at_most_one_layers_old_weights(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,6 +150,46 @@ def test_prune_model_traces_the_graph_once(tiny, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(operator.tp.DependencyGraph, "build_dependency", counting)
     api.prune_model(model, api.make_plan(model, "uniform", 0.25, round_to=16), api.importance("magnitude", model))
     assert traces["n"] == 1
+
+
+def test_physical_pruning_never_runs_the_real_language_model(tiny) -> None:
+    """The coupling is traced on a weightless twin: no forward through the real weights."""
+    _, model, processor = tiny
+    adapter = api.get_adapter(model)
+    lm = adapter.language_model()
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the real language model ran")
+
+    lm.forward = no_forward
+    plan = api.make_plan(model, "uniform", 0.25, round_to=16)
+    api.prune_model(model, plan, api.importance("magnitude", model))
+    del lm.forward
+    assert tuple(adapter.intermediate_widths()) == plan.widths_after
+    assert torch.isfinite(_logits(model, adapter, processor)).all()
+
+
+def test_coupling_check_falls_back_to_the_real_graph(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, model, _ = tiny
+    twin = copy.deepcopy(model)
+
+    def no_twin(adapter):
+        raise RuntimeError("this architecture has no meta twin")
+
+    plan = api.make_plan(model, "random", 0.4, round_to=16, seed=4)
+    api.prune_model(twin, plan, api.importance("magnitude", twin))
+    monkeypatch.setattr(operator, "meta_twin", no_twin)
+    api.prune_model(model, plan, api.importance("magnitude", model))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), twin.state_dict().values()))
+
+
+def test_unexpected_coupling_is_refused(tiny) -> None:
+    _, model, _ = tiny
+    adapter = api.get_adapter(model)
+    graph = operator.build_mlp_graph(adapter)
+    mlp = adapter.mlp(0)
+    with pytest.raises(operator.GroupStructureError, match="layer 0"):
+        operator._coupled_group(graph, MLPProjections(gate=mlp.gate, up=mlp.down, down=mlp.up), 0, [0])
 
 
 @pytest.mark.parametrize("keep", [[torch.tensor([0, 0, 1])], [torch.tensor([0, 999])], [torch.tensor([[0, 1]])],
