@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from hipp_torchprune.loading import add_dtype_argument
+from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS
 
 
 def register(subparsers: Any) -> None:
@@ -15,6 +16,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", required=True, help="checkpoint dir, 'demo', or a tiny model name")
     p.add_argument("--data", required=True, help="data dir (its calibration split is used); 'random' for tiny models")
     p.add_argument("--n", type=int, default=64, help="calibration samples (default 64)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="cap on each calibration image's pixel count (Qwen2.5-VL resizes to fit; default 1280*28*28)")
     p.add_argument("--cache", default=None, help="write profile.json + calibration.safetensors here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", default=None, help="write a PNG of visual sensitivity by depth")
@@ -45,11 +48,13 @@ def run(args: argparse.Namespace) -> int:
     from hipp_torchprune.hipp.calibrate import profile_model
     from hipp_torchprune.hipp.profile import calibration_key, save_calibration
     from hipp_torchprune.loading import load_model
+    from hipp_torchprune.models.processors import cap_pixels
 
     model, processor = load_model(args.model, dtype=args.dtype)
-    profile, stats, _ = profile_model(model, processor, calibration_samples(args.data, args.n))
+    samples = calibration_samples(args.data, args.n)
+    profile, stats, _ = profile_model(model, cap_pixels(processor, args.max_pixels), samples)
     if args.cache:
-        save_calibration(args.cache, profile, stats, calibration_key(model, args.data, args.n))
+        save_calibration(args.cache, profile, stats, calibration_key(model, args.data, args.n, args.max_pixels))
     layers = profile.to_dict()["layers"]
     if args.plot:
         plot_sensitivity([layer["visual_sensitivity"] for layer in layers], args.plot)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hipp_torchprune.loading import add_dtype_argument
+from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS
 from hipp_torchprune.pruning.plan import Plan
 
 #: ``--strategy`` / ``--importance`` defaults (``--method`` replaces both).
@@ -31,6 +32,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--r-max", type=float, default=0.8, help="cap on any layer's removal ratio (default 0.8)")
     p.add_argument("--calib", default=None, help="calibration data dir; 'random' (tiny models only)")
     p.add_argument("--calib-n", type=int, default=32, help="calibration samples (default 32)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="cap on each calibration image's pixel count (Qwen2.5-VL resizes to fit; default 1280*28*28)")
     p.add_argument("--seed", type=int, default=0, help="seed for random strategies and tiny models")
     p.add_argument("--out", default=None, help="write the pruned checkpoint (and plan.json) here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -159,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     from hipp_torchprune.checkpoint import save_pruned
     from hipp_torchprune.loading import load_model
     from hipp_torchprune.methods import check_method, prune_with_method
+    from hipp_torchprune.models.processors import cap_pixels
     from hipp_torchprune.registry import default_registry
 
     if args.config:
@@ -169,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
     model, processor = load_model(args.model, seed=args.seed, dtype=args.dtype)
     check_method(method, model)  # e.g. slicegpt refuses Qwen2.5-VL before any calibration
     widths_before = api.get_adapter(model, registry).intermediate_widths()
-    context = _context(args, method, what, model, processor, registry, options)
+    capped = cap_pixels(processor, args.max_pixels)  # calibration only: the checkpoint keeps its own
+    context = _context(args, method, what, model, capped, registry, options)
     report = prune_with_method(model, method, args.sparsity, context)
     record = {**_layers(widths_before, report), **{k: report.details[k] for k in ("strategy", "importance")
                                                    if k in report.details},

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from hipp_torchprune.loading import add_dtype_argument
+from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS
 
 
 def _budget(text: str) -> tuple[float, float]:
@@ -29,6 +30,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--r-max", type=float, default=0.8)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--calib-n", type=int, default=64)
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="cap on each calibration image's pixel count (Qwen2.5-VL resizes to fit; default 1280*28*28)")
     p.add_argument("--calibration", default=None, help="calibration cache from hipp calibrate --cache (default OUT/calibration)")
     p.add_argument("--reward-limit", type=int, default=128, help="examples per objective per plan")
     p.add_argument("--seed", type=int, default=0)
@@ -72,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_yaml(TrainConfig, args.config)
     state = _distributed_state()
     result = train_from_data(args.model, args.data, args.out, config, round_to=args.round_to, calib_n=args.calib_n,
+                             max_pixels=args.max_pixels,
                              reward_limit=args.reward_limit, calibration=args.calibration,
                              resume=not args.no_resume, state=state, dtype=args.dtype)
     if state is not None and not state.is_main_process:

@@ -127,9 +127,10 @@ def data_fingerprint(data: str | Path) -> str:
         return str(root)
 
 
-def calibration_key(model: Any, data: str | Path, n: int) -> dict[str, Any]:
-    """What a calibration cache is valid for: the model's weights, the data and the sample count."""
-    return {"model": model_fingerprint(model), "data": data_fingerprint(data), "n": n}
+def calibration_key(model: Any, data: str | Path, n: int, max_pixels: int | None = None) -> dict[str, Any]:
+    """What a calibration cache is valid for: the model's weights, the data, the sample count
+    and the cap on calibration images' pixels."""
+    return {"model": model_fingerprint(model), "data": data_fingerprint(data), "n": n, "max_pixels": max_pixels}
 
 
 def calibration_source(directory: str | Path) -> dict[str, Any]:

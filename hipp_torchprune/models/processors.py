@@ -9,7 +9,7 @@ prompted exactly as a LLaVA checkpoint.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from transformers import LlavaProcessor, PreTrainedTokenizerFast
@@ -137,3 +137,52 @@ def build_llava_processor(
         vision_feature_select_strategy=vision_feature_select_strategy,
         chat_template=chat_template, image_token="<image>", num_additional_image_tokens=1,
     )
+
+
+#: Default cap on a calibration image's pixel count: 1280 visual tokens of 28x28 pixels, the
+#: upper end of the token range Qwen2.5-VL's model card recommends (``max_pixels = 1280*28*28``).
+#: Qwen2.5-VL checkpoints themselves allow 12,845,056 pixels: a 4032x3024 photo would become
+#: 15,552 image tokens. Fixed-resolution processors (LLaVA's 336x336) are not affected.
+DEFAULT_MAX_PIXELS = 1280 * 28 * 28
+
+
+def pixel_cap_kwargs(processor: Any, max_pixels: int) -> dict[str, Any]:
+    """Processor-call keyword arguments that cap each image at ``max_pixels`` pixels.
+
+    Only processors whose image processor resizes dynamically between a minimum and a maximum
+    pixel count (``size.longest_edge``, as Qwen2-VL's does) are capped; for any other processor
+    the result is empty. A cap above the processor's own maximum leaves that maximum.
+    """
+    size = getattr(getattr(processor, "image_processor", None), "size", None)
+    longest = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
+    shortest = size.get("shortest_edge") if isinstance(size, dict) else getattr(size, "shortest_edge", None)
+    if not longest or not shortest:
+        return {}
+    return {"size": {"shortest_edge": min(int(shortest), max_pixels), "longest_edge": min(int(longest), max_pixels)}}
+
+
+class PixelCappedProcessor:
+    """``processor`` with every call capped at ``max_pixels`` pixels per image (see
+    :func:`pixel_cap_kwargs`); every other attribute is the processor's own, and the processor
+    itself is left unchanged (so a checkpoint saved with it keeps its own settings)."""
+
+    def __init__(self, processor: Any, max_pixels: int) -> None:
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            from hipp_torchprune.errors import CalibrationError
+
+            raise CalibrationError(f"max_pixels must be a positive number of pixels, got {max_pixels!r}")
+        self.processor = processor
+        self.max_pixels = max_pixels
+        self._kwargs = pixel_cap_kwargs(processor, max_pixels)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the processor with the pixel cap (explicit keyword arguments win)."""
+        return self.processor(*args, **{**self._kwargs, **kwargs})
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.processor, name)
+
+
+def cap_pixels(processor: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Any:
+    """``processor`` capped at ``max_pixels`` pixels per image; ``None`` returns it unchanged."""
+    return processor if max_pixels is None else PixelCappedProcessor(processor, max_pixels)

@@ -48,9 +48,13 @@ class QwenImageProcessor:
                                                   add_generation_prompt=add_generation_prompt)
 
     def __call__(self, images: Sequence[Any], text: Sequence[str], return_tensors: str = "pt",
-                 padding: bool = True, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Encode images and texts; each ``<|image_pad|>`` is expanded to its image's token count."""
-        vision = self.image_processor(images=list(images), return_tensors="pt")
+                 padding: bool = True, size: dict[str, int] | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Encode images and texts; each ``<|image_pad|>`` is expanded to its image's token count.
+
+        ``size`` (``{"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}``) overrides the
+        image processor's pixel range for this call only, as in transformers' Qwen2-VL processor.
+        """
+        vision = self.image_processor(images=list(images), return_tensors="pt", **({"size": size} if size else {}))
         merge = self.image_processor.merge_size ** 2
         counts = (vision["image_grid_thw"].prod(-1) // merge).tolist()
         expanded, k = [], 0
@@ -65,16 +69,47 @@ class QwenImageProcessor:
         return {**dict(encoded), "pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write tokenizer, image-processor config and chat template to ``directory``."""
+        """Write tokenizer, image-processor config and chat template to ``directory`` (the
+        template as ``chat_template.jinja``, what transformers 5 writes and reads)."""
         directory = Path(directory)
         self.tokenizer.save_pretrained(directory)
         self.image_processor.save_pretrained(directory)
-        (directory / "chat_template.json").write_text(json.dumps({"chat_template": self.chat_template}))
+        (directory / CHAT_TEMPLATE_FILE).write_text(self.chat_template)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> QwenImageProcessor:
-        """Load what :meth:`save_pretrained` (or a real Qwen2.5-VL checkpoint) wrote."""
+        """Load what :meth:`save_pretrained` (or a real Qwen2.5-VL checkpoint) wrote, with the
+        checkpoint's own chat template (see :func:`checkpoint_chat_template`)."""
         directory = Path(directory)
-        template_file = directory / "chat_template.json"
-        template = json.loads(template_file.read_text())["chat_template"] if template_file.exists() else QWEN_CHAT_TEMPLATE
-        return cls(Qwen2VLImageProcessorPil.from_pretrained(directory), AutoTokenizer.from_pretrained(directory), template)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        return cls(Qwen2VLImageProcessorPil.from_pretrained(directory), tokenizer,
+                   checkpoint_chat_template(directory, tokenizer))
+
+
+#: Where transformers 5 keeps a processor's chat template.
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
+def checkpoint_chat_template(directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None) -> str:
+    """The chat template a checkpoint directory ships: ``chat_template.jinja`` (transformers 5),
+    else ``chat_template.json`` (earlier versions), else the tokenizer's own.
+
+    Raises :class:`~hipp_torchprune.errors.CheckpointError` when there is none: prompting a
+    model with a template it was not trained on would silently change every result.
+    """
+    from hipp_torchprune.errors import CheckpointError
+
+    directory = Path(directory)
+    if (directory / CHAT_TEMPLATE_FILE).is_file():
+        return (directory / CHAT_TEMPLATE_FILE).read_text()
+    legacy = directory / "chat_template.json"
+    if legacy.is_file():
+        try:
+            return json.loads(legacy.read_text())["chat_template"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{legacy} has no 'chat_template' string: {exc}") from exc
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and template:
+        return template
+    raise CheckpointError(f"{directory} has no chat template ({CHAT_TEMPLATE_FILE}, chat_template.json or one in "
+                          "the tokenizer config)")

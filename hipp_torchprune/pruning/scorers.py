@@ -15,6 +15,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from hipp_torchprune.adapters.base import MLPProjections
 from hipp_torchprune.errors import CalibrationError
 from hipp_torchprune.pruning.calibration import CalibrationStats
 from hipp_torchprune.pruning.scores import (
@@ -25,7 +26,14 @@ from hipp_torchprune.pruning.scores import (
 )
 
 
-def _linear_deps(group: tp.dependency.Group) -> list[tuple[nn.Linear, bool, list[int]]]:
+#: Channel indices of one group member: a list from a Torch-Pruning group, or ``slice(None)``
+#: for every channel (the direct path of :meth:`ModuleNamedImportance.score_mlp`).
+Idxs = list[int] | slice
+#: A group's linear members as ``(module, is_out_channel, idxs)``.
+LinearDeps = list[tuple[nn.Linear, bool, Idxs]]
+
+
+def _linear_deps(group: tp.dependency.Group) -> LinearDeps:
     """The group's ``nn.Linear`` members as ``(module, is_out_channel, idxs)``.
 
     Handlers are bound methods, so they are compared with ``==`` (``is`` silently fails).
@@ -70,7 +78,19 @@ class ModuleNamedImportance(tp.importance.Importance):
             raise CalibrationError("group has no nn.Linear member to score")
         return self.score(deps)
 
-    def score(self, deps: list[tuple[nn.Linear, bool, list[int]]]) -> torch.Tensor:
+    @torch.no_grad()
+    def score_mlp(self, mlp: MLPProjections) -> torch.Tensor:
+        """Every channel of one SwiGLU MLP, scored straight from its projections.
+
+        Exactly what :meth:`__call__` returns for the full-width Torch-Pruning group rooted at
+        ``mlp.gate`` (same members, same order: gate rows, up rows, down columns), without
+        building that group: Torch-Pruning maps every one of the channel indices through
+        every member in Python, which costs more than the scoring itself at 7B widths.
+        """
+        every = slice(None)
+        return self.score([(mlp.gate, True, every), (mlp.up, True, every), (mlp.down, False, every)])
+
+    def score(self, deps: LinearDeps) -> torch.Tensor:
         """Score the linear members of a group; subclasses implement it."""
         raise NotImplementedError
 
@@ -95,7 +115,7 @@ class WandaScorer(ModuleNamedImportance):
         super().__init__(model, stats)
         self.config = config
 
-    def score(self, deps: list[tuple[nn.Linear, bool, list[int]]]) -> torch.Tensor:
+    def score(self, deps: LinearDeps) -> torch.Tensor:
         parts = []
         for module, is_out, idxs in deps:
             in_sq = self.stats.in_sq[self.name_of(module)]
@@ -112,7 +132,7 @@ class MagnitudeScorer(ModuleNamedImportance):
     name = "magnitude"
     needs_calibration = False
 
-    def score(self, deps: list[tuple[nn.Linear, bool, list[int]]]) -> torch.Tensor:
+    def score(self, deps: LinearDeps) -> torch.Tensor:
         parts = [magnitude_row_sq(m.weight, 1 if is_out else 0)[idxs] for m, is_out, idxs in deps]
         return torch.stack(parts).sum(0).sqrt()
 
@@ -125,7 +145,7 @@ class TaylorScorer(ModuleNamedImportance):
     name = "taylor-vector"
     needs_grads = True
 
-    def score(self, deps: list[tuple[nn.Linear, bool, list[int]]]) -> torch.Tensor:
+    def score(self, deps: LinearDeps) -> torch.Tensor:
         terms = []
         for module, _, idxs in deps:
             name = self.name_of(module)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+import warnings
+
 import torch
 
 from hipp_torchprune import api
-from hipp_torchprune.hipp.sensitivity import attention_mass_to_vision, visual_sensitivity
+from hipp_torchprune.hipp import sensitivity
+from hipp_torchprune.hipp.sensitivity import attention_mass_to_vision, eager_attention, visual_sensitivity
 from hipp_torchprune.models.tiny import build_tiny
-from tests.conftest import images
+from tests.conftest import PROMPTS, images
 
 
 def test_attention_mass_by_hand() -> None:
@@ -42,3 +46,34 @@ def test_uniform_attention_model_gives_known_sensitivity() -> None:
     assert len(values) == 4
     assert all(abs(v - expected) < 1e-5 for v in values)
     assert model.config._attn_implementation == before  # SDPA users get their attention back
+
+
+def _sensitivity_from_all_layers_at_once(model, adapter, batch) -> list[float]:
+    """The previous implementation: every layer's attention returned, then reduced."""
+    with eager_attention(model), torch.no_grad():
+        out = model(**batch, output_attentions=True, use_cache=False)
+    vision = adapter.vision_positions(batch["input_ids"])
+    text = batch["attention_mask"].bool() & ~vision
+    per_layer = torch.stack([attention_mass_to_vision(a, vision, text) for a in out.attentions])
+    return (per_layer.sum(1) / per_layer.shape[1]).tolist()
+
+
+def test_sensitivity_holds_one_layers_attention_and_matches_all_layers_at_once(tiny, monkeypatch) -> None:
+    _, model, processor = tiny
+    adapter = api.get_adapter(model)
+    batch = adapter.encode(processor, images(3, seed=4), PROMPTS)
+    expected = _sensitivity_from_all_layers_at_once(model, adapter, batch)
+    seq = batch["input_ids"].shape[1]
+    alive = []
+    real_reduce = sensitivity.attention_mass_to_vision
+
+    def counting_reduce(attn, vision, text):  # count the (B, H, T, T) maps alive at each reduction
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            maps = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+        alive.append(sum(1 for t in maps if t.ndim == 4 and t.shape[1] > 1 and t.shape[-2:] == (seq, seq)))  # not the (B, 1, T, T) mask
+        return real_reduce(attn, vision, text)
+
+    monkeypatch.setattr(sensitivity, "attention_mass_to_vision", counting_reduce)
+    assert visual_sensitivity(model, adapter, [batch]) == expected  # bit for bit
+    assert len(alive) == len(adapter.decoder_layers()) and max(alive) == 1

@@ -94,19 +94,23 @@ def test_calibration_cache_is_not_reused_for_other_data(policy_dir: Path, world:
     from hipp_torchprune.hipp.profile import calibration_key, calibration_source, model_fingerprint
     from hipp_torchprune.hipp.run import calibrated_profile
     from hipp_torchprune.loading import load_model
+    from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS
 
     cache = policy_dir / "calibration"
     model, processor = load_model("tiny-llava")
     world_hash = json.loads((world / "manifest.json").read_text())["content_hash"]
-    assert calibration_source(cache) == {"model": model_fingerprint(model), "data": f"world:{world_hash}", "n": 6}
-    assert calibration_source(cache) == calibration_key(model, world, 6)
+    assert calibration_source(cache) == {"model": model_fingerprint(model), "data": f"world:{world_hash}", "n": 6,
+                                         "max_pixels": DEFAULT_MAX_PIXELS}
+    assert calibration_source(cache) == calibration_key(model, world, 6, DEFAULT_MAX_PIXELS)
     other = make_world(4, 200)
     import shutil
 
     copy = policy_dir.parent / "cache-copy"
     shutil.copytree(cache, copy)
     profile, _ = calibrated_profile(model, processor, other, 5, copy)
-    assert profile.n_samples == 5 and calibration_source(copy) == calibration_key(model, other, 5)
+    assert profile.n_samples == 5 and calibration_source(copy) == calibration_key(model, other, 5, DEFAULT_MAX_PIXELS)
+    profile, _ = calibrated_profile(model, processor, other, 5, copy, max_pixels=784)  # another cap: recomputed
+    assert calibration_source(copy) == calibration_key(model, other, 5, 784)
 
 
 def test_calibration_cache_is_not_reused_for_other_weights(policy_dir: Path, world: Path) -> None:

@@ -8,7 +8,8 @@ import torch
 from hipp_torchprune import api
 from hipp_torchprune.errors import CalibrationError
 from hipp_torchprune.pruning import operator
-from hipp_torchprune.pruning.scores import taylor_scores, wanda_column_scores, wanda_row_scores
+from hipp_torchprune.pruning.scorers import WandaConfig
+from hipp_torchprune.pruning.scores import magnitude_row_sq, taylor_scores, wanda_column_scores, wanda_row_scores
 from tests.conftest import samples
 
 
@@ -93,3 +94,34 @@ def test_taylor_loss_ignores_vision_placeholders(tiny, monkeypatch) -> None:
     vision = adapter.non_text_positions(ids)
     assert vision.any() and (labels[vision] == -100).all()
     assert (labels[~vision & (ids != processor.tokenizer.pad_token_id)] != -100).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", [(7, 5), (77, 1001), (1001, 77), (300, 333), (64, 2048)])
+def test_blockwise_scores_are_bit_identical_to_whole_tensor_formulas(dtype: torch.dtype, shape: tuple[int, int]) -> None:
+    """Scoring block by block changes no bit of any score (so no kept row changes either)."""
+    gen = torch.Generator().manual_seed(shape[0])
+    w = (torch.randn(shape, generator=gen) * 0.02).to(dtype)
+    before = w.clone()
+    in_rows, in_cols = torch.rand(shape[1], generator=gen), torch.rand(shape[0], generator=gen)
+    w_t = w.t().contiguous()  # a down_proj-shaped weight: reduce over its rows
+    assert torch.equal(magnitude_row_sq(w, 1), w.float().pow(2).sum(1))
+    assert torch.equal(magnitude_row_sq(w_t, 0), w_t.float().pow(2).sum(0))
+    assert torch.equal(wanda_row_scores(w, in_rows), (w.float().abs() * in_rows.sqrt().unsqueeze(0)).sum(1))
+    assert torch.equal(wanda_column_scores(w_t, in_cols), w_t.float().abs().sum(0) * in_cols.sqrt())
+    assert torch.equal(w, before)  # an fp32 weight is never modified in place
+
+
+@pytest.mark.parametrize("name", ["magnitude", "wanda", "taylor"])
+def test_direct_mlp_scores_equal_scores_on_torch_pruning_groups(tiny, name: str) -> None:
+    """prune_model scores MLPs without Torch-Pruning groups; a BasePruner gets the same numbers."""
+    _, model, processor = tiny
+    adapter = api.get_adapter(model)
+    stats = api.calibrate(model, processor, samples(3), with_grads=name == "taylor")
+    configs = [WandaConfig(parts) for parts in ("gate_up", "down", "all")] if name == "wanda" else [None]
+    graph = operator.build_mlp_graph(adapter)
+    for config in configs:
+        scorer = api.importance(name, model, stats, **({"config": config} if config else {}))
+        for i, width in enumerate(adapter.intermediate_widths()):
+            on_group = scorer(operator.mlp_group(graph, adapter, i, range(width)))
+            assert torch.equal(scorer.score_mlp(adapter.mlp(i)), on_group), (name, config, i)
