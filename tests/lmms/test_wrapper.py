@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (`make test` installs it; see docs/lmms-eval.md)")
 pytest.importorskip("hipp_lmms", reason="the hipp-lmms plugin is not installed (pip install -e plugins/hipp-lmms)")
@@ -255,3 +256,19 @@ def test_batch_size_in_model_args_wins_over_lmms_evals_own(monkeypatch: pytest.M
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ModelArgsError, match="device='cpu' in --model_args conflicts with --device 'cuda'"):
         HippVLM.create_from_arg_string("pretrained=tiny-llava,device=cpu", {"device": "cuda"})
+
+
+def test_dtype_keeps_float32_buffers_and_defaults_to_the_checkpoints_own() -> None:
+    """A converted model keeps rotary ``inv_freq`` in float32 (a plain ``.to(bf16)`` rounds it and
+    moves the logits); no dtype keeps the demo checkpoint's bf16 on every device."""
+    from hipp_lmms.models import load_for_eval
+    from hipp_torchprune.errors import HippError
+
+    model, _ = load_for_eval("demo", "cpu", None)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    model, _ = load_for_eval("demo", "cpu", "float16")
+    assert next(model.parameters()).dtype == torch.float16
+    inv = [b for n, b in model.named_buffers() if n.endswith("inv_freq")]
+    assert inv and all(b.dtype == torch.float32 for b in inv)
+    with pytest.raises(HippError, match="int8"):
+        load_for_eval("demo", "cpu", "int8")

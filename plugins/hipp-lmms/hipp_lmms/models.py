@@ -123,18 +123,18 @@ def resolve_device(device: str | None) -> str:
 
 
 def load_for_eval(pretrained: str, device: str, dtype: str | None) -> tuple[Any, Any]:
-    """Load ``pretrained`` (checkpoint dir, ``demo`` or tiny name) as ``(model, processor)`` in eval mode."""
+    """Load ``pretrained`` (checkpoint dir, ``demo`` or tiny name) as ``(model, processor)`` in eval mode.
+
+    ``dtype`` (``auto``, ``bfloat16``, ``float16``, ``float32``, ``float64``) defaults to the
+    checkpoint's own, on every device, as every ``hipp`` command does; the conversion leaves
+    buffers computed in float32 (rotary ``inv_freq``) in float32. A bad value raises
+    :class:`~hipp_torchprune.loading.DtypeError`.
+    """
     from hipp_torchprune.loading import load_model
 
     if not str(pretrained).strip():
         raise CheckpointError("hipp_vlm: pretrained= is empty; give a checkpoint directory or 'demo'")
-    model, processor = load_model(str(pretrained).strip())
-    if dtype:
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise ModelArgsError(f"hipp_vlm: dtype={dtype!r} is not a torch dtype (float32, bfloat16, float16)")
-        model = model.to(getattr(torch, dtype))
-    elif device != "cpu":
-        model = model.to(torch.bfloat16)
+    model, processor = load_model(str(pretrained).strip(), dtype=dtype or None)
     return model.to(device).eval(), processor
 
 
