@@ -87,7 +87,10 @@ def test_cli_calibration_uses_max_pixels(command: str, monkeypatch: pytest.Monke
         seen.append(processor)
         raise Stop
 
+    # prune calibrates through api.calibrate; calibrate and train through profile_model (per batch)
     monkeypatch.setattr("hipp_torchprune.api.calibrate", fake_calibrate)
+    monkeypatch.setattr("hipp_torchprune.hipp.calibrate.profile_model", fake_calibrate)
+    monkeypatch.setattr("hipp_torchprune.hipp.run.profile_model", fake_calibrate)
     args = {"calibrate": ["calibrate", "--model", "tiny-qwen2_5_vl", "--data", "random", "--n", "2"],
             "prune": ["prune", "--model", "tiny-qwen2_5_vl", "--importance", "wanda"],
             "train": ["train", "--model", "tiny-qwen2_5_vl", "--data", "random", "--out", str(tmp_path / "p")]}[command]
