@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "save_pruned": "hipp_torchprune.checkpoint",
     "load_pruned": "hipp_torchprune.checkpoint",
     "load_model": "hipp_torchprune.loading",
+    "cap_pixels": "hipp_torchprune.models.processors",
     "Plan": "hipp_torchprune.pruning.plan",
     "PlanMasks": "hipp_torchprune.pruning.operator",
     "HippError": "hipp_torchprune.errors",

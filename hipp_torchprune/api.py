@@ -14,7 +14,14 @@ from hipp_torchprune.adapters.base import ModelAdapter
 from hipp_torchprune.errors import CalibrationError, PlanError, UnsupportedModelError
 from hipp_torchprune.pruning.allocators import AllocationRequest
 from hipp_torchprune.pruning.calibration import CalibrationStats, collect_stats
-from hipp_torchprune.pruning.operator import PlanMasks, keep_indices, layer_scores, prune_physical
+from hipp_torchprune.pruning.operator import (
+    PlanMasks,
+    build_mlp_graph,
+    keep_indices,
+    layer_scores,
+    prune_physical,
+    scores_directly,
+)
 from hipp_torchprune.pruning.plan import Plan, budget_matched_widths, torch_pruning_ratio, validate_ratios
 from hipp_torchprune.registry import Registry, default_registry
 
@@ -142,12 +149,14 @@ def prune_model(model: nn.Module, plan: Plan, scorer: tp.importance.Importance, 
         raise PlanError(f"plan was made for widths {plan.widths_before}, model has {adapter.intermediate_widths()}")
     if mode not in ("physical", "mask"):
         raise PlanError(f"mode must be 'physical' or 'mask', got {mode!r}")
-    scores = layer_scores(adapter, scorer)
+    # a scorer that needs Torch-Pruning groups gets the real graph, traced once and reused below
+    graph = None if scores_directly(scorer) else build_mlp_graph(adapter)
+    scores = layer_scores(adapter, scorer, graph)
     keep = [keep_indices(s, k) for s, k in zip(scores, plan.widths_after)]
     if mode == "mask":
         masks = PlanMasks(adapter)
         masks.set_keep(keep)
         return PruneResult(plan=plan, masks=masks)
-    prune_physical(adapter, keep)
+    prune_physical(adapter, keep, graph)
     adapter.text_config().hipp_plan = list(plan.ratios)
     return PruneResult(plan=plan)

@@ -60,19 +60,22 @@ def meta_twin(adapter: ModelAdapter) -> tuple[nn.Module, list[MLPProjections]]:
                   for layer in layers]
 
 
-def check_mlp_coupling(adapter: ModelAdapter, layers: Sequence[int]) -> None:
+def check_mlp_coupling(adapter: ModelAdapter, layers: Sequence[int], graph: tp.DependencyGraph | None = None) -> None:
     """Raise :class:`GroupStructureError` unless, in each of ``layers``, Torch-Pruning couples an
     MLP channel to exactly its gate row, up row and down column.
 
-    The graph is traced on :func:`meta_twin` (same modules, same shapes, no arithmetic: at 7B
-    the real trace is a bf16 forward through every weight, the slowest part of bare
-    Torch-Pruning on CPU); an architecture the twin cannot reproduce is traced for real.
+    Without the real ``graph``, the graph is traced on :func:`meta_twin` (same modules, same
+    shapes, no arithmetic: at 7B the real trace is a bf16 forward through every weight, the
+    slowest part of bare Torch-Pruning on CPU); an architecture the twin cannot reproduce is
+    traced for real.
     """
-    try:
-        twin, mlps = meta_twin(adapter)
-        graph = _trace(twin, {k: v.to("meta") for k, v in adapter.text_example_inputs().items()})
-    except Exception:  # noqa: BLE001 - any failure of the shortcut falls back to the real trace
-        graph, mlps = build_mlp_graph(adapter), adapter.mlps()
+    mlps = adapter.mlps()
+    if graph is None:
+        try:
+            twin, mlps = meta_twin(adapter)
+            graph = _trace(twin, {k: v.to("meta") for k, v in adapter.text_example_inputs().items()})
+        except Exception:  # noqa: BLE001 - any failure of the shortcut falls back to the real trace
+            graph, mlps = build_mlp_graph(adapter), adapter.mlps()
     for i in layers:
         _coupled_group(graph, mlps[i], i, [0])  # the coupling of one channel is that of every channel
 
@@ -98,6 +101,12 @@ def _coupled_group(graph: tp.DependencyGraph, mlp: MLPProjections, index: int,
     return group
 
 
+def scores_directly(scorer: tp.importance.Importance) -> bool:
+    """Whether ``scorer`` scores an MLP from its projections alone (the built-in scorers), so
+    that :func:`layer_scores` needs no dependency graph for it."""
+    return isinstance(scorer, ModuleNamedImportance) and type(scorer).__call__ is ModuleNamedImportance.__call__
+
+
 def layer_scores(adapter: ModelAdapter, scorer: tp.importance.Importance,
                  graph: tp.DependencyGraph | None = None) -> list[torch.Tensor]:
     """Score every channel of every layer with ``scorer``.
@@ -107,7 +116,7 @@ def layer_scores(adapter: ModelAdapter, scorer: tp.importance.Importance,
     as on the full Torch-Pruning group); any other Torch-Pruning ``Importance`` is called on the
     full-width group of each layer, from ``graph`` (traced here when not given).
     """
-    direct = isinstance(scorer, ModuleNamedImportance) and type(scorer).__call__ is ModuleNamedImportance.__call__
+    direct = scores_directly(scorer)
     if not direct and graph is None:
         graph = build_mlp_graph(adapter)
     scores = []
@@ -138,17 +147,18 @@ def score_ranks(scores: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-def prune_physical(adapter: ModelAdapter, keep: Sequence[torch.Tensor]) -> None:
+def prune_physical(adapter: ModelAdapter, keep: Sequence[torch.Tensor],
+                   graph: tp.DependencyGraph | None = None) -> None:
     """Physically remove every channel not in ``keep[l]``, layer by layer.
 
-    Every index set and every pruned layer's coupling (:func:`check_mlp_coupling`) is checked
-    before anything is removed. Each layer's removal then holds back only its removed channels
+    Every index set and every pruned layer's coupling (:func:`check_mlp_coupling`, on ``graph``
+    when the caller traced the real one already) is checked before anything is removed. Each layer's removal then holds back only its removed channels
     (see :class:`~hipp_torchprune.pruning.removal.LayerRemoval`), so pruning never needs more
     than one layer's weights beyond the dense model; if anything fails midway, every layer is
     put back exactly, so the model is never left half-pruned.
     """
     split = split_indices(keep, adapter.intermediate_widths())
-    check_mlp_coupling(adapter, [i for i, (_, removed) in enumerate(split) if removed.numel()])
+    check_mlp_coupling(adapter, [i for i, (_, removed) in enumerate(split) if removed.numel()], graph)
     done: list[LayerRemoval] = []
     try:
         for i, (kept, removed) in enumerate(split):

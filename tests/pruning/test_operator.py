@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+import torch_pruning as tp
 
 from hipp_torchprune import api
 from hipp_torchprune.adapters.base import MLPProjections
@@ -138,8 +139,11 @@ def test_physical_pruning_holds_at_most_one_layers_old_weights(monkeypatch: pyte
     assert peak["held"] <= 3  # at most gate, up, down of the layer being pruned, never the layers before
 
 
-def test_prune_model_traces_the_graph_once(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("group_scorer", [False, True])
+def test_prune_model_traces_the_graph_once(tiny, monkeypatch: pytest.MonkeyPatch, group_scorer: bool) -> None:
+    """Once in all: the weightless twin for built-in scorers, the real graph for scorers of groups."""
     _, model, _ = tiny
+    scorer = tp.importance.GroupMagnitudeImportance() if group_scorer else api.importance("magnitude", model)
     traces = {"n": 0}
     real_build = operator.tp.DependencyGraph.build_dependency
 
@@ -148,8 +152,9 @@ def test_prune_model_traces_the_graph_once(tiny, monkeypatch: pytest.MonkeyPatch
         return real_build(self, *args, **kwargs)
 
     monkeypatch.setattr(operator.tp.DependencyGraph, "build_dependency", counting)
-    api.prune_model(model, api.make_plan(model, "uniform", 0.25, round_to=16), api.importance("magnitude", model))
-    assert traces["n"] == 1
+    plan = api.make_plan(model, "uniform", 0.25, round_to=16)
+    api.prune_model(model, plan, scorer)
+    assert traces["n"] == 1 and tuple(api.get_adapter(model).intermediate_widths()) == plan.widths_after
 
 
 def test_physical_pruning_never_runs_the_real_language_model(tiny) -> None:
