@@ -75,7 +75,8 @@ def make_plan(model: nn.Module, strategy: str = "uniform", sparsity: float = 0.2
     allocator = registry.get("strategy", strategy)()
     adapter = get_adapter(model, registry)
     request = AllocationRequest(widths=tuple(adapter.intermediate_widths()), row_params=row_params(adapter),
-                                sparsity=sparsity, r_max=r_max, seed=seed, options={"model": model, **options})
+                                sparsity=sparsity, r_max=r_max, seed=seed, options={"model": model, **options},
+                                registry=registry)
     ratios = allocator.allocate(request)
     return plan_from_ratios(model, ratios, round_to=round_to, r_max=r_max, registry=registry)
 

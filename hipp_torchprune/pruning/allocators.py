@@ -26,6 +26,9 @@ class AllocationRequest:
     seed: int = 0
     #: Strategy-specific options (e.g. the HiPP policy and preference).
     options: dict[str, Any] = field(default_factory=dict)
+    #: The caller's plugin registry (a ``Registry``; None: the default one), so an allocator that
+    #: looks at the model finds the adapter the caller registered.
+    registry: Any = None
 
 
 def calibrated_inputs(request: AllocationRequest, strategy: str) -> tuple[Any, Any]:

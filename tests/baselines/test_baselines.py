@@ -132,3 +132,33 @@ def test_slicegpt_unsliced_rotation_keeps_logits() -> None:
     per_dim = sg.params_per_hidden_dim(rotated)
     sg.rotate_and_slice(rotated, torch.eye(64, dtype=torch.float64), 60)
     assert before - sum(p.numel() for p in rotated.parameters()) == 4 * per_dim
+
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED))
+def test_methods_use_the_callers_registry(method: str) -> None:
+    """A model that only the caller's registry can adapt is pruned through that registry, never the default."""
+    from hipp_torchprune.adapters.llava import LlavaAdapter
+    from hipp_torchprune.errors import UnsupportedModelError
+    from hipp_torchprune.models.tiny import build_tiny
+
+    model, processor = build_tiny("tiny-llava", seed=0)
+    model.__class__ = type("CustomLlava", (type(model),), {})
+    custom = type("CustomLlavaAdapter", (LlavaAdapter,), {"name": "custom-llava", "model_class_names": ("CustomLlava",)})
+
+    class Plugin:
+        @staticmethod
+        @plugin.hookimpl
+        def hipp_model_adapters() -> list[type]:
+            return [custom]
+
+    reg = _registry()
+    reg.pm.register(Plugin())
+    with pytest.raises(UnsupportedModelError):
+        api.get_adapter(model)  # the default registry does not know the class
+    calib = samples(3)
+    stats = api.calibrate(model, processor, calib, with_grads=True, registry=reg)
+    report = reg.get("method", method)().prune(model, 0.3, MethodContext(processor, calib, stats, round_to=16,
+                                                                          registry=reg))
+    assert abs(report.realized_sparsity - 0.3) < 0.03
+    assert list(report.widths) == api.get_adapter(model, reg).intermediate_widths()

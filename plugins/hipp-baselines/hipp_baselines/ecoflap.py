@@ -122,6 +122,7 @@ class EcoFLaPAllocator:
         if model is None or processor is None or not samples:
             raise CalibrationError("strategy 'ecoflap' needs calibration: pass processor= and samples= options")
         scores = zeroth_order_scores(model, processor, samples, eps=float(opts.get("eps", DEFAULT_EPS)),
-                                     n_noise=int(opts.get("n_noise", 1)), seed=request.seed)
+                                     n_noise=int(opts.get("n_noise", 1)), seed=request.seed,
+                                     registry=request.registry)
         sizes = [w * p for w, p in zip(request.widths, request.row_params)]
         return ecoflap_keep_ratios(scores, sizes, request.sparsity, min(request.r_max, request.sparsity + CAP_MARGIN))

@@ -119,7 +119,7 @@ class FlapAllocator:
         model, stats = calibrated_inputs(request, self.name)
         scorer = FlapScorer(model, stats)
         every = slice(None)
-        scores = [standardize(scorer.score([(mlp.down, False, every)])) for mlp in get_adapter(model).mlps()]
+        scores = [standardize(scorer.score([(mlp.down, False, every)])) for mlp in get_adapter(model, request.registry).mlps()]
         budget = request.sparsity * sum(w * p for w, p in zip(request.widths, request.row_params))
         caps = [int(request.r_max * w) for w in request.widths]
         removed = global_removals(scores, request.row_params, budget, caps)

@@ -73,7 +73,7 @@ class OWLAllocator:
         m = float(request.options.get("m", DEFAULT_M))
         lam = float(request.options.get("lam", DEFAULT_LAM))
         outliers = [layer_outlier_ratio([(p.weight, stats.in_sq[names[p]]) for p in (mlp.gate, mlp.up, mlp.down)], m)
-                    for mlp in get_adapter(model).mlps()]
+                    for mlp in get_adapter(model, request.registry).mlps()]
         sizes = [w * p for w, p in zip(request.widths, request.row_params)]
         raw = owl_ratios(outliers, request.sparsity, lam, sizes)
         if all(0.0 <= r <= request.r_max for r in raw):
