@@ -22,7 +22,8 @@ Format ``hipp-torchprune/2`` (what :func:`save_pruned` writes):
 Other shape changes (SliceGPT's sliced residual stream: a narrower embedding, norms, ``lm_head``
 and stream-reading/-writing linears) are recorded by :func:`parameter_changes` as
 ``reshaped_parameters`` (name -> shape) and rebuilt by :func:`apply_reshaped`; edits that need code
-(``reshape``) go through :data:`RESHAPERS`. The config keeps the width the architecture is built
+(``reshape``) go through :data:`RESHAPERS`, and a reshaper's detector (:data:`RESHAPE_DETECTORS`)
+records them whenever a model that needs them is saved (SliceGPT's per-block shortcuts). The config keeps the width the architecture is built
 from (transformers' configs refuse a hidden size that is not a multiple of the head count).
 Parameters the config does not build at all (FLAP's compensation biases on ``down_proj``) are
 recorded as ``added_parameters`` and recreated by :func:`apply_added`; only a missing
