@@ -22,7 +22,8 @@ Format ``hipp-torchprune/2`` (what :func:`save_pruned` writes):
 Other shape changes (SliceGPT's sliced residual stream: a narrower embedding, norms, ``lm_head``
 and stream-reading/-writing linears) are recorded by :func:`parameter_changes` as
 ``reshaped_parameters`` (name -> shape) and rebuilt by :func:`apply_reshaped`; edits that need code
-(``reshape``) go through :data:`RESHAPERS`. The config keeps the width the architecture is built
+(``reshape``) go through :data:`RESHAPERS`, and a reshaper's detector (:data:`RESHAPE_DETECTORS`)
+records them whenever a model that needs them is saved (SliceGPT's per-block shortcuts). The config keeps the width the architecture is built
 from (transformers' configs refuse a hidden size that is not a multiple of the head count).
 Parameters the config does not build at all (FLAP's compensation biases on ``down_proj``) are
 recorded as ``added_parameters`` and recreated by :func:`apply_added`; only a missing
@@ -53,7 +54,7 @@ from transformers.utils.hub import convert_file_size_to_int
 
 from hipp_torchprune.atomic import write_dir_atomic
 from hipp_torchprune.errors import CheckpointError
-from hipp_torchprune.registry import Registry
+from hipp_torchprune.registry import Registry, default_registry
 
 #: File holding the per-layer widths and the plan.
 PRUNING_FILE = "hipp_pruning.json"
@@ -73,13 +74,30 @@ DEFAULT_MAX_SHARD_SIZE = "5GB"
 #: ``no_init_weights`` (new parameters are filled from the checkpoint). A method that changes other
 #: shapes (e.g. slicing the hidden size) registers its edit with :func:`register_reshaper`.
 RESHAPERS: dict[str, Callable[[nn.Module, Any], None]] = {}
+#: Per reshaper name, ``detect(model)``: the payload the model needs (None: none). :func:`save_pruned`
+#: records what they find, so a model whose structure a method changed saves from any path.
+RESHAPE_DETECTORS: dict[str, Callable[[nn.Module], Any]] = {}
 
 _SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
 
 
-def register_reshaper(name: str, fn: Callable[[nn.Module, Any], None]) -> None:
-    """Make ``fn(model, payload)`` available to :func:`load_pruned` under ``name`` (see :data:`RESHAPERS`)."""
+def register_reshaper(name: str, fn: Callable[[nn.Module, Any], None],
+                      detect: Callable[[nn.Module], Any] | None = None) -> None:
+    """Make ``fn(model, payload)`` available to :func:`load_pruned` under ``name`` (see :data:`RESHAPERS`),
+    and ``detect(model)`` (the payload a model needs, or None) to :func:`save_pruned`.
+
+    A plugin registers its reshapers when its methods are loaded: :func:`load_pruned` loads the
+    registry's methods before it gives up on an unknown reshaper name.
+    """
     RESHAPERS[name] = fn
+    if detect is not None:
+        RESHAPE_DETECTORS[name] = detect
+
+
+def detected_reshapes(model: nn.Module) -> dict[str, Any]:
+    """The payload of every registered reshaper whose detector says ``model`` needs it."""
+    found = {name: detect(model) for name, detect in RESHAPE_DETECTORS.items()}
+    return {name: payload for name, payload in found.items() if payload is not None}
 
 
 def save_pruned(model: nn.Module, directory: str | Path, processor: Any = None,
@@ -92,10 +110,12 @@ def save_pruned(model: nn.Module, directory: str | Path, processor: Any = None,
     as ``"5GB"``/``"500MiB"``). The directory appears whole or not at all (it is filled as a
     temporary sibling and renamed into place, with ordinary permissions); an existing one is
     replaced. ``extra_files`` maps file names to text written beside the weights (e.g. ``plan.json``);
-    ``reshape`` records edits for :data:`RESHAPERS`.
+    ``reshape`` records edits for :data:`RESHAPERS`, in addition to those the registered
+    detectors find (:data:`RESHAPE_DETECTORS`).
     """
     from hipp_torchprune.api import get_adapter
 
+    reshape = {**detected_reshapes(model), **(reshape or {})}
     adapter = get_adapter(model, registry)
     widths = adapter.intermediate_widths()
     shard_bytes = _shard_bytes(max_shard_size)
@@ -113,7 +133,7 @@ def save_pruned(model: nn.Module, directory: str | Path, processor: Any = None,
             model.generation_config.save_pretrained(tmp)
         if processor is not None:
             processor.save_pretrained(tmp)
-        meta[RESHAPED_KEY], meta[ADDED_KEY] = parameter_changes(model, tmp, widths, registry)
+        meta[RESHAPED_KEY], meta[ADDED_KEY] = parameter_changes(model, tmp, widths, registry, reshape)
         (tmp / PRUNING_FILE).write_text(json.dumps(meta, indent=2))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
@@ -262,11 +282,13 @@ def _resize_mlps(model: nn.Module, widths: list[int], registry: Registry | None)
     adapter.text_config().hipp_intermediate_sizes = list(widths)
 
 
-def parameter_changes(model: nn.Module, config_dir: Path, widths: list[int], registry: Registry | None = None
-                      ) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+def parameter_changes(model: nn.Module, config_dir: Path, widths: list[int], registry: Registry | None = None,
+                      reshape: dict[str, Any] | None = None) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
     """``(reshaped, added)``: parameters of ``model`` whose shapes differ from the model that
     ``config_dir/config.json`` builds with MLP ``widths`` (empty unless something besides MLP rows
     was pruned, e.g. SliceGPT), and parameters that model does not have (e.g. FLAP's biases).
+    Parameters that the registered reshapers in ``reshape`` create are in neither (they are
+    rebuilt by their reshaper) and must have the model's shapes.
 
     The comparison model is built from the written config exactly as :func:`load_pruned` will,
     on the meta device (no memory). A config that transformers cannot read back raises
@@ -279,10 +301,17 @@ def parameter_changes(model: nn.Module, config_dir: Path, widths: list[int], reg
     with torch.device("meta"), no_init_weights():
         built = _model_class(config, config_dir)._from_config(config)
         _resize_mlps(built, widths, registry)
-    expected = {name: list(p.shape) for name, p in built.named_parameters()}
+        expected = {name: list(p.shape) for name, p in built.named_parameters()}
+        for name, payload in (reshape or {}).items():
+            if name in RESHAPERS:
+                RESHAPERS[name](built, payload)
+    made = {name: list(p.shape) for name, p in built.named_parameters() if name not in expected}
     actual = {name: list(p.shape) for name, p in model.named_parameters()}
+    wrong = [name for name, shape in made.items() if actual.get(name) != shape]
+    if wrong:
+        raise CheckpointError(f"reshapers {sorted(reshape or {})} build {wrong[:3]} in other shapes than the model's")
     return ({name: shape for name, shape in actual.items() if name in expected and expected[name] != shape},
-            {name: shape for name, shape in actual.items() if name not in expected})
+            {name: shape for name, shape in actual.items() if name not in expected and name not in made})
 
 
 def apply_reshaped(model: nn.Module, shapes: dict[str, list[int]], directory: Path) -> None:
@@ -304,7 +333,9 @@ def apply_reshaped(model: nn.Module, shapes: dict[str, list[int]], directory: Pa
             module.num_embeddings, module.embedding_dim = module.weight.shape
 
 
-def _apply_reshapers(model: nn.Module, reshape: dict[str, Any], directory: Path) -> None:
+def _apply_reshapers(model: nn.Module, reshape: dict[str, Any], directory: Path, registry: Registry | None) -> None:
+    if set(reshape) - set(RESHAPERS):  # plugins register their reshapers when their methods load
+        (registry or default_registry()).all("method")
     unknown = sorted(set(reshape) - set(RESHAPERS))
     if unknown:
         raise CheckpointError(f"{directory} needs reshaper(s) {', '.join(unknown)} that are not registered "
@@ -355,7 +386,7 @@ def load_pruned(directory: str | Path, registry: Registry | None = None,
         _resize_mlps(model, [int(w) for w in meta["intermediate_sizes"]], registry)
         apply_reshaped(model, meta.get(RESHAPED_KEY) or {}, directory)
         apply_added(model, meta.get(ADDED_KEY) or {}, directory)
-        _apply_reshapers(model, meta.get("reshape") or {}, directory)
+        _apply_reshapers(model, meta.get("reshape") or {}, directory, registry)
     model.tie_weights()  # what the config ties (e.g. Qwen2.5-VL-3B's lm_head and embed_tokens)
     _load_weights(model, files, directory, dtype)
     return model.eval()

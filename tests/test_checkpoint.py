@@ -394,6 +394,72 @@ def test_recorded_reshape_is_applied_on_load(tmp_path: Path, monkeypatch: pytest
     assert torch.equal(_logits(load_pruned(tmp_path / "ck"), processor), ref)
 
 
+
+def _add_extra(model, payload: list[int]) -> None:
+    """A reshaper: a bias-free ``nn.Linear`` ``extra`` (payload ``[out, in]``) on layer 0's MLP."""
+    mlp = api.get_adapter(model).decoder_layers()[0].mlp
+    like = mlp.up_proj.weight
+    mlp.extra = torch.nn.Linear(payload[1], payload[0], bias=False, dtype=like.dtype, device=like.device)
+
+
+def _detect_extra(model) -> list[int] | None:
+    extra = getattr(api.get_adapter(model).decoder_layers()[0].mlp, "extra", None)
+    return list(extra.weight.shape) if extra is not None else None
+
+
+def test_detected_reshape_is_recorded_and_its_parameters_rebuilt(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from hipp_torchprune import checkpoint
+
+    model, processor = build_tiny("tiny-llava")
+    _add_extra(model, [3, 5])
+    extra = api.get_adapter(model).decoder_layers()[0].mlp.extra.weight
+    monkeypatch.setitem(checkpoint.RESHAPERS, "extra", _add_extra)
+    monkeypatch.setitem(checkpoint.RESHAPE_DETECTORS, "extra", _detect_extra)
+    save_pruned(model, tmp_path / "ck", processor)  # no reshape= given: the detector finds it
+    meta = json.loads((tmp_path / "ck" / PRUNING_FILE).read_text())
+    assert meta["reshape"] == {"extra": [3, 5]} and meta["added_parameters"] == {}
+    loaded = load_pruned(tmp_path / "ck")
+    assert torch.equal(api.get_adapter(loaded).decoder_layers()[0].mlp.extra.weight, extra)
+    assert torch.equal(_logits(loaded, processor), _logits(model, processor))
+
+
+def test_reshape_that_builds_other_shapes_is_refused_before_writing(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from hipp_torchprune import checkpoint
+
+    model, processor = build_tiny("tiny-llava")
+    _add_extra(model, [3, 5])
+    monkeypatch.setitem(checkpoint.RESHAPERS, "extra", _add_extra)
+    with pytest.raises(CheckpointError, match="other shapes"):
+        save_pruned(model, tmp_path / "ck", processor, reshape={"extra": [5, 3]})
+    assert not (tmp_path / "ck").exists()
+
+
+def test_load_finds_a_reshaper_its_plugin_registers_with_its_methods(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from hipp_torchprune import checkpoint
+    from hipp_torchprune.hookspecs import hookimpl
+    from hipp_torchprune.registry import Registry, make_plugin_manager
+
+    model, processor = build_tiny("tiny-llava")
+    _add_extra(model, [3, 5])
+    monkeypatch.setitem(checkpoint.RESHAPERS, "extra", _add_extra)
+    save_pruned(model, tmp_path / "ck", processor, reshape={"extra": [3, 5]})
+    del checkpoint.RESHAPERS["extra"]
+
+    class Plugin:
+        @hookimpl
+        def hipp_pruning_methods(self) -> list[type]:
+            checkpoint.register_reshaper("extra", _add_extra)
+            return []
+
+    reg = Registry(make_plugin_manager(autoload=False))
+    with pytest.raises(CheckpointError, match="extra"):
+        load_pruned(tmp_path / "ck", registry=reg)
+    reg.pm.register(Plugin())
+    assert torch.equal(_logits(load_pruned(tmp_path / "ck", registry=reg), processor), _logits(model, processor))
+
 def test_added_bias_is_recorded_and_rebuilt(tiny, tmp_path: Path) -> None:
     """A down_proj bias the config does not build (FLAP's compensation) is saved and reloaded."""
     from hipp_torchprune.checkpoint import ADDED_KEY

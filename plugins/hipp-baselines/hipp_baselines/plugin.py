@@ -27,6 +27,6 @@ def hipp_importance_scorers() -> list[type]:
 def hipp_pruning_methods() -> list[type]:
     """``random``, ``wanda``, ``llm-pruner``, ``owl``, ``ecoflap``, ``flap`` and ``slicegpt``."""
     from hipp_baselines.methods import METHODS
-    from hipp_baselines.slicegpt import SliceGPTMethod
+    from hipp_baselines.slicegpt_method import SliceGPTMethod
 
     return [*METHODS, SliceGPTMethod]

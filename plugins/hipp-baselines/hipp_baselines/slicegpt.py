@@ -1,4 +1,9 @@
-"""SliceGPT (Ashkboos et al., 2024) for LLaVA, at a parameter count matched to an MLP-sparsity budget.
+"""SliceGPT (Ashkboos et al., 2024) for LLaVA: the shared steps and the ``global`` variant.
+
+The ``slicegpt`` method (:mod:`hipp_baselines.slicegpt_method`) runs either this variant or the
+reference's ``per-block`` one (:mod:`hipp_baselines.slicegpt_blocks`, the default: stronger on
+the demo model's calibration split, ``docs/baselines.md``), at a parameter count matched to an
+MLP-sparsity budget.
 
 1. **Fold** every RMSNorm weight into the linears that read it (``q/k/v`` after
    ``input_layernorm``, ``gate/up`` after ``post_attention_layernorm``, ``lm_head`` after the
@@ -8,8 +13,7 @@
    final norm's input, real tokens of the calibration samples only (image tokens included);
    ``Q`` = eigenvectors of ``C`` by decreasing eigenvalue. One ``Q`` serves the whole stream,
    so no shortcut matrices are needed in the residual connections (the paper uses one ``Q`` per
-   block plus shortcut matrices; a single global ``Q`` keeps transformers' modules unchanged and
-   the checkpoint loadable; it is the weaker variant).
+   site plus shortcut matrices: the ``per-block`` variant).
 3. **Rotate** everything that writes into the stream by ``Q^T`` (embedding rows, ``o_proj`` and
    ``down_proj`` outputs, **the multimodal projector's output**) and everything that reads it by
    ``Q`` (``q/k/v``, ``gate/up``, ``lm_head``). Unsliced, the model computes the same logits.
@@ -21,7 +25,7 @@
 (:func:`params_per_hidden_dim`: a column of every stream-reading linear, a row of every
 stream-writing linear and its bias, one embedding and one ``lm_head`` column, one entry of each
 norm). An MLP sparsity ``s`` removes ``s * sum_l width_l * row_params_l`` parameters, so
-SliceGPT deletes ``k = round(s * sum_l width_l * row_params_l / P_dim)`` dimensions
+the global variant deletes ``k = round(s * sum_l width_l * row_params_l / P_dim)`` dimensions
 (:func:`dims_for_budget`); its realized "sparsity" is ``k * P_dim / sum_l width_l * row_params_l``.
 
 **Config and checkpoint.** ``text_config.hidden_size`` keeps the dense width ``d``: it is the
@@ -39,15 +43,13 @@ into the residual stream, and only LLaVA's projector is wired.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from hipp_torchprune.errors import CalibrationError, HippError
-from hipp_torchprune.methods import MethodContext, MethodNeeds, MethodReport, mlp_param_total
-from hipp_torchprune.registry import Registry
 
 
 class SliceGPTUnsupportedError(HippError, TypeError):
@@ -61,16 +63,27 @@ def dims_for_budget(budget_params: float, params_per_dim: int, hidden: int, mult
     Examples: a budget of 1000 parameters at 300 per dimension -> 3 dimensions (900 removed);
     with ``hidden = 64, multiple = 4`` the kept width must be 60 or 64 -> 4 dimensions.
     """
-    if params_per_dim <= 0 or multiple < 1:
-        raise ValueError("params_per_dim and multiple must be positive")
+    if params_per_dim <= 0:
+        raise ValueError("params_per_dim must be positive")
+    return closest_cut(budget_params, lambda k: k * params_per_dim, hidden, multiple)
+
+
+def closest_cut(budget_params: float, removed: Callable[[int], float], hidden: int, multiple: int = 1) -> int:
+    """Hidden dimensions ``k`` to delete so that ``removed(k)`` (parameters removed, increasing in
+    ``k``) is closest to ``budget_params``, with ``hidden - k`` a positive multiple of ``multiple``
+    (ties: the smaller cut)."""
+    if multiple < 1:
+        raise ValueError("multiple must be positive")
     kept = [h for h in range(multiple, hidden + 1, multiple)]
     if not kept:
         raise ValueError(f"no kept width is a multiple of {multiple} and at most {hidden}")
-    best = min(kept, key=lambda h: (abs((hidden - h) * params_per_dim - budget_params), -h))
+    best = min(kept, key=lambda h: (abs(removed(hidden - h) - budget_params), -h))
     return hidden - best
 
 
-def _parts(model: nn.Module) -> dict[str, Any]:
+def llava_parts(model: nn.Module) -> dict[str, Any]:
+    """The LLaVA modules SliceGPT edits (language model, its layers, embedding, final norm, head,
+    projector output); :class:`SliceGPTUnsupportedError` for any other model family."""
     if type(model).__name__ != "LlavaForConditionalGeneration":
         raise SliceGPTUnsupportedError(
             f"slicegpt supports LLaVA only, not {type(model).__name__}: the residual-stream rotation must also be "
@@ -93,7 +106,7 @@ def _readers_writers(parts: dict[str, Any]) -> tuple[list[nn.Linear], list[nn.Li
 
 def params_per_hidden_dim(model: nn.Module) -> int:
     """Parameters removed with one residual-stream dimension (see the module docstring)."""
-    parts = _parts(model)
+    parts = llava_parts(model)
     readers, writers = _readers_writers(parts)
     n = parts["embed"].weight.shape[0]
     n += sum(lin.out_features for lin in readers)
@@ -105,7 +118,7 @@ def params_per_hidden_dim(model: nn.Module) -> int:
 @torch.no_grad()
 def fold_norms(model: nn.Module) -> None:
     """Fold RMSNorm weights into the following linears (untying ``lm_head``); norms become 1."""
-    parts = _parts(model)
+    parts = llava_parts(model)
     if parts["lm_head"].weight is parts["embed"].weight:
         parts["lm_head"].weight = nn.Parameter(parts["embed"].weight.detach().clone())
         model.config.tie_word_embeddings = False
@@ -120,36 +133,56 @@ def fold_norms(model: nn.Module) -> None:
         norm.weight.fill_(1.0)
 
 
+class _SiteCaptured(Exception):
+    """Raised by a capturing hook once the last site it needs is seen (the rest of the pass is skipped)."""
+
+
 @torch.no_grad()
-def residual_covariance(model: nn.Module, processor: Any, samples: Sequence[tuple[Any, str]]) -> torch.Tensor:
-    """``sum x x^T`` (float64) of the residual stream at every layer input and the final norm input."""
+def stream_covariance(model: nn.Module, processor: Any, samples: Sequence[tuple[Any, ...]],
+                      modules: Sequence[nn.Module], stop_after: bool = False) -> torch.Tensor:
+    """``sum x x^T`` (float64) of the first input of every module in ``modules`` (the residual
+    stream where it enters them), over the real tokens of the calibration samples' prompts.
+
+    ``stop_after``: ``modules`` is one module, and each forward pass stops once it has been seen.
+    """
     from hipp_torchprune.api import calibration_batches, get_adapter
 
     if not samples:
         raise CalibrationError("slicegpt needs calibration samples for its PCA")
-    parts = _parts(model)
-    hidden = parts["embed"].weight.shape[1]
-    cov = torch.zeros(hidden, hidden, dtype=torch.float64)
+    cov: list[torch.Tensor | None] = [None]
     mask: list[torch.Tensor | None] = [None]
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         x = args[0] if args else kwargs["hidden_states"]
         x = x[mask[0]] if mask[0] is not None and mask[0].shape == x.shape[:-1] else x.reshape(-1, x.shape[-1])
         x = x.double().cpu()
-        cov.add_(x.T @ x)
+        cov[0] = x.T @ x if cov[0] is None else cov[0].add_(x.T @ x)
+        if stop_after:
+            raise _SiteCaptured
 
-    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in [*parts["layers"], parts["norm"]]]
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
     device = next(model.parameters()).device
     try:
         for batch in calibration_batches(get_adapter(model), processor, samples):
             batch = {k: v.to(device) for k, v in batch.items()}
             am = batch.get("attention_mask")
             mask[0] = am.bool() if am is not None else None
-            model(**batch, use_cache=False)
+            try:
+                model(**batch, use_cache=False)
+            except _SiteCaptured:
+                pass
     finally:
         for h in handles:
             h.remove()
-    return cov
+    if cov[0] is None:
+        raise CalibrationError("slicegpt's PCA saw no residual-stream activations")
+    return cov[0]
+
+
+def residual_covariance(model: nn.Module, processor: Any, samples: Sequence[tuple[Any, ...]]) -> torch.Tensor:
+    """``sum x x^T`` (float64) of the residual stream at every layer input and the final norm input."""
+    parts = llava_parts(model)
+    return stream_covariance(model, processor, samples, [*parts["layers"], parts["norm"]])
 
 
 def pca_basis(cov: torch.Tensor) -> torch.Tensor:
@@ -158,20 +191,48 @@ def pca_basis(cov: torch.Tensor) -> torch.Tensor:
     return vecs[:, torch.argsort(vals, descending=True)]
 
 
-def _new_linear(lin: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=lin.weight.dtype,
-                    device=lin.weight.device)
-    out.weight.data.copy_(weight)
+@torch.no_grad()
+def set_linear(lin: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Give ``lin`` a new weight (and bias) in its own dtype; its feature counts follow."""
+    old = lin.weight
+    lin.weight = nn.Parameter(weight.to(old.device, old.dtype), requires_grad=old.requires_grad)
     if bias is not None:
-        out.bias.data.copy_(bias)
-    return out
+        lin.bias = nn.Parameter(bias.to(old.device, lin.bias.dtype), requires_grad=lin.bias.requires_grad)
+    lin.out_features, lin.in_features = lin.weight.shape
 
 
-def _replace(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
-    for name, module in root.named_modules():
-        for child_name, child in module.named_children():
-            if child is old:
-                setattr(module, child_name, new)
+@torch.no_grad()
+def rotate_reader(lin: nn.Linear, qk: torch.Tensor) -> None:
+    """A linear that reads the stream now reads ``x Q_k``: ``W <- W Q_k`` (``Q_k``: ``d x d'``)."""
+    set_linear(lin, lin.weight.double() @ qk.to(lin.weight.device), None)
+
+
+@torch.no_grad()
+def rotate_writer(lin: nn.Linear, qk: torch.Tensor) -> None:
+    """A linear that writes the stream now writes ``y Q_k``: ``W <- Q_k^T W``, ``b <- Q_k^T b``."""
+    qt = qk.T.to(lin.weight.device)
+    set_linear(lin, qt @ lin.weight.double(), qt @ lin.bias.double() if lin.bias is not None else None)
+
+
+@torch.no_grad()
+def rotate_embedding(emb: nn.Embedding, qk: torch.Tensor) -> None:
+    """Embedding rows written into the stream in the basis ``Q_k``: ``E <- E Q_k``."""
+    emb.weight = nn.Parameter((emb.weight.double() @ qk.to(emb.weight.device)).to(emb.weight.dtype))
+    emb.embedding_dim = qk.shape[1]
+
+
+@torch.no_grad()
+def resize_norm(norm: nn.Module, width: int, hidden: int) -> None:
+    """A folded (unit) RMSNorm over ``width`` of ``hidden`` dims: weight ``sqrt(hidden / width)``."""
+    norm.weight = nn.Parameter(torch.full((width,), math.sqrt(hidden / width), dtype=norm.weight.dtype,
+                                          device=norm.weight.device))
+
+
+def keep_head_dim(model: nn.Module, hidden: int) -> None:
+    """Write ``head_dim`` explicitly: ``hidden_size`` stays the architecture's width (module docstring)."""
+    text = model.config.text_config
+    if getattr(text, "head_dim", None) is None:
+        text.head_dim = hidden // text.num_attention_heads
 
 
 @torch.no_grad()
@@ -180,64 +241,16 @@ def rotate_and_slice(model: nn.Module, q: torch.Tensor, new_hidden: int) -> None
 
     Expects folded norms (:func:`fold_norms`). ``new_hidden == hidden`` rotates only.
     """
-    parts = _parts(model)
+    parts = llava_parts(model)
     hidden = parts["embed"].weight.shape[1]
     qk = q[:, :new_hidden]
     readers, writers = _readers_writers(parts)
     for lin in readers:
-        w = (lin.weight.double() @ qk.to(lin.weight.device)).to(lin.weight.dtype)
-        _replace(model, lin, _new_linear(lin, w, lin.bias))
+        rotate_reader(lin, qk)
     for lin in writers:
-        qt = qk.T.to(lin.weight.device)
-        w = (qt @ lin.weight.double()).to(lin.weight.dtype)
-        b = (qt @ lin.bias.double()).to(lin.bias.dtype) if lin.bias is not None else None
-        _replace(model, lin, _new_linear(lin, w, b))
-    emb = parts["embed"]
-    emb.weight = nn.Parameter((emb.weight.double() @ qk.to(emb.weight.device)).to(emb.weight.dtype))
-    emb.embedding_dim = new_hidden
-    scale = math.sqrt(hidden / new_hidden)
+        rotate_writer(lin, qk)
+    rotate_embedding(parts["embed"], qk)
     for norm in [parts["norm"], *(n for layer in parts["layers"]
                                   for n in (layer.input_layernorm, layer.post_attention_layernorm))]:
-        norm.weight = nn.Parameter(torch.full((new_hidden,), scale, dtype=norm.weight.dtype,
-                                              device=norm.weight.device))
-    text = model.config.text_config  # hidden_size stays the architecture's width (module docstring)
-    if getattr(text, "head_dim", None) is None:
-        text.head_dim = hidden // text.num_attention_heads
-
-
-class SliceGPTMethod:
-    """SliceGPT at the parameter count of an MLP-sparsity budget (LLaVA).
-
-    Context option ``slicegpt_multiple`` (default 1: the closest budget match) makes the kept
-    hidden width a multiple of it. The sliced model saves with
-    :func:`~hipp_torchprune.checkpoint.save_pruned` and reloads with
-    :func:`~hipp_torchprune.checkpoint.load_pruned` (module docstring).
-    """
-
-    name: ClassVar[str] = "slicegpt"
-    kind: ClassVar[str] = "slicing"
-
-    def needs(self, registry: Registry | None = None) -> MethodNeeds:
-        """Calibration samples for the PCA; no statistics, no gradients."""
-        return MethodNeeds(samples=True, stats=False, grads=False)
-
-    def check(self, model: nn.Module) -> None:
-        """Raise :class:`SliceGPTUnsupportedError` for a model family other than LLaVA."""
-        _parts(model)
-
-    def prune(self, model: nn.Module, sparsity: float, context: MethodContext) -> MethodReport:
-        """Fold, PCA on the context's calibration samples, rotate, slice ``k`` dims (budget-matched)."""
-        from hipp_torchprune.api import get_adapter
-
-        parts = _parts(model)
-        hidden = parts["embed"].weight.shape[1]
-        total = mlp_param_total(model, context.registry)
-        per_dim = params_per_hidden_dim(model)
-        k = dims_for_budget(sparsity * total, per_dim, hidden, int(context.options.get("slicegpt_multiple", 1)))
-        fold_norms(model)
-        q = pca_basis(residual_covariance(model, context.processor, context.samples))
-        rotate_and_slice(model, q, hidden - k)
-        widths = tuple(get_adapter(model, context.registry).intermediate_widths())
-        return MethodReport(self.name, "slicing", k * per_dim / total, widths,
-                            {"hidden_before": hidden, "hidden_after": hidden - k, "params_per_dim": per_dim,
-                             "removed_params": k * per_dim})
+        resize_norm(norm, new_hidden, hidden)
+    keep_head_dim(model, hidden)
