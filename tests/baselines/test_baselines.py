@@ -161,4 +161,5 @@ def test_methods_use_the_callers_registry(method: str) -> None:
     report = reg.get("method", method)().prune(model, 0.3, MethodContext(processor, calib, stats, round_to=16,
                                                                           registry=reg))
     assert abs(report.realized_sparsity - 0.3) < 0.03
-    assert list(report.widths) == api.get_adapter(model, reg).intermediate_widths()
+    if report.kind == "mlp-rows":
+        assert list(report.widths) == api.get_adapter(model, reg).intermediate_widths()
