@@ -16,6 +16,7 @@ from torch import nn
 
 from hipp_torchprune.adapters.base import ModelAdapter
 from hipp_torchprune.errors import CalibrationError
+from hipp_torchprune.pruning.compute import float32_linears
 
 
 def attention_mass_to_vision(attn: torch.Tensor, vision: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -81,7 +82,7 @@ def visual_sensitivity(model: nn.Module, adapter: ModelAdapter,
     total = torch.zeros(len(layers), dtype=torch.float32)
     count = 0
     masks: dict[str, torch.Tensor] = {}
-    with eager_attention(model):
+    with eager_attention(model), float32_linears(model):
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             vision = adapter.vision_positions(batch["input_ids"])

@@ -24,6 +24,7 @@ from torch import nn
 from hipp_torchprune.adapters.base import ModelAdapter
 from hipp_torchprune.errors import CalibrationError
 from hipp_torchprune.pruning.answers import Targets, calibration_loss
+from hipp_torchprune.pruning.compute import float32_linears
 
 
 @dataclass
@@ -123,7 +124,7 @@ def collect_stats(model: nn.Module, adapter: ModelAdapter, batches: Iterable[dic
     if with_grads:
         model.zero_grad(set_to_none=True)
     try:
-        with _input_sq_hooks(names, stats, token_mask):
+        with _input_sq_hooks(names, stats, token_mask), float32_linears(model):
             for batch, answers in zip(batches, targets if targets is not None else repeat(None)):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 mask = batch.get("attention_mask")
