@@ -14,8 +14,9 @@ rows that do not are marked and the script exits 1.
 Selection rule (declared before the first run): for each candidate, the mean over every
 (method, sparsity) cell of ``(POPE-adversarial balanced accuracy + ScienceQA accuracy) / 2`` on the
 calibration split, in percent. The candidate with the highest mean wins; it replaces the current
-default (``--current``, ``wanda``) only when its mean exceeds the current default's by at least
-``--margin`` (0.5) points, else the current default stays (a tie). The test split is reported for
+default (``--current``: ``DEFAULT_ROW_SCORE``, which was ``wanda`` for the measured run) only when
+its mean exceeds the current default's by at least ``--margin`` (0.5) points, else the current
+default stays (a tie). The test split is reported for
 information and plays no part in the choice.
 
     python -m hipp_torchprune.cli world build --out WORLD --seed 23 --images 1000
@@ -42,7 +43,7 @@ from hipp_torchprune import api  # noqa: E402
 from hipp_torchprune.calib_data import calibration_samples  # noqa: E402
 from hipp_torchprune.evaluation import prepare_eval  # noqa: E402
 from hipp_torchprune.loading import load_model  # noqa: E402
-from hipp_torchprune.methods import MethodContext, pair_method, prune_with_method  # noqa: E402
+from hipp_torchprune.methods import DEFAULT_ROW_SCORE, MethodContext, pair_method, prune_with_method  # noqa: E402
 from hipp_torchprune.registry import default_registry  # noqa: E402
 
 #: The candidate row scores (importance scorer names).
@@ -108,7 +109,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--calib-n", type=int, default=64)
     p.add_argument("--round-to", type=int, default=32)
     p.add_argument("--r-max", type=float, default=0.95)
-    p.add_argument("--current", default="wanda", help="the current default row score")
+    p.add_argument("--current", default=DEFAULT_ROW_SCORE, help="the current default row score")
     p.add_argument("--margin", type=float, default=0.5, help="points a challenger must win by")
     p.add_argument("--tolerance", type=float, default=0.005, help="allowed realized-sparsity spread")
     return p.parse_args()

@@ -34,7 +34,7 @@ ROW_SCORES: tuple[str, ...] = ("wanda", "wanda-sp", "wanda-mix")
 #: baselines) unless a caller picks another: one constant for ``hipp prune --method``, ``hipp
 #: compare`` and :class:`MethodContext`. Chosen on the calibration split by
 #: ``benchmarks/row_score.py`` (``docs/baselines.md``).
-DEFAULT_ROW_SCORE = "wanda"
+DEFAULT_ROW_SCORE = "wanda-mix"
 
 
 class MethodError(HippError, ValueError):

@@ -18,7 +18,7 @@ from hipp_torchprune.compare import (
     render_tables,
     run_compare,
 )
-from hipp_torchprune.methods import DEFAULT_ROW_SCORE
+from hipp_torchprune.methods import DEFAULT_ROW_SCORE, ROW_SCORES
 from hipp_torchprune.recovery import RecoveryConfig
 from hipp_torchprune.registry import Registry, make_plugin_manager
 
@@ -127,9 +127,10 @@ def test_compare_cli_passes_the_row_score(monkeypatch: pytest.MonkeyPatch, tmp_p
         return {}
 
     monkeypatch.setattr(compare, "run_compare", fake_run)
+    other = next(s for s in ROW_SCORES if s != DEFAULT_ROW_SCORE)
     base = ["compare", "--data", "W", "--policy", "P", "--out", str(tmp_path)]
-    assert main(base) == 0 and main([*base, "--row-score", "wanda-mix"]) == 0
-    assert [c.row_score for c in seen] == [DEFAULT_ROW_SCORE, "wanda-mix"]
+    assert main(base) == 0 and main([*base, "--row-score", other]) == 0
+    assert [c.row_score for c in seen] == [DEFAULT_ROW_SCORE, other]
     assert seen[0].signature() != seen[1].signature()
 
 

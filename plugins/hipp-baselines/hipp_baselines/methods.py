@@ -4,11 +4,11 @@
 =============  ============  ==========  ====================================================
 method         strategy      importance  what it is
 =============  ============  ==========  ====================================================
-``random``     random        wanda*      random layer ratios, same total
+``random``     random        wanda-mix*  random layer ratios, same total
 ``wanda``      uniform       wanda-sp    Wanda-sp: uniform ratio, ``||h_j|| * sum_o |W_down[o, j]|``
 ``llm-pruner`` llm-pruner    taylor      dense first/last layers, element-wise Taylor
-``owl``        owl           wanda*      outlier-weighted ratios, ``(lam, m)`` chosen on calibration
-``ecoflap``    ecoflap       wanda*      zeroth-order scores, floor + proportional, cap target + 0.1
+``owl``        owl           wanda-mix*  outlier-weighted ratios, ``(lam, m)`` chosen on calibration
+``ecoflap``    ecoflap       wanda-mix*  zeroth-order scores, floor + proportional, cap target + 0.1
 ``flap``       flap          flap        fluctuation, adaptive widths, bias compensation
 =============  ============  ==========  ====================================================
 
