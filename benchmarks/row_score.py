@@ -37,14 +37,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from baseline_methods import headline  # noqa: E402
+from baseline_methods import headline
 
-from hipp_torchprune import api  # noqa: E402
-from hipp_torchprune.calib_data import calibration_samples  # noqa: E402
-from hipp_torchprune.evaluation import prepare_eval  # noqa: E402
-from hipp_torchprune.loading import load_model  # noqa: E402
-from hipp_torchprune.methods import DEFAULT_ROW_SCORE, MethodContext, pair_method, prune_with_method  # noqa: E402
-from hipp_torchprune.registry import default_registry  # noqa: E402
+from hipp_torchprune import api
+from hipp_torchprune.calib_data import calibration_samples
+from hipp_torchprune.evaluation import prepare_eval
+from hipp_torchprune.loading import load_model
+from hipp_torchprune.methods import (
+    DEFAULT_ROW_SCORE,
+    MethodContext,
+    pair_method,
+    prune_with_method,
+)
+from hipp_torchprune.registry import default_registry
 
 #: The candidate row scores (importance scorer names).
 CANDIDATES: tuple[str, ...] = ("wanda", "wanda-sp", "wanda-mix")

@@ -16,10 +16,12 @@ def _prefs(text: str) -> tuple[tuple[float, float, float], ...]:
 
 def register(subparsers: Any) -> None:
     """Add the ``compare`` subcommand."""
-    from hipp_torchprune.recovery.config import RecoveryConfig, lora_layers  # light: dataclass only
-
     from hipp_torchprune.compare import BASELINES
     from hipp_torchprune.methods import DEFAULT_ROW_SCORE, ROW_SCORES
+    from hipp_torchprune.recovery.config import (  # light: dataclass only
+        RecoveryConfig,
+        lora_layers,
+    )
 
     p = subparsers.add_parser("compare", help="matched comparison of HiPP against the baselines (Tables 1, 3, 4)")
     p.add_argument("--model", default="demo", help="model spec (default: demo)")
