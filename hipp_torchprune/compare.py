@@ -28,6 +28,7 @@ from typing import Any
 
 from hipp_torchprune.atomic import write_atomic
 from hipp_torchprune.errors import HippError
+from hipp_torchprune.methods import DEFAULT_ROW_SCORE, ROW_SCORES
 from hipp_torchprune.recovery.config import RecoveryConfig
 
 #: Evaluation tasks of every cell.
@@ -79,6 +80,9 @@ class CompareConfig:
     device: str | None = None
     #: Model dtype (``auto``: the checkpoint's own; see :data:`~hipp_torchprune.loading.DTYPE_CHOICES`).
     dtype: str = "auto"
+    #: The shared row score of HiPP and the baselines that take it (one of
+    #: :data:`~hipp_torchprune.methods.ROW_SCORES`).
+    row_score: str = DEFAULT_ROW_SCORE
 
     def signature(self) -> str:
         """Hash of everything that changes results (not ``seeds``/``methods``: those only add cells)."""
@@ -152,6 +156,7 @@ class _Shared:
     stats: Any
     policies: dict[str, Any]
     registry: Any
+    row_score: str = DEFAULT_ROW_SCORE
 
 
 def _cells(config: CompareConfig) -> list[tuple[str, str, tuple[float, float, float] | None, int, str]]:
@@ -173,7 +178,8 @@ def _context(shared: _Shared, policy: Any, seed: int, preference: Sequence[float
 
     options = {} if preference is None else {"policy": policy, "preference": tuple(preference)}
     return MethodContext(shared.processor, shared.samples, shared.stats, round_to=policy.round_to,
-                         r_max=policy.policy.config.r_max, seed=seed, registry=shared.registry, options=options)
+                         r_max=policy.policy.config.r_max, seed=seed, registry=shared.registry, options=options,
+                         row_score=shared.row_score)
 
 
 def _run_cell(config: CompareConfig, shared: _Shared, table: str, method: str,
@@ -230,6 +236,8 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
                            "(install plugins/hipp-baselines)")
     if not config.seeds:
         raise CompareError("give at least one seed")
+    if config.row_score not in ROW_SCORES:
+        raise CompareError(f"row score {config.row_score!r} is not one of {', '.join(ROW_SCORES)}")
     parse_dtype(config.dtype)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -257,7 +265,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
         samples = calibration_samples(config.data, config.calib_n)
         stats = api.calibrate(model, processor, samples, with_grads=True, registry=registry)
         prepared = prepare_eval(processor, config.data, TASKS, limit=config.limit)
-        shared = _Shared(model, processor, prepared, samples, stats, policies, registry)
+        shared = _Shared(model, processor, prepared, samples, stats, policies, registry, config.row_score)
         if results.get("dense") is None:
             results["dense"] = _metrics(evaluate(model, processor, prepared))
             _write_json_atomic(path, results)

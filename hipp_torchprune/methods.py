@@ -27,6 +27,15 @@ from hipp_torchprune.registry import Registry, default_registry
 
 MethodKind = Literal["mlp-rows", "slicing"]
 
+#: The row-score candidates (importance scorer names, :mod:`hipp_torchprune.pruning.rowscores`):
+#: gate/up rows against the MLP input, down_proj's input (Wanda-sp's), and both mean-normalized.
+ROW_SCORES: tuple[str, ...] = ("wanda", "wanda-sp", "wanda-mix")
+#: The shared row score of every method that takes it (HiPP and the random, OWL and ECoFLaP
+#: baselines) unless a caller picks another: one constant for ``hipp prune --method``, ``hipp
+#: compare`` and :class:`MethodContext`. Chosen on the calibration split by
+#: ``benchmarks/row_score.py`` (``docs/baselines.md``).
+DEFAULT_ROW_SCORE = "wanda-mix"
+
 
 class MethodError(HippError, ValueError):
     """A pruning method was asked for with options that do not go with it, or without ones it needs."""
@@ -65,9 +74,14 @@ class MethodContext:
     registry: Registry | None = None
     #: Extra strategy options (e.g. the HiPP policy and preference).
     options: dict[str, Any] = field(default_factory=dict)
-    #: The shared row score (an importance name, e.g. ``wanda-sp``) for the methods that choose rows
-    #: by it (``MLPRowMethod.shared_row_score``); None: each method's own ``importance``.
-    row_score: str | None = None
+    #: The shared row score (an importance name, one of :data:`ROW_SCORES`) of the methods that
+    #: choose rows by it (``MLPRowMethod.shared_row_score``); the others keep their own ``importance``.
+    row_score: str = DEFAULT_ROW_SCORE
+
+    def __post_init__(self) -> None:
+        """Refuse a row score outside :data:`ROW_SCORES` (each of those needs statistics, no gradients)."""
+        if self.row_score not in ROW_SCORES:
+            raise MethodError(f"row score {self.row_score!r} is not one of {', '.join(ROW_SCORES)}")
 
 
 @dataclass(frozen=True)
@@ -99,7 +113,7 @@ class MLPRowMethod:
     name: ClassVar[str] = ""
     kind: ClassVar[MethodKind] = "mlp-rows"
     strategy: ClassVar[str] = "uniform"
-    importance: ClassVar[str] = "wanda"
+    importance: ClassVar[str] = DEFAULT_ROW_SCORE
     #: Whether the rows are chosen by the shared row score (``MethodContext.row_score`` replaces
     #: ``importance``), rather than by a score that defines the method (Wanda-sp, Taylor, FLAP).
     shared_row_score: ClassVar[bool] = False
@@ -107,7 +121,7 @@ class MLPRowMethod:
     def row_importance(self, context: MethodContext) -> str:
         """The importance scorer that chooses the rows: ``context.row_score`` for a method that uses
         the shared row score, else ``importance``."""
-        return context.row_score if self.shared_row_score and context.row_score else self.importance
+        return context.row_score if self.shared_row_score else self.importance
 
     def needs(self, registry: Registry | None = None) -> MethodNeeds:
         """Calibration when the scorer or the strategy needs it; gradients when the scorer does."""

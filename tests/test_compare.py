@@ -18,6 +18,7 @@ from hipp_torchprune.compare import (
     render_tables,
     run_compare,
 )
+from hipp_torchprune.methods import DEFAULT_ROW_SCORE, ROW_SCORES
 from hipp_torchprune.recovery import RecoveryConfig
 from hipp_torchprune.registry import Registry, make_plugin_manager
 
@@ -71,6 +72,10 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monk
     assert sorted(pruned_with) == ["ecoflap", "hipp", "hipp", "hipp", "wanda"]  # table1 x3 + table3 + table4
     hipp = cells[cell_key("table1", "hipp", config.preference, 0)]
     assert hipp["details"]["policy"] == "main" and hipp["details"]["strategy"] == "hipp"
+    # HiPP and ECoFLaP choose rows by the shared default row score; Wanda-sp keeps its own
+    assert hipp["details"]["importance"] == DEFAULT_ROW_SCORE
+    assert cells[cell_key("table1", "ecoflap", config.preference, 0)]["details"]["importance"] == DEFAULT_ROW_SCORE
+    assert cells[cell_key("table1", "wanda", config.preference, 0)]["details"]["importance"] == "wanda-sp"
     for m in ("wanda", "ecoflap"):
         cell = cells[cell_key("table1", m, config.preference, 0)]
         assert cell["matched"] and abs(cell["realized_sparsity"] - hipp["realized_sparsity"]) <= 0.005
@@ -93,3 +98,44 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monk
 def test_render_tables_without_table4() -> None:
     text = render_tables({"cells": {}, "dense": None})
     assert "Not run" in text
+
+
+def test_row_score_reaches_every_cells_context() -> None:
+    """``CompareConfig.row_score`` (default :data:`DEFAULT_ROW_SCORE`) is the row score of every cell."""
+    from types import SimpleNamespace
+
+    from hipp_torchprune.compare import _context, _Shared
+
+    policy = SimpleNamespace(round_to=16, policy=SimpleNamespace(config=SimpleNamespace(r_max=0.9)))
+    assert CompareConfig(model="m", data="d", policy="p").row_score == DEFAULT_ROW_SCORE
+    for score in ("wanda-sp", "wanda-mix"):
+        shared = _Shared(None, None, None, [], None, {}, None, score)
+        assert _context(shared, policy, 0).row_score == score
+        assert _context(shared, policy, 0, (0.6, 0.3, 0.1)).row_score == score
+    assert _context(_Shared(None, None, None, [], None, {}, None), policy, 0).row_score == DEFAULT_ROW_SCORE
+
+
+def test_compare_cli_passes_the_row_score(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import hipp_torchprune.compare as compare
+    from hipp_torchprune.cli import main
+
+    seen = []
+
+    def fake_run(config: CompareConfig, out: str, **kwargs: object) -> dict:
+        seen.append(config)
+        (Path(out) / "tables.md").write_text("tables")
+        return {}
+
+    monkeypatch.setattr(compare, "run_compare", fake_run)
+    other = next(s for s in ROW_SCORES if s != DEFAULT_ROW_SCORE)
+    base = ["compare", "--data", "W", "--policy", "P", "--out", str(tmp_path)]
+    assert main(base) == 0 and main([*base, "--row-score", other]) == 0
+    assert [c.row_score for c in seen] == [DEFAULT_ROW_SCORE, other]
+    assert seen[0].signature() != seen[1].signature()
+
+
+def test_unknown_row_score_is_refused_before_loading(tmp_path: Path) -> None:
+    config = CompareConfig(model="nope", data="W", policy="P", methods=(), row_score="taylor")
+    with pytest.raises(CompareError, match="row score 'taylor' is not one of"):
+        run_compare(config, tmp_path, progress=False, registry=Registry(make_plugin_manager(autoload=False)))
+    assert not list(tmp_path.iterdir())

@@ -8,6 +8,8 @@ import torch
 
 from hipp_torchprune import api
 from hipp_torchprune.methods import (
+    DEFAULT_ROW_SCORE,
+    ROW_SCORES,
     MethodContext,
     MethodError,
     MethodNeeds,
@@ -92,3 +94,20 @@ def test_unknown_method_lists_the_registered_ones(reg: Registry) -> None:
     model, processor = build_tiny("tiny-llava", seed=0)
     with pytest.raises(UnknownPluginError, match="unknown method 'nope'; valid names: ecoflap, flap, hipp, llm-pruner"):
         prune_with_method(model, "nope", 0.3, MethodContext(processor, [], None, registry=reg))
+
+
+def test_context_row_score_defaults_to_the_shared_constant() -> None:
+    assert MethodContext(None, [], None).row_score == DEFAULT_ROW_SCORE
+    assert DEFAULT_ROW_SCORE in ROW_SCORES
+    with pytest.raises(MethodError, match="row score 'taylor' is not one of wanda, wanda-sp, wanda-mix"):
+        MethodContext(None, [], None, row_score="taylor")
+
+
+@pytest.mark.parametrize("score", ROW_SCORES)
+def test_row_score_replaces_only_the_takers_importance(reg: Registry, score: str) -> None:
+    """random, owl, ecoflap and hipp choose rows by the context's row score; wanda (Wanda-sp),
+    llm-pruner (Taylor) and flap keep the score that defines them."""
+    context = MethodContext(None, [], None, row_score=score)
+    own = {"wanda": "wanda-sp", "llm-pruner": "taylor", "flap": "flap"}
+    for name in ("random", "owl", "ecoflap", "hipp", *own):
+        assert reg.get("method", name)().row_importance(context) == own.get(name, score)

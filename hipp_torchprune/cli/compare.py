@@ -16,9 +16,12 @@ def _prefs(text: str) -> tuple[tuple[float, float, float], ...]:
 
 def register(subparsers: Any) -> None:
     """Add the ``compare`` subcommand."""
-    from hipp_torchprune.recovery.config import RecoveryConfig, lora_layers  # light: dataclass only
-
     from hipp_torchprune.compare import BASELINES
+    from hipp_torchprune.methods import DEFAULT_ROW_SCORE, ROW_SCORES
+    from hipp_torchprune.recovery.config import (  # light: dataclass only
+        RecoveryConfig,
+        lora_layers,
+    )
 
     p = subparsers.add_parser("compare", help="matched comparison of HiPP against the baselines (Tables 1, 3, 4)")
     p.add_argument("--model", default="demo", help="model spec (default: demo)")
@@ -43,6 +46,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lora-layers", type=lora_layers, default=None, metavar="all|K",
                    help="recovery LoRA on every decoder layer (default: all) or on the last K (0: none)")
     p.add_argument("--calib-n", type=int, default=64, help="calibration samples (shared by all methods)")
+    p.add_argument("--row-score", choices=ROW_SCORES, default=DEFAULT_ROW_SCORE,
+                   help="the shared row score of HiPP, random, owl and ecoflap (the rows removed inside a layer; "
+                        f"default: {DEFAULT_ROW_SCORE}, chosen on the calibration split, docs/baselines.md)")
     p.add_argument("--limit", type=int, default=None, help="test rows per task (default: all)")
     p.add_argument("--tolerance", type=float, default=0.005, help="allowed realized-sparsity gap")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
@@ -85,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                                 lora_layers=args.lora_layers, save_every=quarter,
                                 select_every=quarter if args.select_every is None else args.select_every),
         calib_n=args.calib_n, limit=args.limit, tolerance=args.tolerance,
-        device=args.device, dtype=args.dtype)
+        device=args.device, dtype=args.dtype, row_score=args.row_score)
     run_compare(config, args.out, progress=not args.no_progress, fresh=args.fresh)
     from pathlib import Path
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hipp_torchprune.loading import add_dtype_argument
+from hipp_torchprune.methods import DEFAULT_ROW_SCORE, ROW_SCORES
 from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS
 from hipp_torchprune.pruning.plan import Plan
 
@@ -25,6 +26,9 @@ def register(subparsers: Any) -> None:
                         "replaces --strategy/--importance")
     p.add_argument("--strategy", default=DEFAULT_STRATEGY, help="layer allocation strategy (default: uniform)")
     p.add_argument("--importance", default=DEFAULT_IMPORTANCE, help="row importance scorer (default: wanda)")
+    p.add_argument("--row-score", choices=ROW_SCORES, default=DEFAULT_ROW_SCORE,
+                   help="the shared row score of --method random, owl, ecoflap and hipp (the rows removed inside a "
+                        f"layer; default: {DEFAULT_ROW_SCORE}, chosen on the calibration split, docs/baselines.md)")
     p.add_argument("--sparsity", type=float, default=0.225,
                    help="target fraction of MLP parameters removed (slicegpt: the same parameter count; hipp: "
                         "set by --preference instead)")
@@ -117,6 +121,20 @@ def _resolve_method(args: argparse.Namespace, registry: Any) -> tuple[Any, str]:
     return registry.get("method", args.method)(), f"--method {args.method}"
 
 
+def _check_row_score(args: argparse.Namespace, method: Any, what: str, registry: Any) -> None:
+    """Refuse ``--row-score`` for a method that chooses its rows by its own score (or a pair, whose
+    ``--importance`` is the row score)."""
+    from hipp_torchprune.methods import MethodError
+
+    given = "--row-score" in getattr(args, "argv_flags", ()) or args.row_score != DEFAULT_ROW_SCORE
+    if given and not getattr(method, "shared_row_score", False):
+        takers = sorted(n for n in registry.names("method")
+                        if getattr(registry.get("method", n), "shared_row_score", False))
+        hint = "; give --importance instead" if args.method is None else ""
+        raise MethodError(f"--row-score applies to the methods that take the shared row score "
+                          f"({', '.join(takers)}), not {what}{hint}")
+
+
 def _layers(widths_before: Sequence[int], report: Any) -> dict[str, Any]:
     """``plan.to_dict()`` of an MLP-row method; unchanged widths (ratio 0) for other kinds."""
     if report.plan is not None:
@@ -153,7 +171,7 @@ def _context(args: argparse.Namespace, method: Any, what: str, model: Any, proce
     stats = (api.calibrate(model, processor, samples, with_grads=needs.grads, registry=registry)
              if spec is not None and needs.stats else None)
     return MethodContext(processor, samples, stats, round_to=args.round_to, r_max=args.r_max, seed=args.seed,
-                         registry=registry, options=options)
+                         registry=registry, options=options, row_score=args.row_score)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -169,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         _apply_config(args, set(getattr(args, "argv_flags", ())))
     registry = default_registry()
     method, what = _resolve_method(args, registry)
+    _check_row_score(args, method, what, registry)
     options = _method_options(args, method, what)
     model, processor = load_model(args.model, seed=args.seed, dtype=args.dtype)
     check_method(method, model)  # e.g. slicegpt refuses Qwen2.5-VL before any calibration

@@ -3,13 +3,14 @@ shared row score, and LLM-Pruner's element-wise Taylor aggregation.
 
 Row scores (one value per intermediate channel ``j`` of a SwiGLU MLP, higher = more important):
 
-* ``gate_up`` (the ``wanda`` scorer, the default): ``sum_i |W_gate[j, i]| ||x_i|| + sum_i |W_up[j, i]| ||x_i||``
+* ``gate_up`` (the ``wanda`` scorer): ``sum_i |W_gate[j, i]| ||x_i|| + sum_i |W_up[j, i]| ||x_i||``
   on the MLP's *input* ``x``; it never sees the gating;
 * ``down`` (the ``wanda-sp`` scorer; Wanda-sp, FLAP repo ``lib/prune.py``, ``prune_wanda_sp``):
   ``||h_j|| * sum_o |W_down[o, j]|`` on down_proj's input ``h = act(gate x) * up x``, the
   channel's real contribution after the gating (:func:`~hipp_torchprune.pruning.scores.wanda_column_scores`);
 * a normalized combination (the ``wanda-mix`` scorer): :func:`mean_normalized_sum` of the two,
-  so neither dominates by scale.
+  so neither dominates by scale; the shared row score's default
+  (:data:`~hipp_torchprune.methods.DEFAULT_ROW_SCORE`, measured in ``docs/baselines.md``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import torch
 from hipp_torchprune import api
 from hipp_torchprune.checkpoint import load_pruned, save_pruned
 from hipp_torchprune.cli import main
-from hipp_torchprune.methods import MethodContext, mlp_param_total
+from hipp_torchprune.methods import DEFAULT_ROW_SCORE, MethodContext, mlp_param_total
 from hipp_torchprune.registry import Registry, make_plugin_manager
 from tests.conftest import samples
 
@@ -21,8 +21,9 @@ owl = pytest.importorskip("hipp_owl.plugin", reason="plugins/hipp-owl is not ins
 from hipp_baselines import slicegpt as sg
 from hipp_baselines.ecoflap import zeroth_order_scores
 
-EXPECTED = {"random": ("random", "wanda"), "wanda": ("uniform", "wanda-sp"), "llm-pruner": ("llm-pruner", "taylor"),
-            "owl": ("owl", "wanda"), "ecoflap": ("ecoflap", "wanda"), "flap": ("flap", "flap")}
+EXPECTED = {"random": ("random", DEFAULT_ROW_SCORE), "wanda": ("uniform", "wanda-sp"),
+            "llm-pruner": ("llm-pruner", "taylor"), "owl": ("owl", DEFAULT_ROW_SCORE),
+            "ecoflap": ("ecoflap", DEFAULT_ROW_SCORE), "flap": ("flap", "flap")}
 
 
 def _registry() -> Registry:

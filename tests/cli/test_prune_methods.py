@@ -159,3 +159,77 @@ def test_method_on_a_checkpoint_needs_calib(plugins: Registry, tmp_path: Path,
                  str(tmp_path / "ck")]) == 2
     assert "--method slicegpt needs calibration data: pass --calib DATA_DIR" in capsys.readouterr().err
     assert not (tmp_path / "ck").exists()
+
+
+#: The registered methods that take the shared row score (``test_row_score_takers_are_complete``).
+ROW_SCORE_METHODS = ("random", "owl", "ecoflap", "hipp")
+
+
+def test_row_score_takers_are_complete(plugins: Registry) -> None:
+    takers = [m for m in plugins.names("method") if getattr(plugins.get("method", m), "shared_row_score", False)]
+    assert sorted(takers) == sorted(ROW_SCORE_METHODS)
+
+
+def _kept_rows(dense: torch.nn.Module, pruned: torch.nn.Module) -> list[list[int]]:
+    """Per layer, the dense gate rows the pruned model kept (rows are copied exactly)."""
+    out = []
+    for d, p in zip(api.get_adapter(dense).mlps(), api.get_adapter(pruned).mlps()):
+        same = (p.gate.weight[:, None, :] == d.gate.weight[None, :, :]).all(-1)
+        assert bool((same.sum(1) == 1).all())
+        out.append(same.int().argmax(1).tolist())
+    return out
+
+
+def _top_rows(world: Path, score: str, widths: list[int]) -> list[list[int]]:
+    """The rows ``score`` keeps at ``widths``, from the calibration ``hipp prune`` runs."""
+    from hipp_torchprune.calib_data import calibration_samples
+    from hipp_torchprune.loading import load_model
+    from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS, cap_pixels
+    from hipp_torchprune.pruning.operator import keep_indices, layer_scores
+
+    model, processor = load_model("tiny-llava", seed=0)
+    stats = api.calibrate(model, cap_pixels(processor, DEFAULT_MAX_PIXELS), calibration_samples(str(world), 4))
+    scores = layer_scores(api.get_adapter(model), api.importance(score, model, stats))
+    return [keep_indices(s, k).tolist() for s, k in zip(scores, widths)]
+
+
+@pytest.mark.parametrize("method", ROW_SCORE_METHODS)
+def test_row_score_chooses_the_rows_of_every_taker(method: str, world: Path, policy: Path, plugins: Registry,
+                                                   tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--row-score`` reaches the method: it keeps the top rows of that score, which are not the
+    other score's at the same widths; without the flag the method uses ``DEFAULT_ROW_SCORE``."""
+    from hipp_torchprune.methods import DEFAULT_ROW_SCORE
+
+    dense = build_tiny("tiny-llava", seed=0)[0]
+    for score, flags in (("wanda", ["--row-score", "wanda"]), ("wanda-sp", ["--row-score", "wanda-sp"]),
+                         (DEFAULT_ROW_SCORE, [])):
+        out = tmp_path / f"{score}-{len(flags)}"
+        assert main([*_prune(method, world, policy, out, *flags), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["details"]["importance"] == score
+        widths = [layer["width_after"] for layer in report["layers"]]
+        kept = _kept_rows(dense, load_pruned(out))
+        assert kept == _top_rows(world, score, widths)
+        other = "wanda-sp" if score == "wanda" else "wanda"
+        assert kept != _top_rows(world, other, widths)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--method", "wanda", "--row-score", "wanda-mix"], "not --method wanda"),
+    (["--method", "flap", "--row-score", "wanda"], "take the shared row score (ecoflap, hipp, owl, random)"),
+    (["--row-score", "wanda-sp"], "give --importance instead"),
+])
+def test_row_score_refused_where_it_does_not_apply(args: list[str], message: str, plugins: Registry,
+                                                    tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ck"
+    assert main(["prune", "--model", "tiny-llava", "--calib-n", "2", "--out", str(out), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_row_score_outside_the_candidates_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["prune", "--model", "tiny-llava", "--method", "owl", "--row-score", "magnitude", "--out",
+              str(tmp_path / "ck")])
+    assert exc.value.code == 2 and "invalid choice: 'magnitude'" in capsys.readouterr().err
+    assert not (tmp_path / "ck").exists()

@@ -6,7 +6,12 @@ import pytest
 
 from hipp_torchprune import api
 from hipp_torchprune.hipp.method import HippMethod
-from hipp_torchprune.methods import MethodContext, MethodError, prune_with_method
+from hipp_torchprune.methods import (
+    DEFAULT_ROW_SCORE,
+    MethodContext,
+    MethodError,
+    prune_with_method,
+)
 from hipp_torchprune.models.tiny import build_tiny
 from hipp_torchprune.registry import Registry
 from tests.conftest import samples
@@ -14,7 +19,8 @@ from tests.conftest import samples
 
 def test_hipp_is_a_builtin_method(registry: Registry) -> None:
     assert registry.get("method", "hipp") is HippMethod
-    assert (HippMethod.strategy, HippMethod.importance) == ("hipp", "wanda")
+    assert (HippMethod.strategy, HippMethod.importance) == ("hipp", DEFAULT_ROW_SCORE)
+    assert HippMethod.shared_row_score
 
 
 @pytest.mark.parametrize("options", [{}, {"policy": "some/dir"}, {"preference": (1.0, 1.0, 1.0)}])

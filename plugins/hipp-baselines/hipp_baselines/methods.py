@@ -4,15 +4,16 @@
 =============  ============  ==========  ====================================================
 method         strategy      importance  what it is
 =============  ============  ==========  ====================================================
-``random``     random        wanda*      random layer ratios, same total
+``random``     random        wanda-mix*  random layer ratios, same total
 ``wanda``      uniform       wanda-sp    Wanda-sp: uniform ratio, ``||h_j|| * sum_o |W_down[o, j]|``
 ``llm-pruner`` llm-pruner    taylor      dense first/last layers, element-wise Taylor
-``owl``        owl           wanda*      outlier-weighted ratios, ``(lam, m)`` chosen on calibration
-``ecoflap``    ecoflap       wanda*      zeroth-order scores, floor + proportional, cap target + 0.1
+``owl``        owl           wanda-mix*  outlier-weighted ratios, ``(lam, m)`` chosen on calibration
+``ecoflap``    ecoflap       wanda-mix*  zeroth-order scores, floor + proportional, cap target + 0.1
 ``flap``       flap          flap        fluctuation, adaptive widths, bias compensation
 =============  ============  ==========  ====================================================
 
-``*``: the shared row score (``MethodContext.row_score`` replaces it). ``hipp prune --method NAME``
+``*``: the shared row score (``MethodContext.row_score``, default
+:data:`~hipp_torchprune.methods.DEFAULT_ROW_SCORE`, replaces it). ``hipp prune --method NAME``
 selects them by name; ``hipp prune --strategy S --importance I`` selects a pair by its parts
 (without the calibration-split selection and caps the methods add).
 """
@@ -26,7 +27,12 @@ from torch import nn
 from hipp_baselines.ecoflap import CAP_MARGIN, EPS_GRID
 from hipp_baselines.flap import FlapMethod
 from hipp_baselines.selection import given_or_grid, select_plan
-from hipp_torchprune.methods import MethodContext, MethodReport, MLPRowMethod
+from hipp_torchprune.methods import (
+    DEFAULT_ROW_SCORE,
+    MethodContext,
+    MethodReport,
+    MLPRowMethod,
+)
 
 #: OWL's candidates: ``lam`` x ``m`` around the reference's defaults (README: 0.08 and 5; argparse: m 3).
 OWL_GRID: tuple[dict[str, float], ...] = tuple({"lam": lam, "m": m} for lam in (0.02, 0.05, 0.08, 0.1, 0.2)
@@ -38,7 +44,7 @@ class RandomMethod(MLPRowMethod):
 
     name: ClassVar[str] = "random"
     strategy: ClassVar[str] = "random"
-    importance: ClassVar[str] = "wanda"
+    importance: ClassVar[str] = DEFAULT_ROW_SCORE
     shared_row_score: ClassVar[bool] = True
 
 
@@ -80,7 +86,7 @@ class OWLMethod(SelectedMethod):
 
     name: ClassVar[str] = "owl"
     strategy: ClassVar[str] = "owl"
-    importance: ClassVar[str] = "wanda"
+    importance: ClassVar[str] = DEFAULT_ROW_SCORE
     shared_row_score: ClassVar[bool] = True
     grid = OWL_GRID
 
@@ -90,7 +96,7 @@ class EcoFLaPMethod(SelectedMethod):
 
     name: ClassVar[str] = "ecoflap"
     strategy: ClassVar[str] = "ecoflap"
-    importance: ClassVar[str] = "wanda"
+    importance: ClassVar[str] = DEFAULT_ROW_SCORE
     shared_row_score: ClassVar[bool] = True
     grid = tuple({"eps": eps} for eps in EPS_GRID)
 
