@@ -1,9 +1,11 @@
-"""The main job (``make demo`` / ``hipp demo``): one policy, three preferences, against uniform Wanda.
+"""The main job (``make demo`` / ``hipp demo``): one policy, three preferences, against a uniform plan.
 
 Builds a fresh proving-ground world, loads the shipped demo model and the policy trained on it,
 queries a POPE-heavy, a ScienceQA-heavy and a balanced preference, prunes the model for each
-(checkpoints saved), and evaluates each plan against uniform Wanda at the same realized
-sparsity. Prints the table and writes a robustness-utility PNG.
+(checkpoints saved), and evaluates each plan against the uniform allocation at the same realized
+sparsity. Both choose the rows inside a layer by the shared default row score
+(:data:`~hipp_torchprune.methods.DEFAULT_ROW_SCORE`), so the rows differ only in their widths.
+Prints the table and writes a robustness-utility PNG.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from hipp_torchprune.checkpoint import save_pruned
 from hipp_torchprune.evaluation import evaluate, prepare_eval
 from hipp_torchprune.hipp.policy_io import load_policy
 from hipp_torchprune.loading import load_model, parse_dtype
+from hipp_torchprune.methods import DEFAULT_ROW_SCORE
 
 #: The HiPP policy trained on the demo model, shipped beside it.
 DEMO_POLICY_DIR: Path = Path(__file__).resolve().parent / "assets" / "demo-policy"
@@ -50,7 +53,7 @@ def run_demo(model_spec: str, policy_dir: str | Path, world_dir: str | Path, out
     model, processor = load_model(model_spec, dtype=dtype)
     policy = load_policy(policy_dir)
     stats = api.calibrate(model, processor, calibration_samples(str(world_dir), calib_n))
-    scorer = api.importance("wanda", model, stats)
+    scorer = api.importance(DEFAULT_ROW_SCORE, model, stats)
     prepared = prepare_eval(processor, world_dir, TASKS, limit=limit)
     rows = [{"method": "dense", "preference": None, "sparsity": 0.0, **_scores(model, processor, prepared)}]
     r_max = policy.policy.config.r_max
@@ -59,11 +62,11 @@ def run_demo(model_spec: str, policy_dir: str | Path, world_dir: str | Path, out
         rows.append({"method": f"HiPP {name}", "preference": list(pref), "sparsity": plan.realized_sparsity,
                      "widths": list(plan.widths_after), **_scores(model, processor, prepared, plan, scorer)})
         uniform = api.make_plan(model, "uniform", plan.realized_sparsity, round_to=policy.round_to, r_max=r_max)
-        rows.append({"method": f"uniform Wanda @ {name}", "preference": None, "sparsity": uniform.realized_sparsity,
+        rows.append({"method": f"uniform @ {name}", "preference": None, "sparsity": uniform.realized_sparsity,
                      "widths": list(uniform.widths_after), **_scores(model, processor, prepared, uniform, scorer)})
         pruned = copy.deepcopy(model)
         api.prune_model(pruned, api.plan_from_ratios(pruned, plan.ratios, round_to=policy.round_to, r_max=r_max),
-                        api.importance("wanda", pruned, stats))
+                        api.importance(DEFAULT_ROW_SCORE, pruned, stats))
         save_pruned(pruned, out_dir / f"pruned-{name}", processor, plan=plan.to_dict())
     (out_dir / "demo.json").write_text(json.dumps(rows, indent=1))
     plot_operating_points(rows, out_dir / "robustness_utility.png")

@@ -65,7 +65,7 @@ def test_demo_job(policy_dir: Path, world: Path, tmp_path: Path, capsys: pytest.
     out = tmp_path / "demo"
     assert main(["demo", "--model", "tiny-llava", "--policy", str(policy_dir), "--world", str(world),
                  "--out", str(out), "--limit", "16"]) == 0
-    assert "uniform Wanda @ balanced" in capsys.readouterr().out
+    assert "uniform @ balanced" in capsys.readouterr().out
     rows = json.loads((out / "demo.json").read_text())
     assert [r["method"].split()[0] for r in rows] == ["dense"] + ["HiPP", "uniform"] * 3
     for hipp_row, uniform_row in zip(rows[1::2], rows[2::2]):
