@@ -26,6 +26,9 @@ class PruneConfig:
     #: A registered pruning method (``random``, ``wanda``, ``slicegpt``, ``hipp``, ...); replaces
     #: ``strategy`` and ``importance``, which must then keep their defaults. None: the pair.
     method: str | None = None
+    #: The shared row score of the methods that take one (``random``, ``owl``, ``ecoflap``,
+    #: ``hipp``): which rows go inside a layer (``hipp_torchprune.methods.DEFAULT_ROW_SCORE``).
+    row_score: Literal["wanda", "wanda-sp", "wanda-mix"] = "wanda-mix"
     #: Target fraction of prunable MLP parameters to remove.
     sparsity: float = 0.225
     #: Kept widths round to this multiple (fast GEMM shapes).

@@ -233,3 +233,22 @@ def test_row_score_outside_the_candidates_is_a_usage_error(tmp_path: Path, capsy
               str(tmp_path / "ck")])
     assert exc.value.code == 2 and "invalid choice: 'magnitude'" in capsys.readouterr().err
     assert not (tmp_path / "ck").exists()
+
+
+def test_row_score_from_a_config_file(world: Path, plugins: Registry, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``row_score`` in a ``--config`` YAML reaches the method like ``--row-score``; its default is the
+    shared default, and a name outside the candidates is a config error before anything is written."""
+    from hipp_torchprune.config import PruneConfig
+    from hipp_torchprune.methods import DEFAULT_ROW_SCORE
+
+    assert PruneConfig().row_score == DEFAULT_ROW_SCORE
+    cfg = tmp_path / "prune.yaml"
+    cfg.write_text("method: owl\nrow_score: wanda-sp\ncalib_n: 4\nround_to: 16\nsparsity: 0.3\n")
+    out = tmp_path / "ck"
+    assert main(["prune", "--model", "tiny-llava", "--config", str(cfg), "--calib", str(world), "--out", str(out),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["details"]["importance"] == "wanda-sp"
+    cfg.write_text("method: owl\nrow_score: magnitude\n")
+    assert main(["prune", "--model", "tiny-llava", "--config", str(cfg), "--out", str(tmp_path / "bad")]) == 2
+    assert "row score 'magnitude'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
