@@ -20,7 +20,7 @@ from hipp_torchprune.adapters.base import ModelAdapter
 from hipp_torchprune.errors import CalibrationError
 from hipp_torchprune.hipp.distributed import map_over_ranks
 from hipp_torchprune.hipp.profile import ModelProfile, build_profile
-from hipp_torchprune.hipp.sensitivity import visual_sensitivity
+from hipp_torchprune.hipp.sensitivity import attention_to_vision
 from hipp_torchprune.pruning.calibration import CalibrationStats, collect_stats, merge_stats
 from hipp_torchprune.pruning.operator import layer_scores
 
@@ -30,8 +30,9 @@ def _calibrate_batch(model: nn.Module, adapter: ModelAdapter, processor: Any,
     """One batch's statistics and per-layer sensitivity summed over its samples ``(L,)``, float64
     and on the CPU (ready to be gathered across processes)."""
     batch = next(api.calibration_batches(adapter, processor, chunk, len(chunk)))
-    stats = collect_stats(model, adapter, [batch])
-    sens = torch.tensor(visual_sensitivity(model, adapter, [batch]), dtype=torch.float64) * stats.n_samples
+    with attention_to_vision(model, adapter, batch) as sums:  # one forward pass measures both
+        stats = collect_stats(model, adapter, [batch])
+    sens = torch.tensor(sums, dtype=torch.float64)
     return CalibrationStats(in_sq={k: v.cpu() for k, v in stats.in_sq.items()},
                             in_sum={k: v.cpu() for k, v in stats.in_sum.items()}, n_tokens=stats.n_tokens,
                             n_samples=stats.n_samples), sens

@@ -69,6 +69,27 @@ def _reduce_attention_per_layer(layers: list[nn.Module], masks: dict[str, torch.
             h.remove()
 
 
+@contextmanager
+def attention_to_vision(model: nn.Module, adapter: ModelAdapter, batch: dict[str, torch.Tensor]) -> Iterator[list[float]]:
+    """Within the block, the model's forward passes over ``batch`` (on the model's device) also
+    measure every decoder layer's attention mass to vision: on exit, the yielded list holds each
+    layer's sum over the batch's samples (``(L,)``), so another pass (e.g. the calibration
+    statistics') measures visual sensitivity on the way. Eager attention in the block."""
+    device = next(model.parameters()).device
+    layers = list(adapter.decoder_layers())
+    input_ids = batch["input_ids"].to(device)
+    vision = adapter.vision_positions(input_ids)
+    real = batch.get("attention_mask", torch.ones_like(input_ids)).to(device).bool()
+    masks = {"vision": vision, "text": real & ~vision}
+    sums: list[torch.Tensor | None] = [None] * len(layers)
+    out: list[float] = []
+    with eager_attention(model), _reduce_attention_per_layer(layers, masks, sums):
+        yield out
+    if any(s is None for s in sums):
+        raise CalibrationError("visual sensitivity: some decoder layers never ran")
+    out.extend(float(s.sum()) for s in sums)  # float32 sums, as the per-layer masses
+
+
 @torch.no_grad()
 def visual_sensitivity(model: nn.Module, adapter: ModelAdapter,
                        batches: Iterable[dict[str, torch.Tensor]]) -> list[float]:
@@ -78,23 +99,15 @@ def visual_sensitivity(model: nn.Module, adapter: ModelAdapter,
     once: 2 photos at 1280x960 cost +7.3 GB on Qwen2.5-VL-3B when they were kept).
     """
     device = next(model.parameters()).device
-    layers = list(adapter.decoder_layers())
-    total = torch.zeros(len(layers), dtype=torch.float32)
+    total: torch.Tensor | None = None
     count = 0
-    masks: dict[str, torch.Tensor] = {}
-    with eager_attention(model), float32_linears(model):
+    with float32_linears(model):
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
-            vision = adapter.vision_positions(batch["input_ids"])
-            real = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool()
-            masks.update(vision=vision, text=real & ~vision)
-            sums: list[torch.Tensor | None] = [None] * len(layers)
-            with _reduce_attention_per_layer(layers, masks, sums):
+            with attention_to_vision(model, adapter, batch) as sums:
                 model(**batch, use_cache=False)
-            if any(s is None for s in sums):
-                raise CalibrationError("visual sensitivity: some decoder layers never ran")
-            total += torch.stack([s.sum().cpu() for s in sums])
-            count += vision.shape[0]
-    if count == 0:
+            total = torch.tensor(sums, dtype=torch.float32) + (0 if total is None else total)
+            count += batch["input_ids"].shape[0]
+    if total is None or count == 0:
         raise CalibrationError("visual sensitivity needs at least one calibration batch")
     return (total / count).tolist()

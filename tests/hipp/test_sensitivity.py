@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import warnings
 
+import pytest
 import torch
 
 from hipp_torchprune import api
@@ -77,3 +78,22 @@ def test_sensitivity_holds_one_layers_attention_and_matches_all_layers_at_once(t
     monkeypatch.setattr(sensitivity, "attention_mass_to_vision", counting_reduce)
     assert visual_sensitivity(model, adapter, [batch]) == expected  # bit for bit
     assert len(alive) == len(adapter.decoder_layers()) and max(alive) == 1
+
+
+def test_calibration_measures_sensitivity_in_its_statistics_pass(tiny) -> None:
+    """``profile_model`` runs one forward pass per batch (statistics and attention together) and
+    its sensitivity is the separate pass's."""
+    from hipp_torchprune.hipp.calibrate import profile_model
+
+    _, model, processor = tiny
+    adapter = api.get_adapter(model)
+    samples = list(zip(images(5, seed=4), [PROMPTS[i % len(PROMPTS)] for i in range(5)]))
+    calls = []
+    handle = adapter.language_model().register_forward_hook(lambda *a: calls.append(1))
+    try:
+        profile, _, _ = profile_model(model, processor, samples, batch_size=2)
+    finally:
+        handle.remove()
+    assert len(calls) == 3  # batches of 2, 2 and 1
+    separate = visual_sensitivity(model, adapter, api.calibration_batches(adapter, processor, samples, 2))
+    assert [layer.visual_sensitivity for layer in profile.layers] == pytest.approx(separate, rel=1e-6)
