@@ -234,6 +234,10 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
     if missing:
         raise CompareError(f"unknown method(s) {', '.join(missing)}; registered: {', '.join(known) or 'none'} "
                            "(install plugins/hipp-baselines)")
+    if "hipp" in config.methods:
+        raise CompareError("--methods lists the baselines: HiPP is always compared (its cells come from --policy)")
+    if len(set(config.methods)) != len(config.methods):
+        raise CompareError(f"--methods names a method twice: {', '.join(config.methods)}")
     if not config.seeds:
         raise CompareError("give at least one seed")
     if config.row_score not in ROW_SCORES:

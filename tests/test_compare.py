@@ -139,3 +139,16 @@ def test_unknown_row_score_is_refused_before_loading(tmp_path: Path) -> None:
     with pytest.raises(CompareError, match="row score 'taylor' is not one of"):
         run_compare(config, tmp_path, progress=False, registry=Registry(make_plugin_manager(autoload=False)))
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("methods", "message"), [(("hipp",), "HiPP is always compared"),
+                                                  (("hipp", "wanda"), "HiPP is always compared"),
+                                                  (("wanda", "wanda"), "names a method twice")])
+def test_methods_that_would_duplicate_cells_are_refused_before_loading(methods: tuple[str, ...], message: str,
+                                                                       tmp_path: Path) -> None:
+    reg = Registry(make_plugin_manager(autoload=False))
+    reg.pm.register(pytest.importorskip("hipp_baselines.plugin"))
+    config = CompareConfig(model="nope", data="W", policy="P", methods=methods)
+    with pytest.raises(CompareError, match=message):
+        run_compare(config, tmp_path, progress=False, registry=reg)
+    assert not list(tmp_path.iterdir())
