@@ -26,6 +26,8 @@ _EXPORTS: dict[str, str] = {
     "save_pruned": "hipp_torchprune.checkpoint",
     "load_pruned": "hipp_torchprune.checkpoint",
     "load_model": "hipp_torchprune.loading",
+    "prune_with_method": "hipp_torchprune.methods",
+    "MethodContext": "hipp_torchprune.methods",
     "cap_pixels": "hipp_torchprune.models.processors",
     "Plan": "hipp_torchprune.pruning.plan",
     "PlanMasks": "hipp_torchprune.pruning.operator",
