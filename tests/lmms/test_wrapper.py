@@ -272,3 +272,20 @@ def test_dtype_keeps_float32_buffers_and_defaults_to_the_checkpoints_own() -> No
     assert inv and all(b.dtype == torch.float32 for b in inv)
     with pytest.raises(HippError, match="int8"):
         load_for_eval("demo", "cpu", "int8")
+
+
+def test_threads_apply_per_request_and_do_not_leak(pruned_lm: HippVLM, world: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``threads=`` holds while the wrapper answers requests; the caller's count is put back after
+    each call and is never changed by building the wrapper."""
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    lm = HippVLM(model=pruned_lm.model, processor=pruned_lm.processor, threads=target)
+    assert torch.get_num_threads() == before
+    seen: list[int] = []
+    real = lm._score_exact
+    monkeypatch.setattr(lm, "_score_exact", lambda *a: (seen.append(torch.get_num_threads()), real(*a))[1])
+    lm.loglikelihood(_requests(lm, world, ["Paris"]))
+    assert seen and set(seen) == {target} and torch.get_num_threads() == before
+    with pytest.raises(ModelArgsError, match="threads"):
+        HippVLM(model=pruned_lm.model, processor=pruned_lm.processor, threads="zero")

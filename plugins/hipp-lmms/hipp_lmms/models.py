@@ -29,10 +29,11 @@ Registered through the ``lmms_eval.models`` entry-point group
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
@@ -42,6 +43,8 @@ from lmms_eval.models.model_utils.usage_metrics import log_usage
 
 from hipp_torchprune.errors import CheckpointError, HippError
 from hipp_torchprune.evaluation import answer_token_ids, last_position_logprobs, logsumexp
+from hipp_torchprune.pruning.compute import float32_linears
+from hipp_torchprune.threads import torch_threads
 from hipp_lmms.generation import (
     GenerationSettings,
     TokenCount,
@@ -67,6 +70,19 @@ class DeviceError(ModelArgsError):
 #: The ``--model_args`` keys ``hipp_vlm`` accepts.
 MODEL_ARGS: tuple[str, ...] = ("pretrained", "device", "dtype", "batch_size", "max_batch_size", "answer_pooling",
                                "max_new_tokens", "threads")
+
+
+R = TypeVar("R")
+
+
+def _request_scope(method: Callable[[Any, list[Instance]], R]) -> Callable[[Any, list[Instance]], R]:
+    """Run a request method with the wrapper's torch thread count (the caller's is put back
+    afterwards) and, for a 16-bit model on the CPU, float32 linears as ``hipp eval`` computes."""
+    @functools.wraps(method)
+    def wrapper(self: Any, requests: list[Instance]) -> R:
+        with torch_threads(self._threads), float32_linears(self._model):
+            return method(self, requests)
+    return wrapper
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -153,7 +169,8 @@ class HippVLM(lmms):
         max_batch_size: the cap for ``batch_size=auto``.
         answer_pooling: score known answers as ``hipp eval`` does (see the module docstring).
         max_new_tokens: generation length for requests whose ``generation_kwargs`` give none.
-        threads: torch CPU threads, when given.
+        threads: torch CPU threads while this wrapper answers requests, when given (the caller's
+            count is put back after each call).
     """
 
     is_simple = True
@@ -166,8 +183,7 @@ class HippVLM(lmms):
         if unknown:
             raise ModelArgsError(f"hipp_vlm: unknown model argument(s) {', '.join(sorted(unknown))}; valid: "
                                  + ", ".join(MODEL_ARGS))
-        if threads:
-            torch.set_num_threads(int(threads))
+        self._threads = _positive_int(threads, "threads") if threads else None  # set per request
         self.batch_size_per_gpu = _as_batch_size(batch_size, max_batch_size)
         self.answer_pooling = parse_bool(answer_pooling, "hipp_vlm: answer_pooling", ModelArgsError)
         self.max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
@@ -283,6 +299,7 @@ class HippVLM(lmms):
 
     # ------------------------------------------------------------ loglikelihood
 
+    @_request_scope
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         """Batched ``(log p(continuation | context, images), is_greedy)`` per request."""
         results: list[tuple[float, bool] | None] = [None] * len(requests)
@@ -359,6 +376,7 @@ class HippVLM(lmms):
 
     # ------------------------------------------------------------ generation
 
+    @_request_scope
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         """Generated text per request, cut at its first ``until`` string, with its token counts.
 
