@@ -124,7 +124,9 @@ def collect_stats(model: nn.Module, adapter: ModelAdapter, batches: Iterable[dic
     if with_grads:
         model.zero_grad(set_to_none=True)
     try:
-        with _input_sq_hooks(names, stats, token_mask), float32_linears(model):
+        # float32 linears only without gradients: autograd would keep every layer's float32 weight
+        # copy for the backward pass, a float32 twin of the whole model
+        with _input_sq_hooks(names, stats, token_mask), float32_linears(model, enabled=not with_grads):
             for batch, answers in zip(batches, targets if targets is not None else repeat(None)):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 mask = batch.get("attention_mask")

@@ -54,11 +54,14 @@ def _downcast_output(dtype: torch.dtype) -> Any:
 
 
 @contextmanager
-def float32_linears(model: nn.Module) -> Iterator[None]:
+def float32_linears(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     """Within the block, every ``nn.Linear`` of a 16-bit CPU ``model`` computes in float32
-    (module docstring); a no-op for other models. Hooks and parametrizations are removed on exit,
-    leaving the same parameter objects (and any gradients they received) in place."""
-    if not needs_upcast(model):
+    (module docstring); a no-op for other models or when not ``enabled``. Hooks and
+    parametrizations are removed on exit, leaving the same parameter objects (and any gradients
+    they received) in place. Under autograd each linear's float32 weight view is kept for the
+    backward pass, so a block with a backward pass holds a float32 copy of every weight it used:
+    callers that take gradients of a large model pass ``enabled=False``."""
+    if not enabled or not needs_upcast(model):
         yield
         return
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]

@@ -47,11 +47,12 @@ def test_gradients_reach_the_stored_parameters() -> None:
     assert all(g is not None and g.dtype == torch.bfloat16 and g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_full_precision_models_are_left_alone(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(("dtype", "enabled"), [(torch.float32, True), (torch.float64, True),
+                                               (torch.bfloat16, False)])
+def test_full_precision_models_or_disabled_are_left_alone(dtype: torch.dtype, enabled: bool) -> None:
     net = _net(dtype)
-    assert not needs_upcast(net)
-    with float32_linears(net):
+    assert needs_upcast(net) is (dtype == torch.bfloat16)
+    with float32_linears(net, enabled=enabled):
         assert not any(parametrize.is_parametrized(m) for m in net.modules())
         assert not any(m._forward_pre_hooks for m in net.modules())
 
@@ -75,3 +76,20 @@ def test_bf16_calibration_statistics_match_float32_arithmetic() -> None:
     assert next(model.parameters()).dtype == torch.bfloat16
     for name, sq in ref.in_sq.items():
         assert torch.allclose(low.in_sq[name].double(), sq.double(), rtol=0.05, atol=1e-6), name
+
+
+def test_gradient_calibration_keeps_bf16_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``collect_stats(with_grads=True)`` does not upcast: autograd would keep a float32 copy of
+    every weight for the backward pass (a float32 twin of the model)."""
+    from hipp_torchprune.pruning import calibration
+
+    model, processor = build_tiny("tiny-llava", seed=0)
+    model = model.to(torch.bfloat16)
+    flags: list[bool] = []
+    real = calibration.float32_linears
+    monkeypatch.setattr(calibration, "float32_linears",
+                        lambda m, enabled=True: (flags.append(enabled), real(m, enabled))[1])
+    batches = list(api.calibration_batches(api.get_adapter(model), processor, samples(2)))
+    stats = collect_stats(model, api.get_adapter(model), batches, with_grads=True)
+    collect_stats(model, api.get_adapter(model), batches)
+    assert flags == [False, True] and stats.taylor
