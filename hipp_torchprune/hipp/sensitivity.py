@@ -99,15 +99,15 @@ def visual_sensitivity(model: nn.Module, adapter: ModelAdapter,
     once: 2 photos at 1280x960 cost +7.3 GB on Qwen2.5-VL-3B when they were kept).
     """
     device = next(model.parameters()).device
-    total: torch.Tensor | None = None
+    total = torch.zeros(len(adapter.decoder_layers()), dtype=torch.float32)
     count = 0
     with float32_linears(model):
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             with attention_to_vision(model, adapter, batch) as sums:
                 model(**batch, use_cache=False)
-            total = torch.tensor(sums, dtype=torch.float32) + (0 if total is None else total)
+            total += torch.tensor(sums, dtype=torch.float32)
             count += batch["input_ids"].shape[0]
-    if total is None or count == 0:
+    if count == 0:
         raise CalibrationError("visual sensitivity needs at least one calibration batch")
     return (total / count).tolist()
