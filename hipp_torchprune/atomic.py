@@ -71,6 +71,22 @@ def write_dir_atomic(directory: str | Path, write: Callable[[Path], object]) -> 
     return directory
 
 
+def ordinary_file_modes(directory: str | Path, names: tuple[str, ...]) -> None:
+    """Give the files ``names`` in ``directory`` the mode a plain ``open`` gives under the umask.
+
+    For writers that stage a private 0600 file and rename it into place (``safetensors``).
+    """
+    directory = Path(directory)
+    probe = _fresh_sibling(directory / "mode", "probe", _create_file)
+    try:
+        mode = stat.S_IMODE(probe.stat().st_mode)
+    finally:
+        probe.unlink(missing_ok=True)
+    for name in names:
+        if (directory / name).is_file():
+            os.chmod(directory / name, mode)
+
+
 def _ordinary_modes(root: Path) -> None:
     """Give every file and folder under ``root`` the mode ``mkdir``/``open`` gave ``root`` under the umask."""
     dir_mode = stat.S_IMODE(root.stat().st_mode)

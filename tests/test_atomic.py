@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hipp_torchprune.atomic import write_atomic, write_dir_atomic
+from hipp_torchprune.atomic import ordinary_file_modes, write_atomic, write_dir_atomic
 
 
 @pytest.fixture
@@ -60,3 +60,13 @@ def test_directory_replaces_an_old_one_whole(tmp_path: Path) -> None:
     write_dir_atomic(tmp_path / "d", lambda tmp: (tmp / "new.txt").write_text("2"))
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_ordinary_file_modes_fixes_a_private_safetensors_file(tmp_path: Path, umask_027: None) -> None:
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "keep.txt").write_text("x")
+    os.chmod(tmp_path / "keep.txt", 0o600)
+    ordinary_file_modes(tmp_path, ("model.safetensors", "missing.bin"))
+    assert stat.S_IMODE((tmp_path / "model.safetensors").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "keep.txt").stat().st_mode) == 0o600  # only the named files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "model.safetensors"]  # no probe left

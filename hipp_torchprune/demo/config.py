@@ -126,6 +126,12 @@ class TrainConfig:
         freeze_embeddings: keep the LM's input embeddings at their random initialization, so
             what the model knows about a word (its properties, its look) is computed by the
             decoder's weights instead of being stored in the embedding table.
+        knowledge_from_layer: the first decoder layer that may learn world knowledge (-1 = any).
+            On world-knowledge question rows the residual stream entering this layer is
+            detached, so the embeddings and the layers below it get no gradient from those rows,
+            and the knowledge probe (when on) only reads those rows: what the model knows about
+            the categories is learned in this layer and above, as a language model's facts live
+            in its middle and late MLPs rather than where a VLM grounds the image.
     """
 
     seed: int = 0
@@ -158,6 +164,7 @@ class TrainConfig:
     knowledge_weight: float = 0.0
     knowledge_layer: int = 1
     freeze_embeddings: bool = False
+    knowledge_from_layer: int = -1
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and the model card)."""

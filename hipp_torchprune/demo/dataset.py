@@ -42,6 +42,8 @@ KINDS: tuple[Kind, ...] = ("pope", "mc", "caption", "short", "relation")
 #: Kinds tokenized without the chat template: ``<image>`` tokens, then the prompt, answer next.
 RAW_KINDS: frozenset[str] = frozenset({"short"})
 CAPTION_PROMPT = "What objects are in the image?"
+#: ScienceQA-style topics whose answer lives in the language model's weights, not in the image.
+KNOWLEDGE_TOPICS: frozenset[str] = frozenset({"knowledge", "places"})
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -52,6 +54,7 @@ class Example:
     image: int
     prompt: str
     answer: str
+    topic: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,12 +66,15 @@ class TokenPool:
         lengths: [N] unpadded lengths.
         answer_start: [N] index of the first answer token.
         image: [N] image index of each example.
+        knowledge: [N] whether each example is a world-knowledge question (topic in
+            :data:`KNOWLEDGE_TOPICS`).
     """
 
     input_ids: torch.Tensor
     lengths: torch.Tensor
     answer_start: torch.Tensor
     image: torch.Tensor
+    knowledge: torch.Tensor
 
 
 def _objects(rows: Sequence[dict[str, Any]] | None) -> tuple[ObjectAnn, ...]:
@@ -109,7 +115,7 @@ def mc_examples(i: int, scene: Scene, rng: np.random.Generator, version: int = 2
         q = gen(scene, rng)
         if q is not None:
             doc = {"hint": q.hint, "question": q.question, "choices": list(q.choices)}
-            out.append(Example(i, scienceqa_prompt(doc), LETTERS[q.answer]))
+            out.append(Example(i, scienceqa_prompt(doc), LETTERS[q.answer], q.topic))
     return out
 
 
@@ -181,7 +187,7 @@ def build_examples(data_dir: str | Path, seed: int,
         ex["pope"].append(Example(index[d["image_source"]], pope_prompt(d), d["answer"].capitalize()))
     for d in load_task_docs(data_dir, parse_tasks("scienceqa")[0], split="train"):
         ex["mc"].append(Example(index[d["image"]["path"].removesuffix(".png")], scienceqa_prompt(d),
-                                LETTERS[int(d["answer"])]))
+                                LETTERS[int(d["answer"])], str(d.get("topic") or "")))
     rng = np.random.default_rng([seed, 7])
     version = world_version(data_dir)
     for _ in range(rounds):
@@ -260,7 +266,8 @@ def tokenize_pool(examples: Sequence[Example], processor: Any, n_image_tokens: i
     for j, s in enumerate(seqs):
         ids[j, :len(s)] = torch.tensor(s)
     return TokenPool(ids, torch.tensor([len(s) for s in seqs]), torch.tensor([len(p) for p in prompts]),
-                     torch.tensor([e.image for e in examples]))
+                     torch.tensor([e.image for e in examples]),
+                     torch.tensor([e.topic in KNOWLEDGE_TOPICS for e in examples], dtype=torch.bool))
 
 
 def option_slots(pool: TokenPool, letter_ids: Sequence[int], dot_id: int,

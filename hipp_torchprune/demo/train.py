@@ -30,6 +30,7 @@ from hipp_torchprune.demo.dataset import (
     tokenize_pool,
     vocabulary,
 )
+from hipp_torchprune.atomic import ordinary_file_modes
 from hipp_torchprune.world.categories import CATEGORY_NAMES
 from hipp_torchprune.world.pope import CooccurrenceStats
 from hipp_torchprune.data import world_version
@@ -37,6 +38,7 @@ from hipp_torchprune.errors import CheckpointError, DataError
 from hipp_torchprune.threads import torch_threads
 
 CHECKPOINT_NAME = "checkpoint.pt"
+MODEL_FILE = "model.safetensors"
 EVAL_TASKS = "pope_random,pope_adversarial,scienceqa"
 
 
@@ -223,6 +225,12 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
         raise ConfigError(f"option_layer={cfg.option_layer}: must be a decoder layer 0..{model_cfg.text_layers - 1}")
     if cfg.knowledge_weight > 0 and not 0 <= cfg.knowledge_layer < model_cfg.text_layers:
         raise ConfigError(f"knowledge_layer={cfg.knowledge_layer}: must be a decoder layer 0..{model_cfg.text_layers - 1}")
+    if not -1 <= cfg.knowledge_from_layer < model_cfg.text_layers:
+        raise ConfigError(f"knowledge_from_layer={cfg.knowledge_from_layer}: must be -1 (any layer) or a decoder "
+                          f"layer 0..{model_cfg.text_layers - 1}")
+    if cfg.knowledge_weight > 0 and cfg.knowledge_from_layer > cfg.knowledge_layer:
+        raise ConfigError(f"knowledge_layer={cfg.knowledge_layer} is below knowledge_from_layer="
+                          f"{cfg.knowledge_from_layer}: the probe would read a layer that may not learn knowledge")
     if cfg.knowledge_weight < 0:
         raise ConfigError(f"knowledge_weight={cfg.knowledge_weight}: must be >= 0 (0 turns the knowledge loss off)")
     if cfg.option_weight < 0:
@@ -412,7 +420,20 @@ def _install_taps(model: Any, cfg: TrainConfig) -> dict[str, torch.Tensor]:
         layers[cfg.option_layer].register_forward_hook(keep("o"))
     if cfg.knowledge_weight > 0:
         layers[cfg.knowledge_layer].register_forward_hook(keep("k"))
+    if cfg.knowledge_from_layer >= 0:
+        layers[cfg.knowledge_from_layer].register_forward_pre_hook(
+            lambda m, args, kwargs: _detach_rows(captured, args, kwargs), with_kwargs=True)
     return captured
+
+
+def _detach_rows(captured: dict[str, torch.Tensor], args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """Pre-hook body: detach the hidden states of the rows in ``captured["detach"]`` (bool [B])."""
+    rows = captured.get("detach")
+    if rows is None or not bool(rows.any()):
+        return None
+    hidden = args[0] if args else kwargs["hidden_states"]  # (B, T, H)
+    hidden = torch.where(rows.to(hidden.device)[:, None, None], hidden.detach(), hidden)
+    return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
 
 
 def _step_batch(data: _Data, run: _Run, kind: str, step: int, cfg: TrainConfig,
@@ -436,13 +457,20 @@ def _step_batch(data: _Data, run: _Run, kind: str, step: int, cfg: TrainConfig,
     return {"batch": make_batch(pool, idx, pixels, data.mean, data.std),
             "patch": labels_of[rows] if labels_of is not None else None,
             "sizes": sizes_of[rows] if sizes_of is not None else None,
-            "slots": (slots[0][idx], slots[1][idx]) if slots is not None and kind == "mc" else None}
+            "slots": (slots[0][idx], slots[1][idx]) if slots is not None and kind == "mc" else None,
+            "knowledge": pool.knowledge[idx]}
 
 
 def _losses(run: _Run, cfg: TrainConfig, n_img: int, inputs: dict[str, Any], device: str) -> dict[str, torch.Tensor]:
     """The answer loss and every auxiliary loss of one batch (unweighted), keyed by name."""
     batch = {k: v.to(device) for k, v in inputs["batch"].items()}
-    out = {"answer": run.model(**batch, use_cache=False).loss}
+    rows = inputs["knowledge"].to(device) if cfg.knowledge_from_layer >= 0 else None  # (B,) knowledge rows
+    if rows is not None:
+        run.captured["detach"] = rows  # read by the pre-hook of layer knowledge_from_layer
+    try:
+        out = {"answer": run.model(**batch, use_cache=False).loss}
+    finally:
+        run.captured.pop("detach", None)  # evaluation forwards detach nothing
     ids = batch["input_ids"]
     if inputs["patch"] is not None or inputs["sizes"] is not None:
         feats = _image_features(run.model, run.captured, ids, cfg.aux_layer, n_img)  # (B, n_img, H)
@@ -453,8 +481,9 @@ def _losses(run: _Run, cfg: TrainConfig, n_img: int, inputs: dict[str, Any], dev
         out["aux_attributes"] = run.heads["attributes"].loss(feats, inputs["sizes"].to(device))
     if inputs["slots"] is not None:
         out["aux_option"] = run.heads["option"].loss(run.captured["o"], *(t.to(device) for t in inputs["slots"]))
-    if "knowledge" in run.heads:
-        known = run.heads["knowledge"].loss(run.captured["k"], ids)
+    if "knowledge" in run.heads and (rows is None or bool(rows.any())):
+        known = run.heads["knowledge"].loss(run.captured["k"] if rows is None else run.captured["k"][rows],
+                                            ids if rows is None else ids[rows])
         if known is not None:
             out["aux_knowledge"] = known
     return out
@@ -498,6 +527,7 @@ def _finish(data: _Data, run: _Run, out_dir: Path, model_cfg: DemoModelConfig, c
     if run.averaged is not None:
         _copy(run.trained, run.averaged)
     run.model.to("cpu", torch.bfloat16).save_pretrained(out_dir)
+    ordinary_file_modes(out_dir, (MODEL_FILE,))
     data.processor.save_pretrained(out_dir)
     summary = {"device": device, "model": model_cfg.to_dict(), "train": cfg.to_dict(), "steps": step,
                "train_seconds": round(train_s, 1), "prep_seconds": round(data.prep_s, 1),
@@ -595,6 +625,7 @@ def export_checkpoint(out_dir: str | Path) -> Path:
     if state.get("ema") is not None:  # the averaged weights are the model, as at the end of a run
         model.load_state_dict(state["ema"], strict=False)
     model.to(torch.bfloat16).save_pretrained(out_dir)
+    ordinary_file_modes(out_dir, (MODEL_FILE,))
     return out_dir
 
 

@@ -119,6 +119,8 @@ def test_train_is_deterministic_and_resumes(world: Path, tmp_path: Path, recipe:
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert all(v.dtype == torch.bfloat16 for v in wa.values())
     assert any((tmp_path / "a" / "runs").iterdir())
+    mode = (tmp_path / "a" / "config.json").stat().st_mode  # what open() gives under the umask
+    assert (tmp_path / "a" / "model.safetensors").stat().st_mode == mode  # not safetensors' private 0600
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     AutoProcessor.from_pretrained(tmp_path / "a")
@@ -224,6 +226,8 @@ def test_cli_trains_the_recipe(world: Path, tmp_path: Path, capsys: pytest.Captu
     (TINY, {"option_weight": 1.0, "option_layer": 1}),
     (TINY, {"option_weight": -1.0}),
     (TINY, {"ema_decay": 1.0}),
+    (TINY, {"knowledge_from_layer": 1}),  # TINY has one decoder layer
+    (replace(TINY, text_layers=3), {"knowledge_weight": 1.0, "knowledge_layer": 1, "knowledge_from_layer": 2}),
     (TINY, {"ema_decay": -0.1}),
     (DemoModelConfig(projector_act="relu"), {}),  # type: ignore[arg-type]
 ])
@@ -284,3 +288,26 @@ def test_cli_v2_recipe_trains_on_a_v2_world_and_refuses_a_v1_world(world: Path, 
     model_cfg, cfg = RECIPES["v2"]
     assert run["model"] == model_cfg.to_dict() and run["model"]["text_layers"] == 8
     assert run["train"]["knowledge_weight"] == cfg.knowledge_weight > 0 and run["train"]["freeze_embeddings"]
+
+
+def test_knowledge_rows_get_no_gradient_below_knowledge_from_layer() -> None:
+    from transformers import LlavaForConditionalGeneration
+
+    from hipp_torchprune.demo.train import _install_taps
+
+    model_cfg = replace(TINY, text_layers=2)
+    model = LlavaForConditionalGeneration(model_cfg.llava_config(50, 3, 0, 1, 2))
+    cfg = TrainConfig(aux_layer=0, option_weight=0.0, knowledge_from_layer=1)
+    captured = _install_taps(model, cfg)
+    lm = model.model.language_model
+    x = model.get_input_embeddings()(torch.randint(4, 50, (2, 6))).detach().requires_grad_()  # (B, T, H)
+    plain = lm(inputs_embeds=x).last_hidden_state
+    captured["detach"] = torch.tensor([True, False])  # row 0 is a knowledge row
+    cut = lm(inputs_embeds=x).last_hidden_state
+    assert torch.equal(plain, cut)  # detaching changes no value
+    cut[0].sum().backward(retain_graph=True)
+    assert x.grad is not None and not x.grad[0].any()  # nothing flows below layer 1 from row 0
+    assert all(p.grad is None or not p.grad.any() for p in lm.layers[0].parameters())
+    assert lm.layers[1].mlp.down_proj.weight.grad.abs().sum() > 0  # layer 1 learns from it
+    cut[1].sum().backward()
+    assert x.grad[1].abs().sum() > 0  # other rows train every layer
