@@ -129,9 +129,10 @@ class TrainConfig:
         knowledge_from_layer: the first decoder layer that may learn world knowledge (-1 = any).
             On world-knowledge question rows the residual stream entering this layer is
             detached, so the embeddings and the layers below it get no gradient from those rows,
-            and the knowledge probe (when on) only reads those rows: what the model knows about
-            the categories is learned in this layer and above, as a language model's facts live
-            in its middle and late MLPs rather than where a VLM grounds the image.
+            and the knowledge probe (when on) re-runs layers ``knowledge_from_layer ..
+            knowledge_layer`` on their detached input: what the model knows about the categories
+            is learned in those layers and above, as a language model's facts live in its middle
+            and late MLPs rather than where a VLM grounds the image.
     """
 
     seed: int = 0

@@ -338,7 +338,7 @@ class _Run:
     params: list[torch.Tensor]
     trained: list[torch.Tensor]
     shadow: dict[str, torch.Tensor] | None
-    captured: dict[str, torch.Tensor]
+    captured: dict[str, Any]
     aux_labels: torch.Tensor | None
     size_labels: torch.Tensor | None
     mc_slots: tuple[torch.Tensor, torch.Tensor] | None
@@ -407,9 +407,9 @@ def _build_run(data: _Data, model_cfg: DemoModelConfig, cfg: TrainConfig, device
         letter_ids, dot_id)
 
 
-def _install_taps(model: Any, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+def _install_taps(model: Any, cfg: TrainConfig) -> dict[str, Any]:
     """Forward hooks that keep the hidden states the auxiliary heads read ("f", "o", "k")."""
-    captured: dict[str, torch.Tensor] = {}
+    captured: dict[str, Any] = {}
     layers = model.model.language_model.layers
 
     def keep(key: str) -> Any:
@@ -426,14 +426,34 @@ def _install_taps(model: Any, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     return captured
 
 
-def _detach_rows(captured: dict[str, torch.Tensor], args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-    """Pre-hook body: detach the hidden states of the rows in ``captured["detach"]`` (bool [B])."""
+def _detach_rows(captured: dict[str, Any], args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """Pre-hook body (training forwards only): keep the layer's input and call arguments for the
+    knowledge probe's re-run, and detach the hidden states of the rows in ``captured["detach"]``."""
     rows = captured.get("detach")
-    if rows is None or not bool(rows.any()):
+    if rows is None:
         return None
     hidden = args[0] if args else kwargs["hidden_states"]  # (B, T, H)
+    captured["k_in"] = hidden
+    captured["k_kwargs"] = {**{k: v for k, v in kwargs.items() if k != "hidden_states"},
+                            "past_key_values": None, "use_cache": False}  # a re-run must not read a cache
     hidden = torch.where(rows.to(hidden.device)[:, None, None], hidden.detach(), hidden)
     return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+
+def _knowledge_features(model: Any, captured: dict[str, Any], cfg: TrainConfig) -> torch.Tensor:
+    """The knowledge probe's input [B, T, H]: the output of ``knowledge_layer``.
+
+    With ``knowledge_from_layer`` set, layers ``knowledge_from_layer..knowledge_layer`` are run
+    again on their detached input, so the probe trains only those layers, from every row.
+    """
+    if cfg.knowledge_from_layer < 0:
+        return captured["k"]
+    hidden = captured.pop("k_in").detach()
+    kwargs = captured.pop("k_kwargs")
+    for layer in model.model.language_model.layers[cfg.knowledge_from_layer:cfg.knowledge_layer + 1]:
+        out = layer(hidden, **kwargs)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
 
 
 def _step_batch(data: _Data, run: _Run, kind: str, step: int, cfg: TrainConfig,
@@ -481,9 +501,8 @@ def _losses(run: _Run, cfg: TrainConfig, n_img: int, inputs: dict[str, Any], dev
         out["aux_attributes"] = run.heads["attributes"].loss(feats, inputs["sizes"].to(device))
     if inputs["slots"] is not None:
         out["aux_option"] = run.heads["option"].loss(run.captured["o"], *(t.to(device) for t in inputs["slots"]))
-    if "knowledge" in run.heads and (rows is None or bool(rows.any())):
-        known = run.heads["knowledge"].loss(run.captured["k"] if rows is None else run.captured["k"][rows],
-                                            ids if rows is None else ids[rows])
+    if "knowledge" in run.heads:
+        known = run.heads["knowledge"].loss(_knowledge_features(run.model, run.captured, cfg), ids)
         if known is not None:
             out["aux_knowledge"] = known
     return out

@@ -311,3 +311,22 @@ def test_knowledge_rows_get_no_gradient_below_knowledge_from_layer() -> None:
     assert lm.layers[1].mlp.down_proj.weight.grad.abs().sum() > 0  # layer 1 learns from it
     cut[1].sum().backward()
     assert x.grad[1].abs().sum() > 0  # other rows train every layer
+
+
+def test_knowledge_probe_reruns_only_the_knowledge_layers() -> None:
+    from transformers import LlavaForConditionalGeneration
+
+    from hipp_torchprune.demo.train import _install_taps, _knowledge_features
+
+    model = LlavaForConditionalGeneration(replace(TINY, text_layers=3).llava_config(50, 3, 0, 1, 2))
+    cfg = TrainConfig(aux_layer=0, option_weight=0.0, knowledge_weight=1.0, knowledge_layer=2, knowledge_from_layer=1)
+    captured = _install_taps(model, cfg)
+    lm = model.model.language_model
+    x = model.get_input_embeddings()(torch.randint(4, 50, (2, 6))).detach().requires_grad_()  # (B, T, H)
+    captured["detach"] = torch.tensor([False, False])
+    lm(inputs_embeds=x)
+    feats = _knowledge_features(model, captured, cfg)  # (B, T, H)
+    assert torch.allclose(feats, captured["k"], atol=1e-6)  # the same output of layer 2
+    feats.sum().backward()
+    assert x.grad is None and all(p.grad is None for p in lm.layers[0].parameters())
+    assert lm.layers[1].mlp.up_proj.weight.grad.abs().sum() > 0 and lm.layers[2].mlp.up_proj.weight.grad is not None
