@@ -80,7 +80,8 @@ def attention_to_vision(model: nn.Module, adapter: ModelAdapter, batch: dict[str
     input_ids = batch["input_ids"].to(device)
     vision = adapter.vision_positions(input_ids)
     real = batch.get("attention_mask", torch.ones_like(input_ids)).to(device).bool()
-    masks = {"vision": vision, "text": real & ~vision}
+    # language = real tokens that are neither vision placeholders nor their markers (<|vision_end|>)
+    masks = {"vision": vision, "text": real & ~adapter.non_text_positions(input_ids)}
     sums: list[torch.Tensor | None] = [None] * len(layers)
     out: list[float] = []
     with eager_attention(model), _reduce_attention_per_layer(layers, masks, sums):

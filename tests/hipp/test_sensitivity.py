@@ -31,8 +31,8 @@ def test_attention_mass_by_hand() -> None:
     assert attention_mass_to_vision(attn, vision, torch.zeros_like(text)).item() == 0.0
 
 
-def test_uniform_attention_model_gives_known_sensitivity() -> None:
-    model, processor = build_tiny("tiny-llava")
+def test_uniform_attention_model_gives_known_sensitivity(tiny) -> None:
+    _, model, processor = tiny
     adapter = api.get_adapter(model)
     for layer in adapter.decoder_layers():  # q = k = 0 -> uniform causal attention in every layer
         layer.self_attn.q_proj.weight.data.zero_()
@@ -40,11 +40,12 @@ def test_uniform_attention_model_gives_known_sensitivity() -> None:
     batch = adapter.encode(processor, images(1), ["Is there a red object in the image?"])
     ids = batch["input_ids"][0]
     vision = adapter.vision_positions(batch["input_ids"])[0]
-    # uniform over keys 0..t: A(t) = (#vision <= t) / (t + 1); the max over text tokens
-    expected = max(vision[: t + 1].sum().item() / (t + 1) for t in range(len(ids)) if not vision[t])
+    language = ~adapter.non_text_positions(batch["input_ids"])[0]  # Qwen's <|vision_end|> is not language
+    # uniform over keys 0..t: A(t) = (#vision <= t) / (t + 1); the max over language tokens
+    expected = max(vision[: t + 1].sum().item() / (t + 1) for t in range(len(ids)) if language[t])
     before = model.config._attn_implementation
     values = visual_sensitivity(model, adapter, [batch])
-    assert len(values) == 4
+    assert len(values) == len(adapter.decoder_layers())
     assert all(abs(v - expected) < 1e-5 for v in values)
     assert model.config._attn_implementation == before  # SDPA users get their attention back
 
@@ -54,7 +55,7 @@ def _sensitivity_from_all_layers_at_once(model, adapter, batch) -> list[float]:
     with eager_attention(model), torch.no_grad():
         out = model(**batch, output_attentions=True, use_cache=False)
     vision = adapter.vision_positions(batch["input_ids"])
-    text = batch["attention_mask"].bool() & ~vision
+    text = batch["attention_mask"].bool() & ~adapter.non_text_positions(batch["input_ids"])
     per_layer = torch.stack([attention_mass_to_vision(a, vision, text) for a in out.attentions])
     return (per_layer.sum(1) / per_layer.shape[1]).tolist()
 
