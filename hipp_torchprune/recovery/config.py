@@ -48,7 +48,7 @@ class RecoveryConfig:
     pope_base_fraction: float = 0.5
     #: Robustness weight of the preference that biases the mix toward POPE (None: no bias).
     w_rob: float | None = None
-    #: Weight of the class-balanced token loss (POPE rows).
+    #: Weight of the POPE rows' part of the token loss (class-balanced; 1 = every row counts once).
     w_balanced: float = 1.0
     #: Weight of the margin hinge.
     w_margin: float = 0.5

@@ -16,6 +16,7 @@ from hipp_torchprune.recovery.config import RecoveryConfig, RecoveryError
 from hipp_torchprune.recovery.data import Row, encode_rows, load_pool, step_rows
 from hipp_torchprune.recovery.lora import ShapeSnapshot, attach, merge
 from hipp_torchprune.recovery.losses import (
+    answer_nll,
     class_balanced_mean,
     margin_hinge,
     next_token_nll,
@@ -76,10 +77,11 @@ def recovery_loss(logprobs: torch.Tensor, rows: list[tuple[str, Row]], config: R
                   ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its terms for one batch of answer-position log-probabilities ``(B, V)``.
 
-    ``total = nll + w_balanced * balanced + w_margin * margin + w_yes_rate * yes_rate`` where
-    ``nll`` is the gold answer token's next-token loss over all rows, ``balanced`` the same loss
-    class-balanced over POPE rows, ``margin`` the hinge over all rows, ``yes_rate`` the batch
-    yes-rate penalty over POPE rows.
+    ``total = nll + w_margin * margin + w_yes_rate * yes_rate`` where ``nll`` is the gold answer
+    token's next-token loss with every row counted once (:func:`answer_nll`: ScienceQA rows
+    plainly, POPE rows class-balanced, their part scaled by ``w_balanced``), ``margin`` the hinge
+    over all rows and ``yes_rate`` the penalty pulling the POPE rows' mean p(yes) to their gold
+    yes-rate. ``balanced`` (the POPE rows' class-balanced loss) is reported, not added again.
     """
     cands = [r.candidates for _, r in rows]
     gold = torch.tensor([r.gold for _, r in rows], device=logprobs.device)
@@ -87,15 +89,15 @@ def recovery_loss(logprobs: torch.Tensor, rows: list[tuple[str, Row]], config: R
     is_pope = torch.tensor([fam == "pope" for fam, _ in rows], device=logprobs.device)
     opt = option_logprobs(logprobs, cands)
     nll = next_token_nll(logprobs, targets)
+    gold_yes_rate = (gold[is_pope] == 0).float().mean() if bool(is_pope.any()) else 0.5  # POPE: 0 = yes
     terms = {
-        "nll": nll.mean(),
-        "balanced": class_balanced_mean(nll[is_pope], gold[is_pope]),
+        "nll": answer_nll(nll, is_pope, gold, config.w_balanced),
         "margin": margin_hinge(opt, gold, config.margin),
-        "yes_rate": yes_rate_penalty(opt[is_pope, 0], opt[is_pope, 1]),
+        "yes_rate": yes_rate_penalty(opt[is_pope, 0], opt[is_pope, 1], gold_yes_rate),
     }
-    total = (terms["nll"] + config.w_balanced * terms["balanced"] + config.w_margin * terms["margin"]
-             + config.w_yes_rate * terms["yes_rate"])
-    return total, {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+    total = terms["nll"] + config.w_margin * terms["margin"] + config.w_yes_rate * terms["yes_rate"]
+    report = {**terms, "balanced": class_balanced_mean(nll[is_pope], gold[is_pope])}
+    return total, {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in report.items()}}
 
 
 def _forward_logprobs(net: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
