@@ -17,7 +17,7 @@ from torch import nn
 from hipp_torchprune.adapters.base import ModelAdapter
 from hipp_torchprune.hipp.distributed import map_over_ranks
 from hipp_torchprune.hipp.normalization import compression_return
-from hipp_torchprune.hipp.synflow import log_synflow
+from hipp_torchprune.hipp.synflow import AbsWeights, log_synflow
 from hipp_torchprune.pruning.operator import PlanMasks, score_ranks
 from hipp_torchprune.pruning.plan import budget_matched_widths, realized_sparsity
 
@@ -50,8 +50,9 @@ class PlanEnvironment:
         self.masks = PlanMasks(adapter)
         # ranks once, on the weights' device: each plan's mask is then one comparison per layer
         self.ranks = [score_ranks(sc).to(m.device) for sc, m in zip(self.row_scores, self.masks.masks)]
-        self.abs_up = [m.up.weight.detach().double().abs() for m in adapter.mlps()]
-        self.abs_down = [m.down.weight.detach().double().abs() for m in adapter.mlps()]
+        # |W| one layer at a time, in float32 (no resident copy of the MLP weights)
+        self.abs_up = AbsWeights([m.up for m in adapter.mlps()])
+        self.abs_down = AbsWeights([m.down for m in adapter.mlps()])
         self.dense_log_flow = log_synflow(self.abs_up, self.abs_down)
 
     def widths_for(self, ratios: Sequence[float]) -> tuple[int, ...]:
@@ -65,7 +66,7 @@ class PlanEnvironment:
             util = self.objectives["util"](self.model)
         finally:
             self.masks.set_keep(None)
-        flow_masks = [(r < k).to(u.device, torch.float64) for r, k, u in zip(self.ranks, widths, self.abs_up)]
+        flow_masks = [(r < k).to(torch.float32) for r, k in zip(self.ranks, widths)]
         phi = (log_synflow(self.abs_up, self.abs_down, flow_masks) - self.dense_log_flow).item()
         return rob, util, phi
 

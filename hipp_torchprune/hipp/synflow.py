@@ -8,8 +8,10 @@ a vector, renormalized at every layer and the log scale factors summed, so it ne
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import overload
 
 import torch
+from torch import nn
 
 
 def log_synflow(abs_up: Sequence[torch.Tensor], abs_down: Sequence[torch.Tensor],
@@ -39,3 +41,27 @@ def phi(abs_up: Sequence[torch.Tensor], abs_down: Sequence[torch.Tensor],
         masks: Sequence[torch.Tensor]) -> torch.Tensor:
     """``phi = log R(pruned) - log R(dense)`` (at most 0)."""
     return log_synflow(abs_up, abs_down, masks) - log_synflow(abs_up, abs_down)
+
+
+class AbsWeights(Sequence[torch.Tensor]):
+    """``|W|`` of each linear, in float32, computed when indexed and never kept.
+
+    :func:`log_synflow` walks the stack one layer at a time, so at most one layer's float32 copy
+    is alive during a pass, instead of a resident copy of every MLP weight (float64 copies of
+    ``|W_up|`` and ``|W_down|`` were about 23 GB at LLaVA-7B, more than the bf16 model's 13 GB).
+    """
+
+    def __init__(self, linears: Sequence[nn.Linear]) -> None:
+        self.linears = list(linears)
+
+    def __len__(self) -> int:
+        return len(self.linears)
+
+    @overload
+    def __getitem__(self, i: int) -> torch.Tensor: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[torch.Tensor]: ...
+    def __getitem__(self, i: int | slice) -> torch.Tensor | list[torch.Tensor]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.linears[i].weight.detach().abs().float()

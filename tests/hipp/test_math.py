@@ -173,3 +173,21 @@ def test_train_config_loads_from_nested_yaml(tmp_path) -> None:
     path.write_text("policy:\n  rho_mn: 0.3\n")
     with pytest.raises(ConfigError, match="policy: unknown field"):
         load_yaml(TrainConfig, path)
+
+
+def test_synflow_of_lazy_float32_weights_matches_float64_copies() -> None:
+    from torch import nn
+
+    from hipp_torchprune.hipp.synflow import AbsWeights
+
+    torch.manual_seed(0)
+    ups = [nn.Linear(16, 48, bias=False).to(torch.bfloat16) for _ in range(3)]  # (d_ff, h), bf16 like a 7B
+    downs = [nn.Linear(48, 16, bias=False).to(torch.bfloat16) for _ in range(3)]
+    masks = [(torch.rand(48) < 0.6).float() for _ in range(3)]
+    exact = log_synflow([u.weight.double().abs() for u in ups], [d.weight.double().abs() for d in downs],
+                        [m.double() for m in masks])
+    lazy_up, lazy_down = AbsWeights(ups), AbsWeights(downs)
+    assert log_synflow(lazy_up, lazy_down, masks).item() == pytest.approx(exact.item(), rel=1e-6)
+    assert lazy_up[1].dtype == torch.float32 and torch.equal(lazy_up[1], ups[1].weight.float().abs())
+    assert len(lazy_up[0:2]) == 2 and len(lazy_up) == 3
+    assert not any(isinstance(v, torch.Tensor) for v in vars(lazy_up).values())  # nothing resident

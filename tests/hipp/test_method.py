@@ -32,3 +32,4 @@ def test_hipp_without_policy_and_preference_is_refused(registry: Registry, optio
     with pytest.raises(MethodError, match="'hipp' needs a trained policy and a preference"):
         prune_with_method(model, "hipp", 0.3, context)
     assert api.get_adapter(model, registry).intermediate_widths() == widths
+
