@@ -177,14 +177,13 @@ RecipeName = Literal["v1", "v2"]
 #: Named recipes: the architecture and training recipe of each demo-model generation.
 #: ``v1`` is the shipped model's (4 layers, the defaults above; train on a version-1 world).
 #: ``v2`` is proving ground v2's (issue "Proving ground v2"; train on a ``--version 2`` world):
-#: 8 decoder layers with narrow MLPs (256), a world-knowledge probe at layer 1 on frozen input
-#: embeddings (what a word means is computed by the first two decoder layers), object
-#: recognition read at layer 4, the option judge at layer 5, one thread.
+#: 8 decoder layers with narrow MLPs (256), object recognition read at layer 1, a world-knowledge
+#: probe at layer 5, the option judge at layer 6, trainable embeddings, one thread (the third
+#: probe's recipe, the best dense quality of the probes in ``docs/demo-model.md``).
 RECIPES: dict[str, tuple[DemoModelConfig, TrainConfig]] = {
     "v1": (DemoModelConfig(), TrainConfig()),
     "v2": (DemoModelConfig(text_layers=8, text_intermediate=256),
-           TrainConfig(aux_layer=4, option_layer=5, knowledge_weight=1.0, knowledge_layer=1,
-                       freeze_embeddings=True, threads=1)),
+           TrainConfig(aux_layer=1, option_layer=6, knowledge_weight=1.0, knowledge_layer=5, threads=1)),
 }
 #: The world generator version each recipe trains on.
 RECIPE_WORLD_VERSION: dict[str, int] = {"v1": 1, "v2": 2}

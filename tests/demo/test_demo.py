@@ -287,7 +287,8 @@ def test_cli_v2_recipe_trains_on_a_v2_world_and_refuses_a_v1_world(world: Path, 
     run = json.loads((tmp_path / "v2" / "run_config.json").read_text())
     model_cfg, cfg = RECIPES["v2"]
     assert run["model"] == model_cfg.to_dict() and run["model"]["text_layers"] == 8
-    assert run["train"]["knowledge_weight"] == cfg.knowledge_weight > 0 and run["train"]["freeze_embeddings"]
+    assert run["train"]["knowledge_weight"] == cfg.knowledge_weight > 0
+    assert (run["train"]["aux_layer"], run["train"]["knowledge_layer"]) == (cfg.aux_layer, cfg.knowledge_layer) == (1, 5)
 
 
 def test_knowledge_rows_get_no_gradient_below_knowledge_from_layer() -> None:
