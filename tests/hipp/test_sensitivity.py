@@ -37,12 +37,17 @@ def test_uniform_attention_model_gives_known_sensitivity(tiny) -> None:
     for layer in adapter.decoder_layers():  # q = k = 0 -> uniform causal attention in every layer
         layer.self_attn.q_proj.weight.data.zero_()
         layer.self_attn.k_proj.weight.data.zero_()
-    batch = adapter.encode(processor, images(1), ["Is there a red object in the image?"])
-    ids = batch["input_ids"][0]
-    vision = adapter.vision_positions(batch["input_ids"])[0]
-    language = ~adapter.non_text_positions(batch["input_ids"])[0]  # Qwen's <|vision_end|> is not language
-    # uniform over keys 0..t: A(t) = (#vision <= t) / (t + 1); the max over language tokens
-    expected = max(vision[: t + 1].sum().item() / (t + 1) for t in range(len(ids)) if language[t])
+    # two samples of different lengths: the shorter one is padded, and padded keys get no attention
+    batch = adapter.encode(processor, images(2), ["Is there a red object in the image?", "Red?"])
+    per_sample = []
+    for ids, real in zip(batch["input_ids"], batch["attention_mask"].bool()):
+        vision = adapter.vision_positions(ids[None])[0] & real
+        language = real & ~adapter.non_text_positions(ids[None])[0]  # Qwen's <|vision_end|> is not language
+        # uniform over the real keys 0..t: A(t) = #vision keys / #real keys; the max over language tokens
+        per_sample.append(max(vision[: t + 1].sum().item() / real[: t + 1].sum().item()
+                              for t in range(len(ids)) if language[t]))
+    assert not batch["attention_mask"].bool().all()  # the padded path is exercised
+    expected = sum(per_sample) / 2  # s_l is averaged over samples
     before = model.config._attn_implementation
     values = visual_sensitivity(model, adapter, [batch])
     assert len(values) == len(adapter.decoder_layers())
