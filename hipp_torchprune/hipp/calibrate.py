@@ -23,6 +23,7 @@ from hipp_torchprune.hipp.profile import ModelProfile, build_profile
 from hipp_torchprune.hipp.sensitivity import attention_to_vision
 from hipp_torchprune.pruning.calibration import CalibrationStats, collect_stats, merge_stats
 from hipp_torchprune.pruning.operator import layer_scores
+from hipp_torchprune.registry import Registry
 
 
 def _calibrate_batch(model: nn.Module, adapter: ModelAdapter, processor: Any,
@@ -39,12 +40,14 @@ def _calibrate_batch(model: nn.Module, adapter: ModelAdapter, processor: Any,
 
 
 def profile_model(model: nn.Module, processor: Any, samples: Sequence[tuple[Any, str]], *, batch_size: int = 8,
-                  state: Any = None) -> tuple[ModelProfile, CalibrationStats, list[torch.Tensor]]:
+                  state: Any = None, registry: Registry | None = None
+                  ) -> tuple[ModelProfile, CalibrationStats, list[torch.Tensor]]:
     """Calibrate ``model`` and return its profile, statistics and Wanda row scores per layer.
 
     ``state`` (an ``accelerate`` state) spreads the batches over processes; the result does not
-    depend on the process count (see the module docstring)."""
-    adapter = api.get_adapter(model)
+    depend on the process count (see the module docstring). ``registry`` is where the adapter and
+    the scorer are looked up (default: the default registry)."""
+    adapter = api.get_adapter(model, registry)
     samples = list(samples)
     if not samples:
         raise CalibrationError("the calibration set is empty: give at least one (image, prompt) sample")
@@ -59,5 +62,5 @@ def profile_model(model: nn.Module, processor: Any, samples: Sequence[tuple[Any,
     for _, sens in parts[1:]:
         sens_sum += sens
     sensitivity = (sens_sum / stats.n_samples).tolist()
-    scores = layer_scores(adapter, api.importance("wanda", model, stats))
-    return build_profile(model, stats, sensitivity, scores), stats, scores
+    scores = layer_scores(adapter, api.importance("wanda", model, stats, registry=registry))
+    return build_profile(model, stats, sensitivity, scores, registry), stats, scores

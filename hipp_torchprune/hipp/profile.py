@@ -19,6 +19,7 @@ from torch import nn
 from hipp_torchprune.atomic import write_atomic
 from hipp_torchprune.errors import CheckpointError
 from hipp_torchprune.pruning.calibration import CalibrationStats
+from hipp_torchprune.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -68,12 +69,13 @@ class ModelProfile:
 
 
 def build_profile(model: nn.Module, stats: CalibrationStats, sensitivity: list[float],
-                  row_scores: list[torch.Tensor]) -> ModelProfile:
-    """Assemble the profile from calibration statistics, sensitivity and per-row scores."""
+                  row_scores: list[torch.Tensor], registry: Registry | None = None) -> ModelProfile:
+    """Assemble the profile from calibration statistics, sensitivity and per-row scores
+    (``registry``: where the model's adapter is looked up; default: the default registry)."""
     from hipp_torchprune.api import get_adapter, row_params
     from hipp_torchprune.pruning.calibration import mlp_module_names
 
-    adapter = get_adapter(model)
+    adapter = get_adapter(model, registry)
     names = mlp_module_names(model, adapter)
     layers = []
     for i, (mlp, sens, scores) in enumerate(zip(adapter.mlps(), sensitivity, row_scores)):

@@ -23,21 +23,24 @@ from hipp_torchprune.hipp.trainer import TrainConfig, config_dict, train_policy
 from hipp_torchprune.loading import load_model
 from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS, cap_pixels
 from hipp_torchprune.pruning.operator import layer_scores
+from hipp_torchprune.registry import Registry
 
 
 def calibrated_profile(model: Any, processor: Any, data_dir: str | Path, calib_n: int, cache: Path,
-                       state: Any = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[ModelProfile, list[Any]]:
+                       state: Any = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                       registry: Registry | None = None) -> tuple[ModelProfile, list[Any]]:
     """The model's profile and Wanda row scores, from ``cache`` when it holds this model's
     calibration (same weights, data, sample count and pixel cap), computed and written there
     otherwise. Calibration images are capped at ``max_pixels`` pixels (``None``: no cap)."""
-    adapter = api.get_adapter(model)
+    adapter = api.get_adapter(model, registry)
     source = calibration_key(model, data_dir, calib_n, max_pixels)
     if (cache / "profile.json").exists() and calibration_source(cache) == source:
         profile, stats = load_calibration(cache)
         if list(profile.widths) == adapter.intermediate_widths() and profile.model_class == type(model).__name__:
-            return profile, layer_scores(adapter, api.importance("wanda", model, stats))
+            return profile, layer_scores(adapter, api.importance("wanda", model, stats, registry=registry))
     profile, stats, scores = profile_model(model, cap_pixels(processor, max_pixels),
-                                           calibration_samples(str(data_dir), calib_n), state=state)
+                                           calibration_samples(str(data_dir), calib_n), state=state,
+                                           registry=registry)
     if state is None or state.is_main_process:
         save_calibration(cache, profile, stats, source)
     return profile, scores
@@ -47,19 +50,21 @@ def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, conf
                     round_to: int = 64, calib_n: int = 64, reward_limit: int = 128, reward_split: str = "calibration",
                     calibration: str | Path | None = None, resume: bool = True, state: Any = None,
                     progress: bool = True, dtype: str | None = None,
-                    max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
+                    max_pixels: int | None = DEFAULT_MAX_PIXELS, registry: Registry | None = None) -> dict[str, Any]:
     """Train a HiPP policy for ``model_spec`` on ``data_dir`` and save it to ``out``.
 
     ``calibration`` is a cache from ``hipp calibrate --cache`` (default: ``out/calibration``);
     ``dtype`` is the model's (default: the checkpoint's own, see :func:`~hipp_torchprune.loading.parse_dtype`);
-    calibration images are capped at ``max_pixels`` pixels.
+    calibration images are capped at ``max_pixels`` pixels. ``registry`` is where the adapter,
+    the row scorer and the reward tasks are looked up (default: the default registry).
     """
     model, processor = load_model(model_spec, dtype=dtype)
     cache = Path(calibration) if calibration is not None else Path(out) / "calibration"
-    profile, scores = calibrated_profile(model, processor, data_dir, calib_n, cache, state, max_pixels)
-    adapter = api.get_adapter(model)
+    profile, scores = calibrated_profile(model, processor, data_dir, calib_n, cache, state, max_pixels, registry)
+    adapter = api.get_adapter(model, registry)
     cfg = config.policy
-    env = PlanEnvironment(model, adapter, scores, default_objectives(processor, data_dir, reward_split, reward_limit),
+    objectives = default_objectives(processor, data_dir, reward_split, reward_limit, registry=registry)
+    env = PlanEnvironment(model, adapter, scores, objectives,
                           round_to=round_to, r_max=cfg.r_max, compression_range=(cfg.rho_min, cfg.rho_max),
                           row_params=profile.row_params, state=state)
     try:

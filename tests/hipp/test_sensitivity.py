@@ -103,3 +103,26 @@ def test_calibration_measures_sensitivity_in_its_statistics_pass(tiny) -> None:
     assert len(calls) == 3  # batches of 2, 2 and 1
     separate = visual_sensitivity(model, adapter, api.calibration_batches(adapter, processor, samples, 2))
     assert [layer.visual_sensitivity for layer in profile.layers] == pytest.approx(separate, rel=1e-6)
+
+
+def test_profile_uses_the_callers_registry(registry) -> None:
+    """A model class only a custom registry knows can be profiled (for ``hipp train``)."""
+    from hipp_torchprune import hookspecs
+    from hipp_torchprune.adapters.llava import LlavaAdapter
+    from hipp_torchprune.errors import UnsupportedModelError
+    from hipp_torchprune.hipp.calibrate import profile_model
+
+    model, processor = build_tiny("tiny-llava")
+    model.__class__ = type("InHouseLlava", (type(model),), {})
+    adapter_cls = type("InHouseAdapter", (LlavaAdapter,), {"name": "in-house", "model_class_names": ("InHouseLlava",)})
+
+    class InHouse:
+        @hookspecs.hookimpl
+        def hipp_model_adapters(self) -> list[type]:
+            return [adapter_cls]
+
+    with pytest.raises(UnsupportedModelError):
+        profile_model(model, processor, [(images(1)[0], "Red?")])
+    registry.pm.register(InHouse())
+    profile, _, scores = profile_model(model, processor, [(images(1)[0], "Red?")], registry=registry)
+    assert profile.model_class == "InHouseLlava" and len(scores) == len(profile.widths) == 4
