@@ -172,6 +172,20 @@ def load_scenes(data_dir: str | Path, split: str = "train") -> list[dict[str, An
     return read_rows(path, ("image_source", "image", "scene_type", "objects"))
 
 
+def world_jitter(data_dir: str | Path) -> float:
+    """The per-instance appearance jitter a proving-ground world was rendered with (its
+    manifest's ``jitter``; 0 when absent), so re-rendered training scenes look like its images."""
+    import json
+
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        return 0.0
+    try:
+        return float(json.loads(path.read_text()).get("jitter", 0.0))
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
+        raise DataError(f"{path}: not a world manifest ({exc})") from exc
+
+
 def world_version(data_dir: str | Path) -> int:
     """The generator version of a proving-ground world (its manifest's ``version``; 1 for worlds
     written before versions existed, and for directories without a manifest)."""

@@ -9,8 +9,10 @@ from typing import Any
 
 def _build(args: argparse.Namespace) -> int:
     from hipp_torchprune.world.build import build_world
+    from hipp_torchprune.world.scenes import SceneConfig
 
-    manifest = build_world(args.out, seed=args.seed, n_images=args.images, version=args.version)
+    manifest = build_world(args.out, seed=args.seed, n_images=args.images, version=args.version,
+                           config=SceneConfig(jitter=args.jitter))
     summary: dict[str, Any] = {
         "out": str(args.out), "seed": manifest["seed"], "version": manifest["version"], "content_hash": manifest["content_hash"],
         "splits": {s: {"images": v["images"], "pope": sum(v["pope"].values()), "scienceqa": v["scienceqa"]}
@@ -31,4 +33,7 @@ def register(subparsers: Any) -> None:
     build.add_argument("--version", type=int, choices=(1, 2), default=1,
                        help="world generator: 1 (default; the shipped demo model's world) or 2 (proving "
                             "ground v2: companions, occluders hiding objects, world-knowledge questions)")
+    build.add_argument("--jitter", type=float, default=0.0,
+                       help="per-instance appearance variation in [0, 1]: tint, size and position of each "
+                            "icon (default 0: one icon per category and size)")
     build.set_defaults(func=_build)

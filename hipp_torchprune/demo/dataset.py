@@ -210,12 +210,15 @@ def derived_scene(scene: Scene, max_objects: int, rng: np.random.Generator) -> S
 
 def curriculum_batch(scenes: Sequence[Scene], kind: Kind, max_objects: int, batch_size: int,
                      stats: CooccurrenceStats, rng: np.random.Generator,
-                     version: int = 2) -> tuple[list[Example], list[Any], list[Scene]]:
-    """``batch_size`` fresh examples of ``kind`` on re-rendered train scenes with <= ``max_objects``.
+                     version: int = 2, jitter: float = 0.0) -> tuple[list[Example], list[Any], list[Scene]]:
+    """``batch_size`` fresh examples of ``kind`` on re-rendered train scenes with <= ``max_objects``,
+    rendered with the world's appearance ``jitter``.
 
     Returns the examples, their rendered images and their (derived) scenes.
     """
-    from hipp_torchprune.world.scenes import render_scene
+    from hipp_torchprune.world.scenes import SceneConfig, render_scene
+
+    config = SceneConfig(jitter=jitter)
 
     examples: list[Example] = []
     images: list[Any] = []
@@ -234,7 +237,7 @@ def curriculum_batch(scenes: Sequence[Scene], kind: Kind, max_objects: int, batc
             cands = [caption_example(len(images), scene)]
         if cands:
             examples.append(cands[int(rng.integers(len(cands)))])
-            images.append(render_scene(scene))
+            images.append(render_scene(scene, config))
             used.append(scene)
     return examples, images, used
 

@@ -107,6 +107,8 @@ def build_world(out: str | Path, seed: int, n_images: int = 6000, config: SceneC
     """
     if version not in WORLD_VERSIONS:
         raise DataError(f"world version {version!r} is unknown; valid: {', '.join(map(str, WORLD_VERSIONS))}")
+    if not 0.0 <= config.jitter <= 1.0:
+        raise DataError(f"jitter={config.jitter}: must be in [0, 1]")
     out = Path(out)
     sizes = split_sizes(n_images)
     scene_rng = np.random.default_rng([seed, 0])
@@ -150,6 +152,7 @@ def build_world(out: str | Path, seed: int, n_images: int = 6000, config: SceneC
         "splits": splits,
         "files": sorted(files),
         "content_hash": content_hash(out, files),
+        **({"jitter": config.jitter} if config.jitter > 0 else {}),  # absent: worlds stay byte-identical
     }
     write_json_atomic(out / "manifest.json", manifest)
     return manifest

@@ -7,6 +7,7 @@ jittered sizes ("small" or "big") and jittered positions inside the cell.
 from __future__ import annotations
 
 import io
+import zlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,10 +43,16 @@ class SceneConfig:
     Attributes:
         image_size: side of the square RGB image in pixels.
         grid: number of cells per side; objects are placed one per cell.
+        jitter: per-instance appearance variation in [0, 1] (0: every instance of a category
+            and size is the same icon). Each object's colour is offset by up to ``40 * jitter``
+            per channel, its icon shrunk by up to ``40 * jitter`` % and shifted inside its box,
+            from a stable hash of the scene's own fields, so rendering stays a pure function of
+            the scene and recognition has to be invariant to pose and tint.
     """
 
     image_size: int = 64
     grid: int = 4
+    jitter: float = 0.0
 
     @property
     def cell(self) -> int:
@@ -208,12 +215,34 @@ def _draw_occluder(draw: ImageDraw.ImageDraw, row: int, col: int, config: SceneC
                                 min(y0 + j + step, y0 + side) - 1), fill=(70, 70, 70))
 
 
-def _draw_icon(draw: ImageDraw.ImageDraw, obj: ObjectAnn) -> None:
-    """Draw one object's icon inside its bounding box."""
+def instance_appearance(scene: Scene, obj: ObjectAnn, jitter: float) -> tuple[tuple[int, int, int, int],
+                                                                             tuple[int, int, int]]:
+    """The drawn box and colour of ``obj`` in ``scene`` under ``jitter`` (see :class:`SceneConfig`).
+
+    Deterministic: seeded by a CRC of the scene's gradient and the object's cell and category
+    (never Python's salted ``hash``). ``jitter = 0`` gives the annotation's box and the category colour.
+    """
+    colour = CATEGORY_BY_NAME[obj.category].colour
+    if jitter <= 0:
+        return obj.bbox, colour
+    key = f"{scene.gradient[0]:.6f}|{scene.gradient[1]:.6f}|{obj.row}|{obj.col}|{obj.category}"
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    x0, y0, x1, _ = obj.bbox  # square boxes
+    side = x1 - x0
+    new = max(4, round(side * (1.0 - 0.4 * jitter * rng.random())))
+    dx, dy = (int(v) for v in rng.integers(0, side - new + 1, size=2))
+    tint = rng.integers(-int(40 * jitter), int(40 * jitter) + 1, size=3)
+    colour = tuple(int(np.clip(c + t, 0, 255)) for c, t in zip(colour, tint))
+    return (x0 + dx, y0 + dy, x0 + dx + new, y0 + dy + new), colour  # type: ignore[return-value]
+
+
+def _draw_icon(draw: ImageDraw.ImageDraw, obj: ObjectAnn, box: tuple[int, int, int, int] | None = None,
+               colour: tuple[int, int, int] | None = None) -> None:
+    """Draw one object's icon inside ``box`` (default: its bounding box) in ``colour``."""
     cat = CATEGORY_BY_NAME[obj.category]
-    x0, y0, x1, y1 = obj.bbox
+    x0, y0, x1, y1 = box or obj.bbox
     s = x1 - x0
-    fill = cat.colour
+    fill = colour or cat.colour
     box = (x0, y0, x1 - 1, y1 - 1)
     if cat.shape == "circle":
         draw.ellipse(box, fill=fill)
@@ -254,7 +283,7 @@ def render_scene(scene: Scene, config: SceneConfig = SceneConfig()) -> Image.Ima
     image = Image.fromarray(pixels, mode="RGB")
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
-        _draw_icon(draw, obj)
+        _draw_icon(draw, obj, *instance_appearance(scene, obj, config.jitter))
     for row, col in scene.occluders:
         _draw_occluder(draw, row, col, config)
     return image

@@ -182,3 +182,45 @@ def test_default_world_version_is_v1_and_v2_is_recorded(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="version 3"):
         build_world(tmp_path / "v3", seed=0, n_images=3, version=3)  # type: ignore[arg-type]
     assert not (tmp_path / "v3").exists()
+
+
+def test_instance_appearance_is_a_pure_function_of_the_scene(scenes: list[Scene]) -> None:
+    from hipp_torchprune.world.categories import CATEGORY_BY_NAME
+    from hipp_torchprune.world.scenes import instance_appearance
+
+    objs = [(s, o) for s in scenes[:200] for o in s.objects]
+    for scene, obj in objs[:50]:
+        assert instance_appearance(scene, obj, 0.0) == (obj.bbox, CATEGORY_BY_NAME[obj.category].colour)
+        box, colour = instance_appearance(scene, obj, 1.0)
+        assert box == instance_appearance(scene, obj, 1.0)[0]  # same scene, same look
+        x0, y0, x1, y1 = obj.bbox
+        assert x0 <= box[0] < box[2] <= x1 and y0 <= box[1] < box[3] <= y1  # inside its own box
+        assert box[2] - box[0] >= 0.6 * (x1 - x0) - 1
+        assert all(abs(c - r) <= 40 for c, r in zip(colour, CATEGORY_BY_NAME[obj.category].colour))
+    looks = {instance_appearance(s, o, 1.0) for s, o in objs}
+    assert len(looks) > 0.9 * len(objs)  # instances really differ
+
+
+def test_jittered_world_records_its_jitter_and_training_renders_with_it(tmp_path: Path) -> None:
+    from hipp_torchprune.cli import main
+    from hipp_torchprune.data import world_jitter
+    from hipp_torchprune.world.build import build_world
+
+    plain = build_world(tmp_path / "plain", seed=0, n_images=6, version=2)
+    assert "jitter" not in plain and world_jitter(tmp_path / "plain") == 0.0  # v2 bytes unchanged
+    jittered = build_world(tmp_path / "j", seed=0, n_images=6, version=2, config=SceneConfig(jitter=0.5))
+    assert jittered["jitter"] == 0.5 and world_jitter(tmp_path / "j") == 0.5
+    assert jittered["content_hash"] != plain["content_hash"]
+    # training's re-rendered (curriculum) scenes use the world's jitter: same draws, other pixels
+    from hipp_torchprune.demo.dataset import curriculum_batch
+
+    scenes = [scene_from_row(r) for r in load_scenes(tmp_path / "j", "train")]
+    stats = CooccurrenceStats.from_scenes([s.all_categories for s in scenes])
+    draw = [curriculum_batch(scenes, "pope", 3, 4, stats, np.random.default_rng(0), 2, j) for j in (0.0, 0.5)]
+    assert [e.prompt for e in draw[0][0]] == [e.prompt for e in draw[1][0]]
+    assert draw[0][2] == draw[1][2]
+    assert draw[1][1][0].tobytes() == render_scene(draw[1][2][0], SceneConfig(jitter=0.5)).tobytes()
+    assert any(a.tobytes() != b.tobytes() for a, b in zip(draw[0][1], draw[1][1]))
+    assert main(["world", "build", "--out", str(tmp_path / "bad"), "--seed", "0", "--images", "3",
+                 "--version", "2", "--jitter", "1.5"]) == 2
+    assert not (tmp_path / "bad").exists()
