@@ -23,7 +23,7 @@ class DemoModelConfig:
         text_hidden: Llama hidden size.
         text_layers: Llama decoder layers (>= 4).
         text_heads: Llama attention heads (= key/value heads).
-        text_intermediate: Llama MLP intermediate size (>= 512).
+        text_intermediate: Llama MLP intermediate size (the rows pruning removes).
         max_positions: Llama maximum sequence length.
         projector_act: activation between the projector's two linears ("gelu" is LLaVA-1.5's
             ``mlp2x_gelu``; "linear" makes the projector linear, as in the first LLaVA).
