@@ -84,3 +84,23 @@ def test_sampled_plans_depend_on_the_seed_alone(tmp_path: Path) -> None:
     torch.rand(5)  # a different global RNG state on entry
     _, drawing = train_policy(RandomDrawingEnv(), PROFILE, short, tmp_path / "b", progress=False)
     assert len(quiet) == 4 and quiet == drawing
+
+
+def test_gate_is_open_until_the_band_exists_then_weighs_outliers(tmp_path: Path) -> None:
+    short = TrainConfig(**{**CONFIG.__dict__, "steps": 30, "gate": GateConfig(min_history=24, warmup=5)})
+    _, history = train_policy(ToyEnv(), PROFILE, short, tmp_path, progress=False)
+    gates = [h["gate"] for h in history if "gate" in h]  # per-step mean gate weight of the group
+    assert gates[0] == 1.0  # 16 episodes seen < min_history: no band yet
+    assert min(gates[10:]) < 1.0  # after warm-up, plans outside the phi band are down-weighted
+    assert all(0.0 < g <= 1.0 for g in gates)
+
+
+def test_clipped_epochs_and_entropy_bonus_change_the_update_and_still_learn(tmp_path: Path) -> None:
+    base = TrainConfig(**{**CONFIG.__dict__, "steps": 40})
+    multi = TrainConfig(**{**base.__dict__, "update_epochs": 3, "entropy_coef": 0.01})
+    plain, _ = train_policy(ToyEnv(), PROFILE, base, tmp_path / "plain", progress=False)
+    policy, history = train_policy(ToyEnv(), PROFILE, multi, tmp_path / "multi", progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(), policy.state_dict().values()))
+    evals = [h["anchor_reward"] for h in history if "anchor_reward" in h]
+    assert evals[-1] > evals[0] + 0.1
+    assert all(torch.isfinite(torch.tensor([h["loss"], h["entropy"]])).all() for h in history if "loss" in h)
