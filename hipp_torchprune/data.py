@@ -172,30 +172,28 @@ def load_scenes(data_dir: str | Path, split: str = "train") -> list[dict[str, An
     return read_rows(path, ("image_source", "image", "scene_type", "objects"))
 
 
-def world_jitter(data_dir: str | Path) -> float:
-    """The per-instance appearance jitter a proving-ground world was rendered with (its
-    manifest's ``jitter``; 0 when absent), so re-rendered training scenes look like its images."""
+def _world_field(data_dir: str | Path, read: Any, default: Any) -> Any:
+    """``read(manifest)`` of a world's ``manifest.json`` (``default`` without one); a manifest that
+    cannot be read that way is a :class:`DataError`."""
     import json
 
     path = Path(data_dir) / "manifest.json"
     if not path.is_file():
-        return 0.0
+        return default
     try:
-        return float(json.loads(path.read_text()).get("jitter", 0.0))
+        return read(json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
         raise DataError(f"{path}: not a world manifest ({exc})") from exc
+
+
+def world_jitter(data_dir: str | Path) -> float:
+    """The per-instance appearance jitter a proving-ground world was rendered with (its
+    manifest's ``jitter``; 0 when absent), so re-rendered training scenes look like its images."""
+    return _world_field(data_dir, lambda m: float(m.get("jitter", 0.0)), 0.0)
 
 
 def world_version(data_dir: str | Path) -> int:
     """The generator version of a proving-ground world (its manifest's ``version``; 1 for worlds
     written before versions existed, and for directories without a manifest)."""
-    import json
-
-    path = Path(data_dir) / "manifest.json"
-    if not path.is_file():
-        return 1
-    try:
-        manifest = json.loads(path.read_text())
-        return int(manifest.get("version") or str(manifest.get("format", "hipp-world/1")).rpartition("/")[2])
-    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
-        raise DataError(f"{path}: not a world manifest ({exc})") from exc
+    return _world_field(data_dir, lambda m: int(m.get("version") or str(m.get("format", "hipp-world/1"))
+                                                .rpartition("/")[2]), 1)
