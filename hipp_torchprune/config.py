@@ -48,7 +48,7 @@ T = TypeVar("T")
 
 def from_mapping(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data`` (nested dataclass fields from nested mappings; lists
-    become tuples); unknown keys raise :class:`ConfigError`."""
+    become tuples); unknown keys and values outside a ``Literal`` field's choices raise :class:`ConfigError`."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
@@ -57,6 +57,9 @@ def from_mapping(cls: type[T], data: dict[str, Any], where: str = "config") -> T
     values: dict[str, Any] = {}
     for key, value in data.items():
         hint = hints[key]
+        if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+            choices = ", ".join(repr(c) for c in typing.get_args(hint))
+            raise ConfigError(f"{where}.{key}: {value!r} is not one of {choices}")
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             value = from_mapping(hint, value, f"{where}.{key}")
         elif isinstance(value, list):

@@ -35,6 +35,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--calibration", default=None, help="calibration cache from hipp calibrate --cache (default OUT/calibration)")
     p.add_argument("--reward-limit", type=int, default=128, help="examples per objective per plan")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-gate", action="store_true", help="ablation: no SynFlow stability gate (every weight 1)")
+    p.add_argument("--gate-band", choices=("budget", "pooled"), default="budget",
+                   help="stability band per realized-sparsity bin, or pooled over all plans (the paper's)")
+    p.add_argument("--gate-side", choices=("lower", "both"), default="lower",
+                   help="penalize phi below the band only, or on both sides (the paper's)")
+    p.add_argument("--head-balance", choices=("per_head", "joint"), default="per_head",
+                   help="clip the budget and allocation heads' gradients each, or jointly (the paper's)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
     p.add_argument("--json", action="store_true", help="print the final log record as JSON")
     p.add_argument("--config", default=None,
@@ -58,6 +65,7 @@ def _distributed_state() -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``hipp train``."""
+    from hipp_torchprune.hipp.gate import GateConfig
     from hipp_torchprune.hipp.policy import PolicyConfig
     from hipp_torchprune.hipp.run import train_from_data
     from hipp_torchprune.hipp.trainer import TrainConfig
@@ -66,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
     lo, hi = args.budget
     if not 0 <= lo <= hi < args.r_max:
         raise PlanError(f"--budget {lo},{hi} must satisfy 0 <= LO <= HI < r_max={args.r_max}")
+    gate = GateConfig(enabled=not args.no_gate, binning=args.gate_band, side=args.gate_side)
     config = TrainConfig(steps=args.steps, prefs_per_step=args.prefs, group=args.group, lr=args.lr,
-                         sampler=args.sampler, seed=args.seed,
+                         sampler=args.sampler, seed=args.seed, head_balance=args.head_balance, gate=gate,
                          policy=PolicyConfig(rho_min=lo, rho_max=hi, r_max=args.r_max))
     if args.config:
         from hipp_torchprune.config import load_yaml

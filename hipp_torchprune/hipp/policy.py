@@ -91,13 +91,22 @@ class HippPolicy(nn.Module):
 
     def log_prob(self, states: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         """Exact ``log pi(u, alpha)`` ``(P,)`` under the current parameters."""
+        return sum(self.log_prob_parts(states, u, alpha))
+
+    def log_prob_parts(self, states: torch.Tensor, u: torch.Tensor,
+                       alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log Beta(u), log Dirichlet(alpha))``, each ``(P,)``: the budget and allocation heads' terms."""
         beta, dirichlet = self.distributions(states)
-        return beta.log_prob(u) + dirichlet.log_prob(alpha)
+        return beta.log_prob(u), dirichlet.log_prob(alpha)
 
     def entropy(self, states: torch.Tensor) -> torch.Tensor:
         """Entropy of the joint action distribution ``(P,)``."""
+        return sum(self.entropy_parts(states))
+
+    def entropy_parts(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Entropies of the budget and allocation distributions, each ``(P,)``."""
         beta, dirichlet = self.distributions(states)
-        return beta.entropy() + dirichlet.entropy()
+        return beta.entropy(), dirichlet.entropy()
 
     @torch.no_grad()
     def mean_action(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import trange
@@ -22,7 +22,7 @@ from tqdm.auto import trange
 from hipp_torchprune.atomic import write_atomic
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.gate import GateConfig, QuantileBand
-from hipp_torchprune.hipp.grpo import gated_policy_loss, group_advantages, scalarize
+from hipp_torchprune.hipp.grpo import balanced_gradients, gated_policy_loss, group_advantages, scalarize
 from hipp_torchprune.hipp.normalization import RunningNorm
 from hipp_torchprune.hipp.planmap import plan_ratios
 from hipp_torchprune.hipp.policy import HippPolicy, PolicyConfig
@@ -53,8 +53,12 @@ class TrainConfig:
     clip_eps: float = 0.2
     #: Entropy bonus coefficient.
     entropy_coef: float = 0.0
-    #: Global gradient-norm clip.
+    #: Gradient-norm clip.
     max_grad_norm: float = 1.0
+    #: ``"per_head"``: the budget and allocation heads' loss terms are clipped to
+    #: ``max_grad_norm`` each, then summed (:func:`~hipp_torchprune.hipp.grpo.balanced_gradients`);
+    #: ``"joint"``: one clip of the joint loss's gradient (the allocation head dominates it).
+    head_balance: Literal["per_head", "joint"] = "per_head"
     #: Seed of preferences and plan sampling.
     seed: int = 0
     #: Steps between resumable checkpoints.
@@ -99,6 +103,18 @@ def anchor_reward(policy: HippPolicy, env: PlanEnvironment, static: torch.Tensor
     return float((env.score(plans).raw * prefs).sum(-1).mean())
 
 
+def head_losses(parts: tuple[torch.Tensor, torch.Tensor], old_parts: tuple[torch.Tensor, torch.Tensor],
+                entropies: tuple[torch.Tensor, torch.Tensor], advantages: torch.Tensor, gate: torch.Tensor,
+                clip: float | None, config: TrainConfig) -> list[torch.Tensor]:
+    """The gated GRPO loss (minus the entropy bonus) of each head, or one joint loss
+    (``head_balance="joint"``, the paper's), for :func:`~hipp_torchprune.hipp.grpo.balanced_gradients`."""
+    if config.head_balance == "joint":
+        joint = gated_policy_loss(sum(parts), advantages, gate, sum(old_parts), clip)
+        return [joint - config.entropy_coef * sum(entropies).mean()]
+    return [gated_policy_loss(logp, advantages, gate, old, clip) - config.entropy_coef * ent.mean()
+            for logp, old, ent in zip(parts, old_parts, entropies)]
+
+
 def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfig, out_dir: str | Path,
                  resume: bool = True, state: Any = None, progress: bool = True) -> tuple[HippPolicy, list[dict]]:
     """Train a policy on ``env``; returns it and the per-step log. Checkpoints go to ``out_dir``."""
@@ -137,7 +153,7 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
         prefs = sample_preferences(P, config.sampler, gen, config.anchor_prob)  # (P, 3)
         states = layer_states(static, prefs, budget_range).repeat_interleave(G, dim=0)  # (P*G, L, F+5)
         with torch.no_grad(), seeded_global_rng(int(torch.randint(0, 2**62, (), generator=gen))):
-            u, alpha, old_logp = policy.sample(states)  # (P*G,), (P*G, L), (P*G,)
+            u, alpha, _ = policy.sample(states)  # (P*G,), (P*G, L)
         plans = [plan_ratios(float(u[i]), alpha[i].tolist(), sizes, *budget_range, pcfg.r_max)
                  for i in range(P * G)]
 
@@ -147,19 +163,23 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
         normalized = norm.normalize(outcome.raw).view(P, G, 3)  # (P, G, 3)
         rewards = torch.stack([scalarize(normalized[i], prefs[i]) for i in range(P)])  # (P, G)
         advantages = group_advantages(rewards).flatten()  # (P*G,)
-        gate = band.weights(outcome.phi.float())  # (P*G,)
-        band.update(outcome.phi)
+        gate = band.weights(outcome.phi.float(), outcome.realized)  # (P*G,)
+        band.update(outcome.phi, outcome.realized)
 
-        # 3. gated policy-gradient update(s)
+        # 3. gated policy-gradient update(s), per head: budget (Beta) and allocation (Dirichlet)
         clip = config.clip_eps if config.update_epochs > 1 else None
+        with torch.no_grad():
+            old_parts = policy.log_prob_parts(states, u, alpha)  # 2 x (P*G,)
         for _ in range(config.update_epochs):
-            logp = policy.log_prob(states, u, alpha)  # (P*G,)
-            entropy = policy.entropy(states).mean()
-            loss = gated_policy_loss(logp, advantages, gate, old_logp, clip) - config.entropy_coef * entropy
+            parts = policy.log_prob_parts(states, u, alpha)  # 2 x (P*G,)
+            entropies = policy.entropy_parts(states)  # 2 x (P*G,)
+            losses = head_losses(parts, old_parts, entropies, advantages, gate, clip, config)
+            params = list(policy.parameters())
             optim.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+            for param, grad in zip(params, balanced_gradients(losses, params, config.max_grad_norm)):
+                param.grad = grad
             optim.step()
+        loss, entropy = sum(losses), sum(entropies).mean()
 
         # 4. log and checkpoint
         record = {"step": step + 1, "reward": float((prefs[:, None, :] * outcome.raw.view(P, G, 3)).sum(-1).mean()),

@@ -251,4 +251,4 @@ def test_row_score_from_a_config_file(world: Path, plugins: Registry, tmp_path: 
     assert json.loads(capsys.readouterr().out)["details"]["importance"] == "wanda-sp"
     cfg.write_text("method: owl\nrow_score: magnitude\n")
     assert main(["prune", "--model", "tiny-llava", "--config", str(cfg), "--out", str(tmp_path / "bad")]) == 2
-    assert "row score 'magnitude'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert "row_score: 'magnitude' is not one of" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from hipp_torchprune.hipp.gate import GateConfig, QuantileBand, band_loss, gate_weight
-from hipp_torchprune.hipp.grpo import gated_policy_loss, group_advantages, scalarize
+from hipp_torchprune.hipp.gate import GateConfig, QuantileBand, band_loss, budget_bins, gate_weight
+from hipp_torchprune.hipp.grpo import balanced_gradients, gated_policy_loss, group_advantages, scalarize
 from hipp_torchprune.hipp.normalization import RunningNorm, compression_return
 from hipp_torchprune.hipp.planmap import budget, plan_ratios
 from hipp_torchprune.hipp.preferences import (
@@ -62,7 +62,8 @@ def test_band_loss_and_gate_by_hand() -> None:
 
 
 def test_quantile_band_warmup_narrows() -> None:
-    band = QuantileBand(GateConfig(quantiles=(0.0, 1.0), warmup=4, warmup_widen=1.0, min_history=4))
+    band = QuantileBand(GateConfig(binning="pooled", side="both", quantiles=(0.0, 1.0), warmup=4, warmup_widen=1.0,
+                                   min_history=4))
     assert torch.equal(band.weights(torch.tensor([-100.0])), torch.ones(1))  # no band yet
     band.update(torch.tensor([-2.0, -1.0, -1.5, -1.2]))
     assert band.band() == pytest.approx((-2.0 - 0.75, -1.0 + 0.75))  # 3 of 4 warm-up updates left
@@ -71,6 +72,42 @@ def test_quantile_band_warmup_narrows() -> None:
     assert band.band() == pytest.approx((-2.0, -1.0))
     w = band.weights(torch.tensor([-1.5, -10.0]))
     assert w[0] == 1.0 and w[1] < 1e-3
+
+
+def test_budget_bins_by_hand() -> None:
+    assert budget_bins(torch.tensor([0.0, 0.049, 0.05, 0.31]), 0.05).tolist() == [0, 0, 1, 6]
+    with pytest.raises(ValueError):
+        budget_bins(torch.tensor([0.1]), 0.0)
+
+
+def _two_budget_history(config: GateConfig) -> QuantileBand:
+    """Eight plans at 20 % sparsity with phi in [-1.2, -1.0], eight at 40 % with phi in [-3.2, -3.0]."""
+    band = QuantileBand(config)
+    spread = torch.linspace(0.0, -0.2, 8)
+    band.update(torch.cat([-1.0 + spread, -3.0 + spread]), torch.tensor([0.2] * 8 + [0.4] * 8))
+    return band
+
+
+def test_pooled_band_fights_the_budget_and_the_binned_band_does_not() -> None:
+    # plans: light and healthy, sparse and healthy, light but collapsed, sparse and collapsed
+    phi, realized = torch.tensor([-0.9, -2.0, -2.5, -3.6]), torch.tensor([0.2, 0.4, 0.2, 0.4])
+    common = {"quantiles": (0.1, 0.9), "warmup": 0, "min_history": 8}
+    pooled = _two_budget_history(GateConfig(binning="pooled", side="both", **common)).weights(phi, realized)
+    binned = _two_budget_history(GateConfig(**common)).weights(phi, realized)
+    # the paper's pooled two-sided band penalizes the light healthy plan and misses the light collapsed one
+    assert pooled[0] < 0.95 and pooled[1] == 1.0 and pooled[2] == 1.0 and pooled[3] < 0.8
+    # per budget bin and one-sided: only the plans that lost flow against their own bin
+    assert binned[0] == 1.0 and binned[1] == 1.0 and binned[2] < 0.3 and binned[3] < 0.7
+    assert torch.equal(_two_budget_history(GateConfig(enabled=False, **common)).weights(phi, realized),
+                       torch.ones(4))
+
+
+def test_binned_band_waits_for_its_own_bin_and_resumes() -> None:
+    band = _two_budget_history(GateConfig(quantiles=(0.1, 0.9), warmup=0, min_history=8))
+    assert band.band(0.3) is None and band.band(0.2) is not None  # nothing seen at 30 % yet
+    restored = QuantileBand(band.config)
+    restored.load_state_dict(band.state_dict())
+    assert restored.band(0.4) == band.band(0.4) and restored.band(0.4)[1] == float("inf")
 
 
 def test_running_norm_matches_batch_statistics() -> None:
@@ -156,6 +193,8 @@ def test_policy_log_prob_is_exact() -> None:
     manual_dir = ((c - 1) * torch.log(alpha)).sum(-1) + torch.lgamma(c.sum(-1)) - torch.lgamma(c).sum(-1)
     assert torch.allclose(logp, manual_beta + manual_dir, atol=1e-4)
     assert torch.allclose(policy.log_prob(states, u, alpha), logp, atol=1e-5)
+    parts = policy.log_prob_parts(states, u, alpha)
+    assert torch.allclose(parts[0], manual_beta, atol=1e-4) and torch.allclose(parts[1], manual_dir, atol=1e-4)
     assert isinstance(beta, Beta) and isinstance(dirichlet, Dirichlet)
     mean_u, mean_alpha = policy.mean_action(states)
     assert torch.allclose(mean_alpha, torch.full((2, 4), 0.25), atol=1e-6)  # zero-init allocation head
@@ -173,6 +212,13 @@ def test_train_config_loads_from_nested_yaml(tmp_path) -> None:
     path.write_text("policy:\n  rho_mn: 0.3\n")
     with pytest.raises(ConfigError, match="policy: unknown field"):
         load_yaml(TrainConfig, path)
+    path.write_text("head_balance: joint\ngate:\n  binning: pooled\n  side: both\n  enabled: false\n")
+    config = load_yaml(TrainConfig, path)
+    assert config.head_balance == "joint" and config.gate == GateConfig(enabled=False, binning="pooled", side="both")
+    for bad in ("sampler: anchor\n", "gate:\n  side: upper\n"):
+        path.write_text(bad)
+        with pytest.raises(ConfigError, match="is not one of"):
+            load_yaml(TrainConfig, path)
 
 
 def test_synflow_of_lazy_float32_weights_matches_float64_copies() -> None:
@@ -191,3 +237,35 @@ def test_synflow_of_lazy_float32_weights_matches_float64_copies() -> None:
     assert lazy_up[1].dtype == torch.float32 and torch.equal(lazy_up[1], ups[1].weight.float().abs())
     assert len(lazy_up[0:2]) == 2 and len(lazy_up) == 3
     assert not any(isinstance(v, torch.Tensor) for v in vars(lazy_up).values())  # nothing resident
+
+
+def test_balanced_gradients_by_hand() -> None:
+    x, unused = torch.tensor(2.0, requires_grad=True), torch.zeros(2, requires_grad=True)
+    grads = balanced_gradients([10 * x, 0.1 * x], [x, unused], max_norm=1.0)
+    assert grads[0].item() == pytest.approx(1.1, rel=1e-5) and torch.equal(grads[1], torch.zeros(2))
+    assert balanced_gradients([10 * x + 0.1 * x], [x], max_norm=1.0)[0].item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_per_head_balance_keeps_the_budget_heads_gradient_at_32_layers() -> None:
+    """At 32 layers the allocation term's gradient is > 50x the budget term's, so one joint clip
+    shrinks the budget head's update by as much; clipping each head's term alone does not."""
+    from hipp_torchprune.hipp.policy import HippPolicy, PolicyConfig
+    from hipp_torchprune.hipp.state import layer_states
+
+    torch.manual_seed(0)
+    prefs = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [1 / 3, 1 / 3, 1 / 3]])
+    states = layer_states(torch.randn(32, 14), prefs, (0.2, 0.4)).repeat_interleave(6, dim=0)  # (24, 32, 19)
+    policy = HippPolicy(states.shape[-1], PolicyConfig())
+    with torch.no_grad():
+        u, alpha, _ = policy.sample(states)
+    advantages, gate, params = torch.randn(24), torch.ones(24), list(policy.parameters())
+    budget_loss, alloc_loss = (gated_policy_loss(lp, advantages, gate) for lp in policy.log_prob_parts(states, u, alpha))
+    norms = [torch.linalg.vector_norm(torch.cat([g.flatten() for g in torch.autograd.grad(
+        loss, params, retain_graph=True, allow_unused=True) if g is not None])) for loss in (budget_loss, alloc_loss)]
+    assert norms[1] > 50 * norms[0] and norms[0] < 1.0
+    head = [i for i, (n, _) in enumerate(policy.named_parameters()) if n == "budget_head.weight"][0]
+    alone = torch.autograd.grad(budget_loss, params[head], retain_graph=True)[0]
+    joint = balanced_gradients([budget_loss + alloc_loss], params, max_norm=1.0)[head]
+    balanced = balanced_gradients([budget_loss, alloc_loss], params, max_norm=1.0)[head]
+    assert torch.allclose(balanced, alone, atol=1e-6)  # the alloc term never reaches the budget head
+    assert torch.linalg.vector_norm(joint) < torch.linalg.vector_norm(alone) / 30
