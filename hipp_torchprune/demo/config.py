@@ -133,6 +133,12 @@ class TrainConfig:
             knowledge_layer`` on their detached input: what the model knows about the categories
             is learned in those layers and above, as a language model's facts live in its middle
             and late MLPs rather than where a VLM grounds the image.
+        mix_lm: share of steps on the synthetic text corpus (:mod:`hipp_torchprune.demo.corpus`:
+            the prompt ``Text :`` and a second-order Markov sequence as the answer), a stand-in
+            for language pretraining that keeps the MLPs busy (0 = off).
+        lm_sequences: corpus sequences in its pool (made when ``mix_lm > 0``).
+        lm_length: words per corpus sequence.
+        lm_words: the corpus's made-up vocabulary size (``lm_words ** 2`` contexts to memorize).
     """
 
     seed: int = 0
@@ -166,6 +172,10 @@ class TrainConfig:
     knowledge_layer: int = 1
     freeze_embeddings: bool = False
     knowledge_from_layer: int = -1
+    mix_lm: float = 0.0
+    lm_sequences: int = 40000
+    lm_length: int = 24
+    lm_words: int = 160
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and the model card)."""

@@ -37,8 +37,12 @@ from hipp_torchprune.world.pope import (
 from hipp_torchprune.world.scenes import ObjectAnn, Scene
 from hipp_torchprune.world.scienceqa import OWNERS, generators
 
-Kind = Literal["pope", "mc", "caption", "short", "relation"]
-KINDS: tuple[Kind, ...] = ("pope", "mc", "caption", "short", "relation")
+Kind = Literal["pope", "mc", "caption", "short", "relation", "lm"]
+KINDS: tuple[Kind, ...] = ("pope", "mc", "caption", "short", "relation", "lm")
+#: Kinds always drawn from their pool (no curriculum re-rendering): the text-only corpus.
+POOL_ONLY_KINDS: frozenset[str] = frozenset({"lm"})
+#: Prompt of the text-corpus kind; the answer is the corpus sequence.
+LM_PROMPT = "Text :"
 #: Kinds tokenized without the chat template: ``<image>`` tokens, then the prompt, answer next.
 RAW_KINDS: frozenset[str] = frozenset({"short"})
 CAPTION_PROMPT = "What objects are in the image?"
@@ -174,9 +178,20 @@ def patch_sizes(scenes: Sequence[Scene], grid: int) -> torch.Tensor:
     return out
 
 
-def build_examples(data_dir: str | Path, seed: int,
-                   rounds: int) -> tuple[list[Any], dict[Kind, list[Example]], list[Scene]]:
-    """Decoded train images, the examples of each kind (train rows + ``rounds`` extra draws), scenes."""
+def lm_examples(n_images: int, n: int, length: int, n_words: int, seed: int) -> list[Example]:
+    """``n`` text-corpus examples (:mod:`hipp_torchprune.demo.corpus`): the prompt ``Text :`` and a
+    Markov-chain sequence as the answer, each on a train image (which it never mentions)."""
+    from hipp_torchprune.demo.corpus import markov_sequences
+
+    seqs = markov_sequences(n, length, n_words, seed=0, sample_seed=seed) if n else []
+    rng = np.random.default_rng([seed, 13])
+    return [Example(int(rng.integers(n_images)), LM_PROMPT, s, "lm") for s in seqs]
+
+
+def build_examples(data_dir: str | Path, seed: int, rounds: int, lm: tuple[int, int, int] = (0, 24, 160),
+                   ) -> tuple[list[Any], dict[Kind, list[Example]], list[Scene]]:
+    """Decoded train images, the examples of each kind (train rows + ``rounds`` extra draws), scenes;
+    ``lm`` is the text corpus's (sequences, words per sequence, vocabulary size)."""
     rows = load_scenes(data_dir, "train")
     images = [decode_image(r["image"], f"train/scenes.parquet:row {i}") for i, r in enumerate(rows)]
     scenes = [scene_from_row(r) for r in rows]
@@ -197,6 +212,7 @@ def build_examples(data_dir: str | Path, seed: int,
             ex["relation"] += relation_examples(i, s, rng)
     ex["caption"] = [caption_example(i, s) for i, s in enumerate(scenes)]
     ex["short"] = [Example(e.image, e.prompt.split(" ")[3], e.answer) for e in ex["pope"][-len(ex["pope"]) // 2:]]
+    ex["lm"] = lm_examples(len(scenes), *lm, seed)
     return images, ex, scenes
 
 

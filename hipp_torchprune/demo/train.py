@@ -18,6 +18,7 @@ import torch
 from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
 from hipp_torchprune.demo.dataset import (
     KINDS,
+    POOL_ONLY_KINDS,
     RAW_KINDS,
     TokenPool,
     build_examples,
@@ -358,12 +359,13 @@ def _prepare_data(data_dir: Path, model_cfg: DemoModelConfig, cfg: TrainConfig) 
     from hipp_torchprune.models.processors import build_llava_processor
 
     t_prep = time.perf_counter()
-    images, examples, scenes = build_examples(data_dir, cfg.seed, cfg.pool_rounds)
+    lm = (cfg.lm_sequences if cfg.mix_lm > 0 else 0, cfg.lm_length, cfg.lm_words)
+    images, examples, scenes = build_examples(data_dir, cfg.seed, cfg.pool_rounds, lm)
     if any(im.size != (model_cfg.image_size, model_cfg.image_size) for im in images[:1]):
         raise DataError(f"{data_dir}: images are {images[0].size}, the model expects {model_cfg.image_size} px")
     processor = build_llava_processor(sorted(vocabulary(examples)), model_cfg.image_size, model_cfg.patch_size)
     n_img = (model_cfg.image_size // model_cfg.patch_size) ** 2
-    pools = {k: tokenize_pool(examples[k], processor, n_img, raw=k in RAW_KINDS) for k in KINDS}
+    pools = {k: tokenize_pool(examples[k], processor, n_img, raw=k in RAW_KINDS) for k in KINDS if examples[k]}
     mean, std = list(processor.image_processor.image_mean), list(processor.image_processor.image_std)
     calib = prepare_eval(processor, data_dir, EVAL_TASKS, limit=cfg.eval_limit, split="calibration") \
         if cfg.eval_every else None
@@ -461,7 +463,7 @@ def _knowledge_features(model: Any, captured: dict[str, Any], cfg: TrainConfig) 
 def _step_batch(data: _Data, run: _Run, kind: str, step: int, cfg: TrainConfig,
                 rng: np.random.Generator) -> dict[str, Any]:
     """The examples of one step: pool rows (or fresh curriculum scenes) and their patch labels."""
-    cap = max_objects_at(step, cfg)
+    cap = None if kind in POOL_ONLY_KINDS else max_objects_at(step, cfg)
     if cap is None:
         pool, pixels, labels_of, sizes_of = data.pools[kind], data.pixels, run.aux_labels, run.size_labels
         idx = torch.from_numpy(rng.integers(0, len(pool.lengths), size=cfg.batch_size))
@@ -596,7 +598,8 @@ def _train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: Demo
     if resume and ckpt.is_file():
         step, elapsed = _resume(ckpt, run.model, heads, run.opt, rng, device, run.shadow)
     sched = torch.optim.lr_scheduler.LambdaLR(run.opt, lambda s: lr_at(s, cfg), last_epoch=step - 1)
-    mix = np.array([cfg.mix_pope, cfg.mix_mc, cfg.mix_caption, cfg.mix_short, cfg.mix_relation], dtype=np.float64)
+    mix = np.array([cfg.mix_pope, cfg.mix_mc, cfg.mix_caption, cfg.mix_short, cfg.mix_relation, cfg.mix_lm],
+                   dtype=np.float64)
     writer = SummaryWriter(str(out_dir / "runs"))
     history: list[dict[str, Any]] = []
     run.model.train()

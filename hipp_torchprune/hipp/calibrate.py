@@ -21,6 +21,7 @@ from hipp_torchprune.errors import CalibrationError
 from hipp_torchprune.hipp.distributed import map_over_ranks
 from hipp_torchprune.hipp.profile import ModelProfile, build_profile
 from hipp_torchprune.hipp.sensitivity import attention_to_vision
+from hipp_torchprune.methods import DEFAULT_ROW_SCORE
 from hipp_torchprune.pruning.calibration import (
     CalibrationStats,
     collect_stats,
@@ -46,7 +47,8 @@ def _calibrate_batch(model: nn.Module, adapter: ModelAdapter, processor: Any,
 def profile_model(model: nn.Module, processor: Any, samples: Sequence[tuple[Any, str]], *, batch_size: int = 8,
                   state: Any = None, registry: Registry | None = None
                   ) -> tuple[ModelProfile, CalibrationStats, list[torch.Tensor]]:
-    """Calibrate ``model`` and return its profile, statistics and Wanda row scores per layer.
+    """Calibrate ``model`` and return its profile, statistics and row scores per layer (the
+    shared row score every method keeps rows by, :data:`~hipp_torchprune.methods.DEFAULT_ROW_SCORE`).
 
     ``state`` (an ``accelerate`` state) spreads the batches over processes; the result does not
     depend on the process count (see the module docstring). ``registry`` is where the adapter and
@@ -66,5 +68,5 @@ def profile_model(model: nn.Module, processor: Any, samples: Sequence[tuple[Any,
     for _, sens in parts[1:]:
         sens_sum += sens
     sensitivity = (sens_sum / stats.n_samples).tolist()
-    scores = layer_scores(adapter, api.importance("wanda", model, stats, registry=registry))
+    scores = layer_scores(adapter, api.importance(DEFAULT_ROW_SCORE, model, stats, registry=registry))
     return build_profile(model, stats, sensitivity, scores, registry), stats, scores

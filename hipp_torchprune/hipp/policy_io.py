@@ -22,7 +22,7 @@ from hipp_torchprune.hipp.planmap import plan_ratios
 from hipp_torchprune.hipp.policy import HippPolicy, PolicyConfig
 from hipp_torchprune.hipp.preferences import validate_preference
 from hipp_torchprune.hipp.profile import ModelProfile
-from hipp_torchprune.hipp.state import layer_states, static_features
+from hipp_torchprune.hipp.state import LEGACY_STATE, StateConfig, layer_states, static_features
 from hipp_torchprune.pruning.plan import budget_matched_widths, realized_sparsity
 
 #: Format tag of ``policy.json``.
@@ -35,12 +35,13 @@ class PolicyMismatchError(HippError, ValueError):
 
 @dataclass
 class LoadedPolicy:
-    """A policy network with the profile and rounding it was trained for."""
+    """A policy network with the profile, rounding and state features it was trained for."""
 
     policy: HippPolicy
     profile: ModelProfile
     round_to: int
     meta: dict[str, Any]
+    state: StateConfig = LEGACY_STATE
 
     def check_model(self, model_class: str, widths: Sequence[int], row_params: Sequence[int]) -> None:
         """Refuse a model whose class, layer count or widths differ from the training model's."""
@@ -67,7 +68,7 @@ class QueryResult:
 
 
 def save_policy(directory: str | Path, policy: HippPolicy, profile: ModelProfile, round_to: int,
-                extra: dict[str, Any] | None = None) -> Path:
+                extra: dict[str, Any] | None = None, state: StateConfig = LEGACY_STATE) -> Path:
     """Write ``policy.safetensors`` and ``policy.json`` into ``directory`` (each atomically;
     the JSON, written last, is what marks the directory as a policy)."""
     directory = Path(directory)
@@ -75,7 +76,7 @@ def save_policy(directory: str | Path, policy: HippPolicy, profile: ModelProfile
     weights = {k: v.contiguous() for k, v in policy.state_dict().items()}
     meta = {"format": POLICY_FORMAT, "policy": dataclasses.asdict(policy.config),
             "n_features": policy.embed.in_features, "round_to": round_to, "profile": profile.to_dict(),
-            **(extra or {})}
+            "state": dataclasses.asdict(state), **(extra or {})}
     write_atomic(directory / "policy.safetensors", lambda tmp: save_file(weights, tmp))
     write_atomic(directory / "policy.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
     return directory
@@ -92,15 +93,22 @@ def load_policy(directory: str | Path) -> LoadedPolicy:
     if meta.get("format") != POLICY_FORMAT:
         raise CheckpointError(f"{directory}/policy.json has format {meta.get('format')!r}, expected {POLICY_FORMAT}")
     policy = HippPolicy(int(meta["n_features"]), PolicyConfig(**meta["policy"]))
-    policy.load_state_dict(weights)
-    return LoadedPolicy(policy.eval(), ModelProfile.from_dict(meta["profile"]), int(meta["round_to"]), meta)
+    try:
+        policy.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{directory}/policy.safetensors does not fit policy.json: {exc}") from exc
+    state = StateConfig(**meta["state"]) if "state" in meta else LEGACY_STATE  # saved before StateConfig
+    if len(state.feature_names()) + 5 != int(meta["n_features"]):
+        raise CheckpointError(f"{directory}/policy.json: the policy reads {meta['n_features']} features per layer, "
+                              f"its state {state} builds {len(state.feature_names()) + 5}")
+    return LoadedPolicy(policy.eval(), ModelProfile.from_dict(meta["profile"]), int(meta["round_to"]), meta, state)
 
 
 def query(loaded: LoadedPolicy, preference: Sequence[float]) -> QueryResult:
     """The deterministic plan for ``preference`` (Beta and Dirichlet means), rounded."""
     w = validate_preference(preference)
     cfg = loaded.policy.config
-    states = layer_states(static_features(loaded.profile), torch.tensor(w), (cfg.rho_min, cfg.rho_max))
+    states = layer_states(static_features(loaded.profile, loaded.state), torch.tensor(w), (cfg.rho_min, cfg.rho_max))
     u, alpha = loaded.policy.mean_action(states)
     widths, params = loaded.profile.widths, loaded.profile.row_params
     sizes = [wd * p for wd, p in zip(widths, params)]

@@ -8,7 +8,7 @@ that ``hipp query`` never needs the model.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,16 @@ from torch import nn
 
 from hipp_torchprune.atomic import write_atomic
 from hipp_torchprune.errors import CheckpointError
+from hipp_torchprune.methods import DEFAULT_ROW_SCORE
 from hipp_torchprune.pruning.calibration import CalibrationStats
 from hipp_torchprune.registry import Registry
 
 
 @dataclass(frozen=True)
 class LayerProfile:
-    """Statistics of one decoder layer's MLP."""
+    """Statistics of one decoder layer's MLP (``grounding_drop``: the robustness and utility
+    return lost when this layer alone is pruned, see :mod:`hipp_torchprune.hipp.grounding`;
+    ``None`` until measured)."""
 
     index: int
     width: int
@@ -35,6 +38,7 @@ class LayerProfile:
     row_score_std: float
     weight_abs_mean: tuple[float, float, float]
     weight_abs_std: tuple[float, float, float]
+    grounding_drop: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,9 +67,21 @@ class ModelProfile:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelProfile:
         """Inverse of :meth:`to_dict`."""
+        def drop(layer: dict[str, Any]) -> tuple[float, float] | None:
+            value = layer.get("grounding_drop")
+            return None if value is None else (float(value[0]), float(value[1]))
+
         layers = tuple(LayerProfile(**{**layer, "weight_abs_mean": tuple(layer["weight_abs_mean"]),
-                                       "weight_abs_std": tuple(layer["weight_abs_std"])}) for layer in data["layers"])
+                                       "weight_abs_std": tuple(layer["weight_abs_std"]), "grounding_drop": drop(layer)})
+                       for layer in data["layers"])
         return cls(data["model_class"], layers, tuple(data["row_params"]), int(data["n_samples"]))
+
+    def with_grounding_drops(self, drops: torch.Tensor) -> ModelProfile:
+        """This profile with every layer's grounding drop set from ``drops`` ``(L, 2)``."""
+        if tuple(drops.shape) != (len(self.layers), 2):
+            raise ValueError(f"grounding drops of shape {tuple(drops.shape)} for {len(self.layers)} layers")
+        layers = tuple(replace(layer, grounding_drop=(float(d[0]), float(d[1]))) for layer, d in zip(self.layers, drops))
+        return replace(self, layers=layers)
 
 
 def build_profile(model: nn.Module, stats: CalibrationStats, sensitivity: list[float],
@@ -129,10 +145,12 @@ def data_fingerprint(data: str | Path) -> str:
         return str(root)
 
 
-def calibration_key(model: Any, data: str | Path, n: int, max_pixels: int | None = None) -> dict[str, Any]:
-    """What a calibration cache is valid for: the model's weights, the data, the sample count
-    and the cap on calibration images' pixels."""
-    return {"model": model_fingerprint(model), "data": data_fingerprint(data), "n": n, "max_pixels": max_pixels}
+def calibration_key(model: Any, data: str | Path, n: int, max_pixels: int | None = None,
+                    row_score: str = DEFAULT_ROW_SCORE) -> dict[str, Any]:
+    """What a calibration cache is valid for: the model's weights, the data, the sample count,
+    the cap on calibration images' pixels and the row score its profile's statistics came from."""
+    return {"model": model_fingerprint(model), "data": data_fingerprint(data), "n": n, "max_pixels": max_pixels,
+            "row_score": row_score}
 
 
 def calibration_source(directory: str | Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from hipp_torchprune import api
 from hipp_torchprune.calib_data import calibration_samples
 from hipp_torchprune.hipp.calibrate import profile_model
 from hipp_torchprune.hipp.env import PlanEnvironment
+from hipp_torchprune.hipp.grounding import single_layer_drops
 from hipp_torchprune.hipp.objectives import default_objectives
 from hipp_torchprune.hipp.policy_io import save_policy
 from hipp_torchprune.hipp.profile import (
@@ -21,6 +22,7 @@ from hipp_torchprune.hipp.profile import (
 )
 from hipp_torchprune.hipp.trainer import TrainConfig, config_dict, train_policy
 from hipp_torchprune.loading import load_model
+from hipp_torchprune.methods import DEFAULT_ROW_SCORE
 from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS, cap_pixels
 from hipp_torchprune.pruning.operator import layer_scores
 from hipp_torchprune.registry import Registry
@@ -29,7 +31,7 @@ from hipp_torchprune.registry import Registry
 def calibrated_profile(model: Any, processor: Any, data_dir: str | Path, calib_n: int, cache: Path,
                        state: Any = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                        registry: Registry | None = None) -> tuple[ModelProfile, list[Any]]:
-    """The model's profile and Wanda row scores, from ``cache`` when it holds this model's
+    """The model's profile and row scores (the shared default), from ``cache`` when it holds this model's
     calibration (same weights, data, sample count and pixel cap), computed and written there
     otherwise. Calibration images are capped at ``max_pixels`` pixels (``None``: no cap)."""
     adapter = api.get_adapter(model, registry)
@@ -37,7 +39,7 @@ def calibrated_profile(model: Any, processor: Any, data_dir: str | Path, calib_n
     if (cache / "profile.json").exists() and calibration_source(cache) == source:
         profile, stats = load_calibration(cache)
         if list(profile.widths) == adapter.intermediate_widths() and profile.model_class == type(model).__name__:
-            return profile, layer_scores(adapter, api.importance("wanda", model, stats, registry=registry))
+            return profile, layer_scores(adapter, api.importance(DEFAULT_ROW_SCORE, model, stats, registry=registry))
     profile, stats, scores = profile_model(model, cap_pixels(processor, max_pixels),
                                            calibration_samples(str(data_dir), calib_n), state=state,
                                            registry=registry)
@@ -68,11 +70,14 @@ def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, conf
                           round_to=round_to, r_max=cfg.r_max, compression_range=(cfg.rho_min, cfg.rho_max),
                           row_params=profile.row_params, state=state)
     try:
+        if config.state.grounding_drops:  # L + 1 plan evaluations, every rank (scoring is collective)
+            profile = profile.with_grounding_drops(single_layer_drops(env, config.state.drop_ratio))
         policy, history = train_policy(env, profile, config, out, resume=resume, state=state, progress=progress)
     finally:
         env.close()
     if state is None or state.is_main_process:
         save_policy(out, policy, profile, round_to, extra={"train": config_dict(config), "model": str(model_spec),
                                                           "data": str(data_dir), "steps_done": len(history),
-                                                          "processes": 1 if state is None else state.num_processes})
+                                                          "processes": 1 if state is None else state.num_processes},
+                    state=config.state)
     return {"out": str(out), "history": history}

@@ -28,7 +28,7 @@ from hipp_torchprune.hipp.planmap import plan_ratios
 from hipp_torchprune.hipp.policy import HippPolicy, PolicyConfig
 from hipp_torchprune.hipp.preferences import ANCHORS, SamplerMode, sample_preferences
 from hipp_torchprune.hipp.profile import ModelProfile
-from hipp_torchprune.hipp.state import layer_states, static_features
+from hipp_torchprune.hipp.state import StateConfig, layer_states, static_features
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,8 @@ class TrainConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     #: Stability gate.
     gate: GateConfig = field(default_factory=GateConfig)
+    #: Optional per-layer state features.
+    state: StateConfig = field(default_factory=StateConfig)
 
 
 def _checkpoint(path: Path, step: int, policy: HippPolicy, optim: torch.optim.Optimizer, norm: RunningNorm,
@@ -123,7 +125,7 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(config.seed)
-    static = static_features(profile)  # (L, F)
+    static = static_features(profile, config.state)  # (L, F)
     pcfg = config.policy
     budget_range = (pcfg.rho_min, pcfg.rho_max)
     sizes = [w * p for w, p in zip(profile.widths, profile.row_params)]

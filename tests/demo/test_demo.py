@@ -105,8 +105,9 @@ GROUNDING_IN_LM = dict(aux_layer=0, aux_attr_weight=0.5, vision_lr_scale=0.0, mi
 
 @pytest.mark.parametrize("recipe", [{"aux_layer": -1, "vision_lr_scale": 1.0, "option_weight": 0.0}, GROUNDING_IN_LM,
                                     {**GROUNDING_IN_LM, "option_weight": 1.0, "option_layer": 0, "mix_mc": 1.0},
-                                    {**GROUNDING_IN_LM, "ema_decay": 0.9}],
-                         ids=["aux-on-projector", "aux-in-lm-frozen-vision", "option-judge", "weight-ema"])
+                                    {**GROUNDING_IN_LM, "ema_decay": 0.9},
+                                    {**GROUNDING_IN_LM, "mix_lm": 1.0, "lm_sequences": 50, "lm_length": 6, "lm_words": 20}],
+                         ids=["aux-on-projector", "aux-in-lm-frozen-vision", "option-judge", "weight-ema", "text-corpus"])
 def test_train_is_deterministic_and_resumes(world: Path, tmp_path: Path, recipe: dict) -> None:
     cfg = TrainConfig(steps=6, batch_size=4, warmup_steps=2, eval_every=0, checkpoint_every=2,
                       pool_rounds=1, threads=1, curriculum=(0.2, 0.5), **recipe)
@@ -117,6 +118,7 @@ def test_train_is_deterministic_and_resumes(world: Path, tmp_path: Path, recipe:
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert a["steps"] == 6 and wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["pool_sizes"].get("lm", 0) == recipe.get("lm_sequences", 0) * (recipe.get("mix_lm", 0) > 0)
     assert all(v.dtype == torch.bfloat16 for v in wa.values())
     assert any((tmp_path / "a" / "runs").iterdir())
     mode = (tmp_path / "a" / "config.json").stat().st_mode  # what open() gives under the umask

@@ -28,8 +28,19 @@ def policy_dir(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_writes_policy_logs_and_rising_reward(policy_dir: Path) -> None:
     log = json.loads((policy_dir / "train_log.json").read_text())
     assert [h["step"] for h in log] == list(range(11))
+    # every sampled plan is budget-matched inside 0.2-0.5, up to one rounding step (16 rows of 4 x 256)
+    assert all(0.2 - 16 / 1024 <= h["sparsity"] <= 0.5 + 16 / 1024 for h in log[1:])
+    # on the random tiny model only compression carries signal: the policy learns to remove more
+    first, last = (sum(h["sparsity"] for h in part) / 3 for part in (log[1:4], log[-3:]))
+    assert last > first + 0.03
     evals = [h["anchor_reward"] for h in log if "anchor_reward" in h]
-    assert len(evals) == 3 and evals[-1] > evals[0]  # steps 0, 5, 10
+    assert len(evals) == 3 and evals[-1] > evals[0] + 0.05  # steps 0, 5, 10
+    assert all(0.0 < h["gate"] <= 1.0 for h in log[1:])
+    meta = json.loads((policy_dir / "policy.json").read_text())
+    assert meta["state"] == {"visual_sensitivity": True, "grounding_drops": True, "drop_ratio": 0.75}
+    drops = [layer["grounding_drop"] for layer in meta["profile"]["layers"]]
+    assert len(drops) == 4 and all(len(d) == 2 for d in drops) and any(d[1] != 0.0 for d in drops)
+    assert meta["n_features"] == 16 + 5
     assert (policy_dir / "policy.json").exists() and (policy_dir / "checkpoint.pt").exists()
     assert any(p.name.startswith("events.out.tfevents") for p in (policy_dir / "runs").iterdir())
 
@@ -39,7 +50,7 @@ def test_query_json(policy_dir: Path, capsys: pytest.CaptureFixture[str]) -> Non
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"preference", "plan", "widths", "realized_sparsity"}
     assert out["preference"] == [0.5, 0.25, 0.25] and len(out["plan"]) == len(out["widths"]) == 4
-    assert 0.2 - 0.05 <= out["realized_sparsity"] <= 0.5 + 0.05
+    assert 0.2 - 16 / 1024 <= out["realized_sparsity"] <= 0.5 + 16 / 1024
     assert all(w % 16 == 0 for w in out["widths"])
 
 
@@ -94,13 +105,14 @@ def test_calibration_cache_is_not_reused_for_other_data(policy_dir: Path, world:
     from hipp_torchprune.hipp.profile import calibration_key, calibration_source, model_fingerprint
     from hipp_torchprune.hipp.run import calibrated_profile
     from hipp_torchprune.loading import load_model
+    from hipp_torchprune.methods import DEFAULT_ROW_SCORE
     from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS
 
     cache = policy_dir / "calibration"
     model, processor = load_model("tiny-llava")
     world_hash = json.loads((world / "manifest.json").read_text())["content_hash"]
     assert calibration_source(cache) == {"model": model_fingerprint(model), "data": f"world:{world_hash}", "n": 6,
-                                         "max_pixels": DEFAULT_MAX_PIXELS}
+                                         "max_pixels": DEFAULT_MAX_PIXELS, "row_score": DEFAULT_ROW_SCORE}
     assert calibration_source(cache) == calibration_key(model, world, 6, DEFAULT_MAX_PIXELS)
     other = make_world(4, 200)
     import shutil

@@ -15,7 +15,8 @@ from hipp_torchprune.hipp.trainer import TrainConfig, train_policy
 
 PROFILE = ModelProfile("Toy", tuple(LayerProfile(i, 256, 0.1 + 0.2 * (i == 0), 1.0, 0.1, 5.0 - i, 1.0,
                                                  (0.1, 0.1, 0.1), (0.01, 0.01, 0.01)) for i in range(4)),
-                       (192,) * 4, 8)
+                       (192,) * 4, 8).with_grounding_drops(
+    torch.tensor([[2.25, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 2.25]]))  # what ToyEnv loses at 75 % of one layer
 
 
 class ToyEnv:
@@ -40,7 +41,7 @@ def test_policy_learns_to_spare_the_layer_the_preference_needs(tmp_path: Path) -
     policy, history = train_policy(ToyEnv(), PROFILE, CONFIG, tmp_path, progress=False)
     evals = [h["anchor_reward"] for h in history if "anchor_reward" in h]
     assert evals[-1] > evals[0] + 0.1
-    static = static_features(PROFILE)
+    static = static_features(PROFILE, CONFIG.state)
 
     def plan(w: list[float]) -> tuple[float, ...]:
         u, alpha = policy.mean_action(layer_states(static, torch.tensor(w), (0.2, 0.4)))
