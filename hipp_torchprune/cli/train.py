@@ -40,6 +40,8 @@ def register(subparsers: Any) -> None:
                    help="stability band per realized-sparsity bin, or pooled over all plans (the paper's)")
     p.add_argument("--gate-side", choices=("lower", "both"), default="lower",
                    help="penalize phi below the band only, or on both sides (the paper's)")
+    p.add_argument("--flat-policy", action="store_true",
+                   help="ablation: one Beta per layer and no budget head instead of the hierarchical policy")
     p.add_argument("--head-balance", choices=("per_head", "joint"), default="per_head",
                    help="clip the budget and allocation heads' gradients each, or jointly (the paper's)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
@@ -77,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     gate = GateConfig(enabled=not args.no_gate, binning=args.gate_band, side=args.gate_side)
     config = TrainConfig(steps=args.steps, prefs_per_step=args.prefs, group=args.group, lr=args.lr,
                          sampler=args.sampler, seed=args.seed, head_balance=args.head_balance, gate=gate,
+                         policy_kind="flat" if args.flat_policy else "hierarchical",
                          policy=PolicyConfig(rho_min=lo, rho_max=hi, r_max=args.r_max))
     if args.config:
         from hipp_torchprune.config import load_yaml

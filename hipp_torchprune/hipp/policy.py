@@ -9,15 +9,26 @@ a pooled summary of all layers. Two heads sit on it:
   (a larger ``tau`` sharpens the allocation).
 
 ``log pi(a) = log Beta(u) + log Dirichlet(alpha)`` is exact.
+
+:class:`FlatPolicy` is the "flat policy" ablation: the same backbone, one Beta per layer over
+``r_l / r_max`` and no budget head, so the budget is whatever the layers' ratios add up to.
+Both expose the same small interface to the trainer: ``sample`` -> ``(action, log_prob)``,
+``log_prob_parts(states, *action)``, ``entropy_parts``, ``mean_action`` and ``plans``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.distributions import Beta, Dirichlet
+
+from hipp_torchprune.hipp.planmap import plan_ratios
+
+PolicyKind = Literal["hierarchical", "flat"]
 
 
 @dataclass(frozen=True)
@@ -56,15 +67,38 @@ class _Block(nn.Module):
         return self.norm(h + torch.tanh(update * (1 + scale) + shift))
 
 
-class HippPolicy(nn.Module):
-    """``pi(u, alpha | states, w)``; ``states`` are ``(P, L, F)`` from
-    :func:`~hipp_torchprune.hipp.state.layer_states` (the preference is their last 3 columns)."""
+class _Backbone(nn.Module):
+    """Per-layer embedding and FiLM-conditioned blocks shared by both policies (its parameters
+    are the subclass's own ``embed`` and ``blocks``, the names saved policies use)."""
 
-    def __init__(self, n_features: int, config: PolicyConfig = PolicyConfig()) -> None:
+    def __init__(self, n_features: int, config: PolicyConfig) -> None:
         super().__init__()
         self.config = config
         self.embed = nn.Linear(n_features, config.hidden)
         self.blocks = nn.ModuleList(_Block(config.hidden) for _ in range(config.blocks))
+
+    @property
+    def n_features(self) -> int:
+        """Per-layer state width the policy reads."""
+        return self.embed.in_features
+
+    def encode(self, states: torch.Tensor) -> torch.Tensor:  # states (P, L, F) -> (P, L, H)
+        """The backbone's per-layer features, conditioned on the preference (the last 3 columns)."""
+        pref = states[:, 0, -3:]  # (P, 3)
+        h = torch.relu(self.embed(states))  # (P, L, H)
+        for block in self.blocks:
+            h = block(h, pref)
+        return h
+
+
+class HippPolicy(_Backbone):
+    """``pi(u, alpha | states, w)``; ``states`` are ``(P, L, F)`` from
+    :func:`~hipp_torchprune.hipp.state.layer_states` (the preference is their last 3 columns)."""
+
+    kind: PolicyKind = "hierarchical"
+
+    def __init__(self, n_features: int, config: PolicyConfig = PolicyConfig()) -> None:
+        super().__init__(n_features, config)
         self.alloc_head = nn.Linear(config.hidden, 1)
         self.budget_head = nn.Linear(config.hidden, 2)
         nn.init.zeros_(self.alloc_head.weight)  # start from the uniform allocation
@@ -72,22 +106,19 @@ class HippPolicy(nn.Module):
 
     def distributions(self, states: torch.Tensor) -> tuple[Beta, Dirichlet]:
         """The budget and allocation distributions for a batch of states."""
-        pref = states[:, 0, -3:]  # (P, 3)
-        h = torch.relu(self.embed(states))  # (P, L, H)
-        for block in self.blocks:
-            h = block(h, pref)
+        h = self.encode(states)  # (P, L, H)
         logits = self.alloc_head(h).squeeze(-1)  # (P, L)
         n_layers = logits.shape[-1]
         conc = self.config.concentration * n_layers * torch.softmax(self.config.tau * logits, dim=-1)  # (P, L)
         ab = nn.functional.softplus(self.budget_head(h.mean(1))) + 1.0  # (P, 2)
         return Beta(ab[:, 0], ab[:, 1]), Dirichlet(conc.clamp_min(1e-3))
 
-    def sample(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sample ``(u (P,), alpha (P, L), log_prob (P,))``."""
+    def sample(self, states: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Sample ``((u (P,), alpha (P, L)), log_prob (P,))``."""
         beta, dirichlet = self.distributions(states)
         u = beta.sample().clamp(1e-5, 1 - 1e-5)
         alpha = _renormalize(dirichlet.sample())
-        return u, alpha, beta.log_prob(u) + dirichlet.log_prob(alpha)
+        return (u, alpha), beta.log_prob(u) + dirichlet.log_prob(alpha)
 
     def log_prob(self, states: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         """Exact ``log pi(u, alpha)`` ``(P,)`` under the current parameters."""
@@ -113,6 +144,60 @@ class HippPolicy(nn.Module):
         """The deterministic query: Beta mean and Dirichlet mean."""
         beta, dirichlet = self.distributions(states)
         return beta.mean, dirichlet.mean
+
+    def plans(self, action: Sequence[torch.Tensor], sizes: Sequence[float]) -> list[tuple[float, ...]]:
+        """Per-layer ratios of each action in the batch (the plan map, eq. 8)."""
+        u, alpha = action
+        cfg = self.config
+        return [plan_ratios(float(u[i]), alpha[i].tolist(), sizes, cfg.rho_min, cfg.rho_max, cfg.r_max)
+                for i in range(len(u))]
+
+
+class FlatPolicy(_Backbone):
+    """The "flat policy" ablation: ``r_l = r_max * x_l`` with ``x_l ~ Beta(a_l, b_l)`` per layer,
+    on the same backbone, and no budget head."""
+
+    kind: PolicyKind = "flat"
+
+    def __init__(self, n_features: int, config: PolicyConfig = PolicyConfig()) -> None:
+        super().__init__(n_features, config)
+        self.head = nn.Linear(config.hidden, 2)
+
+    def distribution(self, states: torch.Tensor) -> Beta:
+        """Independent Betas, batch shape ``(P, L)``."""
+        ab = nn.functional.softplus(self.head(self.encode(states))) + 1.0  # (P, L, 2)
+        return Beta(ab[..., 0], ab[..., 1])
+
+    def sample(self, states: torch.Tensor) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        """Sample ``((x (P, L),), log_prob (P,))``."""
+        beta = self.distribution(states)
+        x = beta.sample().clamp(1e-5, 1 - 1e-5)
+        return (x,), beta.log_prob(x).sum(-1)
+
+    def log_prob_parts(self, states: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor]:
+        """``(sum_l log Beta(x_l),)`` ``(P,)``: one head, one term."""
+        return (self.distribution(states).log_prob(x).sum(-1),)
+
+    def entropy_parts(self, states: torch.Tensor) -> tuple[torch.Tensor]:
+        """``(sum_l H(Beta_l),)`` ``(P,)``."""
+        return (self.distribution(states).entropy().sum(-1),)
+
+    @torch.no_grad()
+    def mean_action(self, states: torch.Tensor) -> tuple[torch.Tensor]:
+        """The deterministic query: each layer's Beta mean."""
+        return (self.distribution(states).mean,)
+
+    def plans(self, action: Sequence[torch.Tensor], sizes: Sequence[float]) -> list[tuple[float, ...]]:
+        """``r_max * x`` per layer."""
+        return [tuple(float(self.config.r_max * v) for v in row) for row in action[0]]
+
+
+Policy = HippPolicy | FlatPolicy
+
+
+def make_policy(kind: PolicyKind, n_features: int, config: PolicyConfig) -> Policy:
+    """A fresh policy of ``kind`` (``"hierarchical"``: :class:`HippPolicy`)."""
+    return FlatPolicy(n_features, config) if kind == "flat" else HippPolicy(n_features, config)
 
 
 def _renormalize(alpha: torch.Tensor) -> torch.Tensor:

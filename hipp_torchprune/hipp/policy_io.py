@@ -18,8 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from hipp_torchprune.atomic import write_atomic
 from hipp_torchprune.errors import CheckpointError, HippError
-from hipp_torchprune.hipp.planmap import plan_ratios
-from hipp_torchprune.hipp.policy import HippPolicy, PolicyConfig
+from hipp_torchprune.hipp.policy import Policy, PolicyConfig, make_policy
 from hipp_torchprune.hipp.preferences import validate_preference
 from hipp_torchprune.hipp.profile import ModelProfile
 from hipp_torchprune.hipp.state import LEGACY_STATE, StateConfig, layer_states, static_features
@@ -37,7 +36,7 @@ class PolicyMismatchError(HippError, ValueError):
 class LoadedPolicy:
     """A policy network with the profile, rounding and state features it was trained for."""
 
-    policy: HippPolicy
+    policy: Policy
     profile: ModelProfile
     round_to: int
     meta: dict[str, Any]
@@ -67,7 +66,7 @@ class QueryResult:
                 "realized_sparsity": self.realized_sparsity}
 
 
-def save_policy(directory: str | Path, policy: HippPolicy, profile: ModelProfile, round_to: int,
+def save_policy(directory: str | Path, policy: Policy, profile: ModelProfile, round_to: int,
                 extra: dict[str, Any] | None = None, state: StateConfig = LEGACY_STATE) -> Path:
     """Write ``policy.safetensors`` and ``policy.json`` into ``directory`` (each atomically;
     the JSON, written last, is what marks the directory as a policy)."""
@@ -75,7 +74,7 @@ def save_policy(directory: str | Path, policy: HippPolicy, profile: ModelProfile
     directory.mkdir(parents=True, exist_ok=True)
     weights = {k: v.contiguous() for k, v in policy.state_dict().items()}
     meta = {"format": POLICY_FORMAT, "policy": dataclasses.asdict(policy.config),
-            "n_features": policy.embed.in_features, "round_to": round_to, "profile": profile.to_dict(),
+            "kind": policy.kind, "n_features": policy.n_features, "round_to": round_to, "profile": profile.to_dict(),
             "state": dataclasses.asdict(state), **(extra or {})}
     write_atomic(directory / "policy.safetensors", lambda tmp: save_file(weights, tmp))
     write_atomic(directory / "policy.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
@@ -92,7 +91,10 @@ def load_policy(directory: str | Path) -> LoadedPolicy:
         raise CheckpointError(f"{directory} is not a HiPP policy directory: {exc}") from exc
     if meta.get("format") != POLICY_FORMAT:
         raise CheckpointError(f"{directory}/policy.json has format {meta.get('format')!r}, expected {POLICY_FORMAT}")
-    policy = HippPolicy(int(meta["n_features"]), PolicyConfig(**meta["policy"]))
+    kind = meta.get("kind", "hierarchical")  # policies saved before the flat ablation are hierarchical
+    if kind not in ("hierarchical", "flat"):
+        raise CheckpointError(f"{directory}/policy.json has policy kind {kind!r}, expected 'hierarchical' or 'flat'")
+    policy = make_policy(kind, int(meta["n_features"]), PolicyConfig(**meta["policy"]))
     try:
         policy.load_state_dict(weights)
     except RuntimeError as exc:
@@ -109,9 +111,8 @@ def query(loaded: LoadedPolicy, preference: Sequence[float]) -> QueryResult:
     w = validate_preference(preference)
     cfg = loaded.policy.config
     states = layer_states(static_features(loaded.profile, loaded.state), torch.tensor(w), (cfg.rho_min, cfg.rho_max))
-    u, alpha = loaded.policy.mean_action(states)
     widths, params = loaded.profile.widths, loaded.profile.row_params
     sizes = [wd * p for wd, p in zip(widths, params)]
-    ratios = plan_ratios(float(u[0]), alpha[0].tolist(), sizes, cfg.rho_min, cfg.rho_max, cfg.r_max)
+    ratios = loaded.policy.plans(loaded.policy.mean_action(states), sizes)[0]
     kept = budget_matched_widths(ratios, widths, loaded.round_to, cfg.r_max, params)
     return QueryResult(w, tuple(ratios), kept, realized_sparsity(widths, kept, params))

@@ -24,8 +24,7 @@ from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.gate import GateConfig, QuantileBand
 from hipp_torchprune.hipp.grpo import balanced_gradients, gated_policy_loss, group_advantages, scalarize
 from hipp_torchprune.hipp.normalization import RunningNorm
-from hipp_torchprune.hipp.planmap import plan_ratios
-from hipp_torchprune.hipp.policy import HippPolicy, PolicyConfig
+from hipp_torchprune.hipp.policy import Policy, PolicyConfig, PolicyKind, make_policy
 from hipp_torchprune.hipp.preferences import ANCHORS, SamplerMode, sample_preferences
 from hipp_torchprune.hipp.profile import ModelProfile
 from hipp_torchprune.hipp.state import StateConfig, layer_states, static_features
@@ -69,13 +68,16 @@ class TrainConfig:
     eval_every: int = 5
     #: Policy network and budget interval.
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    #: ``"hierarchical"``: budget head + allocation head (the paper's); ``"flat"``: one Beta per
+    #: layer and no budget head (the ablation).
+    policy_kind: PolicyKind = "hierarchical"
     #: Stability gate.
     gate: GateConfig = field(default_factory=GateConfig)
     #: Optional per-layer state features.
     state: StateConfig = field(default_factory=StateConfig)
 
 
-def _checkpoint(path: Path, step: int, policy: HippPolicy, optim: torch.optim.Optimizer, norm: RunningNorm,
+def _checkpoint(path: Path, step: int, policy: Policy, optim: torch.optim.Optimizer, norm: RunningNorm,
                 band: QuantileBand, gen: torch.Generator, history: list[dict[str, float]]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"step": step, "policy": policy.state_dict(), "optim": optim.state_dict(), "norm": norm.state_dict(),
@@ -94,19 +96,17 @@ def seeded_global_rng(seed: int) -> Iterator[None]:
         yield
 
 
-def anchor_reward(policy: HippPolicy, env: PlanEnvironment, static: torch.Tensor, sizes: list[float]) -> float:
+def anchor_reward(policy: Policy, env: PlanEnvironment, static: torch.Tensor, sizes: list[float]) -> float:
     """Mean over the anchor preferences of ``w . raw`` for the policy's deterministic plans:
     the training-progress signal that is comparable across steps."""
     cfg = policy.config
     prefs = torch.tensor(ANCHORS)  # (4, 3)
-    u, alpha = policy.mean_action(layer_states(static, prefs, (cfg.rho_min, cfg.rho_max)))  # (4,), (4, L)
-    plans = [plan_ratios(float(u[i]), alpha[i].tolist(), sizes, cfg.rho_min, cfg.rho_max, cfg.r_max)
-             for i in range(len(prefs))]
+    plans = policy.plans(policy.mean_action(layer_states(static, prefs, (cfg.rho_min, cfg.rho_max))), sizes)
     return float((env.score(plans).raw * prefs).sum(-1).mean())
 
 
-def head_losses(parts: tuple[torch.Tensor, torch.Tensor], old_parts: tuple[torch.Tensor, torch.Tensor],
-                entropies: tuple[torch.Tensor, torch.Tensor], advantages: torch.Tensor, gate: torch.Tensor,
+def head_losses(parts: tuple[torch.Tensor, ...], old_parts: tuple[torch.Tensor, ...],
+                entropies: tuple[torch.Tensor, ...], advantages: torch.Tensor, gate: torch.Tensor,
                 clip: float | None, config: TrainConfig) -> list[torch.Tensor]:
     """The gated GRPO loss (minus the entropy bonus) of each head, or one joint loss
     (``head_balance="joint"``, the paper's), for :func:`~hipp_torchprune.hipp.grpo.balanced_gradients`."""
@@ -118,7 +118,7 @@ def head_losses(parts: tuple[torch.Tensor, torch.Tensor], old_parts: tuple[torch
 
 
 def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfig, out_dir: str | Path,
-                 resume: bool = True, state: Any = None, progress: bool = True) -> tuple[HippPolicy, list[dict]]:
+                 resume: bool = True, state: Any = None, progress: bool = True) -> tuple[Policy, list[dict]]:
     """Train a policy on ``env``; returns it and the per-step log. Checkpoints go to ``out_dir``."""
     from torch.utils.tensorboard import SummaryWriter
 
@@ -130,7 +130,7 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
     budget_range = (pcfg.rho_min, pcfg.rho_max)
     sizes = [w * p for w, p in zip(profile.widths, profile.row_params)]
     with seeded_global_rng(config.seed):
-        policy = HippPolicy(static.shape[1] + 5, pcfg)
+        policy = make_policy(config.policy_kind, static.shape[1] + 5, pcfg)
     optim = torch.optim.Adam(policy.parameters(), lr=config.lr)
     norm, band = RunningNorm(3, clip=config.norm_clip), QuantileBand(config.gate)
     history: list[dict[str, float]] = []
@@ -155,9 +155,8 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
         prefs = sample_preferences(P, config.sampler, gen, config.anchor_prob)  # (P, 3)
         states = layer_states(static, prefs, budget_range).repeat_interleave(G, dim=0)  # (P*G, L, F+5)
         with torch.no_grad(), seeded_global_rng(int(torch.randint(0, 2**62, (), generator=gen))):
-            u, alpha, _ = policy.sample(states)  # (P*G,), (P*G, L)
-        plans = [plan_ratios(float(u[i]), alpha[i].tolist(), sizes, *budget_range, pcfg.r_max)
-                 for i in range(P * G)]
+            action, _ = policy.sample(states)  # hierarchical: u (P*G,), alpha (P*G, L); flat: x (P*G, L)
+        plans = policy.plans(action, sizes)
 
         # 2. score every plan: raw objectives (P*G, 3), stability phi (P*G,)
         outcome = env.score(plans)
@@ -171,10 +170,10 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
         # 3. gated policy-gradient update(s), per head: budget (Beta) and allocation (Dirichlet)
         clip = config.clip_eps if config.update_epochs > 1 else None
         with torch.no_grad():
-            old_parts = policy.log_prob_parts(states, u, alpha)  # 2 x (P*G,)
+            old_parts = policy.log_prob_parts(states, *action)  # heads x (P*G,)
         for _ in range(config.update_epochs):
-            parts = policy.log_prob_parts(states, u, alpha)  # 2 x (P*G,)
-            entropies = policy.entropy_parts(states)  # 2 x (P*G,)
+            parts = policy.log_prob_parts(states, *action)  # heads x (P*G,)
+            entropies = policy.entropy_parts(states)  # heads x (P*G,)
             losses = head_losses(parts, old_parts, entropies, advantages, gate, clip, config)
             params = list(policy.parameters())
             optim.zero_grad()

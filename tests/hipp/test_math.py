@@ -183,7 +183,7 @@ def test_policy_log_prob_is_exact() -> None:
     torch.manual_seed(0)
     policy = HippPolicy(n_features=9, config=PolicyConfig(hidden=16, concentration=5.0))
     states = torch.randn(2, 4, 9)
-    u, alpha, logp = policy.sample(states)
+    (u, alpha), logp = policy.sample(states)
     assert u.shape == (2,) and alpha.shape == (2, 4) and torch.allclose(alpha.sum(-1), torch.ones(2))
     beta, dirichlet = policy.distributions(states)
     a, b = beta.concentration1, beta.concentration0
@@ -257,7 +257,7 @@ def test_per_head_balance_keeps_the_budget_heads_gradient_at_32_layers() -> None
     states = layer_states(torch.randn(32, 14), prefs, (0.2, 0.4)).repeat_interleave(6, dim=0)  # (24, 32, 19)
     policy = HippPolicy(states.shape[-1], PolicyConfig())
     with torch.no_grad():
-        u, alpha, _ = policy.sample(states)
+        (u, alpha), _ = policy.sample(states)
     advantages, gate, params = torch.randn(24), torch.ones(24), list(policy.parameters())
     budget_loss, alloc_loss = (gated_policy_loss(lp, advantages, gate) for lp in policy.log_prob_parts(states, u, alpha))
     norms = [torch.linalg.vector_norm(torch.cat([g.flatten() for g in torch.autograd.grad(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from hipp_torchprune.hipp.env import PlanOutcome
@@ -105,3 +106,31 @@ def test_clipped_epochs_and_entropy_bonus_change_the_update_and_still_learn(tmp_
     evals = [h["anchor_reward"] for h in history if "anchor_reward" in h]
     assert evals[-1] > evals[0] + 0.1
     assert all(torch.isfinite(torch.tensor([h["loss"], h["entropy"]])).all() for h in history if "loss" in h)
+
+
+def test_flat_policy_trains_saves_and_queries(tmp_path: Path) -> None:
+    """The flat ablation: one Beta per layer, no budget head; it learns on the toy environment,
+    and a saved flat policy is queried as one."""
+    from hipp_torchprune.hipp.policy import FlatPolicy
+    from hipp_torchprune.hipp.policy_io import load_policy, query, save_policy
+
+    flat = TrainConfig(**{**CONFIG.__dict__, "policy_kind": "flat"})
+    policy, history = train_policy(ToyEnv(), PROFILE, flat, tmp_path / "run", progress=False)
+    assert isinstance(policy, FlatPolicy) and not hasattr(policy, "budget_head")
+    evals = [h["anchor_reward"] for h in history if "anchor_reward" in h]
+    assert evals[-1] > evals[0] + 0.1
+    save_policy(tmp_path / "saved", policy, PROFILE, 16, state=flat.state)
+    loaded = load_policy(tmp_path / "saved")
+    assert isinstance(loaded.policy, FlatPolicy) and loaded.meta["kind"] == "flat"
+    (x,) = policy.mean_action(layer_states_for(flat, [1.0, 0.0, 0.0]))
+    result = query(loaded, (1.0, 0.0, 0.0))
+    assert result.plan == pytest.approx(tuple(0.8 * float(v) for v in x[0]))  # r_l = r_max * mean(x_l)
+    assert result.plan[0] < result.plan[1]  # robustness spares layer 0, which ToyEnv's robustness needs
+
+
+def layer_states_for(config: TrainConfig, preference: list[float]) -> torch.Tensor:
+    """The toy profile's states for one preference under ``config``'s state features."""
+    from hipp_torchprune.hipp.state import layer_states, static_features
+
+    return layer_states(static_features(PROFILE, config.state), torch.tensor(preference),
+                        (config.policy.rho_min, config.policy.rho_max))
