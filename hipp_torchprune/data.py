@@ -186,10 +186,16 @@ def _world_field(data_dir: str | Path, read: Any, default: Any) -> Any:
         raise DataError(f"{path}: not a world manifest ({exc})") from exc
 
 
-def world_jitter(data_dir: str | Path) -> float:
-    """The per-instance appearance jitter a proving-ground world was rendered with (its
-    manifest's ``jitter``; 0 when absent), so re-rendered training scenes look like its images."""
-    return _world_field(data_dir, lambda m: float(m.get("jitter", 0.0)), 0.0)
+def world_render(data_dir: str | Path) -> Any:
+    """The :class:`~hipp_torchprune.world.scenes.SceneConfig` a proving-ground world was rendered
+    with (its manifest's ``jitter``, ``faint`` and ``noise``; each 0 when absent), so re-rendered
+    training scenes look like its images."""
+    from hipp_torchprune.world.scenes import SceneConfig
+
+    def read(m: dict[str, Any]) -> SceneConfig:
+        return SceneConfig(**{k: float(m.get(k, 0.0)) for k in ("jitter", "faint", "noise")})
+
+    return _world_field(data_dir, read, SceneConfig())
 
 
 def world_version(data_dir: str | Path) -> int:

@@ -12,7 +12,7 @@ def _build(args: argparse.Namespace) -> int:
     from hipp_torchprune.world.scenes import SceneConfig
 
     manifest = build_world(args.out, seed=args.seed, n_images=args.images, version=args.version,
-                           config=SceneConfig(jitter=args.jitter))
+                           config=SceneConfig(jitter=args.jitter, faint=args.faint, noise=args.noise))
     summary: dict[str, Any] = {
         "out": str(args.out), "seed": manifest["seed"], "version": manifest["version"], "content_hash": manifest["content_hash"],
         "splits": {s: {"images": v["images"], "pope": sum(v["pope"].values()), "scienceqa": v["scienceqa"]}
@@ -36,4 +36,9 @@ def register(subparsers: Any) -> None:
     build.add_argument("--jitter", type=float, default=0.0,
                        help="per-instance appearance variation in [0, 1]: tint, size and position of each "
                             "icon (default 0: one icon per category and size)")
+    build.add_argument("--faint", type=float, default=0.0,
+                       help="probability in [0, 1] that an object is drawn faint, 70 %% blended into the "
+                            "background (default 0)")
+    build.add_argument("--noise", type=float, default=0.0,
+                       help="std of Gaussian pixel noise in 0-255 units, at most 64 (default 0)")
     build.set_defaults(func=_build)

@@ -226,15 +226,16 @@ def derived_scene(scene: Scene, max_objects: int, rng: np.random.Generator) -> S
 
 def curriculum_batch(scenes: Sequence[Scene], kind: Kind, max_objects: int, batch_size: int,
                      stats: CooccurrenceStats, rng: np.random.Generator,
-                     version: int = 2, jitter: float = 0.0) -> tuple[list[Example], list[Any], list[Scene]]:
+                     version: int = 2, render: Any = None) -> tuple[list[Example], list[Any], list[Scene]]:
     """``batch_size`` fresh examples of ``kind`` on re-rendered train scenes with <= ``max_objects``,
-    rendered with the world's appearance ``jitter``.
+    rendered like the world's images (``render``: its :class:`~hipp_torchprune.world.scenes.SceneConfig`,
+    default the plain one).
 
     Returns the examples, their rendered images and their (derived) scenes.
     """
     from hipp_torchprune.world.scenes import SceneConfig, render_scene
 
-    config = SceneConfig(jitter=jitter)
+    config = render if render is not None else SceneConfig()
 
     examples: list[Example] = []
     images: list[Any] = []

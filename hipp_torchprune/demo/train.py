@@ -34,7 +34,7 @@ from hipp_torchprune.demo.dataset import (
 from hipp_torchprune.atomic import ordinary_file_modes
 from hipp_torchprune.world.categories import CATEGORY_NAMES
 from hipp_torchprune.world.pope import CooccurrenceStats
-from hipp_torchprune.data import world_jitter, world_version
+from hipp_torchprune.data import world_render, world_version
 from hipp_torchprune.errors import CheckpointError, DataError
 from hipp_torchprune.threads import torch_threads
 
@@ -327,7 +327,7 @@ class _Data:
     grid: int
     prep_s: float
     version: int
-    jitter: float
+    render: Any  # the world's SceneConfig (jitter, faint, noise): curriculum scenes render like it
 
 
 @dataclass
@@ -372,7 +372,7 @@ def _prepare_data(data_dir: Path, model_cfg: DemoModelConfig, cfg: TrainConfig) 
     stats = CooccurrenceStats.from_scenes([s.all_categories for s in scenes])
     return _Data(processor, pools, pixel_tensor(images, mean, std), mean, std, scenes, stats, calib, n_img,
                  model_cfg.image_size // model_cfg.patch_size, time.perf_counter() - t_prep, world_version(data_dir),
-                 world_jitter(data_dir))
+                 world_render(data_dir))
 
 
 def _build_run(data: _Data, model_cfg: DemoModelConfig, cfg: TrainConfig, device: str) -> _Run:
@@ -470,7 +470,7 @@ def _step_batch(data: _Data, run: _Run, kind: str, step: int, cfg: TrainConfig,
         slots = run.mc_slots
     else:
         ex_b, im_b, sc_b = curriculum_batch(data.scenes, kind, cap, cfg.batch_size, data.stats, rng,
-                                            data.version, data.jitter)  # type: ignore[arg-type]
+                                            data.version, data.render)  # type: ignore[arg-type]
         pool = tokenize_pool(ex_b, data.processor, data.n_img, raw=kind in RAW_KINDS)
         pixels = pixel_tensor(im_b, data.mean, data.std)
         labels_of = patch_labels(sc_b, data.grid) if run.aux_labels is not None else None

@@ -107,8 +107,9 @@ def build_world(out: str | Path, seed: int, n_images: int = 6000, config: SceneC
     """
     if version not in WORLD_VERSIONS:
         raise DataError(f"world version {version!r} is unknown; valid: {', '.join(map(str, WORLD_VERSIONS))}")
-    if not 0.0 <= config.jitter <= 1.0:
-        raise DataError(f"jitter={config.jitter}: must be in [0, 1]")
+    for name, value, top in (("jitter", config.jitter, 1.0), ("faint", config.faint, 1.0), ("noise", config.noise, 64.0)):
+        if not 0.0 <= value <= top:
+            raise DataError(f"{name}={value}: must be in [0, {top:g}]")
     out = Path(out)
     sizes = split_sizes(n_images)
     scene_rng = np.random.default_rng([seed, 0])
@@ -152,7 +153,7 @@ def build_world(out: str | Path, seed: int, n_images: int = 6000, config: SceneC
         "splits": splits,
         "files": sorted(files),
         "content_hash": content_hash(out, files),
-        **({"jitter": config.jitter} if config.jitter > 0 else {}),  # absent: worlds stay byte-identical
+        **config.manifest_fields(),  # only the options that are on: worlds stay byte-identical
     }
     write_json_atomic(out / "manifest.json", manifest)
     return manifest

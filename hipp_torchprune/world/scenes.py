@@ -48,11 +48,23 @@ class SceneConfig:
             per channel, its icon shrunk by up to ``40 * jitter`` % and shifted inside its box,
             from a stable hash of the scene's own fields, so rendering stays a pure function of
             the scene and recognition has to be invariant to pose and tint.
+        faint: probability in [0, 1] that an object is drawn faint: its colour blended 70 % into
+            the background (per instance, from the same hash), so some objects are hard to see
+            and a model that cannot tell has to fall back on what usually co-occurs.
+        noise: standard deviation of Gaussian pixel noise added to the whole image (in 0-255
+            units, seeded by a hash of the scene), so a faint object and an empty cell can look alike.
     """
 
     image_size: int = 64
     grid: int = 4
     jitter: float = 0.0
+    faint: float = 0.0
+    noise: float = 0.0
+
+    def manifest_fields(self) -> dict[str, float]:
+        """The rendering options a world's manifest records: only those that are on, so worlds
+        rendered without them stay byte-identical to earlier ones."""
+        return {k: v for k, v in (("jitter", self.jitter), ("faint", self.faint), ("noise", self.noise)) if v > 0}
 
     @property
     def cell(self) -> int:
@@ -215,6 +227,19 @@ def _draw_occluder(draw: ImageDraw.ImageDraw, row: int, col: int, config: SceneC
                                 min(y0 + j + step, y0 + side) - 1), fill=(70, 70, 70))
 
 
+def _scene_key(scene: Scene) -> str:
+    return f"{scene.gradient[0]:.6f}|{scene.gradient[1]:.6f}"
+
+
+def is_faint(scene: Scene, obj: ObjectAnn, faint: float) -> bool:
+    """Whether ``obj`` is drawn faint in ``scene`` (probability ``faint``, from a CRC of the
+    scene's gradient and the object's cell and category)."""
+    if faint <= 0:
+        return False
+    key = f"faint|{_scene_key(scene)}|{obj.row}|{obj.col}|{obj.category}"
+    return bool(np.random.default_rng(zlib.crc32(key.encode())).random() < faint)
+
+
 def instance_appearance(scene: Scene, obj: ObjectAnn, jitter: float) -> tuple[tuple[int, int, int, int],
                                                                              tuple[int, int, int]]:
     """The drawn box and colour of ``obj`` in ``scene`` under ``jitter`` (see :class:`SceneConfig`).
@@ -225,7 +250,7 @@ def instance_appearance(scene: Scene, obj: ObjectAnn, jitter: float) -> tuple[tu
     colour = CATEGORY_BY_NAME[obj.category].colour
     if jitter <= 0:
         return obj.bbox, colour
-    key = f"{scene.gradient[0]:.6f}|{scene.gradient[1]:.6f}|{obj.row}|{obj.col}|{obj.category}"
+    key = f"{_scene_key(scene)}|{obj.row}|{obj.col}|{obj.category}"
     rng = np.random.default_rng(zlib.crc32(key.encode()))
     x0, y0, x1, _ = obj.bbox  # square boxes
     side = x1 - x0
@@ -283,9 +308,17 @@ def render_scene(scene: Scene, config: SceneConfig = SceneConfig()) -> Image.Ima
     image = Image.fromarray(pixels, mode="RGB")
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
-        _draw_icon(draw, obj, *instance_appearance(scene, obj, config.jitter))
+        box, colour = instance_appearance(scene, obj, config.jitter)
+        if is_faint(scene, obj, config.faint):  # 70 % background at the icon's centre
+            under = pixels[min((box[1] + box[3]) // 2, size - 1), min((box[0] + box[2]) // 2, size - 1)]
+            colour = tuple(int(round(0.3 * c + 0.7 * float(b))) for c, b in zip(colour, under))
+        _draw_icon(draw, obj, box, colour)
     for row, col in scene.occluders:
         _draw_occluder(draw, row, col, config)
+    if config.noise > 0:
+        rng = np.random.default_rng(zlib.crc32(f"noise|{_scene_key(scene)}|{len(scene.objects)}".encode()))
+        noisy = np.asarray(image, dtype=np.float32) + rng.normal(0.0, config.noise, (size, size, 3))
+        image = Image.fromarray(np.clip(np.round(noisy), 0, 255).astype(np.uint8), mode="RGB")
     return image
 
 

@@ -203,20 +203,21 @@ def test_instance_appearance_is_a_pure_function_of_the_scene(scenes: list[Scene]
 
 def test_jittered_world_records_its_jitter_and_training_renders_with_it(tmp_path: Path) -> None:
     from hipp_torchprune.cli import main
-    from hipp_torchprune.data import world_jitter
+    from hipp_torchprune.data import world_render
     from hipp_torchprune.world.build import build_world
 
     plain = build_world(tmp_path / "plain", seed=0, n_images=6, version=2)
-    assert "jitter" not in plain and world_jitter(tmp_path / "plain") == 0.0  # v2 bytes unchanged
+    assert not {"jitter", "faint", "noise"} & set(plain) and world_render(tmp_path / "plain") == SceneConfig()
     jittered = build_world(tmp_path / "j", seed=0, n_images=6, version=2, config=SceneConfig(jitter=0.5))
-    assert jittered["jitter"] == 0.5 and world_jitter(tmp_path / "j") == 0.5
+    assert jittered["jitter"] == 0.5 and world_render(tmp_path / "j") == SceneConfig(jitter=0.5)
     assert jittered["content_hash"] != plain["content_hash"]
     # training's re-rendered (curriculum) scenes use the world's jitter: same draws, other pixels
     from hipp_torchprune.demo.dataset import curriculum_batch
 
     scenes = [scene_from_row(r) for r in load_scenes(tmp_path / "j", "train")]
     stats = CooccurrenceStats.from_scenes([s.all_categories for s in scenes])
-    draw = [curriculum_batch(scenes, "pope", 3, 4, stats, np.random.default_rng(0), 2, j) for j in (0.0, 0.5)]
+    draw = [curriculum_batch(scenes, "pope", 3, 4, stats, np.random.default_rng(0), 2, SceneConfig(jitter=j))
+            for j in (0.0, 0.5)]
     assert [e.prompt for e in draw[0][0]] == [e.prompt for e in draw[1][0]]
     assert draw[0][2] == draw[1][2]
     assert draw[1][1][0].tobytes() == render_scene(draw[1][2][0], SceneConfig(jitter=0.5)).tobytes()
@@ -224,3 +225,35 @@ def test_jittered_world_records_its_jitter_and_training_renders_with_it(tmp_path
     assert main(["world", "build", "--out", str(tmp_path / "bad"), "--seed", "0", "--images", "3",
                  "--version", "2", "--jitter", "1.5"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_faint_and_noisy_rendering_is_seeded_and_recorded(tmp_path: Path) -> None:
+    """``faint`` blends some objects into the background, ``noise`` adds seeded pixel noise; both are
+    pure functions of the scene, recorded in the manifest, and bounded."""
+    from hipp_torchprune.cli import main
+    from hipp_torchprune.data import world_render
+    from hipp_torchprune.world.build import build_world
+    from hipp_torchprune.world.scenes import is_faint
+
+    rng = np.random.default_rng(0)
+    scenes = [sample_scene(rng, SceneConfig(), 2) for _ in range(200)]
+    objs = [(s, o) for s in scenes for o in s.objects]
+    share = sum(is_faint(s, o, 0.3) for s, o in objs) / len(objs)
+    assert 0.22 < share < 0.38 and not any(is_faint(s, o, 0.0) for s, o in objs)
+    scene, obj = next((s, o) for s, o in objs if is_faint(s, o, 0.3))
+    plain = np.asarray(render_scene(scene), dtype=np.float32)
+    faint = np.asarray(render_scene(scene, SceneConfig(faint=0.3)), dtype=np.float32)
+    x0, y0, x1, y1 = obj.bbox
+    centre = (slice((y0 + y1) // 2 - 1, (y0 + y1) // 2 + 1), slice((x0 + x1) // 2 - 1, (x0 + x1) // 2 + 1))
+    background = np.asarray(render_scene(Scene(scene.scene_type, scene.gradient, ())), dtype=np.float32)
+    # the faint icon sits much closer to the background than the plain one
+    assert np.abs(faint[centre] - background[centre]).mean() < 0.5 * np.abs(plain[centre] - background[centre]).mean()
+    noisy = [np.asarray(render_scene(scene, SceneConfig(noise=8.0)), dtype=np.float32) for _ in range(2)]
+    assert np.array_equal(noisy[0], noisy[1]) and 5.0 < float((noisy[0] - plain).std()) < 11.0
+    manifest = build_world(tmp_path / "fn", seed=0, n_images=6, version=2, config=SceneConfig(faint=0.3, noise=8.0))
+    assert manifest["faint"] == 0.3 and manifest["noise"] == 8.0 and "jitter" not in manifest
+    assert world_render(tmp_path / "fn") == SceneConfig(faint=0.3, noise=8.0)
+    for flag, value in (("--faint", "1.5"), ("--noise", "-1")):
+        assert main(["world", "build", "--out", str(tmp_path / "bad"), "--seed", "0", "--images", "3",
+                     "--version", "2", flag, value]) == 2
+        assert not (tmp_path / "bad").exists()
