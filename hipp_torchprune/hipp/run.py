@@ -20,7 +20,7 @@ from hipp_torchprune.hipp.profile import (
     load_calibration,
     save_calibration,
 )
-from hipp_torchprune.hipp.trainer import TrainConfig, config_dict, train_policy
+from hipp_torchprune.hipp.trainer import TrainConfig, best_step, config_dict, train_policy
 from hipp_torchprune.loading import load_model
 from hipp_torchprune.methods import DEFAULT_ROW_SCORE
 from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS, cap_pixels
@@ -78,6 +78,8 @@ def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, conf
     if state is None or state.is_main_process:
         save_policy(out, policy, profile, round_to, extra={"train": config_dict(config), "model": str(model_spec),
                                                           "data": str(data_dir), "steps_done": len(history),
+                                                          "deployed_step": best_step(history) if config.deploy == "best"
+                                                          else history[-1]["step"],
                                                           "processes": 1 if state is None else state.num_processes},
                     state=config.state)
     return {"out": str(out), "history": history}

@@ -71,17 +71,48 @@ class TrainConfig:
     #: ``"hierarchical"``: budget head + allocation head (the paper's); ``"flat"``: one Beta per
     #: layer and no budget head (the ablation).
     policy_kind: PolicyKind = "hierarchical"
+    #: Which policy is returned and saved: ``"best"``, the evaluation with the highest anchor
+    #: reward (the paper's ``best_agent``; ties go to the earlier step), or ``"last"``.
+    deploy: Literal["best", "last"] = "best"
     #: Stability gate.
     gate: GateConfig = field(default_factory=GateConfig)
     #: Optional per-layer state features.
     state: StateConfig = field(default_factory=StateConfig)
 
 
+class BestAgent:
+    """The policy weights of the evaluation with the highest anchor reward so far."""
+
+    def __init__(self) -> None:
+        self.reward, self.weights = float("-inf"), None
+
+    def offer(self, policy: Policy, record: dict[str, float]) -> None:
+        """Keep ``policy``'s weights if ``record`` has an anchor reward above the best so far."""
+        if record.get("anchor_reward", float("-inf")) > self.reward:
+            self.reward = record["anchor_reward"]
+            self.weights = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Serializable state (for resumable checkpoints)."""
+        return {"reward": self.reward, "weights": self.weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.reward, self.weights = state["reward"], state["weights"]
+
+
+def best_step(history: list[dict[str, float]]) -> int:
+    """The step of the first evaluation with the highest anchor reward (what ``deploy="best"`` returns)."""
+    evals = [(h["anchor_reward"], -h["step"]) for h in history if "anchor_reward" in h]
+    return -max(evals)[1] if evals else 0
+
+
 def _checkpoint(path: Path, step: int, policy: Policy, optim: torch.optim.Optimizer, norm: RunningNorm,
-                band: QuantileBand, gen: torch.Generator, history: list[dict[str, float]]) -> None:
+                band: QuantileBand, gen: torch.Generator, history: list[dict[str, float]], best: BestAgent) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"step": step, "policy": policy.state_dict(), "optim": optim.state_dict(), "norm": norm.state_dict(),
-                "band": band.state_dict(), "gen": gen.get_state(), "history": history}, tmp)
+                "band": band.state_dict(), "gen": gen.get_state(), "history": history,
+                "best": best.state_dict()}, tmp)
     tmp.replace(path)
 
 
@@ -119,7 +150,8 @@ def head_losses(parts: tuple[torch.Tensor, ...], old_parts: tuple[torch.Tensor, 
 
 def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfig, out_dir: str | Path,
                  resume: bool = True, state: Any = None, progress: bool = True) -> tuple[Policy, list[dict]]:
-    """Train a policy on ``env``; returns it and the per-step log. Checkpoints go to ``out_dir``."""
+    """Train a policy on ``env``; returns it (the best evaluated one unless ``config.deploy="last"``)
+    and the per-step log. Checkpoints go to ``out_dir``."""
     from torch.utils.tensorboard import SummaryWriter
 
     out_dir = Path(out_dir)
@@ -132,7 +164,7 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
     with seeded_global_rng(config.seed):
         policy = make_policy(config.policy_kind, static.shape[1] + 5, pcfg)
     optim = torch.optim.Adam(policy.parameters(), lr=config.lr)
-    norm, band = RunningNorm(3, clip=config.norm_clip), QuantileBand(config.gate)
+    norm, band, best = RunningNorm(3, clip=config.norm_clip), QuantileBand(config.gate), BestAgent()
     history: list[dict[str, float]] = []
     start = 0
     ckpt = out_dir / "checkpoint.pt"
@@ -144,11 +176,14 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
         band.load_state_dict(saved["band"])
         gen.set_state(saved["gen"])
         start, history = saved["step"], saved["history"]
+        if "best" in saved:  # checkpoints written before best-agent deployment have none
+            best.load_state_dict(saved["best"])
     is_main = state is None or state.is_main_process
     writer = SummaryWriter(str(out_dir / "runs")) if is_main else None
     P, G = config.prefs_per_step, config.group
     if start == 0:  # every rank scores (plan scoring is collective across processes)
         history.append({"step": 0, "anchor_reward": anchor_reward(policy, env, static, sizes)})
+        best.offer(policy, history[0])
 
     for step in trange(start, config.steps, desc="hipp train", disable=not (progress and is_main)):
         # 1. preferences and a group of plans per preference
@@ -191,6 +226,7 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             record["anchor_reward"] = anchor_reward(policy, env, static, sizes)
         history.append(record)
+        best.offer(policy, record)
         if writer is not None:
             for key in ("reward", "rob_raw", "util_raw", "comp_raw", "sparsity", "phi", "gate", "anchor_reward"):
                 if key in record:
@@ -198,10 +234,12 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
             writer.add_scalar("losses/policy", record["loss"], step + 1)
             writer.add_scalar("losses/entropy", record["entropy"], step + 1)
         if is_main and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
-            _checkpoint(ckpt, step + 1, policy, optim, norm, band, gen, history)
+            _checkpoint(ckpt, step + 1, policy, optim, norm, band, gen, history, best)
     if writer is not None:
         writer.close()
         write_atomic(out_dir / "train_log.json", lambda tmp: Path(tmp).write_text(json.dumps(history)))
+    if config.deploy == "best" and best.weights is not None:
+        policy.load_state_dict(best.weights)
     return policy.eval(), history
 
 
