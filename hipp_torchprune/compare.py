@@ -68,6 +68,10 @@ class CompareConfig:
     samplers: tuple[tuple[str, str], ...] = ()
     #: Table-4 preferences.
     table4: tuple[tuple[float, float, float], ...] = TABLE4_PREFERENCES
+    #: Table-5 ablation policies as ``(name, directory)`` (each trained with one part removed:
+    #: ``hipp train --no-gate``, ``--flat-policy``, no visual sensitivity ...), queried at the
+    #: Table-1 preference beside the full policy; empty: Table 5 is skipped.
+    ablations: tuple[tuple[str, str], ...] = ()
     #: Shared recovery config (its seed is replaced by the cell's seed).
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     #: Calibration samples (shared by every method).
@@ -87,7 +91,7 @@ class CompareConfig:
     def signature(self) -> str:
         """Hash of everything that changes results (not ``seeds``/``methods``: those only add cells)."""
         d = asdict(self)
-        for k in ("seeds", "methods", "table3", "samplers", "table4", "device"):
+        for k in ("seeds", "methods", "table3", "samplers", "table4", "ablations", "device"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -169,6 +173,8 @@ def _cells(config: CompareConfig) -> list[tuple[str, str, tuple[float, float, fl
         cells += [("table3", "hipp", p, seed, "main") for p in config.table3]
     for seed in config.seeds:
         cells += [("table4", name, p, seed, name) for name, _ in config.samplers for p in config.table4]
+    for seed in config.seeds:
+        cells += [("table5", name, config.preference, seed, name) for name, _ in config.ablations]
     return cells
 
 
@@ -194,7 +200,7 @@ def _run_cell(config: CompareConfig, shared: _Shared, table: str, method: str,
     model = copy.deepcopy(shared.model)
     # every baseline prunes at HiPP's realized sparsity (the HiPP strategy ignores the sparsity it is given)
     target = HippMethod().plan(model, 0.0, _context(shared, main, seed, config.preference)).realized_sparsity
-    is_hipp = method == "hipp" or table == "table4"
+    is_hipp = method == "hipp" or table in ("table4", "table5")
     ctx = _context(shared, policy, seed, preference if is_hipp else None)
     report = prune_with_method(model, HippMethod.name if is_hipp else method, target, ctx)
     realized, widths, details = report.realized_sparsity, list(report.widths), dict(report.details)
@@ -265,7 +271,8 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
 
         model, processor = load_model(config.model, dtype=config.dtype)
         model.to(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        policies = {"main": load_policy(config.policy), **{n: load_policy(d) for n, d in config.samplers}}
+        policies = {"main": load_policy(config.policy),
+                    **{n: load_policy(d) for n, d in config.samplers + config.ablations}}
         samples = calibration_samples(config.data, config.calib_n)
         stats = api.calibrate(model, processor, samples, with_grads=True, registry=registry)
         prepared = prepare_eval(processor, config.data, TASKS, limit=config.limit)
@@ -348,7 +355,22 @@ def render_tables(results: dict[str, Any]) -> str:
             by_sampler.setdefault(name, []).extend(cells)
         for name, cells in sorted(by_sampler.items()):
             lines.append(f"| **{name}, all preferences** | " + " | ".join(_row(cells)) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _table5_lines(results)) + "\n"
+
+
+def _table5_lines(results: dict[str, Any]) -> list[str]:
+    """Table 5: each ablation policy at the Table-1 preference, under the full policy's row."""
+    t5 = _group(results, "table5")
+    lines = ["", "### Table 5: ablations (policies trained with one part removed, at the Table-1 preference)", ""]
+    if not t5:
+        return lines + ["Not run: no ablation policies given (`--ablation-policy NAME=DIR`)."]
+    full = [c for (method, _), cells in _group(results, "table1").items() if method == "hipp" for c in cells]
+    lines.append(HEADER.format(first="policy"))
+    if full:
+        lines.append("| full HiPP | " + " | ".join(_row(full)) + " |")
+    for (name, _), cells in sorted(t5.items()):
+        lines.append(f"| {name} | " + " | ".join(_row(cells)) + " |")
+    return lines
 
 
 def operating_points(results: dict[str, Any]) -> list[tuple[str, float, float, float, float]]:

@@ -63,13 +63,18 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monk
     monkeypatch.setattr(methods, "prune_with_method", lambda m, name, *a: pruned_with.append(name) or real(m, name, *a))
     config = CompareConfig(model="tiny-llava", data=str(world), policy=str(policy), methods=("wanda", "ecoflap"),
                            seeds=(0,), table3=((0.8, 0.1, 0.1),), samplers=(("mixed", str(policy)),),
-                           table4=((0.5, 0.4, 0.1),), recovery=RecoveryConfig(steps=1, batch_size=2, limit=8),
+                           table4=((0.5, 0.4, 0.1),), ablations=(("no-gate", str(policy)),),
+                           recovery=RecoveryConfig(steps=1, batch_size=2, limit=8),
                            calib_n=2, limit=8)
     results = run_compare(config, tmp_path, progress=False, registry=reg)
     cells = results["cells"]
     assert set(cells) == {cell_key("table1", m, config.preference, 0) for m in ("hipp", "wanda", "ecoflap")} | {
-        cell_key("table3", "hipp", (0.8, 0.1, 0.1), 0), cell_key("table4", "mixed", (0.5, 0.4, 0.1), 0)}
-    assert sorted(pruned_with) == ["ecoflap", "hipp", "hipp", "hipp", "wanda"]  # table1 x3 + table3 + table4
+        cell_key("table3", "hipp", (0.8, 0.1, 0.1), 0), cell_key("table4", "mixed", (0.5, 0.4, 0.1), 0),
+        cell_key("table5", "no-gate", config.preference, 0)}
+    assert sorted(pruned_with) == ["ecoflap", "hipp", "hipp", "hipp", "hipp", "wanda"]  # table1 x3 + tables 3, 4, 5
+    ablated = cells[cell_key("table5", "no-gate", config.preference, 0)]
+    assert ablated["details"]["policy"] == "no-gate"  # the same policy file here: the same plan as HiPP's
+    assert ablated["widths"] == hipp_widths(cells, config)
     hipp = cells[cell_key("table1", "hipp", config.preference, 0)]
     assert hipp["details"]["policy"] == "main" and hipp["details"]["strategy"] == "hipp"
     # HiPP and ECoFLaP choose rows by the shared default row score; Wanda-sp keeps its own
@@ -83,6 +88,7 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monk
     assert (tmp_path / "operating_points.png").stat().st_size > 0
     text = (tmp_path / "tables.md").read_text()
     assert "Table 1" in text and "| wanda |" in text and "Table 4" in text and "mixed @" in text
+    assert "Table 5" in text and "| full HiPP |" in text and "| no-gate |" in text
     # resume: a second run finds every cell done and touches nothing
     stamp = (tmp_path / "results.json").stat().st_mtime_ns
     again = run_compare(config, tmp_path, progress=False, registry=reg)
@@ -95,9 +101,14 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monk
         run_compare(CompareConfig(**{**config.__dict__, "methods": ("nope",)}), tmp_path / "x", registry=reg)
 
 
+def hipp_widths(cells: dict, config: CompareConfig) -> list[int]:
+    """The Table-1 HiPP cell's kept widths."""
+    return cells[cell_key("table1", "hipp", config.preference, 0)]["widths"]
+
+
 def test_render_tables_without_table4() -> None:
     text = render_tables({"cells": {}, "dense": None})
-    assert "Not run" in text
+    assert "Not run: no sampler policies" in text and "Not run: no ablation policies" in text
 
 
 def test_row_score_reaches_every_cells_context() -> None:
@@ -132,6 +143,12 @@ def test_compare_cli_passes_the_row_score(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert main(base) == 0 and main([*base, "--row-score", other]) == 0
     assert [c.row_score for c in seen] == [DEFAULT_ROW_SCORE, other]
     assert seen[0].signature() != seen[1].signature()
+    assert main([*base, "--ablation-policy", "no-gate=G", "--ablation-policy", "flat=F"]) == 0
+    assert seen[-1].ablations == (("no-gate", "G"), ("flat", "F")) and seen[-1].signature() == seen[0].signature()
+    for bad in (["--ablation-policy", "no-gate"], ["--ablation-policy", "a=X", "--sampler-policy", "a=Y"],
+                ["--ablation-policy", "main=X"]):
+        assert main([*base, *bad]) == 2
+    assert len(seen) == 3  # refused before running
 
 
 def test_unknown_row_score_is_refused_before_loading(tmp_path: Path) -> None:

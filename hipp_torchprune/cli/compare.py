@@ -35,6 +35,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--table4", default=None, help="Table-4 preferences 'a,b,c;...'")
     p.add_argument("--sampler-policy", action="append", default=[], metavar="NAME=DIR",
                    help="policy trained with sampler NAME (Table 4); repeat for mixed, anchors, dirichlet")
+    p.add_argument("--ablation-policy", action="append", default=[], metavar="NAME=DIR",
+                   help="policy trained with one part removed (Table 5), e.g. no-gate=DIR; repeatable")
     p.add_argument("--steps", type=int, default=100, help="recovery steps (same for every method)")
     p.add_argument("--batch-size", type=int, default=8, help="recovery batch size")
     p.add_argument("--lr", type=float, default=RecoveryConfig.lr,
@@ -58,6 +60,19 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _named_policies(items: list[str], flag: str) -> tuple[tuple[str, str], ...]:
+    """``NAME=DIR`` arguments as ``(name, dir)`` pairs."""
+    from hipp_torchprune.compare import CompareError
+
+    out = []
+    for item in items:
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory:
+            raise CompareError(f"{flag} takes NAME=DIR, got {item!r}")
+        out.append((name, directory))
+    return tuple(out)
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``hipp compare``."""
     from hipp_torchprune.compare import (
@@ -70,12 +85,11 @@ def run(args: argparse.Namespace) -> int:
     from hipp_torchprune.hipp.preferences import parse_preference
     from hipp_torchprune.recovery import RecoveryConfig
 
-    samplers = []
-    for item in args.sampler_policy:
-        name, sep, directory = item.partition("=")
-        if not sep or not name or not directory:
-            raise CompareError(f"--sampler-policy takes NAME=DIR, got {item!r}")
-        samplers.append((name, directory))
+    samplers = _named_policies(args.sampler_policy, "--sampler-policy")
+    ablations = _named_policies(args.ablation_policy, "--ablation-policy")
+    names = [n for n, _ in samplers + ablations]
+    if len(set(names)) != len(names) or "main" in names:
+        raise CompareError(f"policy names must be distinct and not 'main', got {names}")
     try:
         seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     except ValueError as exc:
@@ -86,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), seeds=seeds,
         preference=parse_preference(args.preference),
         table3=_prefs(args.table3) if args.table3 else TABLE3_PREFERENCES,
-        table4=_prefs(args.table4) if args.table4 else TABLE4_PREFERENCES, samplers=tuple(samplers),
+        table4=_prefs(args.table4) if args.table4 else TABLE4_PREFERENCES, samplers=samplers, ablations=ablations,
         recovery=RecoveryConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                 lora_layers=args.lora_layers, save_every=quarter,
                                 select_every=quarter if args.select_every is None else args.select_every),
