@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hipp_torchprune.atomic import write_atomic
 from hipp_torchprune.errors import HippError
 from hipp_torchprune.methods import DEFAULT_ROW_SCORE, ROW_SCORES
@@ -33,9 +35,13 @@ from hipp_torchprune.recovery.config import RecoveryConfig
 
 #: Evaluation tasks of every cell.
 TASKS = "pope_adversarial,pope_random,scienceqa"
-#: Default Table-3 preferences (w_rob, w_util, w_comp).
+#: Default Table-3 preferences (w_rob, w_util, w_comp): a robustness-utility sweep at fixed
+#: ``w_comp = 0.1``, over which the controllability correlations are taken.
 TABLE3_PREFERENCES: tuple[tuple[float, float, float], ...] = (
-    (0.8, 0.1, 0.1), (0.6, 0.3, 0.1), (1 / 3, 1 / 3, 1 / 3), (0.3, 0.6, 0.1), (0.1, 0.8, 0.1))
+    (0.8, 0.1, 0.1), (0.6, 0.3, 0.1), (0.45, 0.45, 0.1), (0.3, 0.6, 0.1), (0.1, 0.8, 0.1))
+#: ``w_comp`` values of the compression sweep (``w_rob = w_util = (1 - w_comp) / 2``), queried
+#: without evaluation: r(w_comp, realized sparsity).
+COMPRESSION_SWEEP: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
 #: Preferences each sampler-ablation policy is queried at (Table 4).
 TABLE4_PREFERENCES: tuple[tuple[float, float, float], ...] = ((0.7, 0.2, 0.1), (1 / 3, 1 / 3, 1 / 3), (0.2, 0.7, 0.1))
 #: Baselines of Table 1, in order.
@@ -120,6 +126,38 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
+
+
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Pearson correlation; 0.0 when either side is constant (nothing to follow).
+    Example: ``pearson([1, 2, 3], [2, 4, 7]) = 0.993...``."""
+    x, y = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"pearson needs two sequences of the same length >= 2, got {len(x)} and {len(y)}")
+    dx, dy = x - x.mean(), y - y.mean()
+    denom = float(np.sqrt((dx * dx).sum() * (dy * dy).sum()))
+    return 0.0 if denom < 1e-12 else float((dx * dy).sum() / denom)
+
+
+def controllability(cells: Sequence[dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """Per seed, over Table-3 cells: r(w_rob, POPE-adversarial) and r(w_util, ScienceQA) after recovery."""
+    by_seed: dict[int, list[dict[str, Any]]] = {}
+    for cell in cells:
+        by_seed.setdefault(int(cell["seed"]), []).append(cell)
+    return {seed: {"r_rob_pope_adv": pearson([c["preference"][0] for c in group],
+                                             [c["post_recovery"]["pope_adv_bal_acc"] for c in group]),
+                   "r_util_sqa": pearson([c["preference"][1] for c in group],
+                                         [c["post_recovery"]["sqa_acc"] for c in group])}
+            for seed, group in sorted(by_seed.items()) if len(group) >= 2}
+
+
+def compression_control(policy: Any, sweep: Sequence[float] = COMPRESSION_SWEEP) -> tuple[list[float], float]:
+    """Realized sparsity of ``policy``'s plans along ``w_comp`` (robustness and utility splitting
+    the rest), and r(w_comp, realized sparsity)."""
+    from hipp_torchprune.hipp.policy_io import query
+
+    realized = [query(policy, ((1 - w) / 2, (1 - w) / 2, w)).realized_sparsity for w in sweep]
+    return realized, pearson(list(sweep), realized)
 
 
 def fmt_pm(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
@@ -261,6 +299,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
             raise CompareError(f"{path} was written by a different comparison config; use --fresh or another --out")
         results["cells"] = old.get("cells", {})
         results["dense"] = old.get("dense")
+        results["compression_control"] = old.get("compression_control")
     todo = [c for c in _cells(config) if cell_key(c[0], c[1], c[2], c[3]) not in results["cells"]]
     writer = None
     if todo or results.get("dense") is None:
@@ -293,6 +332,11 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
                 writer.add_scalar(f"{table}/{method}/{k}", v, seed)
         bar.close()
         writer.close()
+    realized, r_comp = compression_control(load_policy(config.policy))  # queries only: no model
+    control = {"w_comp": list(COMPRESSION_SWEEP), "realized_sparsity": realized, "r_comp_sparsity": r_comp}
+    if results.get("compression_control") != control:
+        results["compression_control"] = control
+        _write_json_atomic(path, results)
     (out / "tables.md").write_text(render_tables(results))
     plot_operating_points(results, out / "operating_points.png")
     return results
@@ -342,6 +386,7 @@ def render_tables(results: dict[str, Any]) -> str:
               HEADER.format(first="preference")]
     for (_, pref), cells in sorted(_group(results, "table3").items(), key=lambda kv: kv[0][1]):
         lines.append(f"| {pref} | " + " | ".join(_row(cells)) + " |")
+    lines += _controllability_lines(results)
     t4 = _group(results, "table4")
     lines += ["", "### Table 4: preference-sampler ablation (policy trained with each sampler)", ""]
     if not t4:
@@ -356,6 +401,21 @@ def render_tables(results: dict[str, Any]) -> str:
         for name, cells in sorted(by_sampler.items()):
             lines.append(f"| **{name}, all preferences** | " + " | ".join(_row(cells)) + " |")
     return "\n".join(lines + _table5_lines(results)) + "\n"
+
+
+def _controllability_lines(results: dict[str, Any]) -> list[str]:
+    """Per-seed preference-metric correlations over Table 3, and the compression sweep."""
+    t3 = [c for c in results["cells"].values() if c["table"] == "table3"]
+    lines = [""]
+    for seed, r in controllability(t3).items():
+        lines.append(f"Seed {seed}: r(w_rob, POPE-adv) = {r['r_rob_pope_adv']:+.2f}, "
+                     f"r(w_util, ScienceQA) = {r['r_util_sqa']:+.2f} (Table-3 preferences, after recovery).")
+    comp = results.get("compression_control")
+    if comp:
+        pairs = ", ".join(f"{w:g}: {100 * x:.1f} %" for w, x in zip(comp["w_comp"], comp["realized_sparsity"]))
+        lines.append(f"Compression sweep (w_comp: realized sparsity): {pairs}; "
+                     f"r(w_comp, sparsity) = {comp['r_comp_sparsity']:+.2f}.")
+    return lines
 
 
 def _table5_lines(results: dict[str, Any]) -> list[str]:

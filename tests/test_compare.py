@@ -89,6 +89,9 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monk
     text = (tmp_path / "tables.md").read_text()
     assert "Table 1" in text and "| wanda |" in text and "Table 4" in text and "mixed @" in text
     assert "Table 5" in text and "| full HiPP |" in text and "| no-gate |" in text
+    control = results["compression_control"]
+    assert control["w_comp"] == [0.1, 0.3, 0.5, 0.7, 0.9] and len(control["realized_sparsity"]) == 5
+    assert "Compression sweep" in text and "r(w_comp, sparsity)" in text
     # resume: a second run finds every cell done and touches nothing
     stamp = (tmp_path / "results.json").stat().st_mtime_ns
     again = run_compare(config, tmp_path, progress=False, registry=reg)
@@ -104,6 +107,26 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monk
 def hipp_widths(cells: dict, config: CompareConfig) -> list[int]:
     """The Table-1 HiPP cell's kept widths."""
     return cells[cell_key("table1", "hipp", config.preference, 0)]["widths"]
+
+
+def test_pearson_and_controllability_by_hand() -> None:
+    from hipp_torchprune.compare import controllability, pearson
+
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0) and pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert pearson([1, 2, 3], [2, 4, 7]) == pytest.approx(0.9934, abs=1e-4) and pearson([1, 2], [5, 5]) == 0.0
+    with pytest.raises(ValueError):
+        pearson([1.0], [1.0])
+
+    def cell(seed: int, w_rob: float, pope: float, sqa: float) -> dict:
+        return {"seed": seed, "preference": [w_rob, 0.9 - w_rob, 0.1],
+                "post_recovery": {"pope_adv_bal_acc": pope, "sqa_acc": sqa}}
+
+    cells = [cell(0, 0.8, 0.9, 0.5), cell(0, 0.45, 0.8, 0.6), cell(0, 0.1, 0.7, 0.7),
+             cell(1, 0.8, 0.7, 0.6), cell(1, 0.1, 0.9, 0.6), cell(2, 0.8, 0.9, 0.6)]
+    r = controllability(cells)
+    assert set(r) == {0, 1}  # seed 2 has one preference: no correlation
+    assert r[0] == pytest.approx({"r_rob_pope_adv": 1.0, "r_util_sqa": 1.0})
+    assert r[1]["r_rob_pope_adv"] == pytest.approx(-1.0) and r[1]["r_util_sqa"] == 0.0
 
 
 def test_render_tables_without_table4() -> None:
