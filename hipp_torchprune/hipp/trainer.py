@@ -107,13 +107,56 @@ def best_step(history: list[dict[str, float]]) -> int:
     return -max(evals)[1] if evals else 0
 
 
-def _checkpoint(path: Path, step: int, policy: Policy, optim: torch.optim.Optimizer, norm: RunningNorm,
-                band: QuantileBand, gen: torch.Generator, history: list[dict[str, float]], best: BestAgent) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "policy": policy.state_dict(), "optim": optim.state_dict(), "norm": norm.state_dict(),
-                "band": band.state_dict(), "gen": gen.get_state(), "history": history,
-                "best": best.state_dict()}, tmp)
-    tmp.replace(path)
+@dataclass
+class _Learner:
+    """Everything a run carries from step to step (and saves in ``checkpoint.pt``)."""
+
+    policy: Policy
+    optim: torch.optim.Optimizer
+    norm: RunningNorm
+    band: QuantileBand
+    best: BestAgent
+    gen: torch.Generator
+    history: list[dict[str, float]]
+    start: int = 0
+
+    def save(self, path: Path, step: int) -> None:
+        """Write a resumable checkpoint atomically."""
+        tmp = path.with_suffix(".tmp")
+        torch.save({"step": step, "policy": self.policy.state_dict(), "optim": self.optim.state_dict(),
+                    "norm": self.norm.state_dict(), "band": self.band.state_dict(), "gen": self.gen.get_state(),
+                    "history": self.history, "best": self.best.state_dict()}, tmp)
+        tmp.replace(path)
+
+
+def _start(config: TrainConfig, n_features: int, ckpt: Path, resume: bool) -> _Learner:
+    """A fresh learner for ``config`` (seeded), or the one saved in ``ckpt`` when resuming."""
+    gen = torch.Generator().manual_seed(config.seed)
+    with seeded_global_rng(config.seed):
+        policy = make_policy(config.policy_kind, n_features, config.policy)
+    learner = _Learner(policy, torch.optim.Adam(policy.parameters(), lr=config.lr),
+                       RunningNorm(3, clip=config.norm_clip), QuantileBand(config.gate), BestAgent(), gen, [])
+    if resume and ckpt.exists():
+        saved = torch.load(ckpt, weights_only=False)
+        learner.policy.load_state_dict(saved["policy"])
+        learner.optim.load_state_dict(saved["optim"])
+        learner.norm.load_state_dict(saved["norm"])
+        learner.band.load_state_dict(saved["band"])
+        learner.gen.set_state(saved["gen"])
+        learner.start, learner.history = saved["step"], saved["history"]
+        if "best" in saved:  # checkpoints written before best-agent deployment have none
+            learner.best.load_state_dict(saved["best"])
+    return learner
+
+
+def _write_scalars(writer: Any, record: dict[str, float]) -> None:
+    """One step's record to TensorBoard (``charts/`` and ``losses/``)."""
+    step = int(record["step"])
+    for key in ("reward", "rob_raw", "util_raw", "comp_raw", "sparsity", "phi", "gate", "anchor_reward"):
+        if key in record:
+            writer.add_scalar(f"charts/{key}", record[key], step)
+    writer.add_scalar("losses/policy", record["loss"], step)
+    writer.add_scalar("losses/entropy", record["entropy"], step)
 
 
 @contextmanager
@@ -156,36 +199,22 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(config.seed)
     static = static_features(profile, config.state)  # (L, F)
     pcfg = config.policy
     budget_range = (pcfg.rho_min, pcfg.rho_max)
     sizes = [w * p for w, p in zip(profile.widths, profile.row_params)]
-    with seeded_global_rng(config.seed):
-        policy = make_policy(config.policy_kind, static.shape[1] + 5, pcfg)
-    optim = torch.optim.Adam(policy.parameters(), lr=config.lr)
-    norm, band, best = RunningNorm(3, clip=config.norm_clip), QuantileBand(config.gate), BestAgent()
-    history: list[dict[str, float]] = []
-    start = 0
     ckpt = out_dir / "checkpoint.pt"
-    if resume and ckpt.exists():
-        saved = torch.load(ckpt, weights_only=False)
-        policy.load_state_dict(saved["policy"])
-        optim.load_state_dict(saved["optim"])
-        norm.load_state_dict(saved["norm"])
-        band.load_state_dict(saved["band"])
-        gen.set_state(saved["gen"])
-        start, history = saved["step"], saved["history"]
-        if "best" in saved:  # checkpoints written before best-agent deployment have none
-            best.load_state_dict(saved["best"])
+    learner = _start(config, static.shape[1] + 5, ckpt, resume)
+    policy, optim, norm, band, best, gen, history = (learner.policy, learner.optim, learner.norm, learner.band,
+                                                     learner.best, learner.gen, learner.history)
     is_main = state is None or state.is_main_process
     writer = SummaryWriter(str(out_dir / "runs")) if is_main else None
     P, G = config.prefs_per_step, config.group
-    if start == 0:  # every rank scores (plan scoring is collective across processes)
+    if learner.start == 0:  # every rank scores (plan scoring is collective across processes)
         history.append({"step": 0, "anchor_reward": anchor_reward(policy, env, static, sizes)})
         best.offer(policy, history[0])
 
-    for step in trange(start, config.steps, desc="hipp train", disable=not (progress and is_main)):
+    for step in trange(learner.start, config.steps, desc="hipp train", disable=not (progress and is_main)):
         # 1. preferences and a group of plans per preference
         prefs = sample_preferences(P, config.sampler, gen, config.anchor_prob)  # (P, 3)
         states = layer_states(static, prefs, budget_range).repeat_interleave(G, dim=0)  # (P*G, L, F+5)
@@ -228,13 +257,9 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
         history.append(record)
         best.offer(policy, record)
         if writer is not None:
-            for key in ("reward", "rob_raw", "util_raw", "comp_raw", "sparsity", "phi", "gate", "anchor_reward"):
-                if key in record:
-                    writer.add_scalar(f"charts/{key}", record[key], step + 1)
-            writer.add_scalar("losses/policy", record["loss"], step + 1)
-            writer.add_scalar("losses/entropy", record["entropy"], step + 1)
+            _write_scalars(writer, record)
         if is_main and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
-            _checkpoint(ckpt, step + 1, policy, optim, norm, band, gen, history, best)
+            learner.save(ckpt, step + 1)
     if writer is not None:
         writer.close()
         write_atomic(out_dir / "train_log.json", lambda tmp: Path(tmp).write_text(json.dumps(history)))
