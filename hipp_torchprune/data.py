@@ -192,10 +192,7 @@ def world_render(data_dir: str | Path) -> Any:
     training scenes look like its images."""
     from hipp_torchprune.world.scenes import SceneConfig
 
-    def read(m: dict[str, Any]) -> SceneConfig:
-        return SceneConfig(**{k: float(m.get(k, 0.0)) for k in ("jitter", "faint", "noise")})
-
-    return _world_field(data_dir, read, SceneConfig())
+    return _world_field(data_dir, SceneConfig.from_manifest, SceneConfig())
 
 
 def world_version(data_dir: str | Path) -> int:

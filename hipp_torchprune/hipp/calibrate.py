@@ -44,6 +44,13 @@ def _calibrate_batch(model: nn.Module, adapter: ModelAdapter, processor: Any,
                             n_samples=stats.n_samples), sens
 
 
+def row_scores(model: nn.Module, stats: CalibrationStats, registry: Registry | None = None) -> list[torch.Tensor]:
+    """Per layer, the shared row score (:data:`~hipp_torchprune.methods.DEFAULT_ROW_SCORE`) of every
+    MLP row: the rows HiPP's environment and its deployed plans remove first."""
+    adapter = api.get_adapter(model, registry)
+    return layer_scores(adapter, api.importance(DEFAULT_ROW_SCORE, model, stats, registry=registry))
+
+
 def profile_model(model: nn.Module, processor: Any, samples: Sequence[tuple[Any, str]], *, batch_size: int = 8,
                   state: Any = None, registry: Registry | None = None
                   ) -> tuple[ModelProfile, CalibrationStats, list[torch.Tensor]]:
@@ -68,5 +75,5 @@ def profile_model(model: nn.Module, processor: Any, samples: Sequence[tuple[Any,
     for _, sens in parts[1:]:
         sens_sum += sens
     sensitivity = (sens_sum / stats.n_samples).tolist()
-    scores = layer_scores(adapter, api.importance(DEFAULT_ROW_SCORE, model, stats, registry=registry))
+    scores = row_scores(model, stats, registry)
     return build_profile(model, stats, sensitivity, scores, registry), stats, scores

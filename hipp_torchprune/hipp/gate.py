@@ -11,6 +11,7 @@ penalize the low side (``side="lower"``: a layer collapse lowers the flow, nothi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -77,14 +78,18 @@ class QuantileBand:
         self.config = config
         self.values: list[float] = []
         self.sparsity: list[float] = []
+        self.bins: list[int | None] = []  # each value's sparsity bin, computed once when it arrives
         self.updates = 0
+
+    def _bin(self, realized: float) -> int | None:
+        """The sparsity bin of one plan (``None`` for an unknown, NaN, sparsity)."""
+        return None if math.isnan(realized) else int(budget_bins(torch.tensor([realized]), self.config.bin_width))
 
     def _history(self, realized: float | None) -> list[float]:
         if self.config.binning == "pooled" or realized is None:
             return self.values
-        own = int(budget_bins(torch.tensor([realized]), self.config.bin_width))
-        bins = budget_bins(torch.tensor(self.sparsity, dtype=torch.float64), self.config.bin_width).tolist()
-        return [v for v, b in zip(self.values, bins) if b == own]
+        own = self._bin(realized)
+        return [v for v, b in zip(self.values, self.bins) if b == own]
 
     def band(self, realized: float | None = None) -> tuple[float, float] | None:
         """Current band (for a plan of realized sparsity ``realized`` when binned), or ``None``
@@ -115,6 +120,7 @@ class QuantileBand:
         spars = [float("nan")] * phi.numel() if realized is None else [float(s) for s in realized.flatten()]
         self.values = (self.values + [float(v) for v in phi.flatten()])[-self.config.history:]
         self.sparsity = (self.sparsity + spars)[-self.config.history:]
+        self.bins = (self.bins + [self._bin(v) for v in spars])[-self.config.history:]
         self.updates += 1
 
     def state_dict(self) -> dict:
@@ -125,3 +131,4 @@ class QuantileBand:
         """Restore :meth:`state_dict` (a checkpoint without sparsities gets NaN: pooled only)."""
         self.values, self.updates = list(state["values"]), int(state["updates"])
         self.sparsity = list(state.get("sparsity") or [float("nan")] * len(self.values))
+        self.bins = [self._bin(v) for v in self.sparsity]

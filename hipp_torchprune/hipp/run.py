@@ -8,7 +8,7 @@ from typing import Any
 
 from hipp_torchprune import api
 from hipp_torchprune.calib_data import calibration_samples
-from hipp_torchprune.hipp.calibrate import profile_model
+from hipp_torchprune.hipp.calibrate import profile_model, row_scores
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.grounding import single_layer_drops
 from hipp_torchprune.hipp.objectives import default_objectives
@@ -22,9 +22,7 @@ from hipp_torchprune.hipp.profile import (
 )
 from hipp_torchprune.hipp.trainer import TrainConfig, best_step, config_dict, train_policy
 from hipp_torchprune.loading import load_model
-from hipp_torchprune.methods import DEFAULT_ROW_SCORE
 from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS, cap_pixels
-from hipp_torchprune.pruning.operator import layer_scores
 from hipp_torchprune.registry import Registry
 
 
@@ -39,7 +37,7 @@ def calibrated_profile(model: Any, processor: Any, data_dir: str | Path, calib_n
     if (cache / "profile.json").exists() and calibration_source(cache) == source:
         profile, stats = load_calibration(cache)
         if list(profile.widths) == adapter.intermediate_widths() and profile.model_class == type(model).__name__:
-            return profile, layer_scores(adapter, api.importance(DEFAULT_ROW_SCORE, model, stats, registry=registry))
+            return profile, row_scores(model, stats, registry)
     profile, stats, scores = profile_model(model, cap_pixels(processor, max_pixels),
                                            calibration_samples(str(data_dir), calib_n), state=state,
                                            registry=registry)

@@ -107,9 +107,7 @@ def build_world(out: str | Path, seed: int, n_images: int = 6000, config: SceneC
     """
     if version not in WORLD_VERSIONS:
         raise DataError(f"world version {version!r} is unknown; valid: {', '.join(map(str, WORLD_VERSIONS))}")
-    for name, value, top in (("jitter", config.jitter, 1.0), ("faint", config.faint, 1.0), ("noise", config.noise, 64.0)):
-        if not 0.0 <= value <= top:
-            raise DataError(f"{name}={value}: must be in [0, {top:g}]")
+    config.validate()
     out = Path(out)
     sizes = split_sizes(n_images)
     scene_rng = np.random.default_rng([seed, 0])

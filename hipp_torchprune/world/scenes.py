@@ -9,11 +9,12 @@ from __future__ import annotations
 import io
 import zlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from hipp_torchprune.errors import DataError
 from hipp_torchprune.world.categories import (
     CATEGORIES,
     CATEGORY_BY_NAME,
@@ -64,12 +65,28 @@ class SceneConfig:
     def manifest_fields(self) -> dict[str, float]:
         """The rendering options a world's manifest records: only those that are on, so worlds
         rendered without them stay byte-identical to earlier ones."""
-        return {k: v for k, v in (("jitter", self.jitter), ("faint", self.faint), ("noise", self.noise)) if v > 0}
+        return {k: getattr(self, k) for k in RENDER_LIMITS if getattr(self, k) > 0}
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> SceneConfig:
+        """The rendering options a manifest recorded (each 0 when absent)."""
+        return cls(**{k: float(manifest.get(k, 0.0)) for k in RENDER_LIMITS})
+
+    def validate(self) -> None:
+        """Raise :class:`~hipp_torchprune.errors.DataError` for a rendering option outside its range."""
+        for name, top in RENDER_LIMITS.items():
+            if not 0.0 <= getattr(self, name) <= top:
+                raise DataError(f"{name}={getattr(self, name)}: must be in [0, {top:g}]")
+
 
     @property
     def cell(self) -> int:
         """Side of one grid cell in pixels."""
         return self.image_size // self.grid
+
+
+#: The per-image rendering options of :class:`SceneConfig` and their upper bounds.
+RENDER_LIMITS: dict[str, float] = {"jitter": 1.0, "faint": 1.0, "noise": 64.0}
 
 
 @dataclass(frozen=True)
