@@ -18,6 +18,7 @@ from typing import Any
 from hipp_torchprune import api
 from hipp_torchprune.calib_data import calibration_samples
 from hipp_torchprune.checkpoint import save_pruned
+from hipp_torchprune.errors import DataError
 from hipp_torchprune.evaluation import evaluate, prepare_eval
 from hipp_torchprune.hipp.policy_io import load_policy
 from hipp_torchprune.loading import load_model, parse_dtype
@@ -41,6 +42,27 @@ def _scores(model: Any, processor: Any, prepared: Any, plan: Any = None, scorer:
     return {"pope_adv_bal_acc": result["pope_adversarial"]["balanced_accuracy"],
             "pope_rand_bal_acc": result["pope_random"]["balanced_accuracy"],
             "sqa_acc": result["scienceqa"]["accuracy"], "pope_yes_ratio": result["pope_adversarial"]["yes_ratio"]}
+
+
+def demo_world(model_spec: str, world_dir: str | Path, seed: int, n_images: int) -> Path:
+    """Build the held-out world ``hipp demo`` evaluates on, like the one the model was trained on
+    (:func:`~hipp_torchprune.demo.training_world`: generator version and rendering options), unless
+    ``world_dir`` already holds one. An existing world of another kind is a :class:`DataError`: the
+    model would be measured on images unlike its own, and the world is not ours to overwrite."""
+    from hipp_torchprune.data import world_render, world_version
+    from hipp_torchprune.demo import resolve_model_dir, training_world
+    from hipp_torchprune.world import build_world
+
+    local = model_spec == "demo" or Path(model_spec).is_dir()  # a hub id has no training record
+    version, render = training_world(resolve_model_dir(model_spec) if local else None)
+    world = Path(world_dir)
+    if not (world / "manifest.json").exists():
+        build_world(world, seed=seed, n_images=n_images, config=render, version=version)  # type: ignore[arg-type]
+    elif (world_version(world), world_render(world)) != (version, render):
+        raise DataError(f"{world} is a version-{world_version(world)} world rendered with {world_render(world)}, but "
+                        f"{model_spec} was trained on version {version} rendered with {render}; remove it or pass "
+                        "another --world")
+    return world
 
 
 def run_demo(model_spec: str, policy_dir: str | Path, world_dir: str | Path, out_dir: str | Path, *,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from hipp_torchprune.loading import add_dtype_argument
@@ -14,7 +13,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("demo", help="the main job: query a trained policy at three preferences")
     p.add_argument("--model", default="demo", help="model (default: the shipped demo model)")
     p.add_argument("--policy", default=None, help="policy dir (default: the shipped demo policy)")
-    p.add_argument("--world", default="out/demo/world", help="where to build the proving-ground world")
+    p.add_argument("--world", default="out/demo/world", help="where to build the proving-ground world (like the model's training world: its version and rendering options)")
     p.add_argument("--seed", type=int, default=7, help="world seed (differs from the training world's)")
     p.add_argument("--images", type=int, default=1000, help="images in the world")
     p.add_argument("--limit", type=int, default=None, help="examples per task")
@@ -25,14 +24,16 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``hipp demo``."""
-    from hipp_torchprune.demo_job import DEMO_POLICY_DIR, format_rows, run_demo
+    from hipp_torchprune.demo_job import (
+        DEMO_POLICY_DIR,
+        demo_world,
+        format_rows,
+        run_demo,
+    )
     from hipp_torchprune.loading import parse_dtype
-    from hipp_torchprune.world import build_world
 
     parse_dtype(args.dtype)  # a bad name fails before a world is built
-    world = Path(args.world)
-    if not (world / "manifest.json").exists():
-        build_world(world, seed=args.seed, n_images=args.images)
+    world = demo_world(args.model, args.world, args.seed, args.images)
     rows = run_demo(args.model, args.policy or DEMO_POLICY_DIR, world, args.out, limit=args.limit, dtype=args.dtype)
     print(format_rows(rows))
     print(f"wrote {args.out}/demo.json and {args.out}/robustness_utility.png")

@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from hipp_torchprune.demo.dataset import (
 from hipp_torchprune.atomic import ordinary_file_modes
 from hipp_torchprune.world.categories import CATEGORY_NAMES
 from hipp_torchprune.world.pope import CooccurrenceStats
+from hipp_torchprune.world.scenes import RENDER_LIMITS
 from hipp_torchprune.data import world_render, world_version
 from hipp_torchprune.errors import CheckpointError, DataError
 from hipp_torchprune.threads import torch_threads
@@ -557,9 +558,17 @@ def _finish(data: _Data, run: _Run, out_dir: Path, model_cfg: DemoModelConfig, c
                "parameters": sum(p.numel() for p in run.model.parameters()),
                "vocab_size": len(data.processor.tokenizer),
                "pool_sizes": {k: len(p.lengths) for k, p in data.pools.items()},
-               "calibration_history": history, "data_dir": str(data_dir)}
+               "calibration_history": history, "data_dir": str(data_dir), "world": training_world_record(data_dir)}
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def training_world_record(data_dir: str | Path) -> dict[str, float]:
+    """What ``train_summary.json`` records of the world a model was trained on: its generator
+    version and every rendering option, so a fresh world like it can be built
+    (:func:`hipp_torchprune.demo.training_world`)."""
+    render = asdict(world_render(data_dir))
+    return {"version": world_version(data_dir), **{k: render[k] for k in RENDER_LIMITS}}
 
 
 def train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoModelConfig = DemoModelConfig(),

@@ -333,3 +333,42 @@ def test_knowledge_probe_reruns_only_the_knowledge_layers() -> None:
     feats.sum().backward()
     assert x.grad is None and all(p.grad is None for p in lm.layers[0].parameters())
     assert lm.layers[1].mlp.up_proj.weight.grad.abs().sum() > 0 and lm.layers[2].mlp.up_proj.weight.grad is not None
+
+
+def test_training_world_is_read_from_the_summary(tmp_path: Path) -> None:
+    from hipp_torchprune.demo import training_world
+    from hipp_torchprune.world.scenes import SceneConfig
+
+    assert training_world(None) == (1, SceneConfig())
+    assert training_world(tmp_path) == (1, SceneConfig())  # no summary: trained before the record
+    (tmp_path / "train_summary.json").write_text(json.dumps({"steps": 3}))
+    assert training_world(tmp_path) == (1, SceneConfig())
+    (tmp_path / "train_summary.json").write_text(json.dumps(
+        {"world": {"version": 2, "jitter": 0.5, "faint": 0.15, "noise": 8.0}}))
+    assert training_world(tmp_path) == (2, SceneConfig(jitter=0.5, faint=0.15, noise=8.0))
+    (tmp_path / "train_summary.json").write_text("[1, 2")
+    with pytest.raises(CheckpointError, match="not a training summary"):
+        training_world(tmp_path)
+
+
+def test_summary_records_the_training_world_and_the_demo_builds_one_like_it(tmp_path: Path) -> None:
+    from hipp_torchprune.data import world_render, world_version
+    from hipp_torchprune.demo_job import demo_world
+    from hipp_torchprune.errors import DataError
+    from hipp_torchprune.world import build_world
+    from hipp_torchprune.world.scenes import SceneConfig
+
+    render = SceneConfig(jitter=0.5, faint=0.2, noise=4.0)
+    build_world(tmp_path / "train", seed=1, n_images=30, config=render, version=2)
+    cfg = TrainConfig(steps=1, batch_size=4, warmup_steps=1, eval_every=0, pool_rounds=1, threads=1, curriculum=(),
+                      aux_layer=0, option_layer=0)
+    summary = train_demo_model(tmp_path / "train", tmp_path / "m", TINY, cfg, progress=False)
+    assert summary["world"] == {"version": 2, "jitter": 0.5, "faint": 0.2, "noise": 4.0}
+    world = demo_world(str(tmp_path / "m"), tmp_path / "held-out", seed=9, n_images=12)
+    assert (world_version(world), world_render(world)) == (2, render)
+    assert demo_world(str(tmp_path / "m"), world, seed=9, n_images=12) == world  # an existing one is reused
+    build_world(tmp_path / "plain", seed=9, n_images=12)
+    before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "plain").rglob("*"))
+    with pytest.raises(DataError, match="version-1 world"):
+        demo_world(str(tmp_path / "m"), tmp_path / "plain", seed=9, n_images=12)
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "plain").rglob("*")) == before  # left as it was
