@@ -121,14 +121,15 @@ def save_calibration(directory: str | Path, profile: ModelProfile, stats: Calibr
 
 
 def model_fingerprint(model: Any) -> str:
-    """A short, cheap identity of a model's weights: names, shapes and the first values of every
-    parameter, hashed (two checkpoints of one architecture get different fingerprints)."""
+    """A short, cheap identity of a model's weights: names, shapes, dtypes and the first values of
+    every parameter, hashed (two checkpoints of one architecture get different fingerprints, and so
+    does one checkpoint loaded in another dtype: its calibration statistics differ)."""
     import hashlib
 
     digest = hashlib.sha256()
     for name, param in model.named_parameters():
         head = param.detach().reshape(-1)[:32].float().cpu().numpy()
-        digest.update(f"{name}:{tuple(param.shape)}".encode())
+        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
         digest.update(head.tobytes())
     return digest.hexdigest()[:16]
 

@@ -128,6 +128,7 @@ def test_calibration_cache_is_not_reused_for_other_data(policy_dir: Path, world:
 def test_calibration_cache_is_not_reused_for_other_weights(policy_dir: Path, world: Path) -> None:
     """A retrained checkpoint of the same architecture must not inherit the old calibration."""
     import shutil
+    from copy import deepcopy as copy_module
 
     import torch
 
@@ -142,6 +143,8 @@ def test_calibration_cache_is_not_reused_for_other_weights(policy_dir: Path, wor
     with torch.no_grad():
         model.model.language_model.layers[0].mlp.up_proj.weight.mul_(2.0)
     assert model_fingerprint(model) != before
+    rounded = copy_module(model).to(torch.bfloat16)  # the same weights in another dtype: other statistics
+    assert model_fingerprint(rounded) != model_fingerprint(copy_module(rounded).float())
     calibrated_profile(model, processor, world, 6, copy)
     assert calibration_source(copy)["model"] == model_fingerprint(model)
 
