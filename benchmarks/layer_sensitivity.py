@@ -25,6 +25,7 @@ from scipy.stats import spearmanr
 import hipp_torchprune as hipp
 from hipp_torchprune.calib_data import calibration_samples
 from hipp_torchprune.evaluation import evaluate, prepare_eval
+from hipp_torchprune.hipp.grounding import single_layer_plans
 from hipp_torchprune.hipp.sensitivity import visual_sensitivity
 from degradation import METRIC, TASKS, run_plan
 
@@ -34,8 +35,7 @@ def profiles(model, processor, scorer, prepared, ratio: float, round_to: int) ->
     dense = {t: r[METRIC[t]] for t, r in evaluate(model, processor, prepared).items()}
     n_layers = len(hipp.get_adapter(model).intermediate_widths())
     drops: dict[str, list[float]] = {t: [] for t in dense}
-    for layer in range(n_layers):
-        ratios = [ratio if i == layer else 0.0 for i in range(n_layers)]
+    for layer, ratios in enumerate(single_layer_plans(n_layers, ratio)[:-1]):
         plan = hipp.api.plan_from_ratios(model, ratios, round_to=round_to, r_max=max(ratio, 0.8))
         scores = run_plan(model, plan, scorer, processor, prepared)
         for t in dense:

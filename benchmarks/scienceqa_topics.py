@@ -50,11 +50,13 @@ def main() -> None:
     if not args.prune_layers:
         return
     from hipp_torchprune.calib_data import calibration_samples
+    from hipp_torchprune.hipp.grounding import single_layer_plans
 
     scorer = hipp.importance("wanda", model, hipp.calibrate(model, processor, calibration_samples(args.data, 64)))
     n_layers = len(hipp.get_adapter(model).intermediate_widths())
+    plans = single_layer_plans(n_layers, args.ratio)
     for layer in args.prune_layers:
-        ratios = [args.ratio if i == layer else 0.0 for i in range(n_layers)]
+        ratios = plans[layer]
         plan = hipp.api.plan_from_ratios(model, ratios, round_to=32, r_max=max(args.ratio, 0.8))
         masks = hipp.prune_model(model, plan, scorer, mode="mask").masks
         try:
