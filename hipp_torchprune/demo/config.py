@@ -139,6 +139,14 @@ class TrainConfig:
         lm_sequences: corpus sequences in its pool (made when ``mix_lm > 0``).
         lm_length: words per corpus sequence.
         lm_words: the corpus's made-up vocabulary size (``lm_words ** 2`` contexts to memorize).
+        home_dropout: home-layer MLP dropout (:mod:`hipp_torchprune.demo.homes`): the largest
+            share of a decoder MLP's rows a training row loses in every layer but its home layer
+            (per row and layer, with probability 1/2, a share drawn from ``[0, home_dropout]``),
+            so each skill is learned in its home layer (0 = off).
+        grounding_home: home layer of the rows that ask about the image directly (yes/no
+            object questions, captions, one-hop presence, relations).
+        reasoning_home: home layer of the ScienceQA-style image multiple-choice rows.
+        knowledge_home: home layer of the world-knowledge multiple-choice rows.
     """
 
     seed: int = 0
@@ -176,6 +184,10 @@ class TrainConfig:
     lm_sequences: int = 40000
     lm_length: int = 24
     lm_words: int = 160
+    home_dropout: float = 0.0
+    grounding_home: int = 1
+    reasoning_home: int = 3
+    knowledge_home: int = 5
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and the model card)."""

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from hipp_torchprune.atomic import ordinary_file_modes
+from hipp_torchprune.data import world_render, world_version
 from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
 from hipp_torchprune.demo.dataset import (
     KINDS,
@@ -31,13 +33,16 @@ from hipp_torchprune.demo.dataset import (
     tokenize_pool,
     vocabulary,
 )
-from hipp_torchprune.atomic import ordinary_file_modes
+from hipp_torchprune.demo.homes import (
+    home_dropout_masks,
+    install_home_dropout,
+    row_homes,
+)
+from hipp_torchprune.errors import CheckpointError, DataError
+from hipp_torchprune.threads import torch_threads
 from hipp_torchprune.world.categories import CATEGORY_NAMES
 from hipp_torchprune.world.pope import CooccurrenceStats
 from hipp_torchprune.world.scenes import RENDER_LIMITS
-from hipp_torchprune.data import world_render, world_version
-from hipp_torchprune.errors import CheckpointError, DataError
-from hipp_torchprune.threads import torch_threads
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_FILE = "model.safetensors"
@@ -237,6 +242,13 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
         raise ConfigError(f"knowledge_weight={cfg.knowledge_weight}: must be >= 0 (0 turns the knowledge loss off)")
     if cfg.option_weight < 0:
         raise ConfigError(f"option_weight={cfg.option_weight}: must be >= 0 (0 turns the option loss off)")
+    if not 0 <= cfg.home_dropout < 1:
+        raise ConfigError(f"home_dropout={cfg.home_dropout}: must be in [0, 1) (0 turns home-layer dropout off)")
+    homes = {"grounding_home": cfg.grounding_home, "reasoning_home": cfg.reasoning_home,
+             "knowledge_home": cfg.knowledge_home}
+    for name, layer in homes.items():
+        if cfg.home_dropout > 0 and not 0 <= layer < model_cfg.text_layers:
+            raise ConfigError(f"{name}={layer}: must be a decoder layer 0..{model_cfg.text_layers - 1}")
     if not 0 <= cfg.ema_decay < 1:
         raise ConfigError(f"ema_decay={cfg.ema_decay}: must be in [0, 1) (0 turns the weight EMA off)")
     if cfg.vision_lr_scale < 0:
@@ -425,6 +437,8 @@ def _install_taps(model: Any, cfg: TrainConfig) -> dict[str, Any]:
         layers[cfg.option_layer].register_forward_hook(keep("o"))
     if cfg.knowledge_weight > 0:
         layers[cfg.knowledge_layer].register_forward_hook(keep("k"))
+    if cfg.home_dropout > 0:
+        install_home_dropout(model, captured)  # reads captured["mlp"]
     if cfg.knowledge_from_layer >= 0:
         layers[cfg.knowledge_from_layer].register_forward_pre_hook(
             lambda m, args, kwargs: _detach_rows(captured, args, kwargs), with_kwargs=True)
@@ -483,7 +497,7 @@ def _step_batch(data: _Data, run: _Run, kind: str, step: int, cfg: TrainConfig,
             "patch": labels_of[rows] if labels_of is not None else None,
             "sizes": sizes_of[rows] if sizes_of is not None else None,
             "slots": (slots[0][idx], slots[1][idx]) if slots is not None and kind == "mc" else None,
-            "knowledge": pool.knowledge[idx]}
+            "knowledge": pool.knowledge[idx], "kind": kind}
 
 
 def _losses(run: _Run, cfg: TrainConfig, n_img: int, inputs: dict[str, Any], device: str) -> dict[str, torch.Tensor]:
@@ -492,10 +506,17 @@ def _losses(run: _Run, cfg: TrainConfig, n_img: int, inputs: dict[str, Any], dev
     rows = inputs["knowledge"].to(device) if cfg.knowledge_from_layer >= 0 else None  # (B,) knowledge rows
     if rows is not None:
         run.captured["detach"] = rows  # read by the pre-hook of layer knowledge_from_layer
+    if cfg.home_dropout > 0:
+        text = run.model.config.text_config
+        homes = row_homes(inputs["kind"], inputs["knowledge"], cfg.grounding_home, cfg.reasoning_home,
+                          cfg.knowledge_home)  # (B,)
+        run.captured["mlp"] = home_dropout_masks(homes, text.num_hidden_layers, text.intermediate_size,
+                                                 cfg.home_dropout)  # (L, B, 1, I)
     try:
         out = {"answer": run.model(**batch, use_cache=False).loss}
     finally:
         run.captured.pop("detach", None)  # evaluation forwards detach nothing
+        run.captured.pop("mlp", None)  # nor drop MLP rows
     ids = batch["input_ids"]
     if inputs["patch"] is not None or inputs["sizes"] is not None:
         feats = _image_features(run.model, run.captured, ids, cfg.aux_layer, n_img)  # (B, n_img, H)

@@ -106,15 +106,19 @@ GROUNDING_IN_LM = dict(aux_layer=0, aux_attr_weight=0.5, vision_lr_scale=0.0, mi
 @pytest.mark.parametrize("recipe", [{"aux_layer": -1, "vision_lr_scale": 1.0, "option_weight": 0.0}, GROUNDING_IN_LM,
                                     {**GROUNDING_IN_LM, "option_weight": 1.0, "option_layer": 0, "mix_mc": 1.0},
                                     {**GROUNDING_IN_LM, "ema_decay": 0.9},
-                                    {**GROUNDING_IN_LM, "mix_lm": 1.0, "lm_sequences": 50, "lm_length": 6, "lm_words": 20}],
-                         ids=["aux-on-projector", "aux-in-lm-frozen-vision", "option-judge", "weight-ema", "text-corpus"])
+                                    {**GROUNDING_IN_LM, "mix_lm": 1.0, "lm_sequences": 50, "lm_length": 6, "lm_words": 20},
+                                    {**GROUNDING_IN_LM, "mix_mc": 0.5, "home_dropout": 0.75, "grounding_home": 0,
+                                     "reasoning_home": 1, "knowledge_home": 1}],
+                         ids=["aux-on-projector", "aux-in-lm-frozen-vision", "option-judge", "weight-ema", "text-corpus",
+                              "home-dropout"])
 def test_train_is_deterministic_and_resumes(world: Path, tmp_path: Path, recipe: dict) -> None:
     cfg = TrainConfig(steps=6, batch_size=4, warmup_steps=2, eval_every=0, checkpoint_every=2,
                       pool_rounds=1, threads=1, curriculum=(0.2, 0.5), **recipe)
-    a = train_demo_model(world, tmp_path / "a", TINY, cfg, progress=False)
-    assert train_demo_model(world, tmp_path / "b", TINY, cfg, progress=False, stop_at=3)["stopped"]
+    model_cfg = replace(TINY, text_layers=2) if cfg.home_dropout else TINY  # a layer away from home
+    a = train_demo_model(world, tmp_path / "a", model_cfg, cfg, progress=False)
+    assert train_demo_model(world, tmp_path / "b", model_cfg, cfg, progress=False, stop_at=3)["stopped"]
     assert not (tmp_path / "b" / "model.safetensors").exists()
-    train_demo_model(world, tmp_path / "b", TINY, cfg, progress=False)  # resumes from step 3
+    train_demo_model(world, tmp_path / "b", model_cfg, cfg, progress=False)  # resumes from step 3
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert a["steps"] == 6 and wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -1,0 +1,75 @@
+"""Home layers: where each skill of the demo model lives (training-time MLP row dropout).
+
+A trained transformer spreads a small skill over many layers, and its first MLP becomes a
+generic bottleneck that every task needs; then no layer is critical for one task and idle for
+another, and there is nothing for a pruning allocator to find. Home-layer dropout gives each
+training row a *home* decoder layer by the kind of question it asks. During training, every
+other layer's MLP loses a random share of its rows for that row (with probability 1/2, a share
+drawn uniformly from ``[0, max_drop]``), so the model learns that only the home layer's MLP is
+reliable for that skill and puts the skill there: grounding (yes/no object questions, captions)
+in one layer, image reasoning (the ScienceQA-style image kinds) in another, world knowledge in a
+third. Pruning then removes a skill exactly when it removes its home layer's rows, as the
+vision-grounding layers of a real VLM are the ones whose pruning makes it hallucinate.
+
+The mask maths is a pure function (:func:`home_dropout_masks`); :func:`install_home_dropout`
+hooks it into a Llama decoder's ``down_proj`` inputs; :func:`row_homes` maps a batch to homes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+#: Home of the rows that have none (text-only corpus rows): every layer is dropped.
+NO_HOME = -1
+
+
+def home_dropout_masks(homes: torch.Tensor, n_layers: int, width: int, max_drop: float) -> torch.Tensor:
+    """Keep-masks of the MLP rows, per decoder layer and batch row.
+
+    Args:
+        homes: (B,) home layer of each batch row (``NO_HOME`` = none).
+        n_layers: decoder layers.
+        width: MLP intermediate size (rows per layer).
+        max_drop: largest share of a layer's rows one mask drops, in [0, 1).
+
+    Returns:
+        (L, B, 1, I) float tensor of 0/1: all ones at a row's home layer; elsewhere, with
+        probability 1/2 all ones, else each MLP row kept with probability ``1 - u``, u ~ U(0, max_drop).
+        Drawn from torch's global RNG (seeded and checkpointed by the trainer).
+    """
+    b = homes.shape[0]
+    active = torch.rand(n_layers, b, 1, 1) < 0.5  # (L, B, 1, 1) this (layer, row) is dropped at all
+    share = torch.rand(n_layers, b, 1, 1) * max_drop  # (L, B, 1, 1)
+    keep = (torch.rand(n_layers, b, 1, width) >= share) | ~active  # (L, B, 1, I)
+    at_home = torch.arange(n_layers)[:, None] == homes[None, :]  # (L, B)
+    return (keep | at_home[:, :, None, None]).float()
+
+
+def row_homes(kind: str, knowledge: torch.Tensor, grounding: int, reasoning: int, knowledge_home: int) -> torch.Tensor:
+    """(B,) home layer of each row of a one-kind batch.
+
+    Multiple-choice rows live in ``knowledge_home`` when they are world-knowledge questions
+    (``knowledge`` is their (B,) flag) and in ``reasoning`` otherwise; the text corpus ("lm") has
+    no home; every other kind asks about the image directly and lives in ``grounding``.
+    """
+    if kind == "mc":
+        return torch.where(knowledge.bool(), knowledge_home, reasoning)
+    return torch.full_like(knowledge, NO_HOME if kind == "lm" else grounding, dtype=torch.long)
+
+
+def install_home_dropout(model: Any, masks: dict[str, Any]) -> None:
+    """Pre-hooks on every decoder layer's ``down_proj`` that multiply its input (B, T, I) by
+    ``masks["mlp"][layer]`` (B, 1, I) while the trainer has set it (training forwards only)."""
+    for i, layer in enumerate(model.model.language_model.layers):
+        layer.mlp.down_proj.register_forward_pre_hook(_masker(masks, i))
+
+
+def _masker(masks: dict[str, Any], layer: int) -> Any:
+    def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+        stack = masks.get("mlp")
+        if stack is None:
+            return None
+        return (args[0] * stack[layer].to(args[0].dtype).to(args[0].device), *args[1:])
+    return hook

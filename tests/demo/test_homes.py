@@ -1,0 +1,76 @@
+"""Home-layer dropout: the mask maths by hand, the homes of each kind, and the hook's effect."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hipp_torchprune.demo.config import DemoModelConfig
+from hipp_torchprune.demo.homes import (
+    NO_HOME,
+    home_dropout_masks,
+    install_home_dropout,
+    row_homes,
+)
+
+
+def test_masks_keep_every_row_of_the_home_layer_and_drop_elsewhere() -> None:
+    torch.manual_seed(0)
+    homes = torch.tensor([0, 2, NO_HOME])
+    masks = home_dropout_masks(homes, n_layers=3, width=4096, max_drop=0.8)  # (L, B, 1, I)
+    assert masks.shape == (3, 3, 1, 4096)
+    assert set(masks.unique().tolist()) <= {0.0, 1.0}
+    assert masks[0, 0].all() and masks[2, 1].all()  # at home: nothing dropped
+    away = torch.cat([masks[1:, 0], masks[:2, 1], masks[:, 2]])  # (7, 1, I): every (layer, row) away from home
+    assert (away.mean(dim=-1) < 1).any()
+    # each away mask drops a share u ~ U(0, 0.8) or nothing, never more than 0.8 (+ sampling noise)
+    assert float(away.mean(dim=-1).min()) > 0.2 - 0.03
+
+
+def test_masks_are_all_ones_without_dropout_and_drop_a_quarter_on_average_at_half() -> None:
+    torch.manual_seed(1)
+    homes = torch.full((64,), NO_HOME)
+    assert home_dropout_masks(homes, 2, 128, 0.0).all()
+    # E[dropped] = P(dropped at all) * E[u] = 1/2 * 0.25 = 0.125 with max_drop = 0.5
+    kept = home_dropout_masks(homes, 8, 512, 0.5).mean()
+    assert abs(float(kept) - 0.875) < 0.02
+
+
+@pytest.mark.parametrize(("kind", "knowledge", "expected"), [
+    ("mc", [True, False], [5, 3]),
+    ("pope", [False, False], [1, 1]),
+    ("caption", [False], [1]),
+    ("short", [True], [1]),
+    ("relation", [False], [1]),
+    ("lm", [False, False], [NO_HOME, NO_HOME]),
+])
+def test_row_homes_by_kind(kind: str, knowledge: list[bool], expected: list[int]) -> None:
+    homes = row_homes(kind, torch.tensor(knowledge), grounding=1, reasoning=3, knowledge_home=5)
+    assert homes.tolist() == expected and homes.dtype == torch.long
+
+
+def _tiny_llava():
+    from transformers import LlavaForConditionalGeneration
+
+    cfg = DemoModelConfig(image_size=32, vision_hidden=16, vision_layers=1, vision_heads=2, vision_intermediate=32,
+                          text_hidden=16, text_layers=2, text_heads=2, text_intermediate=8)
+    torch.manual_seed(0)
+    return LlavaForConditionalGeneration(cfg.llava_config(40, 39, 0, 1, 2)).eval()
+
+
+def test_hook_equals_zeroing_the_masked_rows_and_is_inert_without_masks() -> None:
+    model, masks = _tiny_llava(), {}
+    ids = torch.tensor([[1, 5, 6, 7, 8], [1, 9, 10, 11, 12]])
+    with torch.no_grad():
+        dense = model.model.language_model(input_ids=ids).last_hidden_state
+        install_home_dropout(model, masks)
+        assert torch.equal(model.model.language_model(input_ids=ids).last_hidden_state, dense)
+        keep = torch.ones(2, 2, 1, 8)  # (L, B, 1, I)
+        keep[1, 0, 0, [0, 3, 4]] = 0  # row 0 loses MLP rows 0, 3, 4 of layer 1; row 1 loses nothing
+        masks["mlp"] = keep
+        masked = model.model.language_model(input_ids=ids).last_hidden_state
+        masks.pop("mlp")
+        model.model.language_model.layers[1].mlp.down_proj.weight[:, [0, 3, 4]] = 0  # the same rows, pruned for real
+        pruned = model.model.language_model(input_ids=ids).last_hidden_state
+    assert torch.allclose(masked[0], pruned[0], atol=1e-6) and not torch.allclose(masked[0], dense[0])
+    assert torch.allclose(masked[1], dense[1], atol=1e-6)
