@@ -143,6 +143,10 @@ class TrainConfig:
             share of a decoder MLP's rows a training row loses in every layer but its home layer
             (per row and layer, with probability 1/2, a share drawn from ``[0, home_dropout]``),
             so each skill is learned in its home layer (0 = off).
+        home_dropout_draw: "per_row": one coin per training row decides whether all its away
+            layers drop rows (no away layer backs up another, so the skill must live at home);
+            "per_layer": one coin per (layer, row), which lets a skill spread redundantly over
+            the away layers and then no single layer is critical (kept for comparison).
         grounding_home: home layer of the rows that ask about the image directly (yes/no
             object questions, captions, one-hop presence, relations).
         reasoning_home: home layer of the ScienceQA-style image multiple-choice rows.
@@ -185,6 +189,7 @@ class TrainConfig:
     lm_length: int = 24
     lm_words: int = 160
     home_dropout: float = 0.0
+    home_dropout_draw: Literal["per_row", "per_layer"] = "per_row"
     grounding_home: int = 1
     reasoning_home: int = 3
     knowledge_home: int = 5

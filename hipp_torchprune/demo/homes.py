@@ -17,15 +17,19 @@ hooks it into a Llama decoder's ``down_proj`` inputs; :func:`row_homes` maps a b
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
+
+#: How the drop/no-drop coin is shared (see :func:`home_dropout_masks`).
+DropDraw = Literal["per_row", "per_layer"]
 
 #: Home of the rows that have none (text-only corpus rows): every layer is dropped.
 NO_HOME = -1
 
 
-def home_dropout_masks(homes: torch.Tensor, n_layers: int, width: int, max_drop: float) -> torch.Tensor:
+def home_dropout_masks(homes: torch.Tensor, n_layers: int, width: int, max_drop: float,
+                       draw: DropDraw = "per_row") -> torch.Tensor:
     """Keep-masks of the MLP rows, per decoder layer and batch row.
 
     Args:
@@ -33,14 +37,18 @@ def home_dropout_masks(homes: torch.Tensor, n_layers: int, width: int, max_drop:
         n_layers: decoder layers.
         width: MLP intermediate size (rows per layer).
         max_drop: largest share of a layer's rows one mask drops, in [0, 1).
+        draw: "per_row": one coin per batch row decides whether *all* its away layers drop
+            rows, so no away layer is a reliable backup of another; "per_layer": one coin per
+            (layer, row), which lets a skill survive spread redundantly over the away layers.
 
     Returns:
         (L, B, 1, I) float tensor of 0/1: all ones at a row's home layer; elsewhere, with
-        probability 1/2 all ones, else each MLP row kept with probability ``1 - u``, u ~ U(0, max_drop).
-        Drawn from torch's global RNG (seeded and checkpointed by the trainer).
+        probability 1/2 all ones, else each MLP row kept with probability ``1 - u``, u ~ U(0, max_drop)
+        drawn per (layer, row). Drawn from torch's global RNG (seeded and checkpointed by the trainer).
     """
     b = homes.shape[0]
-    active = torch.rand(n_layers, b, 1, 1) < 0.5  # (L, B, 1, 1) this (layer, row) is dropped at all
+    coins = (1 if draw == "per_row" else n_layers, b, 1, 1)
+    active = (torch.rand(coins) < 0.5).expand(n_layers, b, 1, 1)  # (L, B, 1, 1) this (layer, row) drops rows
     share = torch.rand(n_layers, b, 1, 1) * max_drop  # (L, B, 1, 1)
     keep = (torch.rand(n_layers, b, 1, width) >= share) | ~active  # (L, B, 1, I)
     at_home = torch.arange(n_layers)[:, None] == homes[None, :]  # (L, B)

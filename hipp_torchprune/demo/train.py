@@ -242,6 +242,8 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
         raise ConfigError(f"knowledge_weight={cfg.knowledge_weight}: must be >= 0 (0 turns the knowledge loss off)")
     if cfg.option_weight < 0:
         raise ConfigError(f"option_weight={cfg.option_weight}: must be >= 0 (0 turns the option loss off)")
+    if cfg.home_dropout_draw not in ("per_row", "per_layer"):
+        raise ConfigError(f"home_dropout_draw={cfg.home_dropout_draw!r}: must be 'per_row' or 'per_layer'")
     if not 0 <= cfg.home_dropout < 1:
         raise ConfigError(f"home_dropout={cfg.home_dropout}: must be in [0, 1) (0 turns home-layer dropout off)")
     homes = {"grounding_home": cfg.grounding_home, "reasoning_home": cfg.reasoning_home,
@@ -511,7 +513,7 @@ def _losses(run: _Run, cfg: TrainConfig, n_img: int, inputs: dict[str, Any], dev
         homes = row_homes(inputs["kind"], inputs["knowledge"], cfg.grounding_home, cfg.reasoning_home,
                           cfg.knowledge_home)  # (B,)
         run.captured["mlp"] = home_dropout_masks(homes, text.num_hidden_layers, text.intermediate_size,
-                                                 cfg.home_dropout)  # (L, B, 1, I)
+                                                 cfg.home_dropout, cfg.home_dropout_draw)  # (L, B, 1, I)
     try:
         out = {"answer": run.model(**batch, use_cache=False).loss}
     finally:

@@ -27,6 +27,18 @@ def test_masks_keep_every_row_of_the_home_layer_and_drop_elsewhere() -> None:
     assert float(away.mean(dim=-1).min()) > 0.2 - 0.03
 
 
+@pytest.mark.parametrize("draw", ["per_row", "per_layer"])
+def test_per_row_draw_drops_all_away_layers_of_a_row_together(draw: str) -> None:
+    torch.manual_seed(2)
+    homes = torch.full((200,), 3)
+    masks = home_dropout_masks(homes, n_layers=6, width=2048, max_drop=0.9, draw=draw)  # (L, B, 1, I)
+    away = torch.cat([masks[:3], masks[4:]])  # (5, B, 1, I)
+    dropped = (away < 1).any(dim=-1)[..., 0]  # (5, B) this away layer lost rows for this row
+    together = (dropped.all(dim=0) | ~dropped.any(dim=0)).all()
+    assert bool(together) == (draw == "per_row")
+    assert 0.35 < float(dropped.float().mean()) < 0.65  # the coin is fair either way
+
+
 def test_masks_are_all_ones_without_dropout_and_drop_a_quarter_on_average_at_half() -> None:
     torch.manual_seed(1)
     homes = torch.full((64,), NO_HOME)
