@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -16,6 +21,8 @@ def _train(args: argparse.Namespace) -> int:
     from hipp_torchprune.errors import DataError
 
     model_cfg, defaults = RECIPES[args.recipe]
+    if args.config is not None:
+        model_cfg, defaults = recipe_overrides(args.config, model_cfg, defaults)
     if world_version(args.data) != RECIPE_WORLD_VERSION[args.recipe]:
         raise DataError(f"{args.data} is a version-{world_version(args.data)} world; recipe {args.recipe} trains on "
                         f"version {RECIPE_WORLD_VERSION[args.recipe]} (hipp world build --version "
@@ -31,6 +38,30 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def recipe_overrides(path: str, model_cfg: DemoModelConfig, cfg: TrainConfig) -> tuple[DemoModelConfig, TrainConfig]:
+    """A recipe with the fields of a YAML file's ``model:`` and ``train:`` mappings replaced.
+
+    Unknown sections or fields and values outside a field's choices raise ``ConfigError`` before
+    anything is trained or written.
+    """
+    import yaml
+
+    from hipp_torchprune.config import ConfigError, from_mapping
+    from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read recipe config {path}: {exc}") from exc
+    if not isinstance(data, dict) or set(data) - {"model", "train"}:
+        raise ConfigError(f"{path}: expected a mapping with 'model:' and/or 'train:' sections")
+    for section in ("model", "train"):
+        if not isinstance(data.get(section, {}), dict):
+            raise ConfigError(f"{path}: '{section}:' must be a mapping of fields")
+    return (from_mapping(DemoModelConfig, {**asdict(model_cfg), **data.get("model", {})}, f"{path}:model"),
+            from_mapping(TrainConfig, {**asdict(cfg), **data.get("train", {})}, f"{path}:train"))
+
+
 def register(subparsers: Any) -> None:
     """Add the ``demo-model`` command (sub-command ``train``)."""
     demo = subparsers.add_parser("demo-model", help="train the tiny demo LLaVA")
@@ -41,6 +72,9 @@ def register(subparsers: Any) -> None:
     train.add_argument("--recipe", choices=("v1", "v2"), default="v1",
                        help="architecture and recipe: v1 (default, the shipped model's) or v2 (proving ground v2; "
                             "needs a --version 2 world)")
+    train.add_argument("--config", default=None,
+                       help="YAML file whose 'model:' and 'train:' mappings replace fields of the recipe "
+                            "(DemoModelConfig / TrainConfig); the flags below win over it")
     train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     train.add_argument("--steps", type=int, default=None, help="optimizer steps (default: recipe)")
     train.add_argument("--batch-size", type=int, default=None, help="batch size (default: recipe)")

@@ -297,6 +297,42 @@ def test_cli_v2_recipe_trains_on_a_v2_world_and_refuses_a_v1_world(world: Path, 
     assert (run["train"]["aux_layer"], run["train"]["knowledge_layer"]) == (cfg.aux_layer, cfg.knowledge_layer) == (1, 5)
 
 
+def test_cli_recipe_config_replaces_fields_and_flags_win(world: Path, tmp_path: Path) -> None:
+    from hipp_torchprune.cli import main
+    from hipp_torchprune.demo.config import RECIPES
+
+    (tmp_path / "probe.yaml").write_text("model:\n  text_intermediate: 64\n"
+                                         "train:\n  home_dropout: 0.5\n  home_dropout_draw: per_layer\n  knowledge_home: 3\n"
+                                         "  steps: 7\n  curriculum: [0.5]\n")
+    args = ["demo-model", "train", "--recipe", "v1", "--data", str(world), "--out", str(tmp_path / "m"),
+            "--config", str(tmp_path / "probe.yaml"), "--steps", "2", "--batch-size", "4", "--eval-every", "0",
+            "--no-progress"]
+    assert main(args) == 0
+    run = json.loads((tmp_path / "m" / "run_config.json").read_text())
+    model_cfg, cfg = RECIPES["v1"]
+    assert run["model"] == {**model_cfg.to_dict(), "text_intermediate": 64}
+    assert run["train"] == {**cfg.to_dict(), "home_dropout": 0.5, "home_dropout_draw": "per_layer", "knowledge_home": 3, "steps": 2,
+                            "batch_size": 4, "eval_every": 0, "curriculum": [0.5]}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("train:\n  home_dropot: 0.5\n", "unknown field(s) home_dropot"),
+    ("trian:\n  steps: 3\n", "'model:' and/or 'train:'"),
+    ("train:\n  home_dropout_draw: sometimes\n", "is not one of"),
+    ("train: 3\n", "must be a mapping"),
+    ("- 1\n- 2\n", "'model:' and/or 'train:'"),
+])
+def test_cli_bad_recipe_config_is_refused_before_writing(world: Path, tmp_path: Path, text: str, message: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from hipp_torchprune.cli import main
+
+    (tmp_path / "bad.yaml").write_text(text)
+    args = ["demo-model", "train", "--data", str(world), "--out", str(tmp_path / "m"), "--config",
+            str(tmp_path / "bad.yaml"), "--steps", "1", "--no-progress"]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
 def test_knowledge_rows_get_no_gradient_below_knowledge_from_layer() -> None:
     from transformers import LlavaForConditionalGeneration
 
