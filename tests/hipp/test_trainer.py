@@ -49,8 +49,11 @@ def test_policy_learns_to_spare_the_layer_the_preference_needs(tmp_path: Path) -
         return plan_ratios(float(u[0]), alpha[0].tolist(), [1.0] * 4, 0.2, 0.4, 0.8)
 
     rob, util, comp = plan([1, 0, 0]), plan([0, 1, 0]), plan([0, 0, 1])
-    # each preference nearly spares the layer it needs, which compression does not
-    assert rob[0] < 0.05 and util[3] < 0.05 and comp[0] > 0.2 and comp[3] > rob[3] + 0.05
+    # each preference nearly spares the layer its objective needs (the untrained policy prunes it 0.2-0.4).
+    # Which layers the compression plan spares, and whether the robustness plan also spares layer 3, the
+    # toy's rewards leave open (every such plan is optimal): asserting them tested seed luck, and failed
+    # on another CPU (AVX-512 rounding). Over seeds 0-4 both plans spare both layers 0 and 3.
+    assert rob[0] < 0.05 and util[3] < 0.05
     assert sum(comp) > sum(rob) and sum(comp) > sum(util)  # compression asks for the larger budget
 
 
