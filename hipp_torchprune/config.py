@@ -68,8 +68,9 @@ def from_mapping(cls: type[T], data: dict[str, Any], where: str = "config") -> T
     return cls(**values)
 
 
-def load_yaml(cls: type[T], path: str | Path) -> T:
-    """Load a YAML mapping from ``path`` into dataclass ``cls``."""
+def read_yaml_mapping(path: str | Path, expected: str = "a mapping of fields") -> dict[str, Any]:
+    """The YAML mapping in ``path`` (an empty file is ``{}``); anything else raises :class:`ConfigError`
+    (saying the file should hold ``expected``)."""
     import yaml
 
     try:
@@ -77,5 +78,10 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
-    return from_mapping(cls, data, str(path))
+        raise ConfigError(f"{path}: expected {expected}, got {type(data).__name__}")
+    return data
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Load a YAML mapping from ``path`` into dataclass ``cls``."""
+    return from_mapping(cls, read_yaml_mapping(path), str(path))

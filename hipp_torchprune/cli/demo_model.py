@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -44,17 +43,13 @@ def recipe_overrides(path: str, model_cfg: DemoModelConfig, cfg: TrainConfig) ->
     Unknown sections or fields and values outside a field's choices raise ``ConfigError`` before
     anything is trained or written.
     """
-    import yaml
-
-    from hipp_torchprune.config import ConfigError, from_mapping
+    from hipp_torchprune.config import ConfigError, from_mapping, read_yaml_mapping
     from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
 
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read recipe config {path}: {exc}") from exc
-    if not isinstance(data, dict) or set(data) - {"model", "train"}:
-        raise ConfigError(f"{path}: expected a mapping with 'model:' and/or 'train:' sections")
+    expected = "a mapping with 'model:' and/or 'train:' sections"
+    data = read_yaml_mapping(path, expected)
+    if set(data) - {"model", "train"}:
+        raise ConfigError(f"{path}: expected {expected}")
     for section in ("model", "train"):
         if not isinstance(data.get(section, {}), dict):
             raise ConfigError(f"{path}: '{section}:' must be a mapping of fields")

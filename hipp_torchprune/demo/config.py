@@ -141,8 +141,8 @@ class TrainConfig:
         lm_words: the corpus's made-up vocabulary size (``lm_words ** 2`` contexts to memorize).
         home_dropout: home-layer MLP dropout (:mod:`hipp_torchprune.demo.homes`): the largest
             share of a decoder MLP's rows a training row loses in every layer but its home layer
-            (per row and layer, with probability 1/2, a share drawn from ``[0, home_dropout]``),
-            so each skill is learned in its home layer (0 = off).
+            (with probability 1/2, drawn as ``home_dropout_draw`` says, a share drawn from
+            ``[0, home_dropout]`` per layer), so each skill is learned in its home layer (0 = off).
         home_dropout_draw: "per_row": one coin per training row decides whether all its away
             layers drop rows (no away layer backs up another, so the skill must live at home);
             "per_layer": one coin per (layer, row), which lets a skill spread redundantly over

@@ -79,5 +79,5 @@ def _masker(masks: dict[str, Any], layer: int) -> Any:
         stack = masks.get("mlp")
         if stack is None:
             return None
-        return (args[0] * stack[layer].to(args[0].dtype).to(args[0].device), *args[1:])
+        return (args[0] * stack[layer].to(args[0].dtype), *args[1:])  # the trainer put it on the device
     return hook

@@ -513,7 +513,7 @@ def _losses(run: _Run, cfg: TrainConfig, n_img: int, inputs: dict[str, Any], dev
         homes = row_homes(inputs["kind"], inputs["knowledge"], cfg.grounding_home, cfg.reasoning_home,
                           cfg.knowledge_home)  # (B,)
         run.captured["mlp"] = home_dropout_masks(homes, text.num_hidden_layers, text.intermediate_size,
-                                                 cfg.home_dropout, cfg.home_dropout_draw)  # (L, B, 1, I)
+                                                 cfg.home_dropout, cfg.home_dropout_draw).to(device)  # (L, B, 1, I)
     try:
         out = {"answer": run.model(**batch, use_cache=False).loss}
     finally:
