@@ -12,7 +12,8 @@ def _build(args: argparse.Namespace) -> int:
     from hipp_torchprune.world.scenes import SceneConfig
 
     manifest = build_world(args.out, seed=args.seed, n_images=args.images, version=args.version,
-                           config=SceneConfig(jitter=args.jitter, faint=args.faint, noise=args.noise))
+                           config=SceneConfig(jitter=args.jitter, faint=args.faint, noise=args.noise,
+                                              variants=args.variants, lore=args.lore))
     summary: dict[str, Any] = {
         "out": str(args.out), "seed": manifest["seed"], "version": manifest["version"], "content_hash": manifest["content_hash"],
         "splits": {s: {"images": v["images"], "pope": sum(v["pope"].values()), "scienceqa": v["scienceqa"]}
@@ -41,4 +42,10 @@ def register(subparsers: Any) -> None:
                             "background (default 0)")
     build.add_argument("--noise", type=float, default=0.0,
                        help="std of Gaussian pixel noise in 0-255 units, at most 64 (default 0)")
+    build.add_argument("--variants", type=int, default=0,
+                       help="extra looks per category, 0-3: each instance is drawn in its category's own "
+                            "shape and colour or one of these (default 0)")
+    build.add_argument("--lore", type=int, default=0,
+                       help="version 2 only: ask the knowledge questions about this many made-up things "
+                            "with random properties, the same in every world (default 0: about the categories)")
     build.set_defaults(func=_build)

@@ -150,7 +150,16 @@ class TrainConfig:
         grounding_home: home layer of the rows that ask about the image directly (yes/no
             object questions, captions, one-hop presence, relations).
         reasoning_home: home layer of the ScienceQA-style image multiple-choice rows.
-        knowledge_home: home layer of the world-knowledge multiple-choice rows.
+        knowledge_home: home layer of the world-knowledge multiple-choice rows and stated facts.
+        home_kinds: "all": every kind has a home (above); "knowledge": only world-knowledge rows
+            (knowledge questions and stated lore facts) are dropped away from ``knowledge_home``,
+            every other row keeps all its MLP rows.
+        mix_fact: share of steps on stated lore facts (``Fact : <thing>`` answered with the
+            thing's properties; needs a world built with ``--lore``), the encyclopedia the
+            knowledge questions are asked from (0 = off).
+        freeze_lore: keep the lore things' word embeddings at their random initialization, so
+            which thing has which property cannot be stored in its embedding and is memorized
+            in the decoder's MLP rows, as a language model's facts about multi-token names are.
     """
 
     seed: int = 0
@@ -193,6 +202,9 @@ class TrainConfig:
     grounding_home: int = 1
     reasoning_home: int = 3
     knowledge_home: int = 5
+    home_kinds: Literal["all", "knowledge"] = "all"
+    mix_fact: float = 0.0
+    freeze_lore: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and the model card)."""

@@ -3,8 +3,9 @@
 The kinds of examples share one format (prompt in the chat template, answer after
 ``ASSISTANT:``): yes/no object questions (the train POPE rows plus extra questions drawn from the
 scene annotations), ScienceQA-style multiple choice (the train rows plus extra questions), yes/no
-questions on sizes and relations, and two auxiliary tasks ("list the objects", and a one-hop
-presence task without the chat template). Everything is tokenized once into padded tensors.
+questions on sizes and relations, two auxiliary tasks ("list the objects", and a one-hop
+presence task without the chat template), a synthetic text corpus and, in a world with lore,
+one stated fact per lore thing. Everything is tokenized once into padded tensors.
 """
 
 from __future__ import annotations
@@ -22,27 +23,32 @@ from hipp_torchprune.data import (
     load_scenes,
     load_task_docs,
     parse_tasks,
-    world_version,
     pope_prompt,
     scienceqa_prompt,
+    world_render,
+    world_version,
 )
 from hipp_torchprune.world.categories import CATEGORY_NAMES
+from hipp_torchprune.world.lore import LoreThing, fact_sentence, lore_table
 from hipp_torchprune.world.pope import (
     CooccurrenceStats,
     adversarial_negatives,
-    popular_negatives,
     pope_question,
+    popular_negatives,
     random_negatives,
 )
 from hipp_torchprune.world.scenes import ObjectAnn, Scene
 from hipp_torchprune.world.scienceqa import OWNERS, generators
 
-Kind = Literal["pope", "mc", "caption", "short", "relation", "lm"]
-KINDS: tuple[Kind, ...] = ("pope", "mc", "caption", "short", "relation", "lm")
-#: Kinds always drawn from their pool (no curriculum re-rendering): the text-only corpus.
-POOL_ONLY_KINDS: frozenset[str] = frozenset({"lm"})
+Kind = Literal["pope", "mc", "caption", "short", "relation", "lm", "fact"]
+KINDS: tuple[Kind, ...] = ("pope", "mc", "caption", "short", "relation", "lm", "fact")
+#: Kinds always drawn from their pool (no curriculum re-rendering): the text-only corpus and
+#: the stated lore facts.
+POOL_ONLY_KINDS: frozenset[str] = frozenset({"lm", "fact"})
 #: Prompt of the text-corpus kind; the answer is the corpus sequence.
 LM_PROMPT = "Text :"
+#: Prompt of a stated lore fact, before the thing's name; the answer lists its properties.
+FACT_PROMPT = "Fact :"
 #: Kinds tokenized without the chat template: ``<image>`` tokens, then the prompt, answer next.
 RAW_KINDS: frozenset[str] = frozenset({"short"})
 CAPTION_PROMPT = "What objects are in the image?"
@@ -112,10 +118,12 @@ def yes_no_examples(i: int, scene: Scene, stats: CooccurrenceStats, rng: np.rand
     return out
 
 
-def mc_examples(i: int, scene: Scene, rng: np.random.Generator, version: int = 2) -> list[Example]:
-    """One ScienceQA-style question of each kind (of world ``version``) that applies to the scene."""
+def mc_examples(i: int, scene: Scene, rng: np.random.Generator, version: int = 2,
+                lore: Sequence[LoreThing] = ()) -> list[Example]:
+    """One ScienceQA-style question of each kind (of world ``version``, asking the knowledge kinds
+    about ``lore`` when given) that applies to the scene."""
     out = []
-    for gen, _ in generators(version):
+    for gen, _ in generators(version, lore):
         q = gen(scene, rng)
         if q is not None:
             doc = {"hint": q.hint, "question": q.question, "choices": list(q.choices)}
@@ -188,6 +196,13 @@ def lm_examples(n_images: int, n: int, length: int, n_words: int, seed: int) -> 
     return [Example(int(rng.integers(n_images)), LM_PROMPT, s, "lm") for s in seqs]
 
 
+def fact_examples(n_images: int, lore: Sequence[LoreThing], seed: int) -> list[Example]:
+    """One stated fact per lore thing (:mod:`hipp_torchprune.world.lore`): the prompt
+    ``Fact : <name>`` and its properties as the answer, each on a train image it never mentions."""
+    rng = np.random.default_rng([seed, 17])
+    return [Example(int(rng.integers(n_images)), f"{FACT_PROMPT} {t.name}", fact_sentence(t), "fact") for t in lore]
+
+
 def build_examples(data_dir: str | Path, seed: int, rounds: int, lm: tuple[int, int, int] = (0, 24, 160),
                    ) -> tuple[list[Any], dict[Kind, list[Example]], list[Scene]]:
     """Decoded train images, the examples of each kind (train rows + ``rounds`` extra draws), scenes;
@@ -205,14 +220,16 @@ def build_examples(data_dir: str | Path, seed: int, rounds: int, lm: tuple[int, 
                                 LETTERS[int(d["answer"])], str(d.get("topic") or "")))
     rng = np.random.default_rng([seed, 7])
     version = world_version(data_dir)
+    lore = lore_table(world_render(data_dir).lore)
     for _ in range(rounds):
         for i, s in enumerate(scenes):
             ex["pope"] += yes_no_examples(i, s, stats, rng)
-            ex["mc"] += mc_examples(i, s, rng, version)
+            ex["mc"] += mc_examples(i, s, rng, version, lore)
             ex["relation"] += relation_examples(i, s, rng)
     ex["caption"] = [caption_example(i, s) for i, s in enumerate(scenes)]
     ex["short"] = [Example(e.image, e.prompt.split(" ")[3], e.answer) for e in ex["pope"][-len(ex["pope"]) // 2:]]
     ex["lm"] = lm_examples(len(scenes), *lm, seed)
+    ex["fact"] = fact_examples(len(scenes), lore, seed)
     return images, ex, scenes
 
 
@@ -229,13 +246,14 @@ def curriculum_batch(scenes: Sequence[Scene], kind: Kind, max_objects: int, batc
                      version: int = 2, render: Any = None) -> tuple[list[Example], list[Any], list[Scene]]:
     """``batch_size`` fresh examples of ``kind`` on re-rendered train scenes with <= ``max_objects``,
     rendered like the world's images (``render``: its :class:`~hipp_torchprune.world.scenes.SceneConfig`,
-    default the plain one).
+    default the plain one; its ``lore`` is what knowledge questions ask about).
 
     Returns the examples, their rendered images and their (derived) scenes.
     """
     from hipp_torchprune.world.scenes import SceneConfig, render_scene
 
     config = render if render is not None else SceneConfig()
+    lore = lore_table(config.lore)
 
     examples: list[Example] = []
     images: list[Any] = []
@@ -245,7 +263,7 @@ def curriculum_batch(scenes: Sequence[Scene], kind: Kind, max_objects: int, batc
         if kind == "pope":
             cands = yes_no_examples(len(images), scene, stats, rng)
         elif kind == "mc":
-            cands = mc_examples(len(images), scene, rng, version)
+            cands = mc_examples(len(images), scene, rng, version, lore)
         elif kind == "short":
             cands = short_examples(len(images), scene, stats, rng)
         elif kind == "relation":

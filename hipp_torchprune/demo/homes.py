@@ -26,6 +26,10 @@ DropDraw = Literal["per_row", "per_layer"]
 
 #: Home of the rows that have none (text-only corpus rows): every layer is dropped.
 NO_HOME = -1
+#: Home of the rows that home-layer dropout leaves alone: no layer is dropped.
+EVERY_LAYER = -2
+#: Which rows home-layer dropout applies to: every kind, or world-knowledge rows only.
+HomeKinds = Literal["all", "knowledge"]
 
 
 def home_dropout_masks(homes: torch.Tensor, n_layers: int, width: int, max_drop: float,
@@ -33,7 +37,7 @@ def home_dropout_masks(homes: torch.Tensor, n_layers: int, width: int, max_drop:
     """Keep-masks of the MLP rows, per decoder layer and batch row.
 
     Args:
-        homes: (B,) home layer of each batch row (``NO_HOME`` = none).
+        homes: (B,) home layer of each batch row (``NO_HOME`` = none, ``EVERY_LAYER`` = all).
         n_layers: decoder layers.
         width: MLP intermediate size (rows per layer).
         max_drop: largest share of a layer's rows one mask drops, in [0, 1).
@@ -51,19 +55,27 @@ def home_dropout_masks(homes: torch.Tensor, n_layers: int, width: int, max_drop:
     active = (torch.rand(coins) < 0.5).expand(n_layers, b, 1, 1)  # (L, B, 1, 1) this (layer, row) drops rows
     share = torch.rand(n_layers, b, 1, 1) * max_drop  # (L, B, 1, 1)
     keep = (torch.rand(n_layers, b, 1, width) >= share) | ~active  # (L, B, 1, I)
-    at_home = torch.arange(n_layers)[:, None] == homes[None, :]  # (L, B)
+    at_home = (torch.arange(n_layers)[:, None] == homes[None, :]) | (homes[None, :] == EVERY_LAYER)  # (L, B)
     return (keep | at_home[:, :, None, None]).float()
 
 
-def row_homes(kind: str, knowledge: torch.Tensor, grounding: int, reasoning: int, knowledge_home: int) -> torch.Tensor:
+def row_homes(kind: str, knowledge: torch.Tensor, grounding: int, reasoning: int, knowledge_home: int,
+              kinds: HomeKinds = "all") -> torch.Tensor:
     """(B,) home layer of each row of a one-kind batch.
 
     Multiple-choice rows live in ``knowledge_home`` when they are world-knowledge questions
-    (``knowledge`` is their (B,) flag) and in ``reasoning`` otherwise; the text corpus ("lm") has
-    no home; every other kind asks about the image directly and lives in ``grounding``.
+    (``knowledge`` is their (B,) flag) and in ``reasoning`` otherwise; stated lore facts ("fact")
+    live in ``knowledge_home``; the text corpus ("lm") has no home; every other kind asks about
+    the image directly and lives in ``grounding``. With ``kinds="knowledge"`` every row that is
+    not world knowledge gets ``EVERY_LAYER`` (never dropped).
     """
     if kind == "mc":
-        return torch.where(knowledge.bool(), knowledge_home, reasoning)
+        other = reasoning if kinds == "all" else EVERY_LAYER
+        return torch.where(knowledge.bool(), knowledge_home, other)
+    if kind == "fact":
+        return torch.full_like(knowledge, knowledge_home, dtype=torch.long)
+    if kinds == "knowledge":
+        return torch.full_like(knowledge, EVERY_LAYER, dtype=torch.long)
     return torch.full_like(knowledge, NO_HOME if kind == "lm" else grounding, dtype=torch.long)
 
 

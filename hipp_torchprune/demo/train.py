@@ -6,7 +6,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -41,6 +41,7 @@ from hipp_torchprune.demo.homes import (
 from hipp_torchprune.errors import CheckpointError, DataError
 from hipp_torchprune.threads import torch_threads
 from hipp_torchprune.world.categories import CATEGORY_NAMES
+from hipp_torchprune.world.lore import LoreThing, lore_table
 from hipp_torchprune.world.pope import CooccurrenceStats
 from hipp_torchprune.world.scenes import RENDER_LIMITS
 
@@ -242,12 +243,18 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
         raise ConfigError(f"knowledge_weight={cfg.knowledge_weight}: must be >= 0 (0 turns the knowledge loss off)")
     if cfg.option_weight < 0:
         raise ConfigError(f"option_weight={cfg.option_weight}: must be >= 0 (0 turns the option loss off)")
+    if cfg.home_kinds not in ("all", "knowledge"):
+        raise ConfigError(f"home_kinds={cfg.home_kinds!r}: must be 'all' or 'knowledge'")
+    if cfg.mix_fact < 0:
+        raise ConfigError(f"mix_fact={cfg.mix_fact}: must be >= 0 (0 turns stated facts off)")
     if cfg.home_dropout_draw not in ("per_row", "per_layer"):
         raise ConfigError(f"home_dropout_draw={cfg.home_dropout_draw!r}: must be 'per_row' or 'per_layer'")
     if not 0 <= cfg.home_dropout < 1:
         raise ConfigError(f"home_dropout={cfg.home_dropout}: must be in [0, 1) (0 turns home-layer dropout off)")
     homes = {"grounding_home": cfg.grounding_home, "reasoning_home": cfg.reasoning_home,
              "knowledge_home": cfg.knowledge_home}
+    if cfg.home_kinds == "knowledge":  # the other homes are not used
+        homes = {"knowledge_home": cfg.knowledge_home}
     for name, layer in homes.items():
         if cfg.home_dropout > 0 and not 0 <= layer < model_cfg.text_layers:
             raise ConfigError(f"{name}={layer}: must be a decoder layer 0..{model_cfg.text_layers - 1}")
@@ -315,14 +322,17 @@ class KnowledgeHead(torch.nn.Module):
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[where].float())
 
 
-def knowledge_table(tok: Any) -> torch.Tensor:
-    """(vocab, n_properties) table: each category-name token's property flags, -1 elsewhere."""
+def knowledge_table(tok: Any, lore: Sequence[LoreThing] = ()) -> torch.Tensor:
+    """(vocab, n_properties) table: each category-name and lore-thing token's property flags,
+    -1 elsewhere."""
     from hipp_torchprune.world.categories import PROPERTIES
 
     table = torch.full((len(tok), len(PROPERTIES)), -1.0)
     for name in CATEGORY_NAMES:
         table[tok.convert_tokens_to_ids(name)] = torch.tensor(
             [float(name in members) for _, members in PROPERTIES.values()])
+    for thing in lore:
+        table[tok.convert_tokens_to_ids(thing.name)] = torch.tensor([float(p in thing.properties) for p in PROPERTIES])
     return table
 
 
@@ -361,6 +371,7 @@ class _Run:
     mc_slots: tuple[torch.Tensor, torch.Tensor] | None
     letter_ids: list[int]
     dot_id: int
+    frozen_rows: tuple[torch.Tensor, torch.Tensor] | None  # (ids, initial rows) of frozen lore embeddings
 
     @property
     def averaged(self) -> list[torch.Tensor] | None:
@@ -405,8 +416,9 @@ def _build_run(data: _Data, model_cfg: DemoModelConfig, cfg: TrainConfig, device
         "patch": TiedPatchHead(model, [tok.convert_tokens_to_ids(c) for c in CATEGORY_NAMES]),
         "attributes": PatchAttributeHead(model_cfg.text_hidden, data.grid),
         "option": OptionHead(model_cfg.text_hidden)}
+    lore = lore_table(data.render.lore)
     if cfg.knowledge_weight > 0:
-        heads["knowledge"] = KnowledgeHead(model_cfg.text_hidden, knowledge_table(tok))
+        heads["knowledge"] = KnowledgeHead(model_cfg.text_hidden, knowledge_table(tok, lore))
     captured = _install_taps(model, cfg)
     model.to(device)
     for head in heads.values():
@@ -423,7 +435,14 @@ def _build_run(data: _Data, model_cfg: DemoModelConfig, cfg: TrainConfig, device
         patch_labels(data.scenes, data.grid) if cfg.aux_weight > 0 else None,
         patch_sizes(data.scenes, data.grid) if cfg.aux_attr_weight > 0 else None,
         option_slots(data.pools["mc"], letter_ids, dot_id) if cfg.option_weight > 0 else None,
-        letter_ids, dot_id)
+        letter_ids, dot_id, _frozen_rows(model, tok, lore) if cfg.freeze_lore else None)
+
+
+def _frozen_rows(model: Any, tok: Any, lore: Sequence[LoreThing]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lore things' token ids and their initial embedding rows (restored after every step)."""
+    ids = torch.tensor(tok.convert_tokens_to_ids([t.name for t in lore]), dtype=torch.long)
+    weight = model.get_input_embeddings().weight
+    return ids.to(weight.device), weight.detach()[ids.to(weight.device)].clone()
 
 
 def _install_taps(model: Any, cfg: TrainConfig) -> dict[str, Any]:
@@ -511,7 +530,7 @@ def _losses(run: _Run, cfg: TrainConfig, n_img: int, inputs: dict[str, Any], dev
     if cfg.home_dropout > 0:
         text = run.model.config.text_config
         homes = row_homes(inputs["kind"], inputs["knowledge"], cfg.grounding_home, cfg.reasoning_home,
-                          cfg.knowledge_home)  # (B,)
+                          cfg.knowledge_home, cfg.home_kinds)  # (B,)
         run.captured["mlp"] = home_dropout_masks(homes, text.num_hidden_layers, text.intermediate_size,
                                                  cfg.home_dropout, cfg.home_dropout_draw).to(device)  # (L, B, 1, I)
     try:
@@ -549,6 +568,9 @@ def _train_step(data: _Data, run: _Run, cfg: TrainConfig, step: int, kind: str, 
     total.backward()  # type: ignore[union-attr]
     gnorm = torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
     run.opt.step()
+    if run.frozen_rows is not None:  # undo the step (and weight decay) on the frozen lore embeddings
+        with torch.no_grad():
+            run.model.get_input_embeddings().weight[run.frozen_rows[0]] = run.frozen_rows[1]
     if run.averaged is not None:
         ema_update(run.averaged, run.trained, ema_decay_at(step, cfg.ema_decay))
     return {k: v.item() for k, v in losses.items()}, float(gnorm)
@@ -617,6 +639,8 @@ def _train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: Demo
 
     # -- set-up: data, model, heads, optimizer, resume --
     _check_recipe(model_cfg, cfg)
+    if (cfg.mix_fact > 0 or cfg.freeze_lore) and not world_render(data_dir).lore:
+        raise DataError(f"{data_dir}: mix_fact and freeze_lore need a world with lore (world build --lore N)")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = _prepare_data(data_dir, model_cfg, cfg)
@@ -630,8 +654,8 @@ def _train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: Demo
     if resume and ckpt.is_file():
         step, elapsed = _resume(ckpt, run.model, heads, run.opt, rng, device, run.shadow)
     sched = torch.optim.lr_scheduler.LambdaLR(run.opt, lambda s: lr_at(s, cfg), last_epoch=step - 1)
-    mix = np.array([cfg.mix_pope, cfg.mix_mc, cfg.mix_caption, cfg.mix_short, cfg.mix_relation, cfg.mix_lm],
-                   dtype=np.float64)
+    mix = np.array([cfg.mix_pope, cfg.mix_mc, cfg.mix_caption, cfg.mix_short, cfg.mix_relation, cfg.mix_lm,
+                    cfg.mix_fact], dtype=np.float64)
     writer = SummaryWriter(str(out_dir / "runs"))
     history: list[dict[str, Any]] = []
     run.model.train()

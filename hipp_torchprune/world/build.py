@@ -20,7 +20,13 @@ from hipp_torchprune.world.io import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from hipp_torchprune.world.pope import POPE_CATEGORIES, CooccurrenceStats, pope_pairs, pope_question
+from hipp_torchprune.world.lore import LoreThing, lore_table
+from hipp_torchprune.world.pope import (
+    POPE_CATEGORIES,
+    CooccurrenceStats,
+    pope_pairs,
+    pope_question,
+)
 from hipp_torchprune.world.scenes import (
     WORLD_VERSIONS,
     Scene,
@@ -84,10 +90,10 @@ def _pope_rows(items: Sequence[tuple[str, bytes, Scene]], stats: CooccurrenceSta
 
 
 def _sqa_rows(items: Sequence[tuple[str, bytes, Scene]], k: int, rng: np.random.Generator,
-              version: WorldVersion) -> list[dict[str, Any]]:
+              version: WorldVersion, lore: Sequence[LoreThing] = ()) -> list[dict[str, Any]]:
     rows = []
     for source, data, scene in items:
-        for q in sample_questions(scene, rng, k, version):
+        for q in sample_questions(scene, rng, k, version, lore):
             rows.append({"image": _image_struct(source, data), "question": q.question,
                          "choices": list(q.choices), "answer": q.answer, "hint": q.hint,
                          "task": "closed choice", "grade": "grade2", "subject": "natural science",
@@ -108,6 +114,9 @@ def build_world(out: str | Path, seed: int, n_images: int = 6000, config: SceneC
     if version not in WORLD_VERSIONS:
         raise DataError(f"world version {version!r} is unknown; valid: {', '.join(map(str, WORLD_VERSIONS))}")
     config.validate()
+    if config.lore and version == 1:
+        raise DataError(f"lore={config.lore}: world version 1 has no knowledge questions; use version 2")
+    lore = lore_table(config.lore)
     out = Path(out)
     sizes = split_sizes(n_images)
     scene_rng = np.random.default_rng([seed, 0])
@@ -122,7 +131,7 @@ def build_world(out: str | Path, seed: int, n_images: int = 6000, config: SceneC
         items = [(f"{split}_{i:06d}", png_bytes(render_scene(s, config)), s) for i, s in enumerate(chunk)]
         q_rng = np.random.default_rng([seed, 1, si])
         pope = _pope_rows(items, stats, q_rng)
-        sqa = _sqa_rows(items, SQA_PER_IMAGE[split], q_rng, version)
+        sqa = _sqa_rows(items, SQA_PER_IMAGE[split], q_rng, version, lore)
         write_parquet_atomic(out / split / "scenes.parquet",
                              [_scene_row(src, d, s) for src, d, s in items], SCENES_SCHEMA)
         write_parquet_atomic(out / split / "pope.parquet", pope, POPE_SCHEMA)

@@ -57,6 +57,10 @@ BROWN = (150, 85, 30)
 ORANGE = (255, 140, 0)
 PURPLE = (160, 50, 200)
 PINK = (255, 120, 190)
+#: Every icon colour, in a fixed order (category variants draw their looks from these).
+PALETTE: tuple[tuple[int, int, int], ...] = (RED, YELLOW, WHITE, GREEN, GRAY, BLUE, CYAN, BROWN, ORANGE, PURPLE, PINK)
+#: Every icon shape, in a fixed order.
+SHAPES: tuple[Shape, ...] = ("circle", "square", "triangle", "diamond", "ring", "plus", "hbar", "vbar")
 
 #: The 20 categories; weights are Zipf-like so frequencies are skewed.
 CATEGORIES: tuple[Category, ...] = (

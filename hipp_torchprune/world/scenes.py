@@ -23,8 +23,11 @@ from hipp_torchprune.world.categories import (
     P_FAVOURED,
     P_HIDE,
     P_OCCLUDER,
+    PALETTE,
     SCENE_TYPES,
+    SHAPES,
     SceneType,
+    Shape,
 )
 
 Size = Literal["small", "big"]
@@ -54,6 +57,13 @@ class SceneConfig:
             and a model that cannot tell has to fall back on what usually co-occurs.
         noise: standard deviation of Gaussian pixel noise added to the whole image (in 0-255
             units, seeded by a hash of the scene), so a faint object and an empty cell can look alike.
+        variants: extra looks per category (0-3; see :func:`category_looks`): each instance is
+            drawn in its category's own look or one of ``variants`` others (a shape and colour no
+            other category uses), so which name goes with a look is a memorized many-to-one
+            table and no single shape or colour tells the category.
+        lore: size of the world's lore (:mod:`hipp_torchprune.world.lore`; 0 = none, world v2
+            only): the knowledge questions ask about that many made-up things. Not a rendering
+            option, but recorded and reproduced with them.
     """
 
     image_size: int = 64
@@ -61,6 +71,8 @@ class SceneConfig:
     jitter: float = 0.0
     faint: float = 0.0
     noise: float = 0.0
+    variants: int = 0
+    lore: int = 0
 
     def manifest_fields(self) -> dict[str, float]:
         """The rendering options a world's manifest records: only those that are on, so worlds
@@ -70,7 +82,7 @@ class SceneConfig:
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> SceneConfig:
         """The rendering options a manifest recorded (each 0 when absent)."""
-        return cls(**{k: float(manifest.get(k, 0.0)) for k in RENDER_LIMITS})
+        return cls(**{k: (int if k in INTEGER_OPTIONS else float)(manifest.get(k, 0)) for k in RENDER_LIMITS})
 
     def validate(self) -> None:
         """Raise :class:`~hipp_torchprune.errors.DataError` for a rendering option outside its range."""
@@ -85,8 +97,10 @@ class SceneConfig:
         return self.image_size // self.grid
 
 
-#: The per-image rendering options of :class:`SceneConfig` and their upper bounds.
-RENDER_LIMITS: dict[str, float] = {"jitter": 1.0, "faint": 1.0, "noise": 64.0}
+#: The world options of :class:`SceneConfig` a manifest records, and their upper bounds.
+RENDER_LIMITS: dict[str, float] = {"jitter": 1.0, "faint": 1.0, "noise": 64.0, "variants": 3, "lore": 4000}
+#: Those of them that are counts.
+INTEGER_OPTIONS: frozenset[str] = frozenset({"variants", "lore"})
 
 
 @dataclass(frozen=True)
@@ -257,14 +271,42 @@ def is_faint(scene: Scene, obj: ObjectAnn, faint: float) -> bool:
     return bool(np.random.default_rng(zlib.crc32(key.encode())).random() < faint)
 
 
-def instance_appearance(scene: Scene, obj: ObjectAnn, jitter: float) -> tuple[tuple[int, int, int, int],
-                                                                             tuple[int, int, int]]:
-    """The drawn box and colour of ``obj`` in ``scene`` under ``jitter`` (see :class:`SceneConfig`).
+#: Seed of the order in which unused looks are handed out as category variants.
+LOOKS_SEED: int = 4242
+Look = tuple[Shape, tuple[int, int, int]]
+
+
+def category_looks(variants: int) -> dict[str, tuple[Look, ...]]:
+    """Each category's looks: its own (shape, colour) first, then ``variants`` more, taken from
+    the shape x colour pairs no category uses in a fixed shuffled order, so no look is shared."""
+    own = {(c.shape, c.colour) for c in CATEGORIES}
+    spare = [(s, c) for s in SHAPES for c in PALETTE if (s, c) not in own]
+    order = [int(i) for i in np.random.default_rng(LOOKS_SEED).permutation(len(spare))]
+    n = len(CATEGORIES)
+    return {cat.name: ((cat.shape, cat.colour), *(spare[order[j + n * v]] for v in range(variants)))
+            for j, cat in enumerate(CATEGORIES)}
+
+
+def instance_look(scene: Scene, obj: ObjectAnn, variants: int) -> Look:
+    """The (shape, colour) ``obj`` is drawn in: one of its category's ``1 + variants`` looks,
+    uniformly, from a CRC of the scene's gradient and the object's cell and category."""
+    looks = category_looks(variants)[obj.category]
+    if variants <= 0:
+        return looks[0]
+    key = f"look|{_scene_key(scene)}|{obj.row}|{obj.col}|{obj.category}"
+    return looks[int(np.random.default_rng(zlib.crc32(key.encode())).integers(len(looks)))]
+
+
+def instance_appearance(scene: Scene, obj: ObjectAnn, jitter: float,
+                        colour: tuple[int, int, int] | None = None) -> tuple[tuple[int, int, int, int],
+                                                                            tuple[int, int, int]]:
+    """The drawn box and colour of ``obj`` in ``scene`` under ``jitter`` (see :class:`SceneConfig`),
+    starting from ``colour`` (default: the category's).
 
     Deterministic: seeded by a CRC of the scene's gradient and the object's cell and category
-    (never Python's salted ``hash``). ``jitter = 0`` gives the annotation's box and the category colour.
+    (never Python's salted ``hash``). ``jitter = 0`` gives the annotation's box and the colour.
     """
-    colour = CATEGORY_BY_NAME[obj.category].colour
+    colour = colour or CATEGORY_BY_NAME[obj.category].colour
     if jitter <= 0:
         return obj.bbox, colour
     key = f"{_scene_key(scene)}|{obj.row}|{obj.col}|{obj.category}"
@@ -279,40 +321,42 @@ def instance_appearance(scene: Scene, obj: ObjectAnn, jitter: float) -> tuple[tu
 
 
 def _draw_icon(draw: ImageDraw.ImageDraw, obj: ObjectAnn, box: tuple[int, int, int, int] | None = None,
-               colour: tuple[int, int, int] | None = None) -> None:
-    """Draw one object's icon inside ``box`` (default: its bounding box) in ``colour``."""
+               colour: tuple[int, int, int] | None = None, shape: Shape | None = None) -> None:
+    """Draw one object's icon inside ``box`` (default: its bounding box) in ``colour`` and
+    ``shape`` (default: the category's)."""
     cat = CATEGORY_BY_NAME[obj.category]
     x0, y0, x1, y1 = box or obj.bbox
     s = x1 - x0
     fill = colour or cat.colour
+    shape = shape or cat.shape
     box = (x0, y0, x1 - 1, y1 - 1)
-    if cat.shape == "circle":
+    if shape == "circle":
         draw.ellipse(box, fill=fill)
-    elif cat.shape == "square":
+    elif shape == "square":
         draw.rectangle(box, fill=fill)
-    elif cat.shape == "triangle":
+    elif shape == "triangle":
         draw.polygon([(x0 + s / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=fill)
-    elif cat.shape == "diamond":
+    elif shape == "diamond":
         cx, cy = x0 + s / 2, y0 + s / 2
         draw.polygon([(cx, y0), (x1 - 1, cy), (cx, y1 - 1), (x0, cy)], fill=fill)
-    elif cat.shape == "ring":
+    elif shape == "ring":
         draw.ellipse(box, outline=fill, width=max(2, s // 4))
-    elif cat.shape == "plus":
+    elif shape == "plus":
         t = max(2, s // 3)
         a = x0 + (s - t) // 2
         draw.rectangle((a, y0, a + t - 1, y1 - 1), fill=fill)
         b = y0 + (s - t) // 2
         draw.rectangle((x0, b, x1 - 1, b + t - 1), fill=fill)
-    elif cat.shape == "hbar":
+    elif shape == "hbar":
         t = max(2, int(s * 0.45))
         b = y0 + (s - t) // 2
         draw.rectangle((x0, b, x1 - 1, b + t - 1), fill=fill)
-    elif cat.shape == "vbar":
+    elif shape == "vbar":
         t = max(2, int(s * 0.45))
         a = x0 + (s - t) // 2
         draw.rectangle((a, y0, a + t - 1, y1 - 1), fill=fill)
     else:  # pragma: no cover - guarded by the Shape literal
-        raise ValueError(f"unknown shape {cat.shape!r}")
+        raise ValueError(f"unknown shape {shape!r}")
 
 
 def render_scene(scene: Scene, config: SceneConfig = SceneConfig()) -> Image.Image:
@@ -325,11 +369,12 @@ def render_scene(scene: Scene, config: SceneConfig = SceneConfig()) -> Image.Ima
     image = Image.fromarray(pixels, mode="RGB")
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
-        box, colour = instance_appearance(scene, obj, config.jitter)
+        shape, base = instance_look(scene, obj, config.variants)
+        box, colour = instance_appearance(scene, obj, config.jitter, base)
         if is_faint(scene, obj, config.faint):  # 70 % background at the icon's centre
             under = pixels[min((box[1] + box[3]) // 2, size - 1), min((box[0] + box[2]) // 2, size - 1)]
             colour = tuple(int(round(0.3 * c + 0.7 * float(b))) for c, b in zip(colour, under))
-        _draw_icon(draw, obj, box, colour)
+        _draw_icon(draw, obj, box, colour, shape)
     for row, col in scene.occluders:
         _draw_occluder(draw, row, col, config)
     if config.noise > 0:

@@ -8,13 +8,17 @@ weights, not in the image). Options are 2 to 5 and the answer is the index of th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from hipp_torchprune.world.categories import CATEGORY_NAMES, PROPERTIES
+from hipp_torchprune.world.lore import LoreThing
 from hipp_torchprune.world.scenes import Scene
+
+Generator = Callable[[Scene, np.random.Generator], "MCQuestion | None"]
 
 OWNERS: tuple[str, ...] = ("Anna", "Ben", "Cara", "Dan", "Eva")
 
@@ -171,7 +175,7 @@ def q_places(scene: Scene, rng: np.random.Generator) -> MCQuestion | None:
 
 
 #: Question generators and their sampling weights.
-GENERATORS: tuple[tuple[Callable[[Scene, np.random.Generator], MCQuestion | None], float], ...] = (
+GENERATORS: tuple[tuple[Generator, float], ...] = (
     (q_presence, 0.16),
     (q_count, 0.10),
     (q_size, 0.10),
@@ -184,7 +188,7 @@ GENERATORS: tuple[tuple[Callable[[Scene, np.random.Generator], MCQuestion | None
 
 
 #: World v1's generators and weights (image and hint kinds only).
-GENERATORS_V1: tuple[tuple[Callable[[Scene, np.random.Generator], MCQuestion | None], float], ...] = (
+GENERATORS_V1: tuple[tuple[Generator, float], ...] = (
     (q_presence, 0.25),
     (q_count, 0.15),
     (q_size, 0.15),
@@ -193,15 +197,47 @@ GENERATORS_V1: tuple[tuple[Callable[[Scene, np.random.Generator], MCQuestion | N
     (q_owner, 0.15),
 )
 
-
-def generators(version: int = 2) -> tuple[tuple[Callable[[Scene, np.random.Generator], MCQuestion | None], float], ...]:
-    """The question generators and weights of world ``version`` (1 or 2)."""
-    return GENERATORS_V1 if version == 1 else GENERATORS
+#: In a world with lore, the share of knowledge questions still asked about the categories.
+P_CATEGORY_KNOWLEDGE: float = 0.25
 
 
-def sample_questions(scene: Scene, rng: np.random.Generator, k: int, version: int = 2) -> list[MCQuestion]:
+def q_lore(scene: Scene, rng: np.random.Generator, lore: Sequence[LoreThing], places: bool) -> MCQuestion | None:
+    """World knowledge about the lore (:mod:`hipp_torchprune.world.lore`): which of 2-4 made-up
+    things has a property (exactly one does); a share :data:`P_CATEGORY_KNOWLEDGE` of the questions
+    is still asked about the categories. ``places`` picks the place properties, else the others."""
+    names = PLACE_PROPERTIES if places else tuple(p for p in PROPERTIES if p not in PLACE_PROPERTIES)
+    topic = "places" if places else "knowledge"
+    if rng.random() < P_CATEGORY_KNOWLEDGE:
+        return _q_property(rng, names, topic)
+    prop = names[int(rng.integers(len(names)))]
+    have = [t.name for t in lore if prop in t.properties]
+    lacking = [t.name for t in lore if prop not in t.properties]
+    if not have or not lacking:
+        return None
+    correct = have[int(rng.integers(len(have)))]
+    k = min(len(lacking), int(rng.integers(1, 4)))
+    others = [lacking[int(i)] for i in rng.choice(len(lacking), size=k, replace=False)]
+    choices, answer = _shuffled(rng, correct, others)
+    return MCQuestion(PROPERTIES[prop][0], choices, answer, "", topic, "World knowledge",
+                      "Know what things are", f"The {correct} is the one ({prop}).")
+
+
+def generators(version: int = 2, lore: Sequence[LoreThing] = ()) -> tuple[tuple[Generator, float], ...]:
+    """The question generators and weights of world ``version`` (1 or 2); with ``lore`` (version 2
+    only), the knowledge and places kinds ask about it (:func:`q_lore`)."""
+    if version == 1:
+        return GENERATORS_V1
+    if not lore:
+        return GENERATORS
+    swap = {q_knowledge: partial(q_lore, lore=tuple(lore), places=False),
+            q_places: partial(q_lore, lore=tuple(lore), places=True)}
+    return tuple((swap.get(gen, gen), w) for gen, w in GENERATORS)
+
+
+def sample_questions(scene: Scene, rng: np.random.Generator, k: int, version: int = 2,
+                     lore: Sequence[LoreThing] = ()) -> list[MCQuestion]:
     """Up to ``k`` questions of distinct kinds for one scene, drawn by the generator weights."""
-    table = generators(version)
+    table = generators(version, lore)
     weights = np.array([w for _, w in table])
     order = [int(i) for i in rng.choice(len(table), size=len(table), replace=False,
                                         p=weights / weights.sum())]

@@ -7,6 +7,7 @@ import torch
 
 from hipp_torchprune.demo.config import DemoModelConfig
 from hipp_torchprune.demo.homes import (
+    EVERY_LAYER,
     NO_HOME,
     home_dropout_masks,
     install_home_dropout,
@@ -48,17 +49,31 @@ def test_masks_are_all_ones_without_dropout_and_drop_a_quarter_on_average_at_hal
     assert abs(float(kept) - 0.875) < 0.02
 
 
-@pytest.mark.parametrize(("kind", "knowledge", "expected"), [
-    ("mc", [True, False], [5, 3]),
-    ("pope", [False, False], [1, 1]),
-    ("caption", [False], [1]),
-    ("short", [True], [1]),
-    ("relation", [False], [1]),
-    ("lm", [False, False], [NO_HOME, NO_HOME]),
+@pytest.mark.parametrize(("kind", "knowledge", "kinds", "expected"), [
+    ("mc", [True, False], "all", [5, 3]),
+    ("pope", [False, False], "all", [1, 1]),
+    ("caption", [False], "all", [1]),
+    ("short", [True], "all", [1]),
+    ("relation", [False], "all", [1]),
+    ("lm", [False, False], "all", [NO_HOME, NO_HOME]),
+    ("fact", [False, False], "all", [5, 5]),
+    ("mc", [True, False], "knowledge", [5, EVERY_LAYER]),
+    ("fact", [False], "knowledge", [5]),
+    ("pope", [False], "knowledge", [EVERY_LAYER]),
+    ("lm", [False], "knowledge", [EVERY_LAYER]),
 ])
-def test_row_homes_by_kind(kind: str, knowledge: list[bool], expected: list[int]) -> None:
-    homes = row_homes(kind, torch.tensor(knowledge), grounding=1, reasoning=3, knowledge_home=5)
+def test_row_homes_by_kind(kind: str, knowledge: list[bool], kinds: str, expected: list[int]) -> None:
+    homes = row_homes(kind, torch.tensor(knowledge), grounding=1, reasoning=3, knowledge_home=5,
+                      kinds=kinds)  # type: ignore[arg-type]
     assert homes.tolist() == expected and homes.dtype == torch.long
+
+
+def test_every_layer_home_is_never_dropped() -> None:
+    torch.manual_seed(3)
+    homes = torch.tensor([EVERY_LAYER] * 32 + [1] * 32)
+    masks = home_dropout_masks(homes, n_layers=4, width=256, max_drop=0.9)  # (L, B, 1, I)
+    assert masks[:, :32].all()  # every layer kept for every EVERY_LAYER row
+    assert not masks[:, 32:].all()  # the others do lose rows away from home
 
 
 def _tiny_llava():
