@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Proving-ground probe evaluation (issue 13): dense POPE/ScienceQA on the calibration and test splits,
 # single-layer sensitivity on calibration rows, degradation at 30/50 % (uniform, sensitivity, random) on test,
-# and uniform pruning at 75 % (idle.md: do the tasks need the MLPs at all?).
+# uniform pruning at 75 % (idle.md: do the tasks need the MLPs at all?) and ScienceQA per topic under
+# single-layer pruning (topics.jsonl).
 # Usage (repository root): [WORLD=out/world2f-s2] [LIMIT=600] bash benchmarks/probe_eval.sh MODEL_DIR OUT_DIR
 set -euo pipefail
 M=$1; O=$2; W=${WORLD:-out/world2-s2}; L=${LIMIT:-600}
@@ -15,3 +16,8 @@ $PY -m hipp_torchprune.cli eval --model $M --data $W --split test --limit $L --t
 # How much the tasks need the MLPs at all: uniform Wanda at 75 % of every MLP (one random seed beside it).
 # A model whose loss here is small answers with attention and embeddings, and no allocation can matter.
 (cd benchmarks && $PY degradation.py --model ../$M --data ../$W --limit 300 --sparsities 0.75 --seeds 1 --out ../$O/idle > ../$O/idle.md 2>/dev/null)
+# Which ScienceQA kinds live in which layer: accuracy per topic, dense and with each layer alone at 75 %
+# (calibration rows; a world with lore asks its knowledge and places kinds about made-up things).
+N=$($PY -c "import json; print(json.load(open('$M/config.json'))['text_config']['num_hidden_layers'])")
+(cd benchmarks && $PY scienceqa_topics.py --model ../$M --data ../$W --split calibration --limit $L \
+   --prune-layers $(seq -s, 0 $((N - 1))) --ratio 0.75 > ../$O/topics.jsonl 2>/dev/null)

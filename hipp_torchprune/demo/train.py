@@ -103,11 +103,11 @@ def max_objects_at(step: int, cfg: TrainConfig) -> int | None:
 
 
 def make_batch(pool: TokenPool, idx: torch.Tensor, pixels: torch.Tensor, mean: list[float],
-               std: list[float]) -> dict[str, torch.Tensor]:
+               std: list[float], images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Model inputs for examples ``idx`` of a pool: trimmed ids, mask, normalized pixels, labels.
 
     Labels equal ``input_ids`` on the answer tokens and eos and are -100 elsewhere (the model
-    shifts them internally).
+    shifts them internally). ``images`` (indices into ``pixels``) replaces the examples' own images.
     """
     lengths = pool.lengths[idx]
     width = int(lengths.max())
@@ -117,7 +117,7 @@ def make_batch(pool: TokenPool, idx: torch.Tensor, pixels: torch.Tensor, mean: l
     answer = (pos >= pool.answer_start[idx].unsqueeze(1)) & mask.bool()
     labels = torch.where(answer, ids, torch.full_like(ids, -100))
     return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-            "pixel_values": normalize(pixels[pool.image[idx]], mean, std)}
+            "pixel_values": normalize(pixels[pool.image[idx] if images is None else images], mean, std)}
 
 
 def similarity_init(model: Any, scale: float) -> None:
@@ -514,7 +514,9 @@ def _step_batch(data: _Data, run: _Run, kind: str, step: int, cfg: TrainConfig,
         idx = torch.arange(cfg.batch_size)
         slots = option_slots(pool, run.letter_ids, run.dot_id) if run.mc_slots is not None else None
     rows = pool.image[idx]
-    return {"batch": make_batch(pool, idx, pixels, data.mean, data.std),
+    if kind in POOL_ONLY_KINDS:  # text rows get a fresh image each time: never a key to memorize them by
+        rows = torch.from_numpy(rng.integers(0, len(pixels), size=cfg.batch_size))
+    return {"batch": make_batch(pool, idx, pixels, data.mean, data.std, rows),
             "patch": labels_of[rows] if labels_of is not None else None,
             "sizes": sizes_of[rows] if sizes_of is not None else None,
             "slots": (slots[0][idx], slots[1][idx]) if slots is not None and kind == "mc" else None,

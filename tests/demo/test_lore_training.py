@@ -88,3 +88,21 @@ def test_lore_options_on_a_world_without_lore_are_refused_before_writing(make_wo
             train_demo_model(make_world(4, 40), tmp_path / "run", TINY, TrainConfig(steps=1, eval_every=0, option_layer=0, aux_layer=0, **changes),
                              progress=False)
         assert not (tmp_path / "run").exists()
+
+
+def test_a_stated_fact_comes_with_a_fresh_image_each_time(lore_world: Path) -> None:
+    """Text rows must not be keyed by an image: a fact always shown on the same picture can be
+    recalled from the picture instead of from the thing's name (probes 27/28 did exactly that)."""
+    import numpy as np
+
+    from hipp_torchprune.demo.train import _build_run, _prepare_data, _step_batch
+
+    cfg = replace(RECIPE, batch_size=64)
+    data = _prepare_data(lore_world, TINY, cfg)
+    run = _build_run(data, TINY, cfg, "cpu")
+    batch = _step_batch(data, run, "fact", 0, cfg, np.random.default_rng(0))["batch"]  # 64 rows of 40 facts
+    seen: dict[tuple[int, ...], set[bytes]] = {}
+    for ids, pixels in zip(batch["input_ids"], batch["pixel_values"]):
+        seen.setdefault(tuple(ids.tolist()), set()).add(pixels.numpy().tobytes())
+    repeated = [v for v in seen.values() if len(v) > 1]
+    assert len(seen) < 64 and repeated  # some fact was drawn twice, on two different images
