@@ -27,6 +27,11 @@ class DemoModelConfig:
         max_positions: Llama maximum sequence length.
         projector_act: activation between the projector's two linears ("gelu" is LLaVA-1.5's
             ``mlp2x_gelu``; "linear" makes the projector linear, as in the first LLaVA).
+        vision_feature_layer: which CLIP hidden state the projector reads (-1: the last layer's
+            output; LLaVA-1.5 reads -2, the penultimate). With one CLIP layer, -2 is the patch
+            embeddings themselves, so image tokens are linear in the pixels (up to a LayerNorm)
+            and recognizing an object is left to the language model's MLPs. (0 is not accepted:
+            transformers reads it as "no hidden states".)
     """
 
     image_size: int = 64
@@ -41,6 +46,7 @@ class DemoModelConfig:
     text_intermediate: int = 512
     max_positions: int = 256
     projector_act: Literal["gelu", "linear"] = "linear"
+    vision_feature_layer: int = -1
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and the model card)."""
@@ -66,7 +72,7 @@ class DemoModelConfig:
         return LlavaConfig(
             vision_config=vision, text_config=text, image_token_index=image_token_id,
             projector_hidden_act=self.projector_act, vision_feature_select_strategy="default",
-            vision_feature_layer=-1, image_seq_length=n_tokens, pad_token_id=pad_id,
+            vision_feature_layer=self.vision_feature_layer, image_seq_length=n_tokens, pad_token_id=pad_id,
         )
 
 

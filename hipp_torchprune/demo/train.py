@@ -262,6 +262,9 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
         raise ConfigError(f"ema_decay={cfg.ema_decay}: must be in [0, 1) (0 turns the weight EMA off)")
     if cfg.vision_lr_scale < 0:
         raise ConfigError(f"vision_lr_scale={cfg.vision_lr_scale}: must be >= 0 (0 freezes the tower)")
+    if not -model_cfg.vision_layers - 1 <= model_cfg.vision_feature_layer <= -1:
+        raise ConfigError(f"vision_feature_layer={model_cfg.vision_feature_layer}: must be in "
+                          f"-{model_cfg.vision_layers + 1}..-1 (counted from the last CLIP hidden state)")
     if model_cfg.projector_act not in ("gelu", "linear"):
         raise ConfigError(f"projector_act={model_cfg.projector_act!r}: must be 'gelu' or 'linear'")
 

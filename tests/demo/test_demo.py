@@ -236,6 +236,8 @@ def test_cli_trains_the_recipe(world: Path, tmp_path: Path, capsys: pytest.Captu
     (replace(TINY, text_layers=3), {"knowledge_weight": 1.0, "knowledge_layer": 1, "knowledge_from_layer": 2}),
     (TINY, {"ema_decay": -0.1}),
     (DemoModelConfig(projector_act="relu"), {}),  # type: ignore[arg-type]
+    (DemoModelConfig(vision_layers=1, vision_feature_layer=-3), {}),
+    (DemoModelConfig(vision_feature_layer=0), {}),
 ])
 def test_bad_recipe_is_refused_before_writing(world: Path, tmp_path: Path, model_cfg: DemoModelConfig,
                                               changes: dict) -> None:
@@ -412,3 +414,28 @@ def test_summary_records_the_training_world_and_the_demo_builds_one_like_it(tmp_
     with pytest.raises(DataError, match="version-1 world"):
         demo_world(str(tmp_path / "m"), tmp_path / "plain", seed=9, n_images=12)
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "plain").rglob("*")) == before  # left as it was
+
+
+def test_penultimate_vision_layer_of_a_one_layer_tower_is_the_patch_embedding() -> None:
+    """vision_feature_layer=-2 with one CLIP layer: image tokens are the projected, LayerNormed
+    patch embeddings (linear in the pixels), so recognition happens in the language model."""
+    from transformers import LlavaForConditionalGeneration
+
+    cfg = replace(TINY, vision_layers=1, vision_feature_layer=-2)
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(cfg.llava_config(40, 39, 0, 1, 2)).eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    tower = model.model.vision_tower
+    expected = model.model.multi_modal_projector(tower.pre_layrnorm(tower.embeddings(pixels))[:, 1:])  # (2, 16, H)
+    seen: dict[str, torch.Tensor] = {}
+    model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+    ids = torch.tensor([[1] + [39] * 16 + [5]] * 2)
+    with torch.no_grad():
+        model(input_ids=ids, pixel_values=pixels)
+    assert torch.allclose(seen["out"].reshape(expected.shape), expected, atol=1e-5)
+    last = replace(cfg, vision_feature_layer=-1)
+    model.config.vision_feature_layer = last.vision_feature_layer
+    seen.clear()
+    with torch.no_grad():
+        model(input_ids=ids, pixel_values=pixels)
+    assert not torch.allclose(seen["out"].reshape(expected.shape), expected, atol=1e-3)  # -1 is the layer's output
