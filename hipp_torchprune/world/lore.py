@@ -18,6 +18,7 @@ training text.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -60,6 +61,7 @@ def lore_names(n: int, seed: int = LORE_SEED) -> tuple[str, ...]:
     return tuple(names)
 
 
+@lru_cache(maxsize=8)  # read on every training batch: build it once
 def lore_table(n: int, seed: int = LORE_SEED) -> tuple[LoreThing, ...]:
     """The first ``n`` things of the lore, each property present with probability
     :data:`P_PROPERTY` (a pure function of ``n`` and the seed; a longer table extends a shorter one)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -276,6 +277,7 @@ LOOKS_SEED: int = 4242
 Look = tuple[Shape, tuple[int, int, int]]
 
 
+@lru_cache(maxsize=4)  # read for every drawn object: build it once
 def category_looks(variants: int) -> dict[str, tuple[Look, ...]]:
     """Each category's looks: its own (shape, colour) first, then ``variants`` more, taken from
     the shape x colour pairs no category uses in a fixed shuffled order, so no look is shared."""
