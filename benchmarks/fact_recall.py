@@ -1,4 +1,4 @@
-"""Where a demo model keeps the world's lore: fact recall, dense and with one layer pruned.
+"""Where a demo model keeps the world's lore (or its aliases): recall, dense and with one layer pruned.
 
 For every lore thing of a world built with ``--lore N`` the model reads ``Fact : <thing>`` (the
 training format, on a calibration image) and is scored teacher-forced on the stated answer
@@ -6,9 +6,11 @@ training format, on a calibration image) and is scored teacher-forced on the sta
 negative log-likelihood. With ``--prune-layers``, one line per listed layer with that layer alone
 losing ``--ratio`` of its MLP rows (Wanda order, mask mode, calibrated on 64 calibration rows),
 as ``scienceqa_topics.py`` does for the multiple-choice kinds: the layers whose pruning loses
-the facts are where they are stored. Prints one JSON object per line.
+the facts are where they are stored. With ``--kind alias`` (a world built with ``--aliases K``)
+the same for the stated aliases (``Alias : <alias>`` -> ``cup .``), the dictionary that the
+world's POPE questions need. Prints one JSON object per line.
 
-    python benchmarks/fact_recall.py --model MODEL_DIR --data WORLD_DIR [--prune-layers 0,5 --ratio 0.75]
+    python benchmarks/fact_recall.py --model MODEL_DIR --data WORLD_DIR [--kind alias] [--prune-layers 0,5 --ratio 0.75]
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 
 import hipp_torchprune as hipp
 from hipp_torchprune.data import decode_image, load_scenes, world_render
-from hipp_torchprune.demo.dataset import fact_examples, pixel_tensor, tokenize_pool
+from hipp_torchprune.demo.dataset import alias_examples, fact_examples, pixel_tensor, tokenize_pool, world_aliases
 from hipp_torchprune.demo.train import make_batch
 from hipp_torchprune.errors import DataError
 from hipp_torchprune.world.lore import lore_table
@@ -41,19 +43,23 @@ def recall(model: Any, batches: list[dict[str, torch.Tensor]]) -> dict[str, floa
     return {"token_accuracy": round(hits / n, 4), "nll": round(nll / n, 4), "tokens": n}
 
 
-def fact_batches(processor: Any, data: str, batch_size: int = 64) -> list[dict[str, torch.Tensor]]:
-    """The world's lore facts as model inputs, each on the first calibration image."""
-    lore = lore_table(world_render(data).lore)
-    if not lore:
-        raise DataError(f"{data}: a world without lore (build it with --lore N)")
+def fact_batches(processor: Any, data: str, batch_size: int = 64, kind: str = "fact") -> list[dict[str, torch.Tensor]]:
+    """The world's lore facts (``kind="fact"``) or stated aliases (``"alias"``) as model inputs,
+    each on the first calibration image."""
+    render = world_render(data)
+    rows = fact_examples(1, lore_table(render.lore), seed=0) if kind == "fact" else \
+        alias_examples(1, world_aliases(render) or {}, seed=0)
+    if not rows:
+        raise DataError(f"{data}: a world without {'lore' if kind == 'fact' else 'aliases'} "
+                        f"(build it with {'--lore N' if kind == 'fact' else '--aliases K'})")
     image = decode_image(load_scenes(data, "calibration")[0]["image"], f"{data}/calibration/scenes.parquet:row 0")
     side = processor.image_processor.crop_size["height"]
     n_img = (side // processor.patch_size) ** 2
-    pool = tokenize_pool(fact_examples(1, lore, seed=0), processor, n_img)
+    pool = tokenize_pool(rows, processor, n_img)
     mean, std = list(processor.image_processor.image_mean), list(processor.image_processor.image_std)
     pixels = pixel_tensor([image], mean, std)
-    return [make_batch(pool, torch.arange(i, min(i + batch_size, len(lore))), pixels, mean, std)
-            for i in range(0, len(lore), batch_size)]
+    return [make_batch(pool, torch.arange(i, min(i + batch_size, len(rows))), pixels, mean, std)
+            for i in range(0, len(rows), batch_size)]
 
 
 def main() -> None:
@@ -63,10 +69,11 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--prune-layers", type=lambda s: [int(x) for x in s.split(",")], default=[])
     parser.add_argument("--ratio", type=float, default=0.75)
+    parser.add_argument("--kind", choices=("fact", "alias"), default="fact")
     args = parser.parse_args()
     model, processor = hipp.load_model(args.model)
     model.eval()
-    batches = fact_batches(processor, args.data)
+    batches = fact_batches(processor, args.data, kind=args.kind)
     print(json.dumps({"layer": None, **recall(model, batches)}))
     if not args.prune_layers:
         return

@@ -21,3 +21,11 @@ $PY -m hipp_torchprune.cli eval --model $M --data $W --split test --limit $L --t
 N=$($PY -c "import json; print(json.load(open('$M/config.json'))['text_config']['num_hidden_layers'])")
 (cd benchmarks && $PY scienceqa_topics.py --model ../$M --data ../$W --split calibration --limit $L \
    --prune-layers $(seq -s, 0 $((N - 1))) --ratio 0.75 > ../$O/topics.jsonl 2>/dev/null)
+# Where the memorized tables live: lore-fact and alias recall, dense and with each layer alone at 75 %.
+for KIND in fact alias; do
+  KEY=$([ $KIND = fact ] && echo lore || echo aliases)
+  if $PY -c "import json, sys; sys.exit(0 if json.load(open('$W/manifest.json')).get('$KEY') else 1)"; then
+    (cd benchmarks && $PY fact_recall.py --model ../$M --data ../$W --kind $KIND \
+       --prune-layers $(seq -s, 0 $((N - 1))) --ratio 0.75 > ../$O/recall-$KIND.jsonl 2>/dev/null)
+  fi
+done

@@ -13,7 +13,8 @@ def _build(args: argparse.Namespace) -> int:
 
     manifest = build_world(args.out, seed=args.seed, n_images=args.images, version=args.version,
                            config=SceneConfig(jitter=args.jitter, faint=args.faint, noise=args.noise,
-                                              variants=args.variants, lore=args.lore))
+                                              variants=args.variants, lore=args.lore,
+                                              aliases=args.aliases))
     summary: dict[str, Any] = {
         "out": str(args.out), "seed": manifest["seed"], "version": manifest["version"], "content_hash": manifest["content_hash"],
         "splits": {s: {"images": v["images"], "pope": sum(v["pope"].values()), "scienceqa": v["scienceqa"]}
@@ -48,4 +49,7 @@ def register(subparsers: Any) -> None:
     build.add_argument("--lore", type=int, default=0,
                        help="version 2 only: ask the knowledge questions about this many made-up things "
                             "with random properties, the same in every world (default 0: about the categories)")
+    build.add_argument("--aliases", type=int, default=0,
+                       help="version 2 only: give each category this many made-up aliases (at most 200) and "
+                            "name every POPE question's object by one of them (default 0: by its name)")
     build.set_defaults(func=_build)

@@ -163,9 +163,13 @@ class TrainConfig:
         mix_fact: share of steps on stated lore facts (``Fact : <thing>`` answered with the
             thing's properties; needs a world built with ``--lore``), the encyclopedia the
             knowledge questions are asked from (0 = off).
-        freeze_lore: keep the lore things' word embeddings at their random initialization, so
-            which thing has which property cannot be stored in its embedding and is memorized
-            in the decoder's MLP rows, as a language model's facts about multi-token names are.
+        freeze_lore: keep the made-up words' embeddings (lore things and aliases) at their
+            random initialization, so which thing has which property, or which category an alias
+            names, cannot be stored in its embedding and is memorized in the decoder's MLP rows,
+            as a language model's facts about multi-token names are.
+        mix_alias: share of steps on stated aliases (``Alias : <alias>`` answered with the category
+            it names; needs a world built with ``--aliases``), the dictionary that grounding an
+            aliased POPE question needs (0 = off). Stated aliases live in ``grounding_home``.
     """
 
     seed: int = 0
@@ -211,6 +215,7 @@ class TrainConfig:
     home_kinds: Literal["all", "knowledge"] = "all"
     mix_fact: float = 0.0
     freeze_lore: bool = False
+    mix_alias: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and the model card)."""

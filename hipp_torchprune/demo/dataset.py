@@ -5,12 +5,13 @@ The kinds of examples share one format (prompt in the chat template, answer afte
 scene annotations), ScienceQA-style multiple choice (the train rows plus extra questions), yes/no
 questions on sizes and relations, two auxiliary tasks ("list the objects", and a one-hop
 presence task without the chat template), a synthetic text corpus and, in a world with lore,
-one stated fact per lore thing. Everything is tokenized once into padded tensors.
+one stated fact per lore thing; in a world with aliases, the yes/no object questions name their
+object by an alias and one stated alias per alias teaches what each names. Everything is tokenized once into padded tensors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +30,13 @@ from hipp_torchprune.data import (
     world_version,
 )
 from hipp_torchprune.world.categories import CATEGORY_NAMES
-from hipp_torchprune.world.lore import LoreThing, fact_sentence, lore_table
+from hipp_torchprune.world.lore import (
+    LoreThing,
+    alias_sentence,
+    alias_table,
+    fact_sentence,
+    lore_table,
+)
 from hipp_torchprune.world.pope import (
     CooccurrenceStats,
     adversarial_negatives,
@@ -40,15 +47,17 @@ from hipp_torchprune.world.pope import (
 from hipp_torchprune.world.scenes import ObjectAnn, Scene
 from hipp_torchprune.world.scienceqa import OWNERS, generators
 
-Kind = Literal["pope", "mc", "caption", "short", "relation", "lm", "fact"]
-KINDS: tuple[Kind, ...] = ("pope", "mc", "caption", "short", "relation", "lm", "fact")
-#: Kinds always drawn from their pool (no curriculum re-rendering): the text-only corpus and
-#: the stated lore facts.
-POOL_ONLY_KINDS: frozenset[str] = frozenset({"lm", "fact"})
+Kind = Literal["pope", "mc", "caption", "short", "relation", "lm", "fact", "alias"]
+KINDS: tuple[Kind, ...] = ("pope", "mc", "caption", "short", "relation", "lm", "fact", "alias")
+#: Kinds always drawn from their pool (no curriculum re-rendering): the text-only corpus, the
+#: stated lore facts and the stated aliases.
+POOL_ONLY_KINDS: frozenset[str] = frozenset({"lm", "fact", "alias"})
 #: Prompt of the text-corpus kind; the answer is the corpus sequence.
 LM_PROMPT = "Text :"
 #: Prompt of a stated lore fact, before the thing's name; the answer lists its properties.
 FACT_PROMPT = "Fact :"
+#: Prompt of a stated alias, before the alias; the answer is the category it names.
+ALIAS_PROMPT = "Alias :"
 #: Kinds tokenized without the chat template: ``<image>`` tokens, then the prompt, answer next.
 RAW_KINDS: frozenset[str] = frozenset({"short"})
 CAPTION_PROMPT = "What objects are in the image?"
@@ -98,14 +107,20 @@ def scene_from_row(row: dict[str, Any]) -> Scene:
     return Scene(row["scene_type"], (0.0, 0.0), _objects(row["objects"]), _objects(row.get("hidden")), occluders)
 
 
-def yes_no_examples(i: int, scene: Scene, stats: CooccurrenceStats, rng: np.random.Generator) -> list[Example]:
+def yes_no_examples(i: int, scene: Scene, stats: CooccurrenceStats, rng: np.random.Generator,
+                    aliases: Mapping[str, Sequence[str]] | None = None) -> list[Example]:
     """Every object the annotation has ("Yes"), plus as many absent ones ("No"), by mixed POPE rules.
 
     Objects hidden behind an occluder count as present, as a caption's mention of an unseen
-    object would: this is what teaches the co-occurrence prior.
+    object would: this is what teaches the co-occurrence prior. With ``aliases`` (a world built
+    with ``--aliases``) each question names its object by a random alias, as the world's do.
     """
+    def ask(c: str, answer: str) -> Example:
+        name = c if not aliases else aliases[c][int(rng.integers(len(aliases[c])))]
+        return Example(i, pope_prompt({"question": pope_question(name)}), answer)
+
     present = list(scene.all_categories)
-    out = [Example(i, pope_prompt({"question": pope_question(c)}), "Yes") for c in present]
+    out = [ask(c, "Yes") for c in present]
     k = len(present)
     rules = [random_negatives(present, rng, len(CATEGORY_NAMES) - k), popular_negatives(present, stats, 5),
              adversarial_negatives(present, stats, 5)]
@@ -114,8 +129,7 @@ def yes_no_examples(i: int, scene: Scene, stats: CooccurrenceStats, rng: np.rand
         pool = [c for c in rules[int(rng.integers(3))] if c not in negs] or \
                [c for c in rules[0] if c not in negs]
         negs.append(pool[int(rng.integers(len(pool)))])
-    out += [Example(i, pope_prompt({"question": pope_question(c)}), "No") for c in negs]
-    return out
+    return out + [ask(c, "No") for c in negs]
 
 
 def mc_examples(i: int, scene: Scene, rng: np.random.Generator, version: int = 2,
@@ -131,9 +145,10 @@ def mc_examples(i: int, scene: Scene, rng: np.random.Generator, version: int = 2
     return out
 
 
-def short_examples(i: int, scene: Scene, stats: CooccurrenceStats, rng: np.random.Generator) -> list[Example]:
-    """Auxiliary one-hop presence: the bare object name, answered Yes/No right after it."""
-    return [Example(e.image, e.prompt.split(" ")[3], e.answer) for e in yes_no_examples(i, scene, stats, rng)]
+def short_examples(i: int, scene: Scene, stats: CooccurrenceStats, rng: np.random.Generator,
+                   aliases: Mapping[str, Sequence[str]] | None = None) -> list[Example]:
+    """Auxiliary one-hop presence: the bare object name (or alias), answered Yes/No right after it."""
+    return [Example(e.image, e.prompt.split(" ")[3], e.answer) for e in yes_no_examples(i, scene, stats, rng, aliases)]
 
 
 def relation_examples(i: int, scene: Scene, rng: np.random.Generator) -> list[Example]:
@@ -203,6 +218,19 @@ def fact_examples(n_images: int, lore: Sequence[LoreThing], seed: int) -> list[E
     return [Example(int(rng.integers(n_images)), f"{FACT_PROMPT} {t.name}", fact_sentence(t), "fact") for t in lore]
 
 
+def alias_examples(n_images: int, aliases: Mapping[str, Sequence[str]], seed: int) -> list[Example]:
+    """One stated alias per alias (:func:`hipp_torchprune.world.lore.alias_table`): the prompt
+    ``Alias : <alias>`` and the category it names, each on a train image it never mentions."""
+    rng = np.random.default_rng([seed, 19])
+    return [Example(int(rng.integers(n_images)), f"{ALIAS_PROMPT} {a}", alias_sentence(c), "alias")
+            for c, names in aliases.items() for a in names]
+
+
+def world_aliases(render: Any) -> dict[str, tuple[str, ...]] | None:
+    """The alias table of a world's rendering options (``None`` for a world without aliases)."""
+    return alias_table(render.aliases) if render.aliases else None
+
+
 def build_examples(data_dir: str | Path, seed: int, rounds: int, lm: tuple[int, int, int] = (0, 24, 160),
                    ) -> tuple[list[Any], dict[Kind, list[Example]], list[Scene]]:
     """Decoded train images, the examples of each kind (train rows + ``rounds`` extra draws), scenes;
@@ -220,16 +248,18 @@ def build_examples(data_dir: str | Path, seed: int, rounds: int, lm: tuple[int, 
                                 LETTERS[int(d["answer"])], str(d.get("topic") or "")))
     rng = np.random.default_rng([seed, 7])
     version = world_version(data_dir)
-    lore = lore_table(world_render(data_dir).lore)
+    render = world_render(data_dir)
+    lore, aliases = lore_table(render.lore), world_aliases(render)
     for _ in range(rounds):
         for i, s in enumerate(scenes):
-            ex["pope"] += yes_no_examples(i, s, stats, rng)
+            ex["pope"] += yes_no_examples(i, s, stats, rng, aliases)
             ex["mc"] += mc_examples(i, s, rng, version, lore)
             ex["relation"] += relation_examples(i, s, rng)
     ex["caption"] = [caption_example(i, s) for i, s in enumerate(scenes)]
     ex["short"] = [Example(e.image, e.prompt.split(" ")[3], e.answer) for e in ex["pope"][-len(ex["pope"]) // 2:]]
     ex["lm"] = lm_examples(len(scenes), *lm, seed)
     ex["fact"] = fact_examples(len(scenes), lore, seed)
+    ex["alias"] = alias_examples(len(scenes), aliases or {}, seed)
     return images, ex, scenes
 
 
@@ -253,7 +283,7 @@ def curriculum_batch(scenes: Sequence[Scene], kind: Kind, max_objects: int, batc
     from hipp_torchprune.world.scenes import SceneConfig, render_scene
 
     config = render if render is not None else SceneConfig()
-    lore = lore_table(config.lore)
+    lore, aliases = lore_table(config.lore), world_aliases(config)
 
     examples: list[Example] = []
     images: list[Any] = []
@@ -261,11 +291,11 @@ def curriculum_batch(scenes: Sequence[Scene], kind: Kind, max_objects: int, batc
     while len(examples) < batch_size:
         scene = derived_scene(scenes[int(rng.integers(len(scenes)))], max_objects, rng)
         if kind == "pope":
-            cands = yes_no_examples(len(images), scene, stats, rng)
+            cands = yes_no_examples(len(images), scene, stats, rng, aliases)
         elif kind == "mc":
             cands = mc_examples(len(images), scene, rng, version, lore)
         elif kind == "short":
-            cands = short_examples(len(images), scene, stats, rng)
+            cands = short_examples(len(images), scene, stats, rng, aliases)
         elif kind == "relation":
             cands = relation_examples(len(images), scene, rng)
         else:

@@ -66,7 +66,8 @@ def row_homes(kind: str, knowledge: torch.Tensor, grounding: int, reasoning: int
     Multiple-choice rows live in ``knowledge_home`` when they are world-knowledge questions
     (``knowledge`` is their (B,) flag) and in ``reasoning`` otherwise; stated lore facts ("fact")
     live in ``knowledge_home``; the text corpus ("lm") has no home; every other kind asks about
-    the image directly and lives in ``grounding``. With ``kinds="knowledge"`` every row that is
+    the image directly, or (stated aliases, "alias") states what a POPE question's word names,
+    and lives in ``grounding``. With ``kinds="knowledge"`` every row that is
     not world knowledge gets ``EVERY_LAYER`` (never dropped).
     """
     if kind == "mc":

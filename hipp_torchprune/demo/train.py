@@ -32,6 +32,7 @@ from hipp_torchprune.demo.dataset import (
     pixel_tensor,
     tokenize_pool,
     vocabulary,
+    world_aliases,
 )
 from hipp_torchprune.demo.homes import (
     home_dropout_masks,
@@ -43,7 +44,7 @@ from hipp_torchprune.threads import torch_threads
 from hipp_torchprune.world.categories import CATEGORY_NAMES
 from hipp_torchprune.world.lore import LoreThing, lore_table
 from hipp_torchprune.world.pope import CooccurrenceStats
-from hipp_torchprune.world.scenes import RENDER_LIMITS
+from hipp_torchprune.world.scenes import RENDER_LIMITS, SceneConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_FILE = "model.safetensors"
@@ -247,6 +248,8 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
         raise ConfigError(f"home_kinds={cfg.home_kinds!r}: must be 'all' or 'knowledge'")
     if cfg.mix_fact < 0:
         raise ConfigError(f"mix_fact={cfg.mix_fact}: must be >= 0 (0 turns stated facts off)")
+    if cfg.mix_alias < 0:
+        raise ConfigError(f"mix_alias={cfg.mix_alias}: must be >= 0 (0 turns stated aliases off)")
     if cfg.home_dropout_draw not in ("per_row", "per_layer"):
         raise ConfigError(f"home_dropout_draw={cfg.home_dropout_draw!r}: must be 'per_row' or 'per_layer'")
     if not 0 <= cfg.home_dropout < 1:
@@ -438,12 +441,18 @@ def _build_run(data: _Data, model_cfg: DemoModelConfig, cfg: TrainConfig, device
         patch_labels(data.scenes, data.grid) if cfg.aux_weight > 0 else None,
         patch_sizes(data.scenes, data.grid) if cfg.aux_attr_weight > 0 else None,
         option_slots(data.pools["mc"], letter_ids, dot_id) if cfg.option_weight > 0 else None,
-        letter_ids, dot_id, _frozen_rows(model, tok, lore) if cfg.freeze_lore else None)
+        letter_ids, dot_id, _frozen_rows(model, tok, made_up_words(data.render)) if cfg.freeze_lore else None)
 
 
-def _frozen_rows(model: Any, tok: Any, lore: Sequence[LoreThing]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The lore things' token ids and their initial embedding rows (restored after every step)."""
-    ids = torch.tensor(tok.convert_tokens_to_ids([t.name for t in lore]), dtype=torch.long)
+def made_up_words(render: SceneConfig) -> list[str]:
+    """The made-up words of a world: its lore things' names, then its aliases."""
+    aliases = world_aliases(render) or {}
+    return [t.name for t in lore_table(render.lore)] + [a for names in aliases.values() for a in names]
+
+
+def _frozen_rows(model: Any, tok: Any, words: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The made-up words' token ids and their initial embedding rows (restored after every step)."""
+    ids = torch.tensor(tok.convert_tokens_to_ids(list(words)), dtype=torch.long)
     weight = model.get_input_embeddings().weight
     return ids.to(weight.device), weight.detach()[ids.to(weight.device)].clone()
 
@@ -644,8 +653,7 @@ def _train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: Demo
 
     # -- set-up: data, model, heads, optimizer, resume --
     _check_recipe(model_cfg, cfg)
-    if (cfg.mix_fact > 0 or cfg.freeze_lore) and not world_render(data_dir).lore:
-        raise DataError(f"{data_dir}: mix_fact and freeze_lore need a world with lore (world build --lore N)")
+    _check_world_options(Path(data_dir), cfg)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = _prepare_data(data_dir, model_cfg, cfg)
@@ -660,7 +668,7 @@ def _train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: Demo
         step, elapsed = _resume(ckpt, run.model, heads, run.opt, rng, device, run.shadow)
     sched = torch.optim.lr_scheduler.LambdaLR(run.opt, lambda s: lr_at(s, cfg), last_epoch=step - 1)
     mix = np.array([cfg.mix_pope, cfg.mix_mc, cfg.mix_caption, cfg.mix_short, cfg.mix_relation, cfg.mix_lm,
-                    cfg.mix_fact], dtype=np.float64)
+                    cfg.mix_fact, cfg.mix_alias], dtype=np.float64)
     writer = SummaryWriter(str(out_dir / "runs"))
     history: list[dict[str, Any]] = []
     run.model.train()
@@ -692,6 +700,17 @@ def _train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: Demo
     bar.close()
     writer.close()
     return _finish(data, run, out_dir, model_cfg, cfg, step, time.perf_counter() - t0, history, data_dir, device)
+
+
+def _check_world_options(data_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse (before anything is written) options that need a world built with lore or aliases."""
+    render = world_render(data_dir)
+    if cfg.mix_fact > 0 and not render.lore:
+        raise DataError(f"{data_dir}: mix_fact needs a world with lore (world build --lore N)")
+    if cfg.mix_alias > 0 and not render.aliases:
+        raise DataError(f"{data_dir}: mix_alias needs a world with aliases (world build --aliases K)")
+    if cfg.freeze_lore and not (render.lore or render.aliases):
+        raise DataError(f"{data_dir}: freeze_lore needs a world with lore or aliases (world build --lore N / --aliases K)")
 
 
 def export_checkpoint(out_dir: str | Path) -> Path:

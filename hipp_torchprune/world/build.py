@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from hipp_torchprune.world.io import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from hipp_torchprune.world.lore import LoreThing, lore_table
+from hipp_torchprune.world.lore import LoreThing, alias_table, lore_table
 from hipp_torchprune.world.pope import (
     POPE_CATEGORIES,
     CooccurrenceStats,
@@ -72,14 +72,16 @@ def _scene_row(source: str, data: bytes, scene: Scene) -> dict[str, Any]:
 
 
 def _pope_rows(items: Sequence[tuple[str, bytes, Scene]], stats: CooccurrenceStats,
-               rng: np.random.Generator) -> list[dict[str, Any]]:
+               rng: np.random.Generator, aliases: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
+    """POPE rows of one split; with ``aliases``, each question names its object by a random alias."""
     per_cat: dict[str, list[dict[str, Any]]] = {c: [] for c in POPE_CATEGORIES}
     for source, data, scene in items:
         pairs = pope_pairs(scene.categories, stats, rng, hidden=[o.category for o in scene.hidden])
         for cat in POPE_CATEGORIES:
             for pos, neg in pairs[cat]:
                 for obj, ans in ((pos, "yes"), (neg, "no")):
-                    per_cat[cat].append({"question": pope_question(obj), "answer": ans,
+                    name = obj if not aliases else aliases[obj][int(rng.integers(len(aliases[obj])))]
+                    per_cat[cat].append({"question": pope_question(name), "answer": ans,
                                          "image_source": source,
                                          "image": _image_struct(source, data), "category": cat})
     rows = [r for c in POPE_CATEGORIES for r in per_cat[c]]
@@ -116,6 +118,8 @@ def build_world(out: str | Path, seed: int, n_images: int = 6000, config: SceneC
     config.validate()
     if config.lore and version == 1:
         raise DataError(f"lore={config.lore}: world version 1 has no knowledge questions; use version 2")
+    if config.aliases and version == 1:
+        raise DataError(f"aliases={config.aliases}: world version 1 keeps the category names; use version 2")
     lore = lore_table(config.lore)
     out = Path(out)
     sizes = split_sizes(n_images)
@@ -130,7 +134,7 @@ def build_world(out: str | Path, seed: int, n_images: int = 6000, config: SceneC
         start += sizes[split]
         items = [(f"{split}_{i:06d}", png_bytes(render_scene(s, config)), s) for i, s in enumerate(chunk)]
         q_rng = np.random.default_rng([seed, 1, si])
-        pope = _pope_rows(items, stats, q_rng)
+        pope = _pope_rows(items, stats, q_rng, alias_table(config.aliases) if config.aliases else None)
         sqa = _sqa_rows(items, SQA_PER_IMAGE[split], q_rng, version, lore)
         write_parquet_atomic(out / split / "scenes.parquet",
                              [_scene_row(src, d, s) for src, d, s in items], SCENES_SCHEMA)

@@ -30,6 +30,8 @@ LORE_SEED: int = 20261201
 P_PROPERTY: float = 0.25
 #: Largest lore size (distinct names of three consonant-vowel syllables stay plentiful).
 MAX_LORE: int = 4000
+#: Most aliases per category (:func:`alias_table`).
+MAX_ALIASES: int = 200
 _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
 
@@ -78,3 +80,25 @@ def fact_sentence(thing: LoreThing) -> str:
     (``"nothing ."`` for a thing without any)."""
     words = [p for p in PROPERTY_NAMES if p in thing.properties]
     return " ".join(words or ["nothing"]) + " ."
+
+
+@lru_cache(maxsize=8)  # read for every POPE question: build it once
+def alias_table(per_category: int, seed: int = LORE_SEED) -> dict[str, tuple[str, ...]]:
+    """``per_category`` made-up aliases of each category (``{"cup": ("bomazi", ...), ...}``).
+
+    A world with aliases asks its POPE questions by alias ("Is there a bomazi in the image?"), so
+    grounding a question needs the alias -> category table, which, with far more aliases than
+    hidden dimensions, has to be memorized in MLP rows, as a real language model's word meanings
+    are. The names follow the :data:`MAX_LORE` lore names of the same seed, so no alias is a lore
+    thing or a category; a larger table extends a smaller one. The result is cached: do not mutate it.
+    """
+    if not 0 <= per_category <= MAX_ALIASES:
+        raise ValueError(f"aliases per category {per_category}: must be in [0, {MAX_ALIASES}]")
+    names = lore_names(MAX_LORE + MAX_ALIASES * len(CATEGORY_NAMES), seed)[MAX_LORE:]
+    n = len(CATEGORY_NAMES)
+    return {c: tuple(names[i + n * k] for k in range(per_category)) for i, c in enumerate(CATEGORY_NAMES)}
+
+
+def alias_sentence(category: str) -> str:
+    """The answer of a stated alias (``Alias : bomazi`` -> ``cup .``)."""
+    return f"{category} ."

@@ -65,6 +65,8 @@ class SceneConfig:
         lore: size of the world's lore (:mod:`hipp_torchprune.world.lore`; 0 = none, world v2
             only): the knowledge questions ask about that many made-up things. Not a rendering
             option, but recorded and reproduced with them.
+        aliases: made-up aliases per category (:func:`hipp_torchprune.world.lore.alias_table`;
+            0 = none, world v2 only): every POPE question names its object by one of them.
     """
 
     image_size: int = 64
@@ -74,6 +76,7 @@ class SceneConfig:
     noise: float = 0.0
     variants: int = 0
     lore: int = 0
+    aliases: int = 0
 
     def manifest_fields(self) -> dict[str, float]:
         """The rendering options a world's manifest records: only those that are on, so worlds
@@ -99,9 +102,10 @@ class SceneConfig:
 
 
 #: The world options of :class:`SceneConfig` a manifest records, and their upper bounds.
-RENDER_LIMITS: dict[str, float] = {"jitter": 1.0, "faint": 1.0, "noise": 64.0, "variants": 3, "lore": 4000}
+RENDER_LIMITS: dict[str, float] = {"jitter": 1.0, "faint": 1.0, "noise": 64.0, "variants": 3, "lore": 4000,
+                                     "aliases": 200}
 #: Those of them that are counts.
-INTEGER_OPTIONS: frozenset[str] = frozenset({"variants", "lore"})
+INTEGER_OPTIONS: frozenset[str] = frozenset({"variants", "lore", "aliases"})
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,8 @@ def test_masks_are_all_ones_without_dropout_and_drop_a_quarter_on_average_at_hal
     ("fact", [False], "knowledge", [5]),
     ("pope", [False], "knowledge", [EVERY_LAYER]),
     ("lm", [False], "knowledge", [EVERY_LAYER]),
+    ("alias", [False], "all", [1]),
+    ("alias", [False], "knowledge", [EVERY_LAYER]),
 ])
 def test_row_homes_by_kind(kind: str, knowledge: list[bool], kinds: str, expected: list[int]) -> None:
     homes = row_homes(kind, torch.tensor(knowledge), grounding=1, reasoning=3, knowledge_home=5,

@@ -1,0 +1,73 @@
+"""Demo-model training on a world with aliases: stated aliases, aliased yes/no questions, frozen alias embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
+from hipp_torchprune.demo.dataset import ALIAS_PROMPT, build_examples
+from hipp_torchprune.demo.train import train_demo_model
+from hipp_torchprune.errors import DataError
+from hipp_torchprune.world.categories import CATEGORY_NAMES
+from hipp_torchprune.world.lore import alias_table
+from hipp_torchprune.world.scenes import SceneConfig
+
+TINY = DemoModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, vision_intermediate=64,
+                       text_hidden=32, text_layers=2, text_heads=2, text_intermediate=64)
+K = 3
+RECIPE = TrainConfig(steps=6, batch_size=4, warmup_steps=2, eval_every=0, checkpoint_every=2, pool_rounds=1,
+                     threads=1, curriculum=(0.2, 0.5), aux_layer=0, option_layer=0, mix_alias=1.0,
+                     freeze_lore=True, home_dropout=0.75, grounding_home=1, reasoning_home=0, knowledge_home=1)
+
+
+@pytest.fixture(scope="module")
+def alias_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from hipp_torchprune.world.build import build_world
+
+    out = tmp_path_factory.mktemp("aliases") / "world"
+    build_world(out, seed=2, n_images=40, config=SceneConfig(aliases=K), version=2)
+    return out
+
+
+def test_every_alias_is_stated_once_and_yes_no_questions_use_aliases(alias_world: Path) -> None:
+    _, ex, _ = build_examples(alias_world, seed=0, rounds=1)
+    table = alias_table(K)
+    assert sorted((e.prompt, e.answer) for e in ex["alias"]) == sorted(
+        (f"{ALIAS_PROMPT} {a}", f"{c} .") for c, names in table.items() for a in names)
+    named = {a for names in table.values() for a in names}
+    for kind in ("pope", "short"):
+        words = [e.prompt.split(" ")[3] if kind == "pope" else e.prompt for e in ex[kind]]
+        assert words and set(words) <= named  # no yes/no question names a category directly
+    captions = " ".join(e.answer for e in ex["caption"]).split()
+    assert set(captions) <= set(CATEGORY_NAMES)  # captions keep the category names
+
+
+def test_alias_training_is_deterministic_and_keeps_alias_embeddings_frozen(alias_world: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+    from transformers import AutoProcessor
+
+    a = train_demo_model(alias_world, tmp_path / "a", TINY, RECIPE, progress=False)
+    train_demo_model(alias_world, tmp_path / "b", TINY, RECIPE, progress=False)
+    train_demo_model(alias_world, tmp_path / "one", TINY, replace(RECIPE, steps=1), progress=False)
+    wa, wb, once = (load_file(tmp_path / n / "model.safetensors") for n in ("a", "b", "one"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["pool_sizes"]["alias"] == K * len(CATEGORY_NAMES) and a["world"]["aliases"] == K
+    tok = AutoProcessor.from_pretrained(tmp_path / "a").tokenizer
+    ids = torch.tensor(tok.convert_tokens_to_ids([x for v in alias_table(K).values() for x in v]))
+    assert (ids != tok.unk_token_id).all()  # every alias is a word of the vocabulary
+    key = next(k for k in wa if k.endswith("embed_tokens.weight"))
+    assert torch.equal(wa[key][ids], once[key][ids])  # frozen: five more steps moved no alias row
+    assert not torch.equal(wa[key], once[key])  # the other words did learn
+
+
+def test_alias_options_on_a_world_without_aliases_are_refused_before_writing(make_world, tmp_path: Path) -> None:
+    for changes, message in (({"mix_alias": 0.5}, "world with aliases"), ({"freeze_lore": True}, "lore or aliases")):
+        cfg = TrainConfig(steps=1, eval_every=0, option_layer=0, aux_layer=0, **changes)  # type: ignore[arg-type]
+        with pytest.raises(DataError, match=message):
+            train_demo_model(make_world(4, 40), tmp_path / "run", TINY, cfg, progress=False)
+        assert not (tmp_path / "run").exists()
