@@ -159,7 +159,12 @@ class TrainConfig:
         knowledge_home: home layer of the world-knowledge multiple-choice rows and stated facts.
         home_kinds: "all": every kind has a home (above); "knowledge": only world-knowledge rows
             (knowledge questions and stated lore facts) are dropped away from ``knowledge_home``,
-            every other row keeps all its MLP rows.
+            every other row keeps all its MLP rows; "memory": world-knowledge rows in
+            ``knowledge_home`` and the alias-reading rows (stated aliases, yes/no object
+            questions, one-hop presence) in ``grounding_home``, the other rows free.
+        home_routing: home routing (:mod:`hipp_torchprune.demo.homes`): the forward pass keeps
+            every MLP, and each row's gradient reaches only its home layer's MLP, so what it
+            teaches is stored there without the robustness to pruning that dropout trains.
         mix_fact: share of steps on stated lore facts (``Fact : <thing>`` answered with the
             thing's properties; needs a world built with ``--lore``), the encyclopedia the
             knowledge questions are asked from (0 = off).
@@ -212,7 +217,8 @@ class TrainConfig:
     grounding_home: int = 1
     reasoning_home: int = 3
     knowledge_home: int = 5
-    home_kinds: Literal["all", "knowledge"] = "all"
+    home_kinds: Literal["all", "knowledge", "memory"] = "all"
+    home_routing: bool = False
     mix_fact: float = 0.0
     freeze_lore: bool = False
     mix_alias: float = 0.0

@@ -36,7 +36,9 @@ from hipp_torchprune.demo.dataset import (
 )
 from hipp_torchprune.demo.homes import (
     home_dropout_masks,
+    home_route_masks,
     install_home_dropout,
+    install_home_routing,
     row_homes,
 )
 from hipp_torchprune.errors import CheckpointError, DataError
@@ -244,8 +246,8 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
         raise ConfigError(f"knowledge_weight={cfg.knowledge_weight}: must be >= 0 (0 turns the knowledge loss off)")
     if cfg.option_weight < 0:
         raise ConfigError(f"option_weight={cfg.option_weight}: must be >= 0 (0 turns the option loss off)")
-    if cfg.home_kinds not in ("all", "knowledge"):
-        raise ConfigError(f"home_kinds={cfg.home_kinds!r}: must be 'all' or 'knowledge'")
+    if cfg.home_kinds not in ("all", "knowledge", "memory"):
+        raise ConfigError(f"home_kinds={cfg.home_kinds!r}: must be 'all', 'knowledge' or 'memory'")
     if cfg.mix_fact < 0:
         raise ConfigError(f"mix_fact={cfg.mix_fact}: must be >= 0 (0 turns stated facts off)")
     if cfg.mix_alias < 0:
@@ -256,10 +258,12 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
         raise ConfigError(f"home_dropout={cfg.home_dropout}: must be in [0, 1) (0 turns home-layer dropout off)")
     homes = {"grounding_home": cfg.grounding_home, "reasoning_home": cfg.reasoning_home,
              "knowledge_home": cfg.knowledge_home}
-    if cfg.home_kinds == "knowledge":  # the other homes are not used
-        homes = {"knowledge_home": cfg.knowledge_home}
+    if cfg.home_kinds != "all":  # the reasoning home is not used
+        homes.pop("reasoning_home")
+    if cfg.home_kinds == "knowledge":  # nor the grounding home
+        homes.pop("grounding_home")
     for name, layer in homes.items():
-        if cfg.home_dropout > 0 and not 0 <= layer < model_cfg.text_layers:
+        if (cfg.home_dropout > 0 or cfg.home_routing) and not 0 <= layer < model_cfg.text_layers:
             raise ConfigError(f"{name}={layer}: must be a decoder layer 0..{model_cfg.text_layers - 1}")
     if not 0 <= cfg.ema_decay < 1:
         raise ConfigError(f"ema_decay={cfg.ema_decay}: must be in [0, 1) (0 turns the weight EMA off)")
@@ -472,6 +476,8 @@ def _install_taps(model: Any, cfg: TrainConfig) -> dict[str, Any]:
         layers[cfg.knowledge_layer].register_forward_hook(keep("k"))
     if cfg.home_dropout > 0:
         install_home_dropout(model, captured)  # reads captured["mlp"]
+    if cfg.home_routing:
+        install_home_routing(model, captured)  # reads captured["route"]
     if cfg.knowledge_from_layer >= 0:
         layers[cfg.knowledge_from_layer].register_forward_pre_hook(
             lambda m, args, kwargs: _detach_rows(captured, args, kwargs), with_kwargs=True)
@@ -535,23 +541,33 @@ def _step_batch(data: _Data, run: _Run, kind: str, step: int, cfg: TrainConfig,
             "knowledge": pool.knowledge[idx], "kind": kind}
 
 
+def _set_home_masks(run: _Run, cfg: TrainConfig, inputs: dict[str, Any], device: str) -> None:
+    """Put this batch's home-dropout and home-routing masks where the MLP hooks read them."""
+    if cfg.home_dropout <= 0 and not cfg.home_routing:
+        return
+    text = run.model.config.text_config
+    homes = row_homes(inputs["kind"], inputs["knowledge"], cfg.grounding_home, cfg.reasoning_home,
+                      cfg.knowledge_home, cfg.home_kinds)  # (B,)
+    if cfg.home_dropout > 0:
+        run.captured["mlp"] = home_dropout_masks(homes, text.num_hidden_layers, text.intermediate_size,
+                                                 cfg.home_dropout, cfg.home_dropout_draw).to(device)  # (L, B, 1, I)
+    if cfg.home_routing:
+        run.captured["route"] = home_route_masks(homes, text.num_hidden_layers).to(device)  # (L, B, 1, 1)
+
+
 def _losses(run: _Run, cfg: TrainConfig, n_img: int, inputs: dict[str, Any], device: str) -> dict[str, torch.Tensor]:
     """The answer loss and every auxiliary loss of one batch (unweighted), keyed by name."""
     batch = {k: v.to(device) for k, v in inputs["batch"].items()}
     rows = inputs["knowledge"].to(device) if cfg.knowledge_from_layer >= 0 else None  # (B,) knowledge rows
     if rows is not None:
         run.captured["detach"] = rows  # read by the pre-hook of layer knowledge_from_layer
-    if cfg.home_dropout > 0:
-        text = run.model.config.text_config
-        homes = row_homes(inputs["kind"], inputs["knowledge"], cfg.grounding_home, cfg.reasoning_home,
-                          cfg.knowledge_home, cfg.home_kinds)  # (B,)
-        run.captured["mlp"] = home_dropout_masks(homes, text.num_hidden_layers, text.intermediate_size,
-                                                 cfg.home_dropout, cfg.home_dropout_draw).to(device)  # (L, B, 1, I)
+    _set_home_masks(run, cfg, inputs, device)
     try:
         out = {"answer": run.model(**batch, use_cache=False).loss}
     finally:
         run.captured.pop("detach", None)  # evaluation forwards detach nothing
         run.captured.pop("mlp", None)  # nor drop MLP rows
+        run.captured.pop("route", None)  # nor stop gradients
     ids = batch["input_ids"]
     if inputs["patch"] is not None or inputs["sizes"] is not None:
         feats = _image_features(run.model, run.captured, ids, cfg.aux_layer, n_img)  # (B, n_img, H)

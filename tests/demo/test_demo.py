@@ -108,13 +108,15 @@ GROUNDING_IN_LM = dict(aux_layer=0, aux_attr_weight=0.5, vision_lr_scale=0.0, mi
                                     {**GROUNDING_IN_LM, "ema_decay": 0.9},
                                     {**GROUNDING_IN_LM, "mix_lm": 1.0, "lm_sequences": 50, "lm_length": 6, "lm_words": 20},
                                     {**GROUNDING_IN_LM, "mix_mc": 0.5, "home_dropout": 0.75, "grounding_home": 0,
-                                     "reasoning_home": 1, "knowledge_home": 1}],
+                                     "reasoning_home": 1, "knowledge_home": 1},
+                                    {**GROUNDING_IN_LM, "mix_mc": 0.5, "home_routing": True, "home_kinds": "memory",
+                                     "grounding_home": 1, "knowledge_home": 0}],
                          ids=["aux-on-projector", "aux-in-lm-frozen-vision", "option-judge", "weight-ema", "text-corpus",
-                              "home-dropout"])
+                              "home-dropout", "home-routing"])
 def test_train_is_deterministic_and_resumes(world: Path, tmp_path: Path, recipe: dict) -> None:
     cfg = TrainConfig(steps=6, batch_size=4, warmup_steps=2, eval_every=0, checkpoint_every=2,
                       pool_rounds=1, threads=1, curriculum=(0.2, 0.5), **recipe)
-    model_cfg = replace(TINY, text_layers=2) if cfg.home_dropout else TINY  # a layer away from home
+    model_cfg = replace(TINY, text_layers=2) if cfg.home_dropout or cfg.home_routing else TINY  # a layer away from home
     a = train_demo_model(world, tmp_path / "a", model_cfg, cfg, progress=False)
     assert train_demo_model(world, tmp_path / "b", model_cfg, cfg, progress=False, stop_at=3)["stopped"]
     assert not (tmp_path / "b" / "model.safetensors").exists()
@@ -239,6 +241,9 @@ def test_cli_trains_the_recipe(world: Path, tmp_path: Path, capsys: pytest.Captu
     (DemoModelConfig(projector_act="relu"), {}),  # type: ignore[arg-type]
     (DemoModelConfig(vision_layers=1, vision_feature_layer=-3), {}),
     (DemoModelConfig(vision_feature_layer=0), {}),
+    (TINY, {"home_routing": True, "home_kinds": "memory", "grounding_home": 1}),  # TINY has one decoder layer
+    (TINY, {"home_kinds": "everything"}),
+    (TINY, {"mix_alias": -0.5}),
 ])
 def test_bad_recipe_is_refused_before_writing(world: Path, tmp_path: Path, model_cfg: DemoModelConfig,
                                               changes: dict) -> None:

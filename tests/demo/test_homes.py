@@ -10,7 +10,9 @@ from hipp_torchprune.demo.homes import (
     EVERY_LAYER,
     NO_HOME,
     home_dropout_masks,
+    home_route_masks,
     install_home_dropout,
+    install_home_routing,
     row_homes,
 )
 
@@ -63,6 +65,14 @@ def test_masks_are_all_ones_without_dropout_and_drop_a_quarter_on_average_at_hal
     ("lm", [False], "knowledge", [EVERY_LAYER]),
     ("alias", [False], "all", [1]),
     ("alias", [False], "knowledge", [EVERY_LAYER]),
+    ("alias", [False, False], "memory", [1, 1]),
+    ("pope", [False], "memory", [1]),
+    ("short", [False], "memory", [1]),
+    ("caption", [False], "memory", [EVERY_LAYER]),
+    ("relation", [False], "memory", [EVERY_LAYER]),
+    ("lm", [False], "memory", [EVERY_LAYER]),
+    ("fact", [False], "memory", [5]),
+    ("mc", [True, False], "memory", [5, EVERY_LAYER]),
 ])
 def test_row_homes_by_kind(kind: str, knowledge: list[bool], kinds: str, expected: list[int]) -> None:
     homes = row_homes(kind, torch.tensor(knowledge), grounding=1, reasoning=3, knowledge_home=5,
@@ -103,3 +113,33 @@ def test_hook_equals_zeroing_the_masked_rows_and_is_inert_without_masks() -> Non
         pruned = model.model.language_model(input_ids=ids).last_hidden_state
     assert torch.allclose(masked[0], pruned[0], atol=1e-6) and not torch.allclose(masked[0], dense[0])
     assert torch.allclose(masked[1], dense[1], atol=1e-6)
+
+
+def test_route_masks_open_the_home_layer_only_and_every_layer_for_free_rows() -> None:
+    masks = home_route_masks(torch.tensor([0, 2, EVERY_LAYER, NO_HOME]), n_layers=3)  # (L, B, 1, 1)
+    assert masks.shape == (3, 4, 1, 1)
+    assert masks[:, :, 0, 0].tolist() == [[1, 0, 1, 1], [0, 0, 1, 1], [0, 1, 1, 1]]
+
+
+def test_routing_keeps_the_forward_and_stops_each_rows_gradient_away_from_its_home() -> None:
+    model, masks = _tiny_llava(), {}
+    ids = torch.tensor([[1, 5, 6, 7, 8], [1, 9, 10, 11, 12]])
+    lm = model.model.language_model
+    with torch.no_grad():
+        dense = lm(input_ids=ids).last_hidden_state
+    install_home_routing(model, masks)
+
+    def grads(routed_rows: list[int]) -> list[float]:
+        model.zero_grad()
+        out = lm(input_ids=ids).last_hidden_state  # (B, T, H)
+        out[routed_rows].pow(2).sum().backward()
+        return [float(layer.mlp.up_proj.weight.grad.abs().sum()) for layer in lm.layers]
+
+    masks["route"] = home_route_masks(torch.tensor([1, EVERY_LAYER]), n_layers=2)  # row 0 lives in layer 1
+    with torch.no_grad():
+        assert torch.equal(lm(input_ids=ids).last_hidden_state, dense)  # the forward pass is untouched
+    g_row0, g_row1 = grads([0]), grads([1])
+    assert g_row0[0] == 0 and g_row0[1] > 0  # row 0 writes only into its home layer's MLP
+    assert g_row1[0] > 0 and g_row1[1] > 0  # a free row reaches every MLP
+    masks.pop("route")
+    assert grads([0])[0] > 0  # without masks the hook is inert
