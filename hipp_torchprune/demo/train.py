@@ -286,14 +286,15 @@ def _resume(ckpt: Path, model: Any, heads: list[torch.nn.Module], opt: torch.opt
     if (shadow is None) != (state.get("ema") is None):
         raise CheckpointError(f"{ckpt}: was written with{'out' if shadow is not None else ''} a weight EMA; "
                               "resume with the ema_decay it was started with")
-    if shadow is not None:
-        _copy(list(shadow.values()), [state["ema"][k] for k in shadow])
     try:
+        if shadow is not None:
+            _copy(list(shadow.values()), [state["ema"][k] for k in shadow])
         model.load_state_dict(state["model"])
         for head, head_state in zip(heads, state["aux_head"]):
             head.load_state_dict(head_state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{ckpt}: does not match this model config ({exc})") from exc
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{ckpt}: does not match this model config ({exc}); resume with the config it "
+                              "was started with, or start over with --no-resume") from exc
     opt.load_state_dict(state["optimizer"])
     rng.bit_generator.state = state["rng"]
     torch.set_rng_state(state["torch_rng"].cpu())

@@ -445,3 +445,14 @@ def test_penultimate_vision_layer_of_a_one_layer_tower_is_the_patch_embedding() 
     with torch.no_grad():
         model(input_ids=ids, pixel_values=pixels)
     assert not torch.allclose(seen["out"].reshape(expected.shape), expected, atol=1e-3)  # -1 is the layer's output
+
+
+def test_resuming_with_another_model_config_is_a_checkpoint_error(world: Path, tmp_path: Path) -> None:
+    from hipp_torchprune.errors import CheckpointError
+
+    cfg = TrainConfig(steps=4, batch_size=4, warmup_steps=1, eval_every=0, checkpoint_every=2, pool_rounds=1,
+                      threads=1, curriculum=(), **GROUNDING_IN_LM)
+    assert train_demo_model(world, tmp_path / "run", TINY, cfg, progress=False, stop_at=2)["stopped"]
+    with pytest.raises(CheckpointError, match="does not match this model config"):  # not a bare size-mismatch error
+        train_demo_model(world, tmp_path / "run", replace(TINY, text_intermediate=TINY.text_intermediate * 2), cfg,
+                         progress=False)
