@@ -33,10 +33,21 @@ def test_exact_recall_counts_a_row_only_when_every_answer_token_is_right() -> No
 def test_a_routed_run_trains_and_keeps_the_made_up_embeddings() -> None:
     script = load_benchmark("memory_tables")
     ids, labels, homes, vocab = script.table_rows(n_aliases=6, n_lore=4)
-    args = argparse.Namespace(homes="route", width=16, steps=3, drop=0.0, lore=4, aliases=6)
+    args = argparse.Namespace(homes="route", width=16, steps=3, drop=0.0, lore=4, aliases=6, context=0)
     before = script.train(argparse.Namespace(**{**vars(args), "steps": 1}), ids, labels, homes, vocab)
     before = before.model.embed_tokens.weight.detach()  # one step from the seeded init
     model = script.train(args, ids, labels, homes, vocab)
     after = model.model.embed_tokens.weight.detach()
     assert torch.equal(after[5:15], before[5:15]) and not torch.equal(after[15:], before[15:])
     assert len(script.row_scores(model, ids)) == script.LAYERS
+
+
+def test_context_tokens_go_after_bos_and_are_never_targets() -> None:
+    script = load_benchmark("memory_tables")
+    ids, labels = torch.tensor([[1, 2, 4, 9]]), torch.tensor([[-100, -100, -100, 9]])
+    same = script.with_context(ids, labels, 0, 50, torch.Generator().manual_seed(0))
+    assert same[0] is ids and same[1] is labels
+    out_ids, out_labels = script.with_context(ids, labels, 3, 50, torch.Generator().manual_seed(0))
+    assert out_ids[0, 0] == 1 and out_ids[0, 4:].tolist() == [2, 4, 9]
+    assert ((out_ids[0, 1:4] >= 50) & (out_ids[0, 1:4] < 50 + script.CONTEXT_WORDS)).all()
+    assert out_labels[0].tolist() == [-100] * 6 + [9]
