@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -175,6 +176,11 @@ class TrainConfig:
         mix_alias: share of steps on stated aliases (``Alias : <alias>`` answered with the category
             it names; needs a world built with ``--aliases``), the dictionary that grounding an
             aliased POPE question needs (0 = off). Stated aliases live in ``grounding_home``.
+        pretrain_steps: text-only steps on the stated aliases and lore facts before visual
+            instruction tuning (:mod:`hipp_torchprune.demo.pretrain`; needs a world with lore or
+            aliases; routed like the recipe when ``home_routing``; 0 = none), as a VLM's language
+            model learned its words and facts from text first.
+        pretrain_batch: table rows per pre-training step.
     """
 
     seed: int = 0
@@ -222,10 +228,20 @@ class TrainConfig:
     mix_fact: float = 0.0
     freeze_lore: bool = False
     mix_alias: float = 0.0
+    pretrain_steps: int = 0
+    pretrain_batch: int = 128
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and the model card)."""
         return asdict(self)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to ``min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
 RecipeName = Literal["v1", "v2"]

@@ -316,14 +316,16 @@ def vocabulary(examples: dict[Kind, list[Example]]) -> set[str]:
     return words_of(uniq) | set(CATEGORY_NAMES) | set(OWNERS) | words_of(["Context :"])
 
 
-def tokenize_pool(examples: Sequence[Example], processor: Any, n_image_tokens: int, raw: bool = False) -> TokenPool:
+def tokenize_pool(examples: Sequence[Example], processor: Any, n_image_tokens: int, raw: bool = False,
+                  image: bool = True) -> TokenPool:
     """Tokenize examples with the processor's chat template (``<image>`` expanded) + answer + eos.
 
-    With ``raw`` the template is just ``<image>`` tokens followed by the prompt.
+    With ``raw`` the template is just ``<image>`` tokens followed by the prompt; with ``image=False``
+    it is the bare prompt (text-only rows, as a language model's pre-training text).
     """
     tok = processor.tokenizer
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "\x00"}]}]
-    template = "<image>\n\x00" if raw else processor.apply_chat_template(
+    template = "\x00" if not image else "<image>\n\x00" if raw else processor.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=False)
     template = template.replace("<image>", "<image>" * n_image_tokens)
     prompts = tok([template.replace("\x00", e.prompt) for e in examples], add_special_tokens=True)["input_ids"]
@@ -376,3 +378,23 @@ def normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
     return (pixels.float() / 255.0 - m) / s
+
+def make_batch(pool: TokenPool, idx: torch.Tensor, pixels: torch.Tensor | None, mean: list[float],
+               std: list[float], images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Model inputs for examples ``idx`` of a pool: trimmed ids, mask, normalized pixels, labels.
+
+    Labels equal ``input_ids`` on the answer tokens and eos and are -100 elsewhere (the model
+    shifts them internally). ``images`` (indices into ``pixels``) replaces the examples' own images;
+    ``pixels=None`` gives text-only inputs (no ``pixel_values``).
+    """
+    lengths = pool.lengths[idx]
+    width = int(lengths.max())
+    ids = pool.input_ids[idx, :width]
+    pos = torch.arange(width).unsqueeze(0)
+    mask = (pos < lengths.unsqueeze(1)).long()
+    answer = (pos >= pool.answer_start[idx].unsqueeze(1)) & mask.bool()
+    labels = torch.where(answer, ids, torch.full_like(ids, -100))
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if pixels is not None:
+        batch["pixel_values"] = normalize(pixels[pool.image[idx] if images is None else images], mean, std)
+    return batch

@@ -17,7 +17,7 @@ import torch
 
 from hipp_torchprune.atomic import ordinary_file_modes
 from hipp_torchprune.data import world_render, world_version
-from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
+from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig, lr_at
 from hipp_torchprune.demo.dataset import (
     KINDS,
     POOL_ONLY_KINDS,
@@ -25,7 +25,7 @@ from hipp_torchprune.demo.dataset import (
     TokenPool,
     build_examples,
     curriculum_batch,
-    normalize,
+    make_batch,
     option_slots,
     patch_labels,
     patch_sizes,
@@ -41,6 +41,7 @@ from hipp_torchprune.demo.homes import (
     install_home_routing,
     row_homes,
 )
+from hipp_torchprune.demo.pretrain import pretrain_tables, table_pool
 from hipp_torchprune.errors import CheckpointError, DataError
 from hipp_torchprune.threads import torch_threads
 from hipp_torchprune.world.categories import CATEGORY_NAMES
@@ -53,12 +54,6 @@ MODEL_FILE = "model.safetensors"
 EVAL_TASKS = "pope_random,pope_adversarial,scienceqa"
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning-rate multiplier: linear warm-up, then cosine decay to ``min_lr_ratio``."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -105,22 +100,6 @@ def max_objects_at(step: int, cfg: TrainConfig) -> int | None:
     return None
 
 
-def make_batch(pool: TokenPool, idx: torch.Tensor, pixels: torch.Tensor, mean: list[float],
-               std: list[float], images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Model inputs for examples ``idx`` of a pool: trimmed ids, mask, normalized pixels, labels.
-
-    Labels equal ``input_ids`` on the answer tokens and eos and are -100 elsewhere (the model
-    shifts them internally). ``images`` (indices into ``pixels``) replaces the examples' own images.
-    """
-    lengths = pool.lengths[idx]
-    width = int(lengths.max())
-    ids = pool.input_ids[idx, :width]
-    pos = torch.arange(width).unsqueeze(0)
-    mask = (pos < lengths.unsqueeze(1)).long()
-    answer = (pos >= pool.answer_start[idx].unsqueeze(1)) & mask.bool()
-    labels = torch.where(answer, ids, torch.full_like(ids, -100))
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-            "pixel_values": normalize(pixels[pool.image[idx] if images is None else images], mean, std)}
 
 
 def similarity_init(model: Any, scale: float) -> None:
@@ -252,6 +231,9 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
         raise ConfigError(f"mix_fact={cfg.mix_fact}: must be >= 0 (0 turns stated facts off)")
     if cfg.mix_alias < 0:
         raise ConfigError(f"mix_alias={cfg.mix_alias}: must be >= 0 (0 turns stated aliases off)")
+    if cfg.pretrain_steps < 0 or cfg.pretrain_batch < 1:
+        raise ConfigError(f"pretrain_steps={cfg.pretrain_steps}, pretrain_batch={cfg.pretrain_batch}: "
+                          "need steps >= 0 (0 = no pre-training) and a batch >= 1")
     if cfg.home_dropout_draw not in ("per_row", "per_layer"):
         raise ConfigError(f"home_dropout_draw={cfg.home_dropout_draw!r}: must be 'per_row' or 'per_layer'")
     if not 0 <= cfg.home_dropout < 1:
@@ -364,6 +346,7 @@ class _Data:
     prep_s: float
     version: int
     render: Any  # the world's SceneConfig (jitter, faint, noise): curriculum scenes render like it
+    tables: tuple[TokenPool, torch.Tensor] | None  # text-only stated tables, is-fact flags (pre-training)
 
 
 @dataclass
@@ -403,13 +386,14 @@ def _prepare_data(data_dir: Path, model_cfg: DemoModelConfig, cfg: TrainConfig) 
     processor = build_llava_processor(sorted(vocabulary(examples)), model_cfg.image_size, model_cfg.patch_size)
     n_img = (model_cfg.image_size // model_cfg.patch_size) ** 2
     pools = {k: tokenize_pool(examples[k], processor, n_img, raw=k in RAW_KINDS) for k in KINDS if examples[k]}
+    tables = table_pool(examples, processor) if examples["alias"] or examples["fact"] else None
     mean, std = list(processor.image_processor.image_mean), list(processor.image_processor.image_std)
     calib = prepare_eval(processor, data_dir, EVAL_TASKS, limit=cfg.eval_limit, split="calibration") \
         if cfg.eval_every else None
     stats = CooccurrenceStats.from_scenes([s.all_categories for s in scenes])
     return _Data(processor, pools, pixel_tensor(images, mean, std), mean, std, scenes, stats, calib, n_img,
                  model_cfg.image_size // model_cfg.patch_size, time.perf_counter() - t_prep, world_version(data_dir),
-                 world_render(data_dir))
+                 world_render(data_dir), tables)
 
 
 def _build_run(data: _Data, model_cfg: DemoModelConfig, cfg: TrainConfig, device: str) -> _Run:
@@ -599,9 +583,7 @@ def _train_step(data: _Data, run: _Run, cfg: TrainConfig, step: int, kind: str, 
     total.backward()  # type: ignore[union-attr]
     gnorm = torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
     run.opt.step()
-    if run.frozen_rows is not None:  # undo the step (and weight decay) on the frozen lore embeddings
-        with torch.no_grad():
-            run.model.get_input_embeddings().weight[run.frozen_rows[0]] = run.frozen_rows[1]
+    _restore_frozen(run)
     if run.averaged is not None:
         ema_update(run.averaged, run.trained, ema_decay_at(step, cfg.ema_decay))
     return {k: v.item() for k, v in losses.items()}, float(gnorm)
@@ -683,6 +665,9 @@ def _train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: Demo
     heads = list(run.heads.values())
     if resume and ckpt.is_file():
         step, elapsed = _resume(ckpt, run.model, heads, run.opt, rng, device, run.shadow)
+    elif cfg.pretrain_steps:  # a checkpoint exists only once pre-training is done
+        elapsed = _pretrain(data, run, cfg, device, out_dir, progress)
+        _save_checkpoint(ckpt, run.model, heads, run.opt, 0, rng, elapsed, run.shadow)
     sched = torch.optim.lr_scheduler.LambdaLR(run.opt, lambda s: lr_at(s, cfg), last_epoch=step - 1)
     mix = np.array([cfg.mix_pope, cfg.mix_mc, cfg.mix_caption, cfg.mix_short, cfg.mix_relation, cfg.mix_lm,
                     cfg.mix_fact, cfg.mix_alias], dtype=np.float64)
@@ -719,6 +704,40 @@ def _train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: Demo
     return _finish(data, run, out_dir, model_cfg, cfg, step, time.perf_counter() - t0, history, data_dir, device)
 
 
+def _restore_frozen(run: _Run) -> None:
+    """Undo the last step (and weight decay) on the frozen made-up words' embeddings."""
+    if run.frozen_rows is not None:
+        with torch.no_grad():
+            run.model.get_input_embeddings().weight[run.frozen_rows[0]] = run.frozen_rows[1]
+
+
+def _pretrain(data: _Data, run: _Run, cfg: TrainConfig, device: str, out_dir: Path, progress: bool) -> float:
+    """Text-only pre-training on the stated tables (:mod:`hipp_torchprune.demo.pretrain`) with a
+    bar and TensorBoard; the weight EMA then starts from the pre-trained weights. Returns seconds."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    assert data.tables is not None  # _check_world_options refused a world without tables
+    pool, is_fact = data.tables
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg.pretrain_steps, disable=not progress, desc="pre-train", dynamic_ncols=True)
+    writer = SummaryWriter(str(out_dir / "runs"))
+
+    def after_step(step: int, loss: float) -> None:
+        _restore_frozen(run)
+        writer.add_scalar("pretrain/loss", loss, step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+
+    run.model.train()
+    pretrain_tables(run.model, run.opt, run.captured, pool, is_fact, cfg, device, after_step)
+    bar.close()
+    writer.close()
+    if run.shadow is not None:
+        _copy(list(run.shadow.values()), run.trained)
+    return time.perf_counter() - t0
+
+
 def _check_world_options(data_dir: Path, cfg: TrainConfig) -> None:
     """Refuse (before anything is written) options that need a world built with lore or aliases."""
     render = world_render(data_dir)
@@ -726,6 +745,8 @@ def _check_world_options(data_dir: Path, cfg: TrainConfig) -> None:
         raise DataError(f"{data_dir}: mix_fact needs a world with lore (world build --lore N)")
     if cfg.mix_alias > 0 and not render.aliases:
         raise DataError(f"{data_dir}: mix_alias needs a world with aliases (world build --aliases K)")
+    if cfg.pretrain_steps > 0 and not (render.lore or render.aliases):
+        raise DataError(f"{data_dir}: pretrain_steps needs a world with lore or aliases to pre-train on")
     if cfg.freeze_lore and not (render.lore or render.aliases):
         raise DataError(f"{data_dir}: freeze_lore needs a world with lore or aliases (world build --lore N / --aliases K)")
 

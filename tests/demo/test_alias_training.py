@@ -71,3 +71,51 @@ def test_alias_options_on_a_world_without_aliases_are_refused_before_writing(mak
         with pytest.raises(DataError, match=message):
             train_demo_model(make_world(4, 40), tmp_path / "run", TINY, cfg, progress=False)
         assert not (tmp_path / "run").exists()
+
+
+def _tb_scalars(run_dir: Path, tag: str) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "runs"))
+    acc.Reload()
+    return [e.value for e in acc.Scalars(tag)]
+
+
+def test_table_homes_route_facts_and_aliases_only_under_memory_homes() -> None:
+    from dataclasses import replace
+
+    from hipp_torchprune.demo.homes import EVERY_LAYER
+    from hipp_torchprune.demo.pretrain import table_homes
+
+    flags = torch.tensor([True, False, True])
+    cfg = replace(RECIPE, home_kinds="memory", grounding_home=1, knowledge_home=3)
+    assert table_homes(flags, cfg).tolist() == [3, 1, 3]
+    assert table_homes(flags, replace(cfg, home_kinds="all")).tolist() == [EVERY_LAYER] * 3
+
+
+def test_text_pretraining_is_deterministic_resumes_after_it_and_learns_the_tables(alias_world: Path,
+                                                                                  tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    cfg = replace(RECIPE, home_dropout=0.0, home_routing=True, home_kinds="memory", pretrain_steps=40,
+                  pretrain_batch=16, warmup_steps=2)
+    a = train_demo_model(alias_world, tmp_path / "a", TINY, cfg, progress=False)
+    assert train_demo_model(alias_world, tmp_path / "b", TINY, cfg, progress=False, stop_at=2)["stopped"]
+    train_demo_model(alias_world, tmp_path / "b", TINY, cfg, progress=False)  # resumes after pre-training
+    wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    losses = _tb_scalars(tmp_path / "a", "pretrain/loss")
+    assert len(losses) == 40 and sum(losses[-5:]) < 0.85 * sum(losses[:5])  # the table loss falls (5.2 -> 4.1)
+    assert len(_tb_scalars(tmp_path / "b", "pretrain/loss")) == 40  # not run again on resume
+    plain = train_demo_model(alias_world, tmp_path / "c", TINY, replace(cfg, pretrain_steps=0), progress=False)
+    wc = load_file(tmp_path / "c" / "model.safetensors")
+    assert a["steps"] == plain["steps"] and not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_pretraining_on_a_world_without_tables_is_refused_before_writing(make_world, tmp_path: Path) -> None:
+    cfg = TrainConfig(steps=1, eval_every=0, option_layer=0, aux_layer=0, pretrain_steps=5)
+    with pytest.raises(DataError, match="pretrain_steps needs a world with lore or aliases"):
+        train_demo_model(make_world(4, 40), tmp_path / "run", TINY, cfg, progress=False)
+    assert not (tmp_path / "run").exists()

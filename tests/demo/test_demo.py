@@ -244,6 +244,8 @@ def test_cli_trains_the_recipe(world: Path, tmp_path: Path, capsys: pytest.Captu
     (TINY, {"home_routing": True, "home_kinds": "memory", "grounding_home": 1}),  # TINY has one decoder layer
     (TINY, {"home_kinds": "everything"}),
     (TINY, {"mix_alias": -0.5}),
+    (TINY, {"pretrain_steps": -1}),
+    (TINY, {"pretrain_batch": 0}),
 ])
 def test_bad_recipe_is_refused_before_writing(world: Path, tmp_path: Path, model_cfg: DemoModelConfig,
                                               changes: dict) -> None:
