@@ -74,7 +74,7 @@ def with_context(ids: torch.Tensor, labels: torch.Tensor, n: int, first: int,
 
 def train(args: argparse.Namespace, ids: torch.Tensor, labels: torch.Tensor, homes: torch.Tensor,
           vocab: int) -> Any:
-    """The Llama trained on the tables for ``args.steps`` steps of 128 rows (seed 0)."""
+    """The Llama trained on the tables for ``args.steps`` steps of ``args.batch`` rows (seed 0)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -98,12 +98,12 @@ def train(args: argparse.Namespace, ids: torch.Tensor, labels: torch.Tensor, hom
         0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * s / args.steps))))
     gen, ctx_gen, t0 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1), time.time()
     for step in range(args.steps):
-        b = torch.randint(len(ids), (128,), generator=gen)  # (128,)
+        b = torch.randint(len(ids), (args.batch,), generator=gen)  # (B,)
         if args.homes == "route":
-            masks["m"] = home_route_masks(homes[b], LAYERS)  # (L, 128, 1, 1)
+            masks["m"] = home_route_masks(homes[b], LAYERS)  # (L, B, 1, 1)
         elif args.drop > 0:
-            masks["m"] = home_dropout_masks(homes[b], LAYERS, args.width, args.drop)  # (L, 128, 1, I)
-        row_ids, row_labels = with_context(ids[b], labels[b], args.context, vocab, ctx_gen)  # (128, T + n)
+            masks["m"] = home_dropout_masks(homes[b], LAYERS, args.width, args.drop)  # (L, B, 1, I)
+        row_ids, row_labels = with_context(ids[b], labels[b], args.context, vocab, ctx_gen)  # (B, T + n)
         loss = model(input_ids=row_ids, labels=row_labels).loss
         opt.zero_grad()
         loss.backward()
@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--lore", type=int, default=800)
     parser.add_argument("--width", type=int, default=256, help="MLP rows per layer")
     parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=128, help="table rows per step")
     parser.add_argument("--drop", type=float, default=0.9, help="largest away-layer share with --homes dropout")
     parser.add_argument("--context", type=int, default=0, help="random context tokens before each row")
     args = parser.parse_args()
