@@ -15,7 +15,9 @@ the lore in layer 5 by one of
 Then it prunes MLP rows (mask mode, by the down-column Wanda score ``mean |activation| x ||down
 column||`` over every table row) uniformly, with the two home layers kept, and one layer at a
 time at 75 %, and prints the exact-recall share (every answer token right, teacher-forced) of
-each table. ``--context N`` puts N random "context" tokens (from 64 extra trainable words, drawn
+each table. ``--then-steps S --then-context N`` continues with a second phase (the recall is
+then scored in its format): pre-train clean, then move the tables into a noisy context, as the
+demo trainer's text stage and instruction tuning do. ``--context N`` puts N random "context" tokens (from 64 extra trainable words, drawn
 afresh for every row and step) between ``<s>`` and each row, as the demo trainer shows each
 stated fact with a fresh random image. It takes about 10 minutes at one thread on this machine::
 
@@ -78,9 +80,10 @@ def train(args: argparse.Namespace, ids: torch.Tensor, labels: torch.Tensor, hom
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=vocab + (CONTEXT_WORDS if args.context else 0), hidden_size=128,
+    most = max(args.context, args.then_context)
+    cfg = LlamaConfig(vocab_size=vocab + (CONTEXT_WORDS if most else 0), hidden_size=128,
                       intermediate_size=args.width, num_hidden_layers=LAYERS,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32 + args.context,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32 + most,
                       tie_word_embeddings=False)
     model = LlamaForCausalLM(cfg)
     made_up = slice(5, 5 + args.lore + args.aliases)
@@ -94,16 +97,29 @@ def train(args: argparse.Namespace, ids: torch.Tensor, labels: torch.Tensor, hom
             layer.mlp.down_proj.register_forward_pre_hook(
                 lambda m, a, i=i: (a[0] * masks["m"][i],) if "m" in masks else None)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=0.01)
+    gen, ctx_gen = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    state = (model, opt, masks, frozen, made_up, gen, ctx_gen)
+    _phase(args, state, ids, labels, homes, vocab, args.steps, args.context)
+    if args.then_steps:
+        _phase(args, state, ids, labels, homes, vocab, args.then_steps, args.then_context)
+    masks.clear()
+    return model.eval()
+
+
+def _phase(args: argparse.Namespace, state: tuple[Any, ...], ids: torch.Tensor, labels: torch.Tensor,
+           homes: torch.Tensor, vocab: int, steps: int, context: int) -> None:
+    """``steps`` optimizer steps (warm-up, then cosine) with ``context`` random tokens before each row."""
+    model, opt, masks, frozen, made_up, gen, ctx_gen = state
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / 200) * (
-        0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * s / args.steps))))
-    gen, ctx_gen, t0 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1), time.time()
-    for step in range(args.steps):
+        0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * s / steps))))
+    t0 = time.time()
+    for step in range(steps):
         b = torch.randint(len(ids), (args.batch,), generator=gen)  # (B,)
         if args.homes == "route":
             masks["m"] = home_route_masks(homes[b], LAYERS)  # (L, B, 1, 1)
         elif args.drop > 0:
             masks["m"] = home_dropout_masks(homes[b], LAYERS, args.width, args.drop)  # (L, B, 1, I)
-        row_ids, row_labels = with_context(ids[b], labels[b], args.context, vocab, ctx_gen)  # (B, T + n)
+        row_ids, row_labels = with_context(ids[b], labels[b], context, vocab, ctx_gen)  # (B, T + n)
         loss = model(input_ids=row_ids, labels=row_labels).loss
         opt.zero_grad()
         loss.backward()
@@ -114,8 +130,6 @@ def train(args: argparse.Namespace, ids: torch.Tensor, labels: torch.Tensor, hom
             model.model.embed_tokens.weight[made_up] = frozen
         if step % 1000 == 0:
             print(f"step {step} loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
-    masks.clear()
-    return model.eval()
 
 
 def exact_recall(model: Any, ids: torch.Tensor, labels: torch.Tensor, n_lore: int) -> tuple[float, float]:
@@ -151,13 +165,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128, help="table rows per step")
     parser.add_argument("--drop", type=float, default=0.9, help="largest away-layer share with --homes dropout")
     parser.add_argument("--context", type=int, default=0, help="random context tokens before each row")
+    parser.add_argument("--then-steps", type=int, default=0,
+                        help="a second phase of this many steps (its own warm-up and cosine) ...")
+    parser.add_argument("--then-context", type=int, default=0, help="... with this many context tokens")
     args = parser.parse_args()
     if args.homes == "none":
         args.homes, args.drop = "dropout", 0.0  # dropout hooks installed, never given a mask
     torch.set_num_threads(1)
     ids, labels, homes, vocab = table_rows(args.aliases, args.lore)
     model = train(args, ids, labels, homes, vocab)
-    ids, labels = with_context(ids, labels, args.context, vocab, torch.Generator().manual_seed(2))  # fixed for scoring
+    scored = args.then_context if args.then_steps else args.context  # the last phase's format
+    ids, labels = with_context(ids, labels, scored, vocab, torch.Generator().manual_seed(2))  # fixed for scoring
     score = row_scores(model, ids)
     layers = model.model.layers
     orig = [(layer.mlp.gate_proj.weight.clone(), layer.mlp.up_proj.weight.clone()) for layer in layers]

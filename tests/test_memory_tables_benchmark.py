@@ -33,7 +33,8 @@ def test_exact_recall_counts_a_row_only_when_every_answer_token_is_right() -> No
 def test_a_routed_run_trains_and_keeps_the_made_up_embeddings() -> None:
     script = load_benchmark("memory_tables")
     ids, labels, homes, vocab = script.table_rows(n_aliases=6, n_lore=4)
-    args = argparse.Namespace(homes="route", width=16, steps=3, drop=0.0, lore=4, aliases=6, context=0, batch=128)
+    args = argparse.Namespace(homes="route", width=16, steps=3, drop=0.0, lore=4, aliases=6, context=0, batch=128,
+                              then_steps=0, then_context=0)
     before = script.train(argparse.Namespace(**{**vars(args), "steps": 1}), ids, labels, homes, vocab)
     before = before.model.embed_tokens.weight.detach()  # one step from the seeded init
     model = script.train(args, ids, labels, homes, vocab)
