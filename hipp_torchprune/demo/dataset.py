@@ -6,7 +6,8 @@ scene annotations), ScienceQA-style multiple choice (the train rows plus extra q
 questions on sizes and relations, two auxiliary tasks ("list the objects", and a one-hop
 presence task without the chat template), a synthetic text corpus and, in a world with lore,
 one stated fact per lore thing; in a world with aliases, the yes/no object questions name their
-object by an alias and one stated alias per alias teaches what each names. Everything is tokenized once into padded tensors.
+object by an alias and one stated alias per alias teaches what each names. Everything is
+tokenized once into padded tensors.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from hipp_torchprune.world.lore import (
     alias_table,
     fact_sentence,
     lore_table,
+    named_by,
 )
 from hipp_torchprune.world.pope import (
     CooccurrenceStats,
@@ -116,8 +118,7 @@ def yes_no_examples(i: int, scene: Scene, stats: CooccurrenceStats, rng: np.rand
     with ``--aliases``) each question names its object by a random alias, as the world's do.
     """
     def ask(c: str, answer: str) -> Example:
-        name = c if not aliases else aliases[c][int(rng.integers(len(aliases[c])))]
-        return Example(i, pope_prompt({"question": pope_question(name)}), answer)
+        return Example(i, pope_prompt({"question": pope_question(named_by(c, aliases, rng))}), answer)
 
     present = list(scene.all_categories)
     out = [ask(c, "Yes") for c in present]
@@ -378,6 +379,7 @@ def normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
     return (pixels.float() / 255.0 - m) / s
+
 
 def make_batch(pool: TokenPool, idx: torch.Tensor, pixels: torch.Tensor | None, mean: list[float],
                std: list[float], images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

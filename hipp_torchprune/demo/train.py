@@ -54,8 +54,6 @@ MODEL_FILE = "model.safetensors"
 EVAL_TASKS = "pope_random,pope_adversarial,scienceqa"
 
 
-
-
 def ema_decay_at(step: int, decay: float) -> float:
     """Effective weight-EMA decay after ``step`` optimizer steps: ``min(decay, (1 + step) / (10 + step))``.
 
@@ -98,8 +96,6 @@ def max_objects_at(step: int, cfg: TrainConfig) -> int | None:
         if frac < end:
             return i + 1
     return None
-
-
 
 
 def similarity_init(model: Any, scale: float) -> None:

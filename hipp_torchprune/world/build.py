@@ -20,7 +20,7 @@ from hipp_torchprune.world.io import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from hipp_torchprune.world.lore import LoreThing, alias_table, lore_table
+from hipp_torchprune.world.lore import LoreThing, alias_table, lore_table, named_by
 from hipp_torchprune.world.pope import (
     POPE_CATEGORIES,
     CooccurrenceStats,
@@ -80,8 +80,7 @@ def _pope_rows(items: Sequence[tuple[str, bytes, Scene]], stats: CooccurrenceSta
         for cat in POPE_CATEGORIES:
             for pos, neg in pairs[cat]:
                 for obj, ans in ((pos, "yes"), (neg, "no")):
-                    name = obj if not aliases else aliases[obj][int(rng.integers(len(aliases[obj])))]
-                    per_cat[cat].append({"question": pope_question(name), "answer": ans,
+                    per_cat[cat].append({"question": pope_question(named_by(obj, aliases, rng)), "answer": ans,
                                          "image_source": source,
                                          "image": _image_struct(source, data), "category": cat})
     rows = [r for c in POPE_CATEGORIES for r in per_cat[c]]

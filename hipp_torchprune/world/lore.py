@@ -17,6 +17,7 @@ training text.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -97,6 +98,13 @@ def alias_table(per_category: int, seed: int = LORE_SEED) -> dict[str, tuple[str
     names = lore_names(MAX_LORE + MAX_ALIASES * len(CATEGORY_NAMES), seed)[MAX_LORE:]
     n = len(CATEGORY_NAMES)
     return {c: tuple(names[i + n * k] for k in range(per_category)) for i, c in enumerate(CATEGORY_NAMES)}
+
+
+def named_by(category: str, aliases: Mapping[str, Sequence[str]] | None, rng: np.random.Generator) -> str:
+    """The word a question uses for ``category``: one of its aliases drawn from ``rng``, or the
+    category name itself without ``aliases`` (then no draw is made, so worlds without aliases
+    stay byte-identical)."""
+    return category if not aliases else aliases[category][int(rng.integers(len(aliases[category])))]
 
 
 def alias_sentence(category: str) -> str:
