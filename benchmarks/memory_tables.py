@@ -10,7 +10,9 @@ the lore in layer 5 by one of
 
 * ``--homes none``: no homes;
 * ``--homes dropout``: home-layer dropout (``demo.homes.home_dropout_masks``, ``--drop``);
-* ``--homes route``: home routing (each row's gradient reaches only its home layer's MLP).
+* ``--homes route``: home routing (each row's gradient reaches only its home layer's MLP);
+* ``--homes both``: home routing, and home-layer dropout on the forward pass (``--drop``), so a
+  table is written only in its home layer yet read through perturbed upstream MLPs.
 
 Then it prunes MLP rows (mask mode, by the down-column Wanda score ``mean |activation| x ||down
 column||`` over every table row) uniformly, with the two home layers kept, and one layer at a
@@ -90,12 +92,12 @@ def train(args: argparse.Namespace, ids: torch.Tensor, labels: torch.Tensor, hom
     frozen = model.model.embed_tokens.weight.detach()[made_up].clone()
     masks: dict[str, torch.Tensor] = {}
     for i, layer in enumerate(model.model.layers):
-        if args.homes == "route":  # forward untouched; gradient stopped away from home
+        if args.homes in ("route", "both"):  # forward untouched; gradient stopped away from home
             layer.mlp.register_forward_hook(lambda m, a, o, i=i: (
                 masks["m"][i] * o + (1 - masks["m"][i]) * o.detach()) if "m" in masks else None)
-        else:  # dropout: rows away from home lose MLP rows
+        if args.homes in ("dropout", "both"):  # rows away from home lose MLP rows
             layer.mlp.down_proj.register_forward_pre_hook(
-                lambda m, a, i=i: (a[0] * masks["m"][i],) if "m" in masks else None)
+                lambda m, a, i=i: (a[0] * masks["d"][i],) if "d" in masks else None)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=0.01)
     gen, ctx_gen = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
     state = (model, opt, masks, frozen, made_up, gen, ctx_gen)
@@ -115,10 +117,10 @@ def _phase(args: argparse.Namespace, state: tuple[Any, ...], ids: torch.Tensor, 
     t0 = time.time()
     for step in range(steps):
         b = torch.randint(len(ids), (args.batch,), generator=gen)  # (B,)
-        if args.homes == "route":
+        if args.homes in ("route", "both"):
             masks["m"] = home_route_masks(homes[b], LAYERS)  # (L, B, 1, 1)
-        elif args.drop > 0:
-            masks["m"] = home_dropout_masks(homes[b], LAYERS, args.width, args.drop)  # (L, B, 1, I)
+        if args.homes in ("dropout", "both") and args.drop > 0:
+            masks["d"] = home_dropout_masks(homes[b], LAYERS, args.width, args.drop)  # (L, B, 1, I)
         row_ids, row_labels = with_context(ids[b], labels[b], context, vocab, ctx_gen)  # (B, T + n)
         loss = model(input_ids=row_ids, labels=row_labels).loss
         opt.zero_grad()
@@ -157,7 +159,7 @@ def row_scores(model: Any, ids: torch.Tensor) -> list[torch.Tensor]:
 def main() -> None:
     """Train, then print dense, uniform, homes-kept and single-layer recall."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--homes", choices=("none", "dropout", "route"), default="route")
+    parser.add_argument("--homes", choices=("none", "dropout", "route", "both"), default="route")
     parser.add_argument("--aliases", type=int, default=1000)
     parser.add_argument("--lore", type=int, default=800)
     parser.add_argument("--width", type=int, default=256, help="MLP rows per layer")

@@ -52,3 +52,15 @@ def test_context_tokens_go_after_bos_and_are_never_targets() -> None:
     assert out_ids[0, 0] == 1 and out_ids[0, 4:].tolist() == [2, 4, 9]
     assert ((out_ids[0, 1:4] >= 50) & (out_ids[0, 1:4] < 50 + script.CONTEXT_WORDS)).all()
     assert out_labels[0].tolist() == [-100] * 6 + [9]
+
+
+def test_routing_with_dropout_still_trains_only_the_home_mlps_but_on_a_perturbed_forward() -> None:
+    script = load_benchmark("memory_tables")
+    ids, labels, homes, vocab = script.table_rows(n_aliases=6, n_lore=4)
+    args = argparse.Namespace(homes="route", width=16, steps=3, drop=0.9, lore=4, aliases=6, context=0, batch=128,
+                              then_steps=0, then_context=0)
+    routed = script.train(args, ids, labels, homes, vocab).model.layers
+    both = script.train(argparse.Namespace(**{**vars(args), "homes": "both"}), ids, labels, homes, vocab).model.layers
+    for i in range(script.LAYERS):
+        same = torch.equal(routed[i].mlp.up_proj.weight, both[i].mlp.up_proj.weight)
+        assert same == (i not in (script.ALIAS_HOME, script.LORE_HOME))  # only the homes learn, differently

@@ -181,6 +181,17 @@ class TrainConfig:
             aliases; routed like the recipe when ``home_routing``; 0 = none), as a VLM's language
             model learned its words and facts from text first.
         pretrain_batch: table rows per pre-training step.
+        table_rows: stated-table rows (aliases and lore facts, drawn together) added to every
+            instruction-tuning step, each in the chat format after a random train image, as the
+            questions that use the tables see them; they are a second forward pass whose answer
+            loss is added to the step's (routed like pre-training under ``home_routing``; needs a
+            world with lore or aliases; 0 = off). A table is learned from many rows a step:
+            ``mix_fact`` and ``mix_alias`` give a sixth of 32 rows.
+        table_format: how a table-block row follows its image: "raw": the image tokens, then the
+            statement, its answer right after the made-up word (``Alias : bomazi`` -> ``cup .``),
+            so the look-up happens at that word as in pre-training and a question reads it from
+            there; "chat": the chat template (``USER: <image> Alias : bomazi ASSISTANT:``), where the
+            answer is two tokens after the word (probe 37 learned no table that way in 1,000 steps).
     """
 
     seed: int = 0
@@ -230,6 +241,8 @@ class TrainConfig:
     mix_alias: float = 0.0
     pretrain_steps: int = 0
     pretrain_batch: int = 128
+    table_rows: int = 0
+    table_format: Literal["chat", "raw"] = "raw"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and the model card)."""

@@ -25,10 +25,17 @@ from hipp_torchprune.demo.dataset import Example, TokenPool, make_batch, tokeniz
 from hipp_torchprune.demo.homes import EVERY_LAYER, home_route_masks
 
 
-def table_pool(examples: dict[str, list[Example]], processor: Any) -> tuple[TokenPool, torch.Tensor]:
-    """The stated aliases and lore facts as text-only rows, and (N,) whether each is a fact."""
+def table_pool(examples: dict[str, list[Example]], processor: Any, n_image_tokens: int = 0,
+               raw: bool = False) -> tuple[TokenPool, torch.Tensor]:
+    """The stated aliases and lore facts as rows, and (N,) whether each is a fact.
+
+    With ``n_image_tokens == 0`` the rows are text-only (pre-training); otherwise they follow an
+    image (the trainer's table block): in the chat format, or with ``raw`` right after the image
+    tokens, so the answer follows the made-up word as in pre-training.
+    """
     rows = list(examples.get("alias", [])) + list(examples.get("fact", []))
-    return tokenize_pool(rows, processor, 0, image=False), torch.tensor([e.topic == "fact" for e in rows])
+    pool = tokenize_pool(rows, processor, n_image_tokens, raw=raw, image=n_image_tokens > 0)
+    return pool, torch.tensor([e.topic == "fact" for e in rows])
 
 
 def table_homes(is_fact: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:

@@ -41,7 +41,7 @@ from hipp_torchprune.demo.homes import (
     install_home_routing,
     row_homes,
 )
-from hipp_torchprune.demo.pretrain import pretrain_tables, table_pool
+from hipp_torchprune.demo.pretrain import pretrain_tables, table_homes, table_pool
 from hipp_torchprune.errors import CheckpointError, DataError
 from hipp_torchprune.threads import torch_threads
 from hipp_torchprune.world.categories import CATEGORY_NAMES
@@ -227,6 +227,10 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
         raise ConfigError(f"mix_fact={cfg.mix_fact}: must be >= 0 (0 turns stated facts off)")
     if cfg.mix_alias < 0:
         raise ConfigError(f"mix_alias={cfg.mix_alias}: must be >= 0 (0 turns stated aliases off)")
+    if cfg.table_format not in ("chat", "raw"):
+        raise ConfigError(f"table_format={cfg.table_format!r}: must be 'chat' or 'raw'")
+    if cfg.table_rows < 0:
+        raise ConfigError(f"table_rows={cfg.table_rows}: must be >= 0 (0 turns the table block off)")
     if cfg.pretrain_steps < 0 or cfg.pretrain_batch < 1:
         raise ConfigError(f"pretrain_steps={cfg.pretrain_steps}, pretrain_batch={cfg.pretrain_batch}: "
                           "need steps >= 0 (0 = no pre-training) and a batch >= 1")
@@ -343,6 +347,7 @@ class _Data:
     version: int
     render: Any  # the world's SceneConfig (jitter, faint, noise): curriculum scenes render like it
     tables: tuple[TokenPool, torch.Tensor] | None  # text-only stated tables, is-fact flags (pre-training)
+    block: tuple[TokenPool, torch.Tensor] | None  # the same rows after an image (the table block)
 
 
 @dataclass
@@ -382,14 +387,17 @@ def _prepare_data(data_dir: Path, model_cfg: DemoModelConfig, cfg: TrainConfig) 
     processor = build_llava_processor(sorted(vocabulary(examples)), model_cfg.image_size, model_cfg.patch_size)
     n_img = (model_cfg.image_size // model_cfg.patch_size) ** 2
     pools = {k: tokenize_pool(examples[k], processor, n_img, raw=k in RAW_KINDS) for k in KINDS if examples[k]}
-    tables = table_pool(examples, processor) if examples["alias"] or examples["fact"] else None
+    has_tables = bool(examples["alias"] or examples["fact"])
+    tables = table_pool(examples, processor) if has_tables else None
+    block = table_pool(examples, processor, n_img, cfg.table_format == "raw") \
+        if has_tables and cfg.table_rows else None
     mean, std = list(processor.image_processor.image_mean), list(processor.image_processor.image_std)
     calib = prepare_eval(processor, data_dir, EVAL_TASKS, limit=cfg.eval_limit, split="calibration") \
         if cfg.eval_every else None
     stats = CooccurrenceStats.from_scenes([s.all_categories for s in scenes])
     return _Data(processor, pools, pixel_tensor(images, mean, std), mean, std, scenes, stats, calib, n_img,
                  model_cfg.image_size // model_cfg.patch_size, time.perf_counter() - t_prep, world_version(data_dir),
-                 world_render(data_dir), tables)
+                 world_render(data_dir), tables, block)
 
 
 def _build_run(data: _Data, model_cfg: DemoModelConfig, cfg: TrainConfig, device: str) -> _Run:
@@ -570,10 +578,34 @@ LOSS_WEIGHTS = {"aux_patch": "aux_weight", "aux_attributes": "aux_attr_weight", 
                 "aux_knowledge": "knowledge_weight"}
 
 
+def _table_block_loss(data: _Data, run: _Run, cfg: TrainConfig, rng: np.random.Generator,
+                      device: str) -> torch.Tensor:
+    """The answer loss of ``cfg.table_rows`` stated-table rows, each after a random train image."""
+    assert data.block is not None  # built whenever table_rows > 0 (the world was checked)
+    pool, is_fact = data.block
+    idx = torch.from_numpy(rng.integers(0, len(pool.lengths), size=cfg.table_rows))  # (R,)
+    images = torch.from_numpy(rng.integers(0, len(data.pixels), size=cfg.table_rows))  # (R,)
+    batch = {k: v.to(device) for k, v in make_batch(pool, idx, data.pixels, data.mean, data.std, images).items()}
+    text = run.model.config.text_config
+    homes = table_homes(is_fact[idx], cfg)  # (R,)
+    if cfg.home_routing:
+        run.captured["route"] = home_route_masks(homes, text.num_hidden_layers).to(device)  # (L, R, 1, 1)
+    if cfg.home_dropout > 0:
+        run.captured["mlp"] = home_dropout_masks(homes, text.num_hidden_layers, text.intermediate_size,
+                                                 cfg.home_dropout, cfg.home_dropout_draw).to(device)  # (L, R, 1, I)
+    try:
+        return run.model(**batch, use_cache=False).loss
+    finally:
+        run.captured.pop("route", None)
+        run.captured.pop("mlp", None)
+
+
 def _train_step(data: _Data, run: _Run, cfg: TrainConfig, step: int, kind: str, rng: np.random.Generator,
                 device: str) -> tuple[dict[str, float], float]:
     """One optimizer step (with weight EMA); returns the losses and the gradient norm."""
     losses = _losses(run, cfg, data.n_img, _step_batch(data, run, kind, step, cfg, rng), device)
+    if cfg.table_rows:  # after _losses: its auxiliary heads read the taps of the main forward
+        losses["table"] = _table_block_loss(data, run, cfg, rng, device)
     total = sum((getattr(cfg, LOSS_WEIGHTS[k]) * v if k in LOSS_WEIGHTS else v) for k, v in losses.items())
     run.opt.zero_grad(set_to_none=True)
     total.backward()  # type: ignore[union-attr]
@@ -743,6 +775,8 @@ def _check_world_options(data_dir: Path, cfg: TrainConfig) -> None:
         raise DataError(f"{data_dir}: mix_alias needs a world with aliases (world build --aliases K)")
     if cfg.pretrain_steps > 0 and not (render.lore or render.aliases):
         raise DataError(f"{data_dir}: pretrain_steps needs a world with lore or aliases to pre-train on")
+    if cfg.table_rows > 0 and not (render.lore or render.aliases):
+        raise DataError(f"{data_dir}: table_rows needs a world with lore or aliases to state")
     if cfg.freeze_lore and not (render.lore or render.aliases):
         raise DataError(f"{data_dir}: freeze_lore needs a world with lore or aliases (world build --lore N / --aliases K)")
 

@@ -114,8 +114,71 @@ def test_text_pretraining_is_deterministic_resumes_after_it_and_learns_the_table
     assert a["steps"] == plain["steps"] and not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
-def test_pretraining_on_a_world_without_tables_is_refused_before_writing(make_world, tmp_path: Path) -> None:
-    cfg = TrainConfig(steps=1, eval_every=0, option_layer=0, aux_layer=0, pretrain_steps=5)
-    with pytest.raises(DataError, match="pretrain_steps needs a world with lore or aliases"):
+@pytest.mark.parametrize("option", ["pretrain_steps", "table_rows"])
+def test_table_options_on_a_world_without_tables_are_refused_before_writing(make_world, tmp_path: Path,
+                                                                             option: str) -> None:
+    cfg = TrainConfig(steps=1, eval_every=0, option_layer=0, aux_layer=0, **{option: 5})  # type: ignore[arg-type]
+    with pytest.raises(DataError, match=f"{option} needs a world with lore or aliases"):
         train_demo_model(make_world(4, 40), tmp_path / "run", TINY, cfg, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_table_block_is_refused_before_writing(alias_world: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from hipp_torchprune.config import ConfigError
+
+    for changes, message in (({"table_rows": -1}, "table_rows=-1"), ({"table_format": "text"}, "table_format='text'")):
+        with pytest.raises(ConfigError, match=message):
+            train_demo_model(alias_world, tmp_path / "run", TINY, replace(RECIPE, **changes), progress=False)
+        assert not (tmp_path / "run").exists()
+
+
+def test_table_block_rows_follow_an_image_with_the_answer_after_the_word_unless_chat(alias_world: Path) -> None:
+    from hipp_torchprune.demo.dataset import vocabulary
+    from hipp_torchprune.demo.pretrain import table_pool
+    from hipp_torchprune.models.processors import build_llava_processor
+
+    _, ex, _ = build_examples(alias_world, seed=0, rounds=1)
+    processor = build_llava_processor(sorted(vocabulary(ex)), 64, 16)
+    tok = processor.tokenizer
+    text, flags = table_pool(ex, processor)
+    pools = {"raw": table_pool(ex, processor, 16, raw=True), "chat": table_pool(ex, processor, 16)}
+    image = tok.convert_tokens_to_ids("<image>")
+    assert ((text.input_ids == image).sum(1) == 0).all()
+    word = ex["alias"][0].prompt.split()[-1]
+    for name, (pool, pool_flags) in pools.items():
+        assert torch.equal(flags, pool_flags) and int(pool_flags.sum()) == len(ex["fact"])
+        assert ((pool.input_ids == image).sum(1) == 16).all()  # every row follows an image
+        prompt = tok.convert_ids_to_tokens(pool.input_ids[0, :int(pool.answer_start[0])])
+        assert prompt.index("<image>") < prompt.index(ALIAS_PROMPT.split()[0])
+        assert (prompt[-1] == word) == (name == "raw")  # raw: the answer comes right after the word
+        answer = pool.input_ids[0, int(pool.answer_start[0]):int(pool.lengths[0])]
+        assert torch.equal(answer, text.input_ids[0, int(text.answer_start[0]):int(text.lengths[0])])
+
+
+def test_table_block_is_logged_deterministic_resumable_and_learns_the_tables(alias_world: Path,
+                                                                            tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    cfg = replace(RECIPE, home_dropout=0.5, home_routing=True, home_kinds="memory", mix_alias=0.0,
+                  table_rows=24, steps=40, lr=3e-3)
+    train_demo_model(alias_world, tmp_path / "a", TINY, cfg, progress=False)
+    assert train_demo_model(alias_world, tmp_path / "b", TINY, cfg, progress=False, stop_at=13)["stopped"]
+    train_demo_model(alias_world, tmp_path / "b", TINY, cfg, progress=False)
+    wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    losses = _tb_scalars(tmp_path / "a", "loss/table")
+    assert len(losses) == 40 and sum(losses[-5:]) < 0.7 * sum(losses[:5])  # the table loss falls
+    train_demo_model(alias_world, tmp_path / "c", TINY, replace(cfg, table_rows=0), progress=False)
+    assert not _has_tag(tmp_path / "c", "loss/table")  # no block, no second forward
+
+
+def _has_tag(run_dir: Path, tag: str) -> bool:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "runs"))
+    acc.Reload()
+    return tag in acc.Tags()["scalars"]
