@@ -162,7 +162,10 @@ class TrainConfig:
             (knowledge questions and stated lore facts) are dropped away from ``knowledge_home``,
             every other row keeps all its MLP rows; "memory": world-knowledge rows in
             ``knowledge_home`` and the alias-reading rows (stated aliases, yes/no object
-            questions, one-hop presence) in ``grounding_home``, the other rows free.
+            questions, one-hop presence) in ``grounding_home``, the other rows free; "tables":
+            only the stated tables (facts in ``knowledge_home``, aliases in ``grounding_home``),
+            every question free to use any layer (a table then matters to a question only
+            where it is stored).
         home_routing: home routing (:mod:`hipp_torchprune.demo.homes`): the forward pass keeps
             every MLP, and each row's gradient reaches only its home layer's MLP, so what it
             teaches is stored there without the robustness to pruning that dropout trains.
@@ -191,7 +194,9 @@ class TrainConfig:
             statement, its answer right after the made-up word (``Alias : bomazi`` -> ``cup .``),
             so the look-up happens at that word as in pre-training and a question reads it from
             there; "chat": the chat template (``USER: <image> Alias : bomazi ASSISTANT:``), where the
-            answer is two tokens after the word (probe 37 learned no table that way in 1,000 steps).
+            answer is two tokens after the word (probe 37 learned no table that way in 1,000 steps);
+            "mixed": each row drawn from both (the raw rows teach the look-up at the word, the
+            chat rows to carry its result to the answer, as a question must).
     """
 
     seed: int = 0
@@ -234,7 +239,7 @@ class TrainConfig:
     grounding_home: int = 1
     reasoning_home: int = 3
     knowledge_home: int = 5
-    home_kinds: Literal["all", "knowledge", "memory"] = "all"
+    home_kinds: Literal["all", "knowledge", "memory", "tables"] = "all"
     home_routing: bool = False
     mix_fact: float = 0.0
     freeze_lore: bool = False
@@ -242,7 +247,7 @@ class TrainConfig:
     pretrain_steps: int = 0
     pretrain_batch: int = 128
     table_rows: int = 0
-    table_format: Literal["chat", "raw"] = "raw"
+    table_format: Literal["chat", "raw", "mixed"] = "raw"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and the model card)."""

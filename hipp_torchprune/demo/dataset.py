@@ -341,6 +341,16 @@ def tokenize_pool(examples: Sequence[Example], processor: Any, n_image_tokens: i
                      torch.tensor([e.topic in KNOWLEDGE_TOPICS for e in examples], dtype=torch.bool))
 
 
+def concat_pools(a: TokenPool, b: TokenPool, pad_id: int) -> TokenPool:
+    """The rows of ``a`` then those of ``b`` in one pool, right-padded with ``pad_id``."""
+    width = max(a.input_ids.shape[1], b.input_ids.shape[1])
+    ids = torch.full((len(a.lengths) + len(b.lengths), width), pad_id, dtype=torch.long)
+    ids[:len(a.lengths), :a.input_ids.shape[1]] = a.input_ids
+    ids[len(a.lengths):, :b.input_ids.shape[1]] = b.input_ids
+    return TokenPool(ids, torch.cat([a.lengths, b.lengths]), torch.cat([a.answer_start, b.answer_start]),
+                     torch.cat([a.image, b.image]), torch.cat([a.knowledge, b.knowledge]))
+
+
 def option_slots(pool: TokenPool, letter_ids: Sequence[int], dot_id: int,
                  max_options: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each multiple-choice option's text starts, and whether it is the gold option.

@@ -36,10 +36,11 @@ DropDraw = Literal["per_row", "per_layer"]
 NO_HOME = -1
 #: Home of the rows that home-layer dropout leaves alone: no layer is dropped.
 EVERY_LAYER = -2
-#: Which rows get a home: every kind; world-knowledge rows only; or the memorized tables' rows
+#: Which rows get a home: every kind; world-knowledge rows only; the memorized tables' rows
 #: ("memory": world knowledge and stated facts in the knowledge home, stated aliases and the
-#: aliased yes/no questions in the grounding home).
-HomeKinds = Literal["all", "knowledge", "memory"]
+#: aliased yes/no questions in the grounding home); or only the stated tables ("tables": stated
+#: facts in the knowledge home, stated aliases in the grounding home, every question free).
+HomeKinds = Literal["all", "knowledge", "memory", "tables"]
 #: The kinds that read the alias dictionary (homed with grounding under ``"memory"``).
 ALIAS_KINDS: frozenset[str] = frozenset({"alias", "pope", "short"})
 
@@ -81,8 +82,13 @@ def row_homes(kind: str, knowledge: torch.Tensor, grounding: int, reasoning: int
     the image directly, or (stated aliases, "alias") states what a POPE question's word names,
     and lives in ``grounding``. With ``kinds="knowledge"`` every row that is
     not world knowledge gets ``EVERY_LAYER`` (never dropped); with ``kinds="memory"`` so does every
-    row but world knowledge and the :data:`ALIAS_KINDS` (which live in ``grounding``).
+    row but world knowledge and the :data:`ALIAS_KINDS` (which live in ``grounding``); with
+    ``kinds="tables"`` only stated facts and stated aliases have a home.
     """
+    if kinds == "tables" and kind not in ("fact", "alias"):
+        return torch.full_like(knowledge, EVERY_LAYER, dtype=torch.long)
+    if kinds == "tables" and kind == "alias":
+        return torch.full_like(knowledge, grounding, dtype=torch.long)
     if kind == "mc":
         other = reasoning if kinds == "all" else EVERY_LAYER
         return torch.where(knowledge.bool(), knowledge_home, other)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from hipp_torchprune.demo.config import TrainConfig, lr_at
-from hipp_torchprune.demo.dataset import Example, TokenPool, make_batch, tokenize_pool
+from hipp_torchprune.demo.dataset import Example, TokenPool, concat_pools, make_batch, tokenize_pool
 from hipp_torchprune.demo.homes import EVERY_LAYER, home_route_masks
 
 
@@ -38,10 +38,20 @@ def table_pool(examples: dict[str, list[Example]], processor: Any, n_image_token
     return pool, torch.tensor([e.topic == "fact" for e in rows])
 
 
+def block_pool(examples: dict[str, list[Example]], processor: Any, n_image_tokens: int,
+               fmt: str) -> tuple[TokenPool, torch.Tensor]:
+    """The trainer's table block: the stated tables after an image in ``fmt`` ("raw", "chat" or
+    "mixed": both, every statement once in each), and (N,) whether each row is a fact."""
+    if fmt != "mixed":
+        return table_pool(examples, processor, n_image_tokens, raw=fmt == "raw")
+    (raw, raw_facts), (chat, chat_facts) = (table_pool(examples, processor, n_image_tokens, raw=r) for r in (True, False))
+    return concat_pools(raw, chat, processor.tokenizer.pad_token_id), torch.cat([raw_facts, chat_facts])
+
+
 def table_homes(is_fact: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """(B,) home layer of each table row: facts in ``knowledge_home``, aliases in ``grounding_home``
-    under ``home_kinds="memory"``; every layer otherwise."""
-    if cfg.home_kinds != "memory":
+    under ``home_kinds`` "memory" and "tables"; every layer otherwise."""
+    if cfg.home_kinds not in ("memory", "tables"):
         return torch.full(is_fact.shape, EVERY_LAYER, dtype=torch.long)
     return torch.where(is_fact, cfg.knowledge_home, cfg.grounding_home)
 

@@ -41,7 +41,7 @@ from hipp_torchprune.demo.homes import (
     install_home_routing,
     row_homes,
 )
-from hipp_torchprune.demo.pretrain import pretrain_tables, table_homes, table_pool
+from hipp_torchprune.demo.pretrain import block_pool, pretrain_tables, table_homes, table_pool
 from hipp_torchprune.errors import CheckpointError, DataError
 from hipp_torchprune.threads import torch_threads
 from hipp_torchprune.world.categories import CATEGORY_NAMES
@@ -221,14 +221,14 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
         raise ConfigError(f"knowledge_weight={cfg.knowledge_weight}: must be >= 0 (0 turns the knowledge loss off)")
     if cfg.option_weight < 0:
         raise ConfigError(f"option_weight={cfg.option_weight}: must be >= 0 (0 turns the option loss off)")
-    if cfg.home_kinds not in ("all", "knowledge", "memory"):
-        raise ConfigError(f"home_kinds={cfg.home_kinds!r}: must be 'all', 'knowledge' or 'memory'")
+    if cfg.home_kinds not in ("all", "knowledge", "memory", "tables"):
+        raise ConfigError(f"home_kinds={cfg.home_kinds!r}: must be 'all', 'knowledge', 'memory' or 'tables'")
     if cfg.mix_fact < 0:
         raise ConfigError(f"mix_fact={cfg.mix_fact}: must be >= 0 (0 turns stated facts off)")
     if cfg.mix_alias < 0:
         raise ConfigError(f"mix_alias={cfg.mix_alias}: must be >= 0 (0 turns stated aliases off)")
-    if cfg.table_format not in ("chat", "raw"):
-        raise ConfigError(f"table_format={cfg.table_format!r}: must be 'chat' or 'raw'")
+    if cfg.table_format not in ("chat", "raw", "mixed"):
+        raise ConfigError(f"table_format={cfg.table_format!r}: must be 'chat', 'raw' or 'mixed'")
     if cfg.table_rows < 0:
         raise ConfigError(f"table_rows={cfg.table_rows}: must be >= 0 (0 turns the table block off)")
     if cfg.pretrain_steps < 0 or cfg.pretrain_batch < 1:
@@ -389,8 +389,7 @@ def _prepare_data(data_dir: Path, model_cfg: DemoModelConfig, cfg: TrainConfig) 
     pools = {k: tokenize_pool(examples[k], processor, n_img, raw=k in RAW_KINDS) for k in KINDS if examples[k]}
     has_tables = bool(examples["alias"] or examples["fact"])
     tables = table_pool(examples, processor) if has_tables else None
-    block = table_pool(examples, processor, n_img, cfg.table_format == "raw") \
-        if has_tables and cfg.table_rows else None
+    block = block_pool(examples, processor, n_img, cfg.table_format) if has_tables and cfg.table_rows else None
     mean, std = list(processor.image_processor.image_mean), list(processor.image_processor.image_std)
     calib = prepare_eval(processor, data_dir, EVAL_TASKS, limit=cfg.eval_limit, split="calibration") \
         if cfg.eval_every else None

@@ -157,14 +157,34 @@ def test_table_block_rows_follow_an_image_with_the_answer_after_the_word_unless_
         assert torch.equal(answer, text.input_ids[0, int(text.answer_start[0]):int(text.lengths[0])])
 
 
+def test_a_mixed_block_states_every_row_once_in_each_format(alias_world: Path) -> None:
+    from hipp_torchprune.demo.dataset import concat_pools, vocabulary
+    from hipp_torchprune.demo.pretrain import block_pool
+    from hipp_torchprune.models.processors import build_llava_processor
+
+    _, ex, _ = build_examples(alias_world, seed=0, rounds=1)
+    processor = build_llava_processor(sorted(vocabulary(ex)), 64, 16)
+    (raw, raw_facts), (chat, chat_facts) = (block_pool(ex, processor, 16, f) for f in ("raw", "chat"))
+    mixed, flags = block_pool(ex, processor, 16, "mixed")
+    n = len(raw.lengths)
+    assert torch.equal(flags, torch.cat([raw_facts, chat_facts])) and len(mixed.lengths) == 2 * n
+    for part, pool in ((slice(0, n), raw), (slice(n, 2 * n), chat)):
+        assert torch.equal(mixed.lengths[part], pool.lengths) and torch.equal(mixed.answer_start[part], pool.answer_start)
+        width = pool.input_ids.shape[1]
+        assert torch.equal(mixed.input_ids[part, :width], pool.input_ids)
+        assert (mixed.input_ids[part, width:] == processor.tokenizer.pad_token_id).all()
+    both = concat_pools(chat, raw, pad_id=-7)
+    assert (both.input_ids[n:, raw.input_ids.shape[1]:] == -7).all()  # the narrower pool is padded
+
+
 def test_table_block_is_logged_deterministic_resumable_and_learns_the_tables(alias_world: Path,
                                                                             tmp_path: Path) -> None:
     from dataclasses import replace
 
     from safetensors.torch import load_file
 
-    cfg = replace(RECIPE, home_dropout=0.5, home_routing=True, home_kinds="memory", mix_alias=0.0,
-                  table_rows=24, steps=40, lr=3e-3)
+    cfg = replace(RECIPE, home_dropout=0.5, home_routing=True, home_kinds="tables", mix_alias=0.0,
+                  table_rows=24, table_format="mixed", steps=40, lr=3e-3)
     train_demo_model(alias_world, tmp_path / "a", TINY, cfg, progress=False)
     assert train_demo_model(alias_world, tmp_path / "b", TINY, cfg, progress=False, stop_at=13)["stopped"]
     train_demo_model(alias_world, tmp_path / "b", TINY, cfg, progress=False)

@@ -73,6 +73,12 @@ def test_masks_are_all_ones_without_dropout_and_drop_a_quarter_on_average_at_hal
     ("lm", [False], "memory", [EVERY_LAYER]),
     ("fact", [False], "memory", [5]),
     ("mc", [True, False], "memory", [5, EVERY_LAYER]),
+    ("alias", [False], "tables", [1]),
+    ("fact", [False], "tables", [5]),
+    ("pope", [False], "tables", [EVERY_LAYER]),
+    ("short", [False], "tables", [EVERY_LAYER]),
+    ("mc", [True, False], "tables", [EVERY_LAYER, EVERY_LAYER]),
+    ("lm", [False], "tables", [EVERY_LAYER]),
 ])
 def test_row_homes_by_kind(kind: str, knowledge: list[bool], kinds: str, expected: list[int]) -> None:
     homes = row_homes(kind, torch.tensor(knowledge), grounding=1, reasoning=3, knowledge_home=5,
