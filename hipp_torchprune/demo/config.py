@@ -197,6 +197,11 @@ class TrainConfig:
             answer is two tokens after the word (probe 37 learned no table that way in 1,000 steps);
             "mixed": each row drawn from both (the raw rows teach the look-up at the word, the
             chat rows to carry its result to the answer, as a question must).
+        alias_weight: weight of the auxiliary alias loss on the table block: the tied patch
+            head (``aux_weight``) reads every alias token at the output of ``aux_layer`` and
+            predicts the category it names, so an alias is looked up into the space where the
+            image patches are recognized, where a question can match it against the image, as
+            it matches a category's own name (0 = off).
     """
 
     seed: int = 0
@@ -248,6 +253,7 @@ class TrainConfig:
     pretrain_batch: int = 128
     table_rows: int = 0
     table_format: Literal["chat", "raw", "mixed"] = "raw"
+    alias_weight: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and the model card)."""

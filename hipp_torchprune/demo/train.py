@@ -229,6 +229,9 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
         raise ConfigError(f"mix_alias={cfg.mix_alias}: must be >= 0 (0 turns stated aliases off)")
     if cfg.table_format not in ("chat", "raw", "mixed"):
         raise ConfigError(f"table_format={cfg.table_format!r}: must be 'chat', 'raw' or 'mixed'")
+    if cfg.alias_weight < 0 or (cfg.alias_weight > 0 and cfg.aux_layer < 0):
+        raise ConfigError(f"alias_weight={cfg.alias_weight}: must be >= 0, and > 0 needs the tied patch head "
+                          "read at a decoder layer (aux_layer >= 0)")
     if cfg.table_rows < 0:
         raise ConfigError(f"table_rows={cfg.table_rows}: must be >= 0 (0 turns the table block off)")
     if cfg.pretrain_steps < 0 or cfg.pretrain_batch < 1:
@@ -348,6 +351,7 @@ class _Data:
     render: Any  # the world's SceneConfig (jitter, faint, noise): curriculum scenes render like it
     tables: tuple[TokenPool, torch.Tensor] | None  # text-only stated tables, is-fact flags (pre-training)
     block: tuple[TokenPool, torch.Tensor] | None  # the same rows after an image (the table block)
+    alias_of: torch.Tensor | None  # (vocab,) category index an alias token names, -1 elsewhere
 
 
 @dataclass
@@ -396,7 +400,7 @@ def _prepare_data(data_dir: Path, model_cfg: DemoModelConfig, cfg: TrainConfig) 
     stats = CooccurrenceStats.from_scenes([s.all_categories for s in scenes])
     return _Data(processor, pools, pixel_tensor(images, mean, std), mean, std, scenes, stats, calib, n_img,
                  model_cfg.image_size // model_cfg.patch_size, time.perf_counter() - t_prep, world_version(data_dir),
-                 world_render(data_dir), tables, block)
+                 world_render(data_dir), tables, block, alias_categories(processor.tokenizer, world_render(data_dir)))
 
 
 def _build_run(data: _Data, model_cfg: DemoModelConfig, cfg: TrainConfig, device: str) -> _Run:
@@ -574,12 +578,36 @@ def _losses(run: _Run, cfg: TrainConfig, n_img: int, inputs: dict[str, Any], dev
 
 
 LOSS_WEIGHTS = {"aux_patch": "aux_weight", "aux_attributes": "aux_attr_weight", "aux_option": "option_weight",
-                "aux_knowledge": "knowledge_weight"}
+                "aux_knowledge": "knowledge_weight", "aux_alias": "alias_weight"}
+
+
+def alias_categories(tok: Any, render: SceneConfig) -> torch.Tensor | None:
+    """(vocab,) index in ``CATEGORY_NAMES`` of the category each alias token names, -1 for every
+    other token; None for a world without aliases."""
+    aliases = world_aliases(render)
+    if aliases is None:
+        return None
+    table = torch.full((len(tok),), -1, dtype=torch.long)
+    for c, names in aliases.items():
+        table[torch.tensor(tok.convert_tokens_to_ids(list(names)))] = CATEGORY_NAMES.index(c)
+    return table
+
+
+def alias_loss(head: TiedPatchHead, feats: torch.Tensor, input_ids: torch.Tensor,
+               alias_of: torch.Tensor) -> torch.Tensor | None:
+    """Cross-entropy of the tied patch head at every alias token of a batch (feats [B, T, H],
+    input_ids [B, T]) against the category it names; None when the batch has no alias."""
+    target = alias_of[input_ids]  # (B, T)
+    where = target >= 0
+    if not bool(where.any()):
+        return None
+    return torch.nn.functional.cross_entropy(head(feats[where]), target[where])
 
 
 def _table_block_loss(data: _Data, run: _Run, cfg: TrainConfig, rng: np.random.Generator,
-                      device: str) -> torch.Tensor:
-    """The answer loss of ``cfg.table_rows`` stated-table rows, each after a random train image."""
+                      device: str) -> dict[str, torch.Tensor]:
+    """The answer loss of ``cfg.table_rows`` stated-table rows, each after a random train image,
+    and (``alias_weight > 0``) the alias loss at their alias tokens."""
     assert data.block is not None  # built whenever table_rows > 0 (the world was checked)
     pool, is_fact = data.block
     idx = torch.from_numpy(rng.integers(0, len(pool.lengths), size=cfg.table_rows))  # (R,)
@@ -593,10 +621,15 @@ def _table_block_loss(data: _Data, run: _Run, cfg: TrainConfig, rng: np.random.G
         run.captured["mlp"] = home_dropout_masks(homes, text.num_hidden_layers, text.intermediate_size,
                                                  cfg.home_dropout, cfg.home_dropout_draw).to(device)  # (L, R, 1, I)
     try:
-        return run.model(**batch, use_cache=False).loss
+        out = {"table": run.model(**batch, use_cache=False).loss}
     finally:
         run.captured.pop("route", None)
         run.captured.pop("mlp", None)
+    if cfg.alias_weight > 0 and data.alias_of is not None:
+        named = alias_loss(run.heads["patch"], run.captured["f"], batch["input_ids"], data.alias_of.to(device))
+        if named is not None:
+            out["aux_alias"] = named
+    return out
 
 
 def _train_step(data: _Data, run: _Run, cfg: TrainConfig, step: int, kind: str, rng: np.random.Generator,
@@ -604,7 +637,7 @@ def _train_step(data: _Data, run: _Run, cfg: TrainConfig, step: int, kind: str, 
     """One optimizer step (with weight EMA); returns the losses and the gradient norm."""
     losses = _losses(run, cfg, data.n_img, _step_batch(data, run, kind, step, cfg, rng), device)
     if cfg.table_rows:  # after _losses: its auxiliary heads read the taps of the main forward
-        losses["table"] = _table_block_loss(data, run, cfg, rng, device)
+        losses.update(_table_block_loss(data, run, cfg, rng, device))
     total = sum((getattr(cfg, LOSS_WEIGHTS[k]) * v if k in LOSS_WEIGHTS else v) for k, v in losses.items())
     run.opt.zero_grad(set_to_none=True)
     total.backward()  # type: ignore[union-attr]

@@ -128,7 +128,9 @@ def test_a_bad_table_block_is_refused_before_writing(alias_world: Path, tmp_path
 
     from hipp_torchprune.config import ConfigError
 
-    for changes, message in (({"table_rows": -1}, "table_rows=-1"), ({"table_format": "text"}, "table_format='text'")):
+    for changes, message in (({"table_rows": -1}, "table_rows=-1"), ({"table_format": "text"}, "table_format='text'"),
+                             ({"alias_weight": -1.0}, "alias_weight=-1.0"),
+                             ({"alias_weight": 1.0, "aux_layer": -1}, "aux_layer >= 0")):
         with pytest.raises(ConfigError, match=message):
             train_demo_model(alias_world, tmp_path / "run", TINY, replace(RECIPE, **changes), progress=False)
         assert not (tmp_path / "run").exists()
@@ -184,7 +186,7 @@ def test_table_block_is_logged_deterministic_resumable_and_learns_the_tables(ali
     from safetensors.torch import load_file
 
     cfg = replace(RECIPE, home_dropout=0.5, home_routing=True, home_kinds="tables", mix_alias=0.0,
-                  table_rows=24, table_format="mixed", steps=40, lr=3e-3)
+                  table_rows=24, table_format="mixed", alias_weight=1.0, steps=40, lr=3e-3)
     train_demo_model(alias_world, tmp_path / "a", TINY, cfg, progress=False)
     assert train_demo_model(alias_world, tmp_path / "b", TINY, cfg, progress=False, stop_at=13)["stopped"]
     train_demo_model(alias_world, tmp_path / "b", TINY, cfg, progress=False)
@@ -192,6 +194,8 @@ def test_table_block_is_logged_deterministic_resumable_and_learns_the_tables(ali
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     losses = _tb_scalars(tmp_path / "a", "loss/table")
     assert len(losses) == 40 and sum(losses[-5:]) < 0.7 * sum(losses[:5])  # the table loss falls
+    named = _tb_scalars(tmp_path / "a", "loss/aux_alias")
+    assert len(named) == 40 and sum(named[-5:]) < sum(named[:5])  # aliases move towards their categories
     train_demo_model(alias_world, tmp_path / "c", TINY, replace(cfg, table_rows=0), progress=False)
     assert not _has_tag(tmp_path / "c", "loss/table")  # no block, no second forward
 
@@ -202,3 +206,39 @@ def _has_tag(run_dir: Path, tag: str) -> bool:
     acc = EventAccumulator(str(run_dir / "runs"))
     acc.Reload()
     return tag in acc.Tags()["scalars"]
+
+
+def test_alias_categories_map_each_alias_token_to_its_category_and_nothing_else(alias_world: Path) -> None:
+    from transformers import AutoProcessor
+
+    from hipp_torchprune.data import world_render
+    from hipp_torchprune.demo.dataset import vocabulary
+    from hipp_torchprune.demo.train import alias_categories
+    from hipp_torchprune.models.processors import build_llava_processor
+
+    _, ex, _ = build_examples(alias_world, seed=0, rounds=1)
+    tok = build_llava_processor(sorted(vocabulary(ex)), 64, 16).tokenizer
+    table = alias_categories(tok, world_render(alias_world))
+    assert table is not None and int((table >= 0).sum()) == K * len(CATEGORY_NAMES)
+    for c, names in alias_table(K).items():
+        assert table[tok.convert_tokens_to_ids(list(names))].tolist() == [CATEGORY_NAMES.index(c)] * K
+    assert table[tok.convert_tokens_to_ids(CATEGORY_NAMES[0])] == -1  # a category's own name is no alias
+    assert alias_categories(tok, SceneConfig()) is None
+
+
+def test_alias_loss_reads_only_alias_positions() -> None:
+    from hipp_torchprune.demo.train import alias_loss
+
+    class Head(torch.nn.Module):
+        def forward(self, feats: torch.Tensor) -> torch.Tensor:
+            return feats[..., :3]  # the features are the logits
+
+    alias_of = torch.tensor([-1, -1, 2, 0])  # tokens 2 and 3 are aliases of categories 2 and 0
+    ids = torch.tensor([[0, 2, 1], [3, 1, 1]])
+    feats = torch.zeros(2, 3, 4)
+    feats[0, 1, 2] = feats[1, 0, 0] = 50.0  # confident and right at both alias positions
+    feats[0, 0, 1] = feats[1, 2, 1] = 50.0  # non-alias positions say anything: not read
+    assert float(alias_loss(Head(), feats, ids, alias_of)) < 1e-6
+    feats[1, 0] = torch.tensor([0.0, 0.0, 0.0, 0.0])  # uniform over 3 at one of two positions
+    assert float(alias_loss(Head(), feats, ids, alias_of)) == pytest.approx(torch.log(torch.tensor(3.0)).item() / 2)
+    assert alias_loss(Head(), feats, torch.tensor([[0, 1]]), alias_of) is None
