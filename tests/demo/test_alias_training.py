@@ -209,7 +209,6 @@ def _has_tag(run_dir: Path, tag: str) -> bool:
 
 
 def test_alias_categories_map_each_alias_token_to_its_category_and_nothing_else(alias_world: Path) -> None:
-    from transformers import AutoProcessor
 
     from hipp_torchprune.data import world_render
     from hipp_torchprune.demo.dataset import vocabulary
