@@ -202,6 +202,11 @@ class TrainConfig:
             predicts the category it names, so an alias is looked up into the space where the
             image patches are recognized, where a question can match it against the image, as
             it matches a category's own name (0 = off).
+        name_share: in a world with aliases, the share of yes/no training rows (POPE questions
+            and one-hop presence) asked by the category's own name instead of the alias the row
+            was drawn with, so the grounding circuit is learned on words aligned with the image
+            (the patch head is tied to their embeddings) and then reused for aliases (0 = every
+            row by alias, as the world's questions are).
     """
 
     seed: int = 0
@@ -254,6 +259,7 @@ class TrainConfig:
     table_rows: int = 0
     table_format: Literal["chat", "raw", "mixed"] = "raw"
     alias_weight: float = 0.0
+    name_share: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and the model card)."""

@@ -237,6 +237,8 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
     if cfg.alias_weight < 0 or (cfg.alias_weight > 0 and cfg.aux_layer < 0):
         raise ConfigError(f"alias_weight={cfg.alias_weight}: must be >= 0, and > 0 needs the tied patch head "
                           "read at a decoder layer (aux_layer >= 0)")
+    if not 0 <= cfg.name_share <= 1:
+        raise ConfigError(f"name_share={cfg.name_share}: must be in [0, 1] (0 = always the alias)")
     if cfg.table_rows < 0:
         raise ConfigError(f"table_rows={cfg.table_rows}: must be >= 0 (0 turns the table block off)")
     if cfg.pretrain_steps < 0 or cfg.pretrain_batch < 1:
@@ -357,6 +359,7 @@ class _Data:
     tables: tuple[TokenPool, torch.Tensor] | None  # text-only stated tables, is-fact flags (pre-training)
     block: tuple[TokenPool, torch.Tensor] | None  # the same rows after an image (the table block)
     alias_of: torch.Tensor | None  # (vocab,) category index an alias token names, -1 elsewhere
+    name_ids: torch.Tensor  # (n_categories,) the category names' tokens, in CATEGORY_NAMES order
 
 
 @dataclass
@@ -405,7 +408,8 @@ def _prepare_data(data_dir: Path, model_cfg: DemoModelConfig, cfg: TrainConfig) 
     stats = CooccurrenceStats.from_scenes([s.all_categories for s in scenes])
     return _Data(processor, pools, pixel_tensor(images, mean, std), mean, std, scenes, stats, calib, n_img,
                  model_cfg.image_size // model_cfg.patch_size, time.perf_counter() - t_prep, world_version(data_dir),
-                 world_render(data_dir), tables, block, alias_categories(processor.tokenizer, world_render(data_dir)))
+                 world_render(data_dir), tables, block, alias_categories(processor.tokenizer, world_render(data_dir)),
+                 torch.tensor(processor.tokenizer.convert_tokens_to_ids(list(CATEGORY_NAMES))))
 
 
 def _build_run(data: _Data, model_cfg: DemoModelConfig, cfg: TrainConfig, device: str) -> _Run:
@@ -531,7 +535,11 @@ def _step_batch(data: _Data, run: _Run, kind: str, step: int, cfg: TrainConfig,
     rows = pool.image[idx]
     if kind in POOL_ONLY_KINDS:  # text rows get a fresh image each time: never a key to memorize them by
         rows = torch.from_numpy(rng.integers(0, len(pixels), size=cfg.batch_size))
-    return {"batch": make_batch(pool, idx, pixels, data.mean, data.std, rows),
+    batch = make_batch(pool, idx, pixels, data.mean, data.std, rows)
+    if cfg.name_share > 0 and kind in ("pope", "short") and data.alias_of is not None:
+        named = torch.from_numpy(rng.random(cfg.batch_size) < cfg.name_share)  # (B,) rows asked by name
+        batch["input_ids"] = names_for_aliases(batch["input_ids"], named, data.alias_of, data.name_ids)
+    return {"batch": batch,
             "patch": labels_of[rows] if labels_of is not None else None,
             "sizes": sizes_of[rows] if sizes_of is not None else None,
             "slots": (slots[0][idx], slots[1][idx]) if slots is not None and kind == "mc" else None,
@@ -596,6 +604,16 @@ def alias_categories(tok: Any, render: SceneConfig) -> torch.Tensor | None:
     for c, names in aliases.items():
         table[torch.tensor(tok.convert_tokens_to_ids(list(names)))] = CATEGORY_NAMES.index(c)
     return table
+
+
+def names_for_aliases(input_ids: torch.Tensor, rows: torch.Tensor, alias_of: torch.Tensor,
+                      name_ids: torch.Tensor) -> torch.Tensor:
+    """``input_ids`` [B, T] with every alias token of the rows flagged in ``rows`` (B,) replaced by
+    the token of the category it names (``alias_of``: (vocab,) category index or -1; ``name_ids``:
+    (n_categories,) the categories' tokens)."""
+    target = alias_of[input_ids]  # (B, T)
+    swap = (target >= 0) & rows[:, None]
+    return torch.where(swap, name_ids[target.clamp(min=0)], input_ids)
 
 
 def alias_loss(head: TiedPatchHead, feats: torch.Tensor, input_ids: torch.Tensor,

@@ -130,7 +130,8 @@ def test_a_bad_table_block_is_refused_before_writing(alias_world: Path, tmp_path
 
     for changes, message in (({"table_rows": -1}, "table_rows=-1"), ({"table_format": "text"}, "table_format='text'"),
                              ({"alias_weight": -1.0}, "alias_weight=-1.0"),
-                             ({"alias_weight": 1.0, "aux_layer": -1}, "aux_layer >= 0")):
+                             ({"alias_weight": 1.0, "aux_layer": -1}, "aux_layer >= 0"),
+                             ({"name_share": 1.5}, "name_share=1.5")):
         with pytest.raises(ConfigError, match=message):
             train_demo_model(alias_world, tmp_path / "run", TINY, replace(RECIPE, **changes), progress=False)
         assert not (tmp_path / "run").exists()
@@ -241,3 +242,28 @@ def test_alias_loss_reads_only_alias_positions() -> None:
     feats[1, 0] = torch.tensor([0.0, 0.0, 0.0, 0.0])  # uniform over 3 at one of two positions
     assert float(alias_loss(Head(), feats, ids, alias_of)) == pytest.approx(torch.log(torch.tensor(3.0)).item() / 2)
     assert alias_loss(Head(), feats, torch.tensor([[0, 1]]), alias_of) is None
+
+
+def test_names_for_aliases_swaps_only_the_flagged_rows_alias_tokens() -> None:
+    from hipp_torchprune.demo.train import names_for_aliases
+
+    alias_of = torch.tensor([-1, -1, 1, 0, -1])  # tokens 2 and 3 name categories 1 and 0
+    name_ids = torch.tensor([40, 41])
+    ids = torch.tensor([[0, 2, 4, 3], [2, 3, 1, 0]])
+    out = names_for_aliases(ids, torch.tensor([True, False]), alias_of, name_ids)
+    assert out.tolist() == [[0, 41, 4, 40], [2, 3, 1, 0]]
+    assert ids.tolist() == [[0, 2, 4, 3], [2, 3, 1, 0]]  # the input is not changed in place
+
+
+def test_name_share_changes_training_and_stays_deterministic(alias_world: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    cfg = replace(RECIPE, mix_alias=0.0, mix_pope=1.0, mix_mc=0.0, mix_caption=0.0, mix_short=0.0,
+                  home_dropout=0.0, steps=4)
+    for name, share in (("a", 1.0), ("b", 1.0), ("c", 0.0)):
+        train_demo_model(alias_world, tmp_path / name, TINY, replace(cfg, name_share=share), progress=False)
+    wa, wb, wc = (load_file(tmp_path / n / "model.safetensors") for n in "abc")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)  # asked by name, the model sees other tokens
