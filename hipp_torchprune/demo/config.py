@@ -197,6 +197,9 @@ class TrainConfig:
             answer is two tokens after the word (probe 37 learned no table that way in 1,000 steps);
             "mixed": each row drawn from both (the raw rows teach the look-up at the word, the
             chat rows to carry its result to the answer, as a question must).
+        table_weight: weight of the table block's answer loss in the step's total. Under Adam a
+            loud loss on shared weights (attention, the unembedding) drowns a quiet one: probe 42
+            at weight 1 learned its tables but left the yes/no answer at chance.
         alias_weight: weight of the auxiliary alias loss on the table block: the tied patch
             head (``aux_weight``) reads every alias token at the output of ``aux_layer`` and
             predicts the category it names, so an alias is looked up into the space where the
@@ -258,6 +261,7 @@ class TrainConfig:
     pretrain_batch: int = 128
     table_rows: int = 0
     table_format: Literal["chat", "raw", "mixed"] = "raw"
+    table_weight: float = 1.0
     alias_weight: float = 0.0
     name_share: float = 0.0
 

@@ -237,6 +237,8 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
     if cfg.alias_weight < 0 or (cfg.alias_weight > 0 and cfg.aux_layer < 0):
         raise ConfigError(f"alias_weight={cfg.alias_weight}: must be >= 0, and > 0 needs the tied patch head "
                           "read at a decoder layer (aux_layer >= 0)")
+    if cfg.table_weight < 0:
+        raise ConfigError(f"table_weight={cfg.table_weight}: must be >= 0")
     if not 0 <= cfg.name_share <= 1:
         raise ConfigError(f"name_share={cfg.name_share}: must be in [0, 1] (0 = always the alias)")
     if cfg.table_rows < 0:
@@ -591,7 +593,7 @@ def _losses(run: _Run, cfg: TrainConfig, n_img: int, inputs: dict[str, Any], dev
 
 
 LOSS_WEIGHTS = {"aux_patch": "aux_weight", "aux_attributes": "aux_attr_weight", "aux_option": "option_weight",
-                "aux_knowledge": "knowledge_weight", "aux_alias": "alias_weight"}
+                "aux_knowledge": "knowledge_weight", "aux_alias": "alias_weight", "table": "table_weight"}
 
 
 def alias_categories(tok: Any, render: SceneConfig) -> torch.Tensor | None:

@@ -131,7 +131,7 @@ def test_a_bad_table_block_is_refused_before_writing(alias_world: Path, tmp_path
     for changes, message in (({"table_rows": -1}, "table_rows=-1"), ({"table_format": "text"}, "table_format='text'"),
                              ({"alias_weight": -1.0}, "alias_weight=-1.0"),
                              ({"alias_weight": 1.0, "aux_layer": -1}, "aux_layer >= 0"),
-                             ({"name_share": 1.5}, "name_share=1.5")):
+                             ({"name_share": 1.5}, "name_share=1.5"), ({"table_weight": -0.5}, "table_weight=-0.5")):
         with pytest.raises(ConfigError, match=message):
             train_demo_model(alias_world, tmp_path / "run", TINY, replace(RECIPE, **changes), progress=False)
         assert not (tmp_path / "run").exists()
