@@ -234,9 +234,12 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
         raise ConfigError(f"mix_alias={cfg.mix_alias}: must be >= 0 (0 turns stated aliases off)")
     if cfg.table_format not in ("chat", "raw", "mixed"):
         raise ConfigError(f"table_format={cfg.table_format!r}: must be 'chat', 'raw' or 'mixed'")
-    if cfg.alias_weight < 0 or (cfg.alias_weight > 0 and cfg.aux_layer < 0):
+    if cfg.alias_weight < 0 or (cfg.alias_weight > 0 and cfg.aux_layer < 0 and cfg.alias_layer < 0):
         raise ConfigError(f"alias_weight={cfg.alias_weight}: must be >= 0, and > 0 needs the tied patch head "
-                          "read at a decoder layer (aux_layer >= 0)")
+                          "read at a decoder layer (aux_layer >= 0 or alias_layer >= 0)")
+    if not -1 <= cfg.alias_layer < model_cfg.text_layers:
+        raise ConfigError(f"alias_layer={cfg.alias_layer}: must be -1 (aux_layer) or a decoder layer "
+                          f"0..{model_cfg.text_layers - 1}")
     if cfg.table_weight < 0:
         raise ConfigError(f"table_weight={cfg.table_weight}: must be >= 0")
     if not 0 <= cfg.name_share <= 1:
@@ -477,6 +480,8 @@ def _install_taps(model: Any, cfg: TrainConfig) -> dict[str, Any]:
         layers[cfg.option_layer].register_forward_hook(keep("o"))
     if cfg.knowledge_weight > 0:
         layers[cfg.knowledge_layer].register_forward_hook(keep("k"))
+    if cfg.alias_weight > 0 and cfg.alias_layer >= 0:
+        layers[cfg.alias_layer].register_forward_hook(keep("a"))
     if cfg.home_dropout > 0:
         install_home_dropout(model, captured)  # reads captured["mlp"]
     if cfg.home_routing:
@@ -651,7 +656,8 @@ def _table_block_loss(data: _Data, run: _Run, cfg: TrainConfig, rng: np.random.G
         run.captured.pop("route", None)
         run.captured.pop("mlp", None)
     if cfg.alias_weight > 0 and data.alias_of is not None:
-        named = alias_loss(run.heads["patch"], run.captured["f"], batch["input_ids"], data.alias_of.to(device))
+        feats = run.captured["a" if cfg.alias_layer >= 0 else "f"]  # (R, T, H)
+        named = alias_loss(run.heads["patch"], feats, batch["input_ids"], data.alias_of.to(device))
         if named is not None:
             out["aux_alias"] = named
     return out

@@ -131,7 +131,8 @@ def test_a_bad_table_block_is_refused_before_writing(alias_world: Path, tmp_path
     for changes, message in (({"table_rows": -1}, "table_rows=-1"), ({"table_format": "text"}, "table_format='text'"),
                              ({"alias_weight": -1.0}, "alias_weight=-1.0"),
                              ({"alias_weight": 1.0, "aux_layer": -1}, "aux_layer >= 0"),
-                             ({"name_share": 1.5}, "name_share=1.5"), ({"table_weight": -0.5}, "table_weight=-0.5")):
+                             ({"name_share": 1.5}, "name_share=1.5"), ({"table_weight": -0.5}, "table_weight=-0.5"),
+                             ({"alias_weight": 1.0, "alias_layer": 2}, "alias_layer=2")):
         with pytest.raises(ConfigError, match=message):
             train_demo_model(alias_world, tmp_path / "run", TINY, replace(RECIPE, **changes), progress=False)
         assert not (tmp_path / "run").exists()
@@ -187,7 +188,7 @@ def test_table_block_is_logged_deterministic_resumable_and_learns_the_tables(ali
     from safetensors.torch import load_file
 
     cfg = replace(RECIPE, home_dropout=0.5, home_routing=True, home_kinds="tables", mix_alias=0.0,
-                  table_rows=24, table_format="mixed", alias_weight=1.0, steps=40, lr=3e-3)
+                  table_rows=24, table_format="mixed", alias_weight=1.0, alias_layer=1, steps=40, lr=3e-3)
     train_demo_model(alias_world, tmp_path / "a", TINY, cfg, progress=False)
     assert train_demo_model(alias_world, tmp_path / "b", TINY, cfg, progress=False, stop_at=13)["stopped"]
     train_demo_model(alias_world, tmp_path / "b", TINY, cfg, progress=False)
