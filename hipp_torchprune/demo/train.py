@@ -461,10 +461,16 @@ def made_up_words(render: SceneConfig) -> list[str]:
 
 
 def _frozen_rows(model: Any, tok: Any, words: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The made-up words' token ids and their initial embedding rows (restored after every step)."""
+    """The made-up words' token ids and their initial embedding rows (restored after every step).
+
+    Their gradient is zeroed as it is computed, so it never counts in the clipped gradient norm
+    (in probe 46 it was most of it: 15.9 of the alias loss's 16.2 and 7.2 of the table's 7.8).
+    """
     ids = torch.tensor(tok.convert_tokens_to_ids(list(words)), dtype=torch.long)
     weight = model.get_input_embeddings().weight
-    return ids.to(weight.device), weight.detach()[ids.to(weight.device)].clone()
+    ids = ids.to(weight.device)
+    weight.register_hook(lambda grad: grad.index_fill(0, ids, 0.0))
+    return ids, weight.detach()[ids].clone()
 
 
 def _install_taps(model: Any, cfg: TrainConfig) -> dict[str, Any]:

@@ -268,3 +268,23 @@ def test_name_share_changes_training_and_stays_deterministic(alias_world: Path, 
     wa, wb, wc = (load_file(tmp_path / n / "model.safetensors") for n in "abc")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)  # asked by name, the model sees other tokens
+
+
+def test_frozen_words_get_no_gradient_so_they_never_count_in_the_clipped_norm(alias_world: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hipp_torchprune.demo.train import _frozen_rows
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=12, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+
+    class Tok:
+        def convert_tokens_to_ids(self, words: list[str]) -> list[int]:
+            return [int(w) for w in words]
+
+    ids, rows = _frozen_rows(model, Tok(), ["3", "5"])
+    assert ids.tolist() == [3, 5] and torch.equal(rows, model.get_input_embeddings().weight[ids])
+    batch = torch.tensor([[1, 3, 4, 5, 6]])
+    model(input_ids=batch, labels=batch).loss.backward()
+    grad = model.get_input_embeddings().weight.grad
+    assert (grad[[3, 5]] == 0).all() and (grad[[1, 4]] != 0).any()  # the other words still learn
