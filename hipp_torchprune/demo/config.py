@@ -185,8 +185,8 @@ class TrainConfig:
             model learned its words and facts from text first.
         pretrain_batch: table rows per pre-training step.
         table_rows: stated-table rows (aliases and lore facts, drawn together) added to every
-            instruction-tuning step, each in the chat format after a random train image, as the
-            questions that use the tables see them; they are a second forward pass whose answer
+            instruction-tuning step, each after a random train image in ``table_format``, as the
+            questions that use the tables see an image first; they are a second forward pass whose answer
             loss is added to the step's (routed like pre-training under ``home_routing``; needs a
             world with lore or aliases; 0 = off). A table is learned from many rows a step:
             ``mix_fact`` and ``mix_alias`` give a sixth of 32 rows.
@@ -197,17 +197,16 @@ class TrainConfig:
             answer is two tokens after the word (probe 37 learned no table that way in 1,000 steps);
             "mixed": each row drawn from both (the raw rows teach the look-up at the word, the
             chat rows to carry its result to the answer, as a question must).
-        table_weight: weight of the table block's answer loss in the step's total. Under Adam a
-            loud loss on shared weights (attention, the unembedding) drowns a quiet one: probe 42
-            at weight 1 learned its tables but left the yes/no answer at chance.
+        table_weight: weight of the table block's answer loss in the step's total (probes 44 and
+            48 tried 0.1 and 0.2; the yes/no answer stayed at chance either way).
         alias_weight: weight of the auxiliary alias loss on the table block: the tied patch
             head (``aux_weight``) reads every alias token at the output of ``aux_layer`` and
             predicts the category it names, so an alias is looked up into the space where the
             image patches are recognized, where a question can match it against the image, as
             it matches a category's own name (0 = off).
         alias_layer: the decoder layer whose output the alias loss reads (-1 = ``aux_layer``).
-            Probe 42 read it at layer 1 with the aliases homed there, and the alias table crowded
-            out recognition in that MLP (patch loss 0.20 against 0.12 without tables).
+            Probe 46 read it at layer 2 with the aliases homed there, after recognition (layer 1);
+            recognition suffered as much as with both in layer 1 (probe 42).
         name_share: in a world with aliases, the share of yes/no training rows (POPE questions
             and one-hop presence) asked by the category's own name instead of the alias the row
             was drawn with, so the grounding circuit is learned on words aligned with the image

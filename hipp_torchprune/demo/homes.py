@@ -88,10 +88,9 @@ def row_homes(kind: str, knowledge: torch.Tensor, grounding: int, reasoning: int
     row but world knowledge and the :data:`ALIAS_KINDS` (which live in ``grounding``); with
     ``kinds="tables"`` only stated facts and stated aliases have a home.
     """
-    if kinds == "tables" and kind not in ("fact", "alias"):
-        return torch.full_like(knowledge, EVERY_LAYER, dtype=torch.long)
-    if kinds == "tables" and kind == "alias":
-        return torch.full_like(knowledge, grounding, dtype=torch.long)
+    if kinds == "tables":
+        home = {"fact": knowledge_home, "alias": grounding}.get(kind, EVERY_LAYER)
+        return torch.full_like(knowledge, home, dtype=torch.long)
     if kind == "mc":
         other = reasoning if kinds == "all" else EVERY_LAYER
         return torch.where(knowledge.bool(), knowledge_home, other)

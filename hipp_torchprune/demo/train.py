@@ -563,9 +563,13 @@ def _set_home_masks(run: _Run, cfg: TrainConfig, inputs: dict[str, Any], device:
     """Put this batch's home-dropout and home-routing masks where the MLP hooks read them."""
     if cfg.home_dropout <= 0 and not cfg.home_routing:
         return
+    _put_masks(run, cfg, row_homes(inputs["kind"], inputs["knowledge"], cfg.grounding_home, cfg.reasoning_home,
+                                   cfg.knowledge_home, cfg.home_kinds), device)
+
+
+def _put_masks(run: _Run, cfg: TrainConfig, homes: torch.Tensor, device: str) -> None:
+    """The home-dropout and home-routing masks of rows with ``homes`` (B,), for the MLP hooks."""
     text = run.model.config.text_config
-    homes = row_homes(inputs["kind"], inputs["knowledge"], cfg.grounding_home, cfg.reasoning_home,
-                      cfg.knowledge_home, cfg.home_kinds)  # (B,)
     if cfg.home_dropout > 0:
         run.captured["mlp"] = home_dropout_masks(homes, text.num_hidden_layers, text.intermediate_size,
                                                  cfg.home_dropout, cfg.home_dropout_draw).to(device)  # (L, B, 1, I)
@@ -649,13 +653,7 @@ def _table_block_loss(data: _Data, run: _Run, cfg: TrainConfig, rng: np.random.G
     idx = torch.from_numpy(rng.integers(0, len(pool.lengths), size=cfg.table_rows))  # (R,)
     images = torch.from_numpy(rng.integers(0, len(data.pixels), size=cfg.table_rows))  # (R,)
     batch = {k: v.to(device) for k, v in make_batch(pool, idx, data.pixels, data.mean, data.std, images).items()}
-    text = run.model.config.text_config
-    homes = table_homes(is_fact[idx], cfg)  # (R,)
-    if cfg.home_routing:
-        run.captured["route"] = home_route_masks(homes, text.num_hidden_layers).to(device)  # (L, R, 1, 1)
-    if cfg.home_dropout > 0:
-        run.captured["mlp"] = home_dropout_masks(homes, text.num_hidden_layers, text.intermediate_size,
-                                                 cfg.home_dropout, cfg.home_dropout_draw).to(device)  # (L, R, 1, I)
+    _put_masks(run, cfg, table_homes(is_fact[idx], cfg), device)  # homes (R,)
     try:
         out = {"table": run.model(**batch, use_cache=False).loss}
     finally:
