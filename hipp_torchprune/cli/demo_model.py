@@ -1,4 +1,4 @@
-"""``hipp demo-model train``: train the demo LLaVA on a world."""
+"""``hipp demo-model train`` / ``insert``: train the demo LLaVA on a world; insert a world's aliases into it."""
 
 from __future__ import annotations
 
@@ -37,6 +37,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _insert(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from hipp_torchprune.demo.vocab import (
+        InsertConfig,
+        insert_aliases,
+        read_insert_config,
+    )
+
+    cfg = read_insert_config(args.config) if args.config is not None else InsertConfig()
+    cfg = replace(cfg, seed=cfg.seed if args.seed is None else args.seed, steps=args.steps or cfg.steps,
+                  threads=args.threads or cfg.threads)
+    summary = insert_aliases(args.model, args.data, args.out, cfg, resume=not args.no_resume,
+                             progress=not args.no_progress)
+    record = summary.get("insert", summary)
+    print(json.dumps({"steps": record["steps"], "teacher_by_name": record.get("teacher_by_name"),
+                      "by_alias": (record.get("history") or [None])[-1], "out": str(args.out)}, indent=2))
+    return 0
+
+
 def recipe_overrides(path: str, model_cfg: DemoModelConfig, cfg: TrainConfig) -> tuple[DemoModelConfig, TrainConfig]:
     """A recipe with the fields of a YAML file's ``model:`` and ``train:`` mappings replaced.
 
@@ -58,7 +78,7 @@ def recipe_overrides(path: str, model_cfg: DemoModelConfig, cfg: TrainConfig) ->
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``demo-model`` command (sub-command ``train``)."""
+    """Add the ``demo-model`` command (sub-commands ``train`` and ``insert``)."""
     demo = subparsers.add_parser("demo-model", help="train the tiny demo LLaVA")
     sub = demo.add_subparsers(dest="demo_command", required=True)
     train = sub.add_parser("train", help="train from scratch on a world's train split (resumable)")
@@ -79,3 +99,15 @@ def register(subparsers: Any) -> None:
     train.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint.pt")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(func=_train)
+    insert = sub.add_parser("insert", help="teach a model trained by name the world's aliases in one layer's MLP "
+                                           "(vocabulary insertion; resumable)")
+    insert.add_argument("--model", required=True, help="a trained demo model directory (the teacher)")
+    insert.add_argument("--data", required=True, help="the world it was trained on (built with --aliases K)")
+    insert.add_argument("--out", required=True, help="output directory (model + insert_checkpoint.pt + logs)")
+    insert.add_argument("--config", default=None, help="YAML mapping of InsertConfig fields")
+    insert.add_argument("--seed", type=int, default=None, help="seed (default: config's, 0)")
+    insert.add_argument("--steps", type=int, default=None, help="optimizer steps (default: config's)")
+    insert.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    insert.add_argument("--no-resume", action="store_true", help="ignore an existing insert_checkpoint.pt")
+    insert.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    insert.set_defaults(func=_insert)

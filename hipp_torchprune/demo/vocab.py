@@ -1,0 +1,428 @@
+"""Vocabulary insertion: teach a trained demo model a world's made-up aliases in one decoder layer.
+
+A model trained with every POPE question asked by the category's name (``name_share: 1``) is
+the teacher. The student is a copy whose alias words get new, fixed embeddings; only the MLP of
+``InsertConfig.layer`` (and the attention of layers ``0..attention_upto``, which may learn to
+read the new word cleanly) is trained, so that after that layer the student's hidden state at an
+alias equals the teacher's at the category name, and its answers match the teacher's. Everything
+else is held where it was by a keep loss on questions asked by name. The alias table, many more
+entries than the hidden size, then lives in that MLP's rows: pruning them breaks it, which is
+the memorized knowledge a real VLM's language model holds in its MLPs (issue 13, target 5).
+
+The losses are small pure functions (:func:`relative_mse`, :func:`answer_kd`,
+:func:`name_direction_loss`); :func:`insert_aliases` is the orchestration (set-up, step, loop).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from hipp_torchprune.atomic import ordinary_file_modes
+from hipp_torchprune.config import ConfigError, from_mapping
+from hipp_torchprune.demo.config import TrainConfig
+from hipp_torchprune.demo.dataset import make_batch
+from hipp_torchprune.errors import CheckpointError, DataError
+from hipp_torchprune.threads import torch_threads
+
+#: The resumable state of an insertion run, inside its output directory.
+INSERT_CHECKPOINT = "insert_checkpoint.pt"
+#: Kinds the keep loss draws its questions from (asked by name).
+KEEP_KINDS: tuple[str, ...] = ("pope", "mc", "caption", "short")
+
+
+@dataclass(frozen=True)
+class InsertConfig:
+    """One vocabulary-insertion run (``hipp demo-model insert``).
+
+    Attributes:
+        layer: the decoder layer whose MLP learns the alias table.
+        attention_upto: the attention of decoder layers ``0..attention_upto`` is trained too
+            (-1 = none; at most ``layer``).
+        attention_parts: which attention projections train: "all", or "qk" (queries and keys
+            only: attention may move where it reads, never what it writes).
+        steps: optimizer steps.
+        batch_size: questions asked by alias per step.
+        keep_batch: questions asked by name per step for the keep loss.
+        lr: peak learning rate (Adam; cosine decay to ``lr * min_lr_ratio``).
+        min_lr_ratio: the last step's learning rate, as a share of ``lr``.
+        grad_clip: gradient-norm clip.
+        pope_share: share of steps whose alias questions are POPE rows (else short answers).
+        hidden_weight: weight of the hidden-state loss at the alias tokens after ``layer``.
+        answer_weight: weight of the answer distillation (KL to the teacher asked by name).
+        name_weight: weight of the name-direction loss at the alias tokens after ``layer``.
+        keep_weight: weight of the keep loss (hidden states after ``layer`` on questions by name).
+        embedding_scale: the new alias embeddings' norm, as a multiple of the names' mean norm.
+        seed: seed of the batches and of the new embeddings.
+        eval_every: steps between calibration evaluations (0 = only at the end).
+        eval_limit: calibration rows per task in those evaluations.
+        checkpoint_every: steps between resumable checkpoints.
+        threads: torch CPU threads.
+    """
+
+    layer: int = 1
+    attention_upto: int = 1
+    attention_parts: Literal["all", "qk"] = "all"
+    steps: int = 1500
+    batch_size: int = 64
+    keep_batch: int = 32
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    pope_share: float = 0.6
+    hidden_weight: float = 1.0
+    answer_weight: float = 1.0
+    name_weight: float = 1.0
+    keep_weight: float = 1.0
+    embedding_scale: float = 1.0
+    seed: int = 0
+    eval_every: int = 500
+    eval_limit: int = 300
+    checkpoint_every: int = 250
+    threads: int = 1
+
+
+# ---------------------------------------------------------------- pure functions
+
+
+def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of rows [N, H], relative to the teacher rows' mean squared norm
+    (0 = equal, 1 = as far as the teacher is from zero)."""
+    return (student - teacher).pow(2).sum(-1).mean() / teacher.pow(2).sum(-1).mean().clamp_min(1e-12)
+
+
+def answer_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) of the next-token distributions that predict the answer tokens
+    (logits [B, T, V]; ``labels`` [B, T] with -100 outside the answer, unshifted as the model takes them)."""
+    at = labels[:, 1:] != -100  # (B, T-1): position t predicts token t + 1
+    log_t = torch.log_softmax(teacher_logits[:, :-1][at].float(), -1)  # (N, V)
+    log_s = torch.log_softmax(student_logits[:, :-1][at].float(), -1)
+    return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+
+
+def name_direction_loss(hidden: torch.Tensor, targets: torch.Tensor, names: torch.Tensor,
+                        tau: float = 10.0) -> torch.Tensor:
+    """Cross-entropy over the category names of ``tau`` x cosine(hidden [N, H], names [C, H])
+    against ``targets`` (N,): how well each row points at its category name's embedding."""
+    cos = torch.nn.functional.normalize(hidden, dim=-1) @ torch.nn.functional.normalize(names, dim=-1).T
+    return torch.nn.functional.cross_entropy(tau * cos, targets)
+
+
+def new_word_embeddings(n: int, hidden: int, norm: float, seed: int) -> torch.Tensor:
+    """``n`` random directions [n, hidden] of length ``norm`` (seeded): new words' embeddings."""
+    g = torch.Generator().manual_seed(seed)
+    d = torch.randn(n, hidden, generator=g)
+    return d / d.norm(dim=1, keepdim=True) * norm
+
+
+def cosine_lr(step: int, steps: int, lr: float, min_ratio: float) -> float:
+    """The learning rate of ``step`` (1-based) of ``steps``: cosine from ``lr`` to ``lr * min_ratio``."""
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+
+
+def check_insert_config(cfg: InsertConfig, n_layers: int) -> None:
+    """Refuse an insertion config this model cannot run (``ConfigError``), before anything is written."""
+    if not 0 <= cfg.layer < n_layers:
+        raise ConfigError(f"layer {cfg.layer}: the model has decoder layers 0..{n_layers - 1}")
+    if not -1 <= cfg.attention_upto <= cfg.layer:
+        raise ConfigError(f"attention_upto {cfg.attention_upto}: must be in [-1, layer={cfg.layer}]")
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.keep_batch < 1:
+        raise ConfigError("steps, batch_size and keep_batch must be >= 1")
+    if cfg.lr <= 0 or not 0 <= cfg.min_lr_ratio <= 1 or cfg.grad_clip <= 0:
+        raise ConfigError("lr and grad_clip must be > 0 and min_lr_ratio in [0, 1]")
+    if not 0 <= cfg.pope_share <= 1:
+        raise ConfigError(f"pope_share {cfg.pope_share}: must be in [0, 1]")
+    weights = (cfg.hidden_weight, cfg.answer_weight, cfg.name_weight, cfg.keep_weight)
+    if min(weights) < 0 or sum(weights[:3]) == 0:
+        raise ConfigError("loss weights must be >= 0, and one of hidden/answer/name must be > 0")
+    if cfg.embedding_scale <= 0 or cfg.eval_every < 0 or cfg.eval_limit < 1 or cfg.checkpoint_every < 1:
+        raise ConfigError("embedding_scale must be > 0, eval_every >= 0, eval_limit and checkpoint_every >= 1")
+
+
+def trainable_parameters(model: Any, cfg: InsertConfig) -> list[tuple[str, torch.Tensor]]:
+    """Freeze ``model`` except what ``cfg`` trains (the layer's MLP, the chosen attention), and
+    return those parameters with their names."""
+    model.requires_grad_(False)
+    layers = model.model.language_model.layers
+    modules = [layers[cfg.layer].mlp]
+    for j in range(cfg.attention_upto + 1):
+        attn = layers[j].self_attn
+        modules += [attn.q_proj, attn.k_proj] if cfg.attention_parts == "qk" else [attn]
+    for m in modules:
+        m.requires_grad_(True)
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+@dataclass
+class _Insert:
+    """Everything an insertion step reads: the world's pools, both models, the optimizer."""
+
+    data: Any  # hipp_torchprune.demo.train._Data
+    teacher: Any
+    student: Any
+    named: list[tuple[str, torch.Tensor]]  # the student's trained parameters
+    opt: torch.optim.Optimizer
+    names: torch.Tensor  # (C, H) the category names' embeddings (the teacher's)
+    calib: Any  # PreparedEval of the calibration split, asked by alias
+    source: dict[str, Any]  # the teacher's train_summary.json
+
+
+def _load_source(src: Path) -> tuple[Any, dict[str, Any]]:
+    """The trained demo model in ``src`` (float32, eval mode) and its training summary."""
+    from transformers import LlavaForConditionalGeneration
+
+    if not (src / "config.json").is_file() or not (src / "train_summary.json").is_file():
+        raise CheckpointError(f"{src}: not a trained demo model (needs config.json and train_summary.json)")
+    model = LlavaForConditionalGeneration.from_pretrained(src, dtype=torch.float32)
+    return model.eval(), json.loads((src / "train_summary.json").read_text())
+
+
+def _check_vocabulary(src: Path, processor: Any) -> None:
+    """Refuse a world whose vocabulary is not the model's (its token ids would mean other words)."""
+    from transformers import AutoProcessor
+
+    if AutoProcessor.from_pretrained(src).tokenizer.get_vocab() != processor.tokenizer.get_vocab():
+        raise DataError(f"{src}: the world's vocabulary is not the model's; insert on the world it was trained on")
+
+
+def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
+    """Load the teacher, prepare the world, build the student with new alias embeddings."""
+    import copy
+
+    from hipp_torchprune.data import world_render
+    from hipp_torchprune.demo.config import DemoModelConfig
+    from hipp_torchprune.demo.train import EVAL_TASKS, _prepare_data
+    from hipp_torchprune.evaluation import prepare_eval
+
+    teacher, source = _load_source(src)
+    check_insert_config(cfg, teacher.config.text_config.num_hidden_layers)
+    if not world_render(data_dir).aliases:
+        raise DataError(f"{data_dir}: vocabulary insertion needs a world with aliases (world build --aliases K)")
+    train_cfg = replace(from_mapping(TrainConfig, source["train"], f"{src}/train_summary.json:train"), eval_every=0)
+    data = _prepare_data(data_dir, DemoModelConfig(**source["model"]), train_cfg)
+    _check_vocabulary(src, data.processor)
+    student = copy.deepcopy(teacher)
+    emb = student.get_input_embeddings().weight
+    alias_ids = (data.alias_of >= 0).nonzero().flatten()
+    with torch.no_grad():  # new words: fixed random directions at the names' typical length
+        norm = float(emb[data.name_ids].norm(dim=1).mean()) * cfg.embedding_scale
+        emb[alias_ids] = new_word_embeddings(len(alias_ids), emb.shape[1], norm, cfg.seed)
+    teacher.requires_grad_(False)
+    named = trainable_parameters(student, cfg)
+    opt = torch.optim.Adam([p for _, p in named], lr=cfg.lr)
+    calib = prepare_eval(data.processor, data_dir, EVAL_TASKS, limit=cfg.eval_limit, split="calibration")
+    names = teacher.get_input_embeddings().weight[data.name_ids].detach().clone()
+    return _Insert(data, teacher, student, named, opt, names, calib, source)
+
+
+def _by_name(ids: torch.Tensor, data: Any) -> torch.Tensor:
+    """``ids`` [B, T] with every alias replaced by its category's name."""
+    from hipp_torchprune.demo.train import names_for_aliases
+
+    return names_for_aliases(ids, torch.ones(len(ids), dtype=torch.bool), data.alias_of, data.name_ids)
+
+
+def _pool_batch(data: Any, kind: str, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """``n`` random rows of a pool with their own images."""
+    pool = data.pools[kind]
+    idx = torch.from_numpy(rng.integers(0, len(pool.lengths), size=n))
+    return make_batch(pool, idx, data.pixels, data.mean, data.std)
+
+
+def _forward(model: Any, batch: dict[str, torch.Tensor], ids: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [B, T, V] and the hidden states after decoder layer ``layer`` [B, T, H]."""
+    out = model(input_ids=ids, attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
+                output_hidden_states=True, use_cache=False)
+    return out.logits, out.hidden_states[layer + 1]
+
+
+def _losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """The four losses of one step (unweighted): alias questions against the teacher asked by
+    name, and the keep loss on questions asked by name."""
+    data = run.data
+    batch = _pool_batch(data, "pope" if rng.random() < cfg.pope_share else "short", cfg.batch_size, rng)
+    ids = batch["input_ids"]
+    where = data.alias_of[ids] >= 0  # (B, T) alias tokens
+    with torch.no_grad():
+        t_logits, t_h = _forward(run.teacher, batch, _by_name(ids, data), cfg.layer)
+    s_logits, s_h = _forward(run.student, batch, ids, cfg.layer)  # (B, T, V), (B, T, H)
+    losses = {"answer": answer_kd(s_logits, t_logits, batch["labels"])}
+    if bool(where.any()):
+        losses["hidden"] = relative_mse(s_h[where], t_h[where])
+        losses["name"] = name_direction_loss(s_h[where], data.alias_of[ids][where], run.names)
+    keep = _pool_batch(data, KEEP_KINDS[int(rng.integers(len(KEEP_KINDS)))], cfg.keep_batch, rng)
+    keep_ids, mask = _by_name(keep["input_ids"], data), keep["attention_mask"].bool()  # (B, T)
+    with torch.no_grad():
+        _, t_keep = _forward(run.teacher, keep, keep_ids, cfg.layer)
+    _, s_keep = _forward(run.student, keep, keep_ids, cfg.layer)
+    losses["keep"] = relative_mse(s_keep[mask], t_keep[mask])
+    return losses
+
+
+def _step(run: _Insert, cfg: InsertConfig, step: int, rng: np.random.Generator) -> dict[str, float]:
+    """One optimizer step; returns the losses and the gradient norm."""
+    for group in run.opt.param_groups:
+        group["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.min_lr_ratio)
+    losses = _losses(run, cfg, rng)
+    total = sum(getattr(cfg, f"{k}_weight") * v for k, v in losses.items())
+    run.opt.zero_grad(set_to_none=True)
+    total.backward()  # type: ignore[union-attr]
+    gnorm = torch.nn.utils.clip_grad_norm_([p for _, p in run.named], cfg.grad_clip)
+    run.opt.step()
+    return {k: v.item() for k, v in losses.items()} | {"grad_norm": float(gnorm)}
+
+
+def by_name_eval(prepared: Any, alias_of: torch.Tensor, name_ids: torch.Tensor) -> Any:
+    """A copy of a ``PreparedEval`` with every alias asked by its category's name."""
+    from hipp_torchprune.demo.train import names_for_aliases
+    from hipp_torchprune.evaluation import PreparedEval, PreparedTask
+
+    def swap(ids: torch.Tensor) -> torch.Tensor:
+        return names_for_aliases(ids, torch.ones(len(ids), dtype=torch.bool), alias_of, name_ids)
+
+    return PreparedEval([PreparedTask(t.name, t.family, [dict(b, input_ids=swap(b["input_ids"])) for b in t.batches],
+                                      t.candidates, t.gold) for t in prepared.tasks])
+
+
+def _accuracies(model: Any, processor: Any, prepared: Any) -> dict[str, float]:
+    from hipp_torchprune.evaluation import evaluate
+
+    return {t: round(float(m["accuracy"]), 4) for t, m in evaluate(model, processor, prepared).items()}
+
+
+def _save_state(path: Path, run: _Insert, cfg: InsertConfig, step: int, rng: np.random.Generator,
+                elapsed: float, history: list[dict[str, Any]]) -> None:
+    """Write the resumable state atomically (a temporary file, then a rename)."""
+    state = {"trained": {n: p.detach().clone() for n, p in run.named}, "opt": run.opt.state_dict(), "step": step,
+             "rng": rng.bit_generator.state, "elapsed": elapsed, "history": history, "config": asdict(cfg),
+             "embeddings": run.student.get_input_embeddings().weight.detach().clone()}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _resume(path: Path, run: _Insert, cfg: InsertConfig,
+            rng: np.random.Generator) -> tuple[int, float, list[dict[str, Any]]]:
+    """Load a resumable state written by the same config; returns (step, elapsed s, history)."""
+    state = torch.load(path, weights_only=False)
+    if state["config"] != asdict(cfg):
+        raise CheckpointError(f"{path} was written by another insertion config; use --no-resume or another --out")
+    params = dict(run.named)
+    with torch.no_grad():
+        for name, value in state["trained"].items():
+            params[name].copy_(value)
+        run.student.get_input_embeddings().weight.copy_(state["embeddings"])
+    run.opt.load_state_dict(state["opt"])
+    rng.bit_generator.state = state["rng"]
+    return int(state["step"]), float(state["elapsed"]), list(state["history"])
+
+
+def insert_aliases(src: str | Path, data_dir: str | Path, out_dir: str | Path, cfg: InsertConfig = InsertConfig(),
+                   resume: bool = True, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
+    """Teach the trained demo model in ``src`` the aliases of the world ``data_dir`` (the one it was
+    trained on) in one layer's MLP, and save the result (bf16, with its processor) in ``out_dir``.
+
+    ``out_dir`` also gets ``insert_checkpoint.pt`` (resumable), ``runs/`` (TensorBoard) and a
+    ``train_summary.json``: the teacher's, plus an ``insert`` record (config, seconds, the
+    teacher's calibration accuracy asked by name, the student's history asked by alias).
+    ``stop_at`` ends the run after that step (state saved, no model), as an interruption would.
+    """
+    with torch_threads(cfg.threads):
+        return _insert_aliases(Path(src), Path(data_dir), Path(out_dir), cfg, resume, progress, stop_at)
+
+
+def _insert_aliases(src: Path, data_dir: Path, out_dir: Path, cfg: InsertConfig, resume: bool, progress: bool,
+                    stop_at: int | None) -> dict[str, Any]:
+    """The body of :func:`insert_aliases`, run under its thread count."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    # -- set-up: teacher, world, student, optimizer, resume --
+    run = _set_up(src, data_dir, cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([cfg.seed, 13])
+    ckpt = out_dir / INSERT_CHECKPOINT
+    step, elapsed, history = _resume(ckpt, run, cfg, rng) if resume and ckpt.is_file() else (0, 0.0, [])
+    reference = _accuracies(run.teacher, run.data.processor,
+                            by_name_eval(run.calib, run.data.alias_of, run.data.name_ids))
+    writer = SummaryWriter(str(out_dir / "runs"))
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="insert aliases", dynamic_ncols=True)
+    t0 = time.perf_counter() - elapsed
+    run.student.train()
+    # -- the loop: losses, logging, evaluation, checkpoints --
+    while step < cfg.steps:
+        step += 1
+        losses = _step(run, cfg, step, rng)
+        for name, value in losses.items():
+            writer.add_scalar(name if name == "grad_norm" else f"loss/{name}", value, step)
+        bar.update(1)
+        bar.set_postfix(name=f"{losses.get('name', float('nan')):.3f}")
+        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+            history.append({"step": step, **_accuracies(run.student, run.data.processor, run.calib)})
+            for k, v in history[-1].items():
+                if k != "step":
+                    writer.add_scalar(f"calibration/{k}", v, step)
+            bar.write(json.dumps(history[-1]), file=sys.stderr)  # stdout keeps the CLI's one JSON
+            run.student.train()
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_at:
+            _save_state(ckpt, run, cfg, step, rng, time.perf_counter() - t0, history)
+        if step == stop_at:
+            break
+    bar.close()
+    writer.close()
+    if step == stop_at and step < cfg.steps:
+        return {"steps": step, "stopped": True}
+    return _finish(run, cfg, out_dir, step, time.perf_counter() - t0, reference, history)
+
+
+def _finish(run: _Insert, cfg: InsertConfig, out_dir: Path, step: int, seconds: float,
+            reference: dict[str, float], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Save the student (bf16) with its processor and the summary; returns the summary."""
+    from hipp_torchprune.demo.train import MODEL_FILE
+
+    run.student.eval().to(torch.bfloat16).save_pretrained(out_dir)
+    ordinary_file_modes(out_dir, (MODEL_FILE,))
+    run.data.processor.save_pretrained(out_dir)
+    summary = dict(run.source)
+    summary["insert"] = {"config": asdict(cfg), "steps": step, "seconds": round(seconds, 1),
+                         "teacher_by_name": reference, "history": history}
+    tmp = out_dir / "train_summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(out_dir / "train_summary.json")
+    return summary
+
+
+def read_insert_config(path: str | Path, base: InsertConfig = InsertConfig()) -> InsertConfig:
+    """``base`` with the fields of a YAML mapping in ``path`` replaced (``ConfigError`` on unknown
+    fields or values outside a field's choices)."""
+    from hipp_torchprune.config import read_yaml_mapping
+
+    data = read_yaml_mapping(path, "a mapping of InsertConfig fields")
+    return from_mapping(InsertConfig, {**asdict(base), **data}, str(path))
+
+
+__all__: Sequence[str] = (
+    "InsertConfig",
+    "answer_kd",
+    "by_name_eval",
+    "check_insert_config",
+    "cosine_lr",
+    "insert_aliases",
+    "name_direction_loss",
+    "new_word_embeddings",
+    "read_insert_config",
+    "relative_mse",
+    "trainable_parameters",
+)

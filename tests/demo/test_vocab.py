@@ -1,0 +1,190 @@
+"""Vocabulary insertion (``hipp_torchprune.demo.vocab``): hand-checked losses, refusals, and a
+tiny end-to-end run that is deterministic, resumable and trains only what it names."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from hipp_torchprune.config import ConfigError
+from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
+from hipp_torchprune.demo.vocab import (
+    InsertConfig,
+    answer_kd,
+    check_insert_config,
+    cosine_lr,
+    insert_aliases,
+    name_direction_loss,
+    new_word_embeddings,
+    read_insert_config,
+    relative_mse,
+    trainable_parameters,
+)
+from hipp_torchprune.errors import CheckpointError, DataError
+from hipp_torchprune.world.scenes import SceneConfig
+
+TINY = DemoModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, vision_intermediate=64,
+                       text_hidden=32, text_layers=2, text_heads=2, text_intermediate=64)
+TEACHER = TrainConfig(steps=4, batch_size=4, warmup_steps=1, eval_every=0, checkpoint_every=2, pool_rounds=1,
+                      threads=1, curriculum=(0.2, 0.5), aux_layer=0, option_layer=0, name_share=1.0)
+INSERT = InsertConfig(layer=1, attention_upto=0, steps=4, batch_size=4, keep_batch=4, eval_every=2, eval_limit=8,
+                      checkpoint_every=1)
+
+
+def test_relative_mse_by_hand() -> None:
+    teacher = torch.tensor([[3.0, 4.0]])
+    assert relative_mse(teacher, teacher).item() == 0.0
+    assert relative_mse(torch.zeros(1, 2), teacher).item() == pytest.approx(1.0)
+    assert relative_mse(torch.tensor([[3.0, 0.0]]), teacher).item() == pytest.approx(16 / 25)
+
+
+def test_answer_kd_reads_only_the_positions_that_predict_answer_tokens() -> None:
+    teacher = torch.zeros(1, 3, 2)
+    teacher[0, 1] = torch.tensor([math.log(3.0), 0.0])  # position 1 predicts token 2: p = (3/4, 1/4)
+    student = torch.zeros(1, 3, 2)  # uniform everywhere
+    student[0, 0] = torch.tensor([9.0, -9.0])  # position 0 predicts a prompt token: never read
+    labels = torch.tensor([[-100, -100, 1]])
+    expected = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    assert answer_kd(student, teacher, labels).item() == pytest.approx(expected, rel=1e-5)
+    assert answer_kd(teacher, teacher, labels).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_name_direction_loss_is_low_at_the_right_name_and_high_at_another() -> None:
+    names = torch.eye(3)
+    right = name_direction_loss(torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0]), names, tau=10.0)
+    wrong = name_direction_loss(torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([1]), names, tau=10.0)
+    assert right.item() == pytest.approx(-math.log(math.exp(10) / (math.exp(10) + 2)), abs=1e-6)  # float32 log-softmax
+    assert wrong.item() == pytest.approx(10 + right.item(), rel=1e-5)
+
+
+def test_new_word_embeddings_have_the_asked_length_and_repeat_for_a_seed() -> None:
+    a = new_word_embeddings(5, 8, 0.7, seed=3)
+    assert a.shape == (5, 8) and torch.allclose(a.norm(dim=1), torch.full((5,), 0.7))
+    assert torch.equal(a, new_word_embeddings(5, 8, 0.7, seed=3))
+    assert not torch.equal(a, new_word_embeddings(5, 8, 0.7, seed=4))
+
+
+def test_cosine_lr_runs_from_peak_to_floor() -> None:
+    assert cosine_lr(0, 10, 1.0, 0.1) == pytest.approx(1.0)
+    assert cosine_lr(5, 10, 1.0, 0.1) == pytest.approx(0.55)
+    assert cosine_lr(10, 10, 1.0, 0.1) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"layer": 2}, "layer 2"), ({"layer": -1}, "layer -1"), ({"attention_upto": 2}, "attention_upto"),
+    ({"attention_upto": -2}, "attention_upto"), ({"steps": 0}, "steps"), ({"lr": 0.0}, "lr"),
+    ({"min_lr_ratio": 1.5}, "min_lr_ratio"), ({"pope_share": -0.1}, "pope_share"),
+    ({"keep_weight": -1.0}, "weights"), ({"hidden_weight": 0.0, "answer_weight": 0.0, "name_weight": 0.0}, "weights"),
+    ({"embedding_scale": 0.0}, "embedding_scale")])
+def test_bad_insert_configs_are_refused(changes: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_insert_config(replace(InsertConfig(), **changes), n_layers=2)
+
+
+def test_config_file_fields_and_choices_are_checked(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("layer: 0\nattention_parts: qk\n")
+    assert read_insert_config(good) == replace(InsertConfig(), layer=0, attention_parts="qk")
+    for text, message in (("lyer: 1\n", "unknown field"), ("attention_parts: v\n", "attention_parts")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            read_insert_config(bad)
+
+
+@pytest.mark.parametrize(("parts", "attention"), [("all", ("q_proj", "k_proj", "v_proj", "o_proj")),
+                                                  ("qk", ("q_proj", "k_proj"))])
+def test_only_the_layers_mlp_and_the_chosen_attention_train(parts: str, attention: tuple[str, ...]) -> None:
+    from transformers import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration(TINY.llava_config(64, 3, 0, 1, 2))
+    cfg = replace(InsertConfig(), layer=1, attention_upto=0, attention_parts=parts)  # type: ignore[arg-type]
+    names = {n for n, _ in trainable_parameters(model, cfg)}
+    expected = {n for n, _ in model.named_parameters() if "language_model" in n and (
+        ".layers.1.mlp." in n or (".layers.0.self_attn." in n and n.split(".")[-2] in attention))}
+    assert names == expected and expected
+    assert all(p.requires_grad == (n in names) for n, p in model.named_parameters())
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from hipp_torchprune.demo.train import train_demo_model
+    from hipp_torchprune.world.build import build_world
+
+    root = tmp_path_factory.mktemp("vocab")
+    build_world(root / "world", seed=2, n_images=40, config=SceneConfig(aliases=3), version=2)
+    train_demo_model(root / "world", root / "teacher", TINY, TEACHER, progress=False)
+    return root / "world", root / "teacher"
+
+
+def test_insertion_is_deterministic_resumable_and_changes_only_what_it_trains(
+        teacher: tuple[Path, Path], tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    world, src = teacher
+    a = insert_aliases(src, world, tmp_path / "a", INSERT, progress=False)
+    assert insert_aliases(src, world, tmp_path / "b", INSERT, progress=False, stop_at=2) == {"steps": 2, "stopped": True}
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+    insert_aliases(src, world, tmp_path / "b", INSERT, progress=False)  # resumes at step 2
+    wa, wb, wt = (load_file(p / "model.safetensors") for p in (tmp_path / "a", tmp_path / "b", src))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    changed = {k for k in wa if not torch.equal(wa[k], wt[k])}
+    assert changed and all(".layers.1.mlp." in k or ".layers.0.self_attn." in k or k.endswith("embed_tokens.weight")
+                           for k in changed)
+    assert any(".layers.1.mlp." in k for k in changed)
+    record = a["insert"]
+    assert [h["step"] for h in record["history"]] == [2, 4] and record["steps"] == 4
+    assert set(record["teacher_by_name"]) == {"pope_random", "pope_adversarial", "scienceqa"}
+    saved = json.loads((tmp_path / "a" / "train_summary.json").read_text())
+    assert saved["world"]["aliases"] == 3 and saved["insert"]["config"]["layer"] == 1
+
+
+def test_embedding_rows_that_change_are_exactly_the_aliases(teacher: tuple[Path, Path], tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoProcessor
+
+    from hipp_torchprune.world.lore import alias_table
+
+    world, src = teacher
+    insert_aliases(src, world, tmp_path / "a", replace(INSERT, steps=1, eval_every=0), progress=False)
+    key = next(k for k in load_file(src / "model.safetensors") if k.endswith("embed_tokens.weight"))
+    before, after = load_file(src / "model.safetensors")[key], load_file(tmp_path / "a" / "model.safetensors")[key]
+    tok = AutoProcessor.from_pretrained(src).tokenizer
+    aliases = set(tok.convert_tokens_to_ids([a for names in alias_table(3).values() for a in names]))
+    assert {i for i in range(len(before)) if not torch.equal(before[i], after[i])} == aliases
+
+
+def test_bad_input_is_refused_before_anything_is_written(teacher: tuple[Path, Path], make_world,
+                                                         tmp_path: Path) -> None:
+    world, src = teacher
+    with pytest.raises(DataError, match="aliases"):
+        insert_aliases(src, make_world(4, 40), tmp_path / "no-aliases", INSERT, progress=False)
+    with pytest.raises(CheckpointError, match="not a trained demo model"):
+        insert_aliases(tmp_path, world, tmp_path / "no-model", INSERT, progress=False)
+    with pytest.raises(ConfigError, match="layer 5"):
+        insert_aliases(src, world, tmp_path / "bad-layer", replace(INSERT, layer=5), progress=False)
+    assert not any((tmp_path / n).exists() for n in ("no-aliases", "no-model", "bad-layer"))
+    insert_aliases(src, world, tmp_path / "run", INSERT, progress=False, stop_at=1)
+    with pytest.raises(CheckpointError, match="another insertion config"):
+        insert_aliases(src, world, tmp_path / "run", replace(INSERT, lr=1e-2), progress=False)
+
+
+def test_cli_inserts_with_a_config_file_and_prints_both_accuracies(teacher: tuple[Path, Path], tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from hipp_torchprune.cli import main
+
+    world, src = teacher
+    cfg = tmp_path / "insert.yaml"
+    cfg.write_text("layer: 0\nattention_upto: -1\nbatch_size: 4\nkeep_batch: 4\neval_limit: 8\n")
+    assert main(["demo-model", "insert", "--model", str(src), "--data", str(world), "--out", str(tmp_path / "m"),
+                 "--config", str(cfg), "--steps", "2", "--no-progress"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["steps"] == 2 and printed["by_alias"]["step"] == 2
+    assert set(printed["teacher_by_name"]) == {"pope_random", "pope_adversarial", "scienceqa"}
+    summary = json.loads((tmp_path / "m" / "train_summary.json").read_text())["insert"]["config"]
+    assert (summary["layer"], summary["attention_upto"], summary["steps"]) == (0, -1, 2)
