@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proving-ground probe evaluation (issue 13): dense POPE/ScienceQA on the calibration and test splits,
 # single-layer sensitivity on calibration rows, degradation at 30/50 % (uniform, sensitivity, random) on test,
-# uniform pruning at 75 % (idle.md: do the tasks need the MLPs at all?) and ScienceQA per topic under
+# (random allocations: 8 seeds; 3 can all land on the same fragile layer) uniform pruning at 75 % (idle.md: do the tasks need the MLPs at all?) and ScienceQA per topic under
 # single-layer pruning (topics.jsonl).
 # Usage (repository root): [WORLD=out/world2f-s2] [LIMIT=600] bash benchmarks/probe_eval.sh MODEL_DIR OUT_DIR
 set -euo pipefail
@@ -12,7 +12,7 @@ PY=$PWD/.venv/bin/python
 $PY -m hipp_torchprune.cli eval --model $M --data $W --split calibration --limit $L --tasks pope_random,pope_adversarial,scienceqa --json > $O/dense-cal.json 2>/dev/null
 $PY -m hipp_torchprune.cli eval --model $M --data $W --split test --limit $L --tasks pope_random,pope_adversarial,scienceqa --json > $O/dense-test.json 2>/dev/null
 (cd benchmarks && $PY layer_sensitivity.py --model ../$M --data ../$W --split calibration --limit 300 --ratios 0.75 --out ../$O/ls-cal.json > ../$O/ls-cal.log 2>/dev/null)
-(cd benchmarks && $PY degradation.py --model ../$M --data ../$W --limit $L --sparsities 0.3,0.5 --seeds 3 --sensitivity ../$O/ls-cal.json --out ../$O/degradation > ../$O/degradation.md 2>/dev/null)
+(cd benchmarks && $PY degradation.py --model ../$M --data ../$W --limit $L --sparsities 0.3,0.5 --seeds 8 --sensitivity ../$O/ls-cal.json --out ../$O/degradation > ../$O/degradation.md 2>/dev/null)
 # How much the tasks need the MLPs at all: uniform Wanda at 75 % of every MLP (one random seed beside it).
 # A model whose loss here is small answers with attention and embeddings, and no allocation can matter.
 (cd benchmarks && $PY degradation.py --model ../$M --data ../$W --limit 300 --sparsities 0.75 --seeds 1 --out ../$O/idle > ../$O/idle.md 2>/dev/null)

@@ -684,12 +684,19 @@ def _train_step(data: _Data, run: _Run, cfg: TrainConfig, step: int, kind: str, 
     return {k: v.item() for k, v in losses.items()}, float(gnorm)
 
 
-def _calibration_eval(data: _Data, run: _Run, step: int, t0: float, writer: Any) -> dict[str, Any]:
-    """Evaluate the (weight-averaged) model on the calibration rows and log it."""
+def _calibration_eval(data: _Data, run: _Run, cfg: TrainConfig, step: int, t0: float,
+                      writer: Any) -> dict[str, Any]:
+    """Evaluate the (weight-averaged) model on the calibration rows and log it; a run that asks
+    yes/no questions by name (``name_share > 0``) is also scored with the aliases swapped for
+    the names (``by_name/...``), since a model trained by name never learns the aliases."""
+    from hipp_torchprune.demo.vocab import by_name_eval
     from hipp_torchprune.evaluation import evaluate
 
     with averaged_weights(run.trained, run.averaged):
         metrics = evaluate(run.model, data.processor, data.calib)
+        if cfg.name_share > 0 and data.alias_of is not None:
+            named = evaluate(run.model, data.processor, by_name_eval(data.calib, data.alias_of, data.name_ids))
+            metrics |= {f"by_name/{t}": m for t, m in named.items()}
     run.model.train()
     flat = {f"{t}/{k}": v for t, m in metrics.items() for k, v in m.items() if k != "n"}
     for k, v in flat.items():
@@ -786,7 +793,7 @@ def _train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: Demo
         bar.update(1)
         bar.set_postfix(loss=f"{smooth:.3f}")
         if data.calib is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-            history.append(_calibration_eval(data, run, step, t0, writer))
+            history.append(_calibration_eval(data, run, cfg, step, t0, writer))
             bar.write(json.dumps(history[-1]))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_at:
             _save_checkpoint(ckpt, run.model, heads, run.opt, step, rng, time.perf_counter() - t0, run.shadow)

@@ -263,11 +263,17 @@ def test_name_share_changes_training_and_stays_deterministic(alias_world: Path, 
 
     cfg = replace(RECIPE, mix_alias=0.0, mix_pope=1.0, mix_mc=0.0, mix_caption=0.0, mix_short=0.0,
                   home_dropout=0.0, steps=4)
-    for name, share in (("a", 1.0), ("b", 1.0), ("c", 0.0)):
-        train_demo_model(alias_world, tmp_path / name, TINY, replace(cfg, name_share=share), progress=False)
+    runs = {name: train_demo_model(alias_world, tmp_path / name, TINY,
+                                   replace(cfg, name_share=share, eval_every=2, eval_limit=8), progress=False)
+            for name, share in (("a", 1.0), ("b", 1.0), ("c", 0.0))}
     wa, wb, wc = (load_file(tmp_path / n / "model.safetensors") for n in "abc")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)  # asked by name, the model sees other tokens
+    # a run asked by name is also scored by name (the aliases it never learned would read chance)
+    by_name = {k for k in runs["a"]["calibration_history"][-1] if k.startswith("by_name/")}
+    assert by_name == {f"by_name/{t}/{m}" for t in ("pope_random", "pope_adversarial") for m in
+                       ("accuracy", "balanced_accuracy")} | {"by_name/scienceqa/accuracy"}
+    assert not any(k.startswith("by_name/") for k in runs["c"]["calibration_history"][-1])
 
 
 def test_frozen_words_get_no_gradient_so_they_never_count_in_the_clipped_norm(alias_world: Path) -> None:
