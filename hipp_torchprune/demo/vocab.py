@@ -61,6 +61,7 @@ class InsertConfig:
         answer_weight: weight of the answer distillation (KL to the teacher asked by name).
         name_weight: weight of the name-direction loss at the alias tokens after ``layer``.
         keep_weight: weight of the keep loss (hidden states after ``layer`` on questions by name).
+        keep_answer_weight: weight of the answer distillation on those questions by name (0 = off).
         embedding_scale: the new alias embeddings' norm, as a multiple of the names' mean norm.
         seed: seed of the batches and of the new embeddings.
         eval_every: steps between calibration evaluations (0 = only at the end).
@@ -83,6 +84,7 @@ class InsertConfig:
     answer_weight: float = 1.0
     name_weight: float = 1.0
     keep_weight: float = 1.0
+    keep_answer_weight: float = 0.0
     embedding_scale: float = 1.0
     seed: int = 0
     eval_every: int = 500
@@ -141,7 +143,7 @@ def check_insert_config(cfg: InsertConfig, n_layers: int) -> None:
         raise ConfigError("lr and grad_clip must be > 0 and min_lr_ratio in [0, 1]")
     if not 0 <= cfg.pope_share <= 1:
         raise ConfigError(f"pope_share {cfg.pope_share}: must be in [0, 1]")
-    weights = (cfg.hidden_weight, cfg.answer_weight, cfg.name_weight, cfg.keep_weight)
+    weights = (cfg.hidden_weight, cfg.answer_weight, cfg.name_weight, cfg.keep_weight, cfg.keep_answer_weight)
     if min(weights) < 0 or sum(weights[:3]) == 0:
         raise ConfigError("loss weights must be >= 0, and one of hidden/answer/name must be > 0")
     if cfg.embedding_scale <= 0 or cfg.eval_every < 0 or cfg.eval_limit < 1 or cfg.checkpoint_every < 1:
@@ -249,8 +251,8 @@ def _forward(model: Any, batch: dict[str, torch.Tensor], ids: torch.Tensor, laye
 
 
 def _losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """The four losses of one step (unweighted): alias questions against the teacher asked by
-    name, and the keep loss on questions asked by name."""
+    """The losses of one step (unweighted): alias questions against the teacher asked by name,
+    and the keep losses on questions asked by name."""
     data = run.data
     batch = _pool_batch(data, "pope" if rng.random() < cfg.pope_share else "short", cfg.batch_size, rng)
     ids = batch["input_ids"]
@@ -265,9 +267,11 @@ def _losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> dict[s
     keep = _pool_batch(data, KEEP_KINDS[int(rng.integers(len(KEEP_KINDS)))], cfg.keep_batch, rng)
     keep_ids, mask = _by_name(keep["input_ids"], data), keep["attention_mask"].bool()  # (B, T)
     with torch.no_grad():
-        _, t_keep = _forward(run.teacher, keep, keep_ids, cfg.layer)
-    _, s_keep = _forward(run.student, keep, keep_ids, cfg.layer)
+        t_logits, t_keep = _forward(run.teacher, keep, keep_ids, cfg.layer)
+    s_logits, s_keep = _forward(run.student, keep, keep_ids, cfg.layer)
     losses["keep"] = relative_mse(s_keep[mask], t_keep[mask])
+    if cfg.keep_answer_weight > 0:
+        losses["keep_answer"] = answer_kd(s_logits, t_logits, keep["labels"])
     return losses
 
 

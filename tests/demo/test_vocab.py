@@ -79,7 +79,7 @@ def test_cosine_lr_runs_from_peak_to_floor() -> None:
     ({"layer": 2}, "layer 2"), ({"layer": -1}, "layer -1"), ({"attention_upto": 2}, "attention_upto"),
     ({"attention_upto": -2}, "attention_upto"), ({"steps": 0}, "steps"), ({"lr": 0.0}, "lr"),
     ({"min_lr_ratio": 1.5}, "min_lr_ratio"), ({"pope_share": -0.1}, "pope_share"),
-    ({"keep_weight": -1.0}, "weights"), ({"hidden_weight": 0.0, "answer_weight": 0.0, "name_weight": 0.0}, "weights"),
+    ({"keep_weight": -1.0}, "weights"), ({"keep_answer_weight": -0.5}, "weights"), ({"hidden_weight": 0.0, "answer_weight": 0.0, "name_weight": 0.0}, "weights"),
     ({"embedding_scale": 0.0}, "embedding_scale")])
 def test_bad_insert_configs_are_refused(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -188,3 +188,22 @@ def test_cli_inserts_with_a_config_file_and_prints_both_accuracies(teacher: tupl
     assert set(printed["teacher_by_name"]) == {"pope_random", "pope_adversarial", "scienceqa"}
     summary = json.loads((tmp_path / "m" / "train_summary.json").read_text())["insert"]["config"]
     assert (summary["layer"], summary["attention_upto"], summary["steps"]) == (0, -1, 2)
+
+
+def test_the_answer_kept_by_name_is_a_logged_loss_that_changes_the_run(teacher: tuple[Path, Path],
+                                                                       tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    world, src = teacher
+    cfg = replace(INSERT, steps=2, eval_every=0)
+    insert_aliases(src, world, tmp_path / "off", cfg, progress=False)
+    insert_aliases(src, world, tmp_path / "on", replace(cfg, keep_answer_weight=1.0), progress=False)
+    tags = {}
+    for name in ("off", "on"):
+        acc = EventAccumulator(str(tmp_path / name / "runs"))
+        acc.Reload()
+        tags[name] = set(acc.Tags()["scalars"])
+    assert "loss/keep_answer" in tags["on"] and "loss/keep_answer" not in tags["off"]
+    off, on = (load_file(tmp_path / n / "model.safetensors") for n in ("off", "on"))
+    assert any(not torch.equal(off[k], on[k]) for k in off)
