@@ -229,11 +229,16 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
     return _Insert(data, teacher, student, named, opt, names, calib, source)
 
 
-def _by_name(ids: torch.Tensor, data: Any) -> torch.Tensor:
-    """``ids`` [B, T] with every alias replaced by its category's name."""
+def every_alias_by_name(ids: torch.Tensor, alias_of: torch.Tensor, name_ids: torch.Tensor) -> torch.Tensor:
+    """``ids`` [B, T] with every alias of every row replaced by its category's name."""
     from hipp_torchprune.demo.train import names_for_aliases
 
-    return names_for_aliases(ids, torch.ones(len(ids), dtype=torch.bool), data.alias_of, data.name_ids)
+    return names_for_aliases(ids, torch.ones(len(ids), dtype=torch.bool), alias_of, name_ids)
+
+
+def _by_name(ids: torch.Tensor, data: Any) -> torch.Tensor:
+    """:func:`every_alias_by_name` with the world's tables."""
+    return every_alias_by_name(ids, data.alias_of, data.name_ids)
 
 
 def _pool_batch(data: Any, kind: str, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
@@ -290,14 +295,11 @@ def _step(run: _Insert, cfg: InsertConfig, step: int, rng: np.random.Generator) 
 
 def by_name_eval(prepared: Any, alias_of: torch.Tensor, name_ids: torch.Tensor) -> Any:
     """A copy of a ``PreparedEval`` with every alias asked by its category's name."""
-    from hipp_torchprune.demo.train import names_for_aliases
     from hipp_torchprune.evaluation import PreparedEval, PreparedTask
 
-    def swap(ids: torch.Tensor) -> torch.Tensor:
-        return names_for_aliases(ids, torch.ones(len(ids), dtype=torch.bool), alias_of, name_ids)
-
-    return PreparedEval([PreparedTask(t.name, t.family, [dict(b, input_ids=swap(b["input_ids"])) for b in t.batches],
-                                      t.candidates, t.gold) for t in prepared.tasks])
+    return PreparedEval([PreparedTask(t.name, t.family,
+                                      [dict(b, input_ids=every_alias_by_name(b["input_ids"], alias_of, name_ids))
+                                       for b in t.batches], t.candidates, t.gold) for t in prepared.tasks])
 
 
 def _accuracies(model: Any, processor: Any, prepared: Any) -> dict[str, float]:
@@ -310,8 +312,7 @@ def _save_state(path: Path, run: _Insert, cfg: InsertConfig, step: int, rng: np.
                 elapsed: float, history: list[dict[str, Any]]) -> None:
     """Write the resumable state atomically (a temporary file, then a rename)."""
     state = {"trained": {n: p.detach().clone() for n, p in run.named}, "opt": run.opt.state_dict(), "step": step,
-             "rng": rng.bit_generator.state, "elapsed": elapsed, "history": history, "config": asdict(cfg),
-             "embeddings": run.student.get_input_embeddings().weight.detach().clone()}
+             "rng": rng.bit_generator.state, "elapsed": elapsed, "history": history, "config": asdict(cfg)}
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
@@ -326,8 +327,7 @@ def _resume(path: Path, run: _Insert, cfg: InsertConfig,
     params = dict(run.named)
     with torch.no_grad():
         for name, value in state["trained"].items():
-            params[name].copy_(value)
-        run.student.get_input_embeddings().weight.copy_(state["embeddings"])
+            params[name].copy_(value)  # the alias embeddings are rebuilt from the seed in _set_up
     run.opt.load_state_dict(state["opt"])
     rng.bit_generator.state = state["rng"]
     return int(state["step"]), float(state["elapsed"]), list(state["history"])
