@@ -14,7 +14,8 @@ def _build(args: argparse.Namespace) -> int:
     manifest = build_world(args.out, seed=args.seed, n_images=args.images, version=args.version,
                            config=SceneConfig(jitter=args.jitter, faint=args.faint, noise=args.noise,
                                               variants=args.variants, lore=args.lore,
-                                              aliases=args.aliases))
+                                              aliases=args.aliases, companion=args.companion,
+                                              occluder=args.occluder))
     summary: dict[str, Any] = {
         "out": str(args.out), "seed": manifest["seed"], "version": manifest["version"], "content_hash": manifest["content_hash"],
         "splits": {s: {"images": v["images"], "pope": sum(v["pope"].values()), "scienceqa": v["scienceqa"]}
@@ -52,4 +53,10 @@ def register(subparsers: Any) -> None:
     build.add_argument("--aliases", type=int, default=0,
                        help="version 2 only: give each category this many made-up aliases (at most 200) and "
                             "name every POPE question's object by one of them (default 0: by its name)")
+    build.add_argument("--companion", type=float, default=0.0,
+                       help="version 2 only: probability in [0, 1] that a new object is the companion of one "
+                            "already in the scene, the co-occurrence a language prior learns (default 0: 0.5)")
+    build.add_argument("--occluder", type=float, default=0.0,
+                       help="version 2 only: probability in [0, 1] that a scene has an occluder, which may hide "
+                            "a companion that training counts as present (default 0: 0.4)")
     build.set_defaults(func=_build)

@@ -28,6 +28,7 @@ from hipp_torchprune.world.pope import (
     pope_question,
 )
 from hipp_torchprune.world.scenes import (
+    V2_ONLY_OPTIONS,
     WORLD_VERSIONS,
     Scene,
     SceneConfig,
@@ -115,10 +116,10 @@ def build_world(out: str | Path, seed: int, n_images: int = 6000, config: SceneC
     if version not in WORLD_VERSIONS:
         raise DataError(f"world version {version!r} is unknown; valid: {', '.join(map(str, WORLD_VERSIONS))}")
     config.validate()
-    if config.lore and version == 1:
-        raise DataError(f"lore={config.lore}: world version 1 has no knowledge questions; use version 2")
-    if config.aliases and version == 1:
-        raise DataError(f"aliases={config.aliases}: world version 1 keeps the category names; use version 2")
+    v2_only = [f"{k}={getattr(config, k)}" for k in V2_ONLY_OPTIONS if getattr(config, k)]
+    if v2_only and version == 1:
+        raise DataError(f"{', '.join(v2_only)}: world version 1 has no lore, aliases, companions or "
+                        "occluders; use version 2")
     lore = lore_table(config.lore)
     out = Path(out)
     sizes = split_sizes(n_images)

@@ -67,6 +67,12 @@ class SceneConfig:
             option, but recorded and reproduced with them.
         aliases: made-up aliases per category (:func:`hipp_torchprune.world.lore.alias_table`;
             0 = none, world v2 only): every POPE question names its object by one of them.
+        companion: probability in [0, 1] that a newly drawn object is the companion of one
+            already in the scene (world v2 only; 0 = the v2 default, ``P_COMPANION``). Higher
+            values make co-occurrence a stronger cue, so a model that cannot see well says "yes"
+            to an absent companion more often, as a real VLM's language prior does.
+        occluder: probability in [0, 1] that a scene has an occluder, which may hide a companion
+            that training counts as present (world v2 only; 0 = the v2 default, ``P_OCCLUDER``).
     """
 
     image_size: int = 64
@@ -77,6 +83,8 @@ class SceneConfig:
     variants: int = 0
     lore: int = 0
     aliases: int = 0
+    companion: float = 0.0
+    occluder: float = 0.0
 
     def manifest_fields(self) -> dict[str, float]:
         """The rendering options a world's manifest records: only those that are on, so worlds
@@ -103,7 +111,9 @@ class SceneConfig:
 
 #: The world options of :class:`SceneConfig` a manifest records, and their upper bounds.
 RENDER_LIMITS: dict[str, float] = {"jitter": 1.0, "faint": 1.0, "noise": 64.0, "variants": 3, "lore": 4000,
-                                     "aliases": 200}
+                                     "aliases": 200, "companion": 1.0, "occluder": 1.0}
+#: Those of them that only world version 2 has (version 1 has no companions, occluders or lore).
+V2_ONLY_OPTIONS: tuple[str, ...] = ("lore", "aliases", "companion", "occluder")
 #: Those of them that are counts.
 INTEGER_OPTIONS: frozenset[str] = frozenset({"variants", "lore", "aliases"})
 
@@ -161,14 +171,15 @@ def _scene_type(name: str) -> SceneType:
     return next(s for s in SCENE_TYPES if s.name == name)
 
 
-def _draw_category(rng: np.random.Generator, scene_type: SceneType, taken: list[str]) -> str:
+def _draw_category(rng: np.random.Generator, scene_type: SceneType, taken: list[str],
+                   p_companion: float = P_COMPANION) -> str:
     """Draw one category not yet in ``taken``.
 
-    With prob P_COMPANION (when one is free) the companion of an object already drawn; else the
-    favoured set with prob P_FAVOURED, else any category (by global weight).
+    With prob ``p_companion`` (when one is free) the companion of an object already drawn; else
+    the favoured set with prob P_FAVOURED, else any category (by global weight).
     """
     free = [COMPANIONS[t] for t in taken if COMPANIONS[t] not in taken]
-    if free and rng.random() < P_COMPANION:
+    if free and rng.random() < p_companion:
         return free[int(rng.integers(len(free)))]
     return _draw_favoured(rng, scene_type, taken)
 
@@ -224,8 +235,9 @@ def sample_scene(rng: np.random.Generator, config: SceneConfig = SceneConfig(), 
 
     Version 2: a type, 1-6 visible categories in distinct cells, maybe an occluder.
 
-    An occluder (prob P_OCCLUDER) covers a free cell; with prob P_HIDE it hides one more object,
-    a companion of a visible object when one is missing.
+    An occluder (prob ``config.occluder`` or P_OCCLUDER) covers a free cell; with prob P_HIDE it
+    hides one more object, a companion of a visible object when one is missing. Companions are
+    drawn with prob ``config.companion`` or P_COMPANION.
     """
     if version == 1:
         return _sample_scene_v1(rng, config)
@@ -235,12 +247,12 @@ def sample_scene(rng: np.random.Generator, config: SceneConfig = SceneConfig(), 
     cells = [int(c) for c in rng.choice(n_cells, size=n + 1, replace=False)]
     taken: list[str] = []
     for _ in range(n):
-        taken.append(_draw_category(rng, scene_type, taken))
+        taken.append(_draw_category(rng, scene_type, taken, config.companion or P_COMPANION))
     objects = sorted((_place(rng, name, c, config) for name, c in zip(taken, cells[:n])),
                      key=lambda o: (o.row, o.col))
     hidden: list[ObjectAnn] = []
     occluders: list[tuple[int, int]] = []
-    if rng.random() < P_OCCLUDER:
+    if rng.random() < (config.occluder or P_OCCLUDER):
         occluders.append(divmod(cells[n], config.grid))
         name = _hidden_category(rng, scene_type, taken) if rng.random() < P_HIDE else None
         if name is not None:

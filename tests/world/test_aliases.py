@@ -27,7 +27,7 @@ def test_aliases_are_distinct_made_up_words_and_a_larger_table_extends_a_smaller
 
 @pytest.mark.parametrize(("config", "version", "message"), [
     (SceneConfig(aliases=MAX_ALIASES + 1), 2, f"aliases={MAX_ALIASES + 1}"),
-    (SceneConfig(aliases=3), 1, "version 1 keeps the category names"),
+    (SceneConfig(aliases=3), 1, "aliases=3: world version 1 has no lore, aliases"),
 ])
 def test_bad_alias_options_are_refused_before_writing(tmp_path: Path, config: SceneConfig, version: int,
                                                       message: str) -> None:

@@ -109,7 +109,7 @@ def test_instances_use_every_look_of_their_category_and_render_it() -> None:
 @pytest.mark.parametrize(("config", "version", "message"), [
     (SceneConfig(variants=4), 2, "variants=4"),
     (SceneConfig(lore=5000), 2, "lore=5000"),
-    (SceneConfig(lore=10), 1, "version 1 has no knowledge"),
+    (SceneConfig(lore=10), 1, "lore=10: world version 1 has no lore"),
 ])
 def test_bad_world_options_are_refused_before_writing(tmp_path: Path, config: SceneConfig, version: int,
                                                       message: str) -> None:

@@ -257,3 +257,40 @@ def test_faint_and_noisy_rendering_is_seeded_and_recorded(tmp_path: Path) -> Non
         assert main(["world", "build", "--out", str(tmp_path / "bad"), "--seed", "0", "--images", "3",
                      "--version", "2", flag, value]) == 2
         assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(("companion", "occluder"), [(0.8, 0.0), (0.0, 0.7), (0.8, 0.7)])
+def test_companion_and_occluder_options_set_the_rates_and_zero_keeps_the_defaults(
+        scenes: list[Scene], companion: float, occluder: float) -> None:
+    """``--companion`` / ``--occluder`` replace P_COMPANION / P_OCCLUDER; 0 draws the default world."""
+    rng = np.random.default_rng(123)
+    assert [sample_scene(rng, SceneConfig(), 2) for _ in range(50)] == scenes[:50]
+    rng = np.random.default_rng(123)
+    other = [sample_scene(rng, SceneConfig(companion=companion, occluder=occluder), 2) for _ in range(N)]
+    p = occluder or P_OCCLUDER
+    assert abs(sum(bool(s.occluders) for s in other) / N - p) < 4 * (p * (1 - p) / N) ** 0.5
+
+    def pairs(ss: list[Scene]) -> float:  # visible companion pairs per visible object
+        return sum(COMPANIONS[o.category] in s.categories for s in ss for o in s.objects) / sum(len(s.objects) for s in ss)
+
+    if companion:
+        assert pairs(other) > pairs(scenes) + 0.08
+    else:
+        assert abs(pairs(other) - pairs(scenes)) < 0.03
+
+
+def test_companion_and_occluder_options_are_recorded_and_refused_on_v1_or_out_of_range(tmp_path: Path) -> None:
+    from hipp_torchprune.cli import main
+    from hipp_torchprune.data import world_render
+    from hipp_torchprune.errors import DataError
+    from hipp_torchprune.world.build import build_world
+
+    assert main(["world", "build", "--out", str(tmp_path / "w"), "--seed", "0", "--images", "12", "--version", "2",
+                 "--companion", "0.7", "--occluder", "0.6"]) == 0
+    assert world_render(tmp_path / "w") == SceneConfig(companion=0.7, occluder=0.6)
+    with pytest.raises(DataError, match="companion=0.7: world version 1 has no"):
+        build_world(tmp_path / "v1", seed=0, n_images=3, version=1, config=SceneConfig(companion=0.7))
+    for flag in ("--companion", "--occluder"):
+        assert main(["world", "build", "--out", str(tmp_path / "bad"), "--seed", "0", "--images", "3",
+                     "--version", "2", flag, "1.5"]) == 2
+    assert not (tmp_path / "v1").exists() and not (tmp_path / "bad").exists()
