@@ -63,6 +63,11 @@ class InsertConfig:
         keep_weight: weight of the keep loss (hidden states after ``layer`` on questions by name).
         keep_answer_weight: weight of the answer distillation on those questions by name (0 = off).
         embedding_scale: the new alias embeddings' norm, as a multiple of the names' mean norm.
+        related_share: how much of each new alias embedding's direction is shared with the aliases
+            of its category and of its companion (``world.categories.COMPANIONS``), as a squared
+            cosine in [0, 1) (0 = independent random directions, :func:`related_directions`).
+            Related words then start close, as a language model's related words sit close, so a
+            table weakened by pruning confuses an object with the one it co-occurs with first.
         seed: seed of the batches and of the new embeddings.
         eval_every: steps between calibration evaluations (0 = only at the end).
         eval_limit: calibration rows per task in those evaluations.
@@ -86,6 +91,7 @@ class InsertConfig:
     keep_weight: float = 1.0
     keep_answer_weight: float = 0.0
     embedding_scale: float = 1.0
+    related_share: float = 0.0
     seed: int = 0
     eval_every: int = 500
     eval_limit: int = 300
@@ -126,6 +132,21 @@ def new_word_embeddings(n: int, hidden: int, norm: float, seed: int) -> torch.Te
     return d / d.norm(dim=1, keepdim=True) * norm
 
 
+def related_directions(categories: torch.Tensor, companion: torch.Tensor, hidden: int, share: float,
+                       seed: int) -> torch.Tensor:
+    """Unit directions [n, hidden] for ``n`` new words naming ``categories`` (n,), where category
+    ``c``'s companion is ``companion[c]``: each is ``sqrt(share)`` x its group's direction (the
+    normalized sum of random directions of ``c`` and ``companion[c]``) plus ``sqrt(1 - share)`` x
+    its own random direction, so two words of one category or of a companion pair have a cosine
+    of about ``share``, and unrelated words about 0 (seeded; ``share`` 0 = independent)."""
+    g = torch.Generator().manual_seed(seed)
+    unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+    own = unit(torch.randn(len(categories), hidden, generator=g))  # (n, H)
+    per_category = unit(torch.randn(len(companion), hidden, generator=g))  # (C, H)
+    group = unit(per_category + per_category[companion])  # (C, H)
+    return unit(share ** 0.5 * group[categories] + (1 - share) ** 0.5 * own)
+
+
 def cosine_lr(step: int, steps: int, lr: float, min_ratio: float) -> float:
     """The learning rate of ``step`` (1-based) of ``steps``: cosine from ``lr`` to ``lr * min_ratio``."""
     return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * step / steps)))
@@ -146,6 +167,8 @@ def check_insert_config(cfg: InsertConfig, n_layers: int) -> None:
     weights = (cfg.hidden_weight, cfg.answer_weight, cfg.name_weight, cfg.keep_weight, cfg.keep_answer_weight)
     if min(weights) < 0 or sum(weights[:3]) == 0:
         raise ConfigError("loss weights must be >= 0, and one of hidden/answer/name must be > 0")
+    if not 0 <= cfg.related_share < 1:
+        raise ConfigError(f"related_share {cfg.related_share}: must be in [0, 1)")
     if cfg.embedding_scale <= 0 or cfg.eval_every < 0 or cfg.eval_limit < 1 or cfg.checkpoint_every < 1:
         raise ConfigError("embedding_scale must be > 0, eval_every >= 0, eval_limit and checkpoint_every >= 1")
 
@@ -220,13 +243,23 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
     alias_ids = (data.alias_of >= 0).nonzero().flatten()
     with torch.no_grad():  # new words: fixed random directions at the names' typical length
         norm = float(emb[data.name_ids].norm(dim=1).mean()) * cfg.embedding_scale
-        emb[alias_ids] = new_word_embeddings(len(alias_ids), emb.shape[1], norm, cfg.seed)
+        emb[alias_ids] = _alias_embeddings(data.alias_of[alias_ids], emb.shape[1], norm, cfg)
     teacher.requires_grad_(False)
     named = trainable_parameters(student, cfg)
     opt = torch.optim.Adam([p for _, p in named], lr=cfg.lr)
     calib = prepare_eval(data.processor, data_dir, EVAL_TASKS, limit=cfg.eval_limit, split="calibration")
     names = teacher.get_input_embeddings().weight[data.name_ids].detach().clone()
     return _Insert(data, teacher, student, named, opt, names, calib, source)
+
+
+def _alias_embeddings(categories: torch.Tensor, hidden: int, norm: float, cfg: InsertConfig) -> torch.Tensor:
+    """The new alias embeddings [n, hidden]: independent, or related by ``cfg.related_share``."""
+    if cfg.related_share == 0:  # the embeddings of every run before related_share existed
+        return new_word_embeddings(len(categories), hidden, norm, cfg.seed)
+    from hipp_torchprune.world.categories import CATEGORY_NAMES, COMPANIONS
+
+    companion = torch.tensor([CATEGORY_NAMES.index(COMPANIONS[c]) for c in CATEGORY_NAMES])
+    return related_directions(categories, companion, hidden, cfg.related_share, cfg.seed) * norm
 
 
 def every_alias_by_name(ids: torch.Tensor, alias_of: torch.Tensor, name_ids: torch.Tensor) -> torch.Tensor:
@@ -427,6 +460,7 @@ __all__: Sequence[str] = (
     "name_direction_loss",
     "new_word_embeddings",
     "read_insert_config",
+    "related_directions",
     "relative_mse",
     "trainable_parameters",
 )

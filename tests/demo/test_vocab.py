@@ -22,6 +22,7 @@ from hipp_torchprune.demo.vocab import (
     name_direction_loss,
     new_word_embeddings,
     read_insert_config,
+    related_directions,
     relative_mse,
     trainable_parameters,
 )
@@ -69,6 +70,23 @@ def test_new_word_embeddings_have_the_asked_length_and_repeat_for_a_seed() -> No
     assert not torch.equal(a, new_word_embeddings(5, 8, 0.7, seed=4))
 
 
+def test_related_directions_share_a_group_direction_by_the_asked_amount() -> None:
+    # categories 0 <-> 1 are companions, 2 -> 0 (one-way), 3 <-> 4; two words per category
+    companion = torch.tensor([1, 0, 0, 4, 3])
+    cats = torch.tensor([0, 0, 1, 1, 3, 3, 4, 4])
+    d = related_directions(cats, companion, hidden=4096, share=0.5, seed=0)
+    assert d.shape == (8, 4096) and torch.allclose(d.norm(dim=1), torch.ones(8))
+    cos = d @ d.T
+    # one category, or a companion pair: the group direction is the same, so the cosine is the share
+    for i, j in ((0, 1), (0, 2), (2, 3), (4, 6), (5, 7)):
+        assert cos[i, j].item() == pytest.approx(0.5, abs=0.05)
+    for i, j in ((0, 4), (2, 6), (1, 7)):  # unrelated groups: near 0 in 4,096 dimensions
+        assert abs(cos[i, j].item()) < 0.05
+    alone = related_directions(cats, companion, hidden=4096, share=0.0, seed=0)
+    assert abs((alone @ alone.T)[0, 1].item()) < 0.05  # share 0: independent
+    assert torch.equal(d, related_directions(cats, companion, hidden=4096, share=0.5, seed=0))
+
+
 def test_cosine_lr_runs_from_peak_to_floor() -> None:
     assert cosine_lr(0, 10, 1.0, 0.1) == pytest.approx(1.0)
     assert cosine_lr(5, 10, 1.0, 0.1) == pytest.approx(0.55)
@@ -80,7 +98,8 @@ def test_cosine_lr_runs_from_peak_to_floor() -> None:
     ({"attention_upto": -2}, "attention_upto"), ({"steps": 0}, "steps"), ({"lr": 0.0}, "lr"),
     ({"min_lr_ratio": 1.5}, "min_lr_ratio"), ({"pope_share": -0.1}, "pope_share"),
     ({"keep_weight": -1.0}, "weights"), ({"keep_answer_weight": -0.5}, "weights"), ({"hidden_weight": 0.0, "answer_weight": 0.0, "name_weight": 0.0}, "weights"),
-    ({"embedding_scale": 0.0}, "embedding_scale")])
+    ({"embedding_scale": 0.0}, "embedding_scale"), ({"related_share": 1.0}, "related_share"),
+    ({"related_share": -0.1}, "related_share")])
 def test_bad_insert_configs_are_refused(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         check_insert_config(replace(InsertConfig(), **changes), n_layers=2)
@@ -157,6 +176,26 @@ def test_embedding_rows_that_change_are_exactly_the_aliases(teacher: tuple[Path,
     tok = AutoProcessor.from_pretrained(src).tokenizer
     aliases = set(tok.convert_tokens_to_ids([a for names in alias_table(3).values() for a in names]))
     assert {i for i in range(len(before)) if not torch.equal(before[i], after[i])} == aliases
+
+
+def test_related_aliases_start_closer_to_their_companions_than_to_other_aliases(teacher: tuple[Path, Path],
+                                                                              tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoProcessor
+
+    from hipp_torchprune.world.categories import COMPANIONS
+    from hipp_torchprune.world.lore import alias_table
+
+    world, src = teacher
+    insert_aliases(src, world, tmp_path / "r", replace(INSERT, steps=1, eval_every=0, related_share=0.6), progress=False)
+    key = next(k for k in load_file(src / "model.safetensors") if k.endswith("embed_tokens.weight"))
+    emb = load_file(tmp_path / "r" / "model.safetensors")[key].float()
+    tok = AutoProcessor.from_pretrained(src).tokenizer
+    ids = {c: tok.convert_tokens_to_ids(list(a)) for c, a in alias_table(3).items()}
+    unit = torch.nn.functional.normalize(emb, dim=-1)
+    near = [float(unit[i] @ unit[j]) for c in ("cup", "dog", "car") for i in ids[c] for j in ids[COMPANIONS[c]]]
+    far = [float(unit[i] @ unit[j]) for i in ids["cup"] for j in ids["car"] + ids["dog"]]
+    assert sum(near) / len(near) > sum(far) / len(far) + 0.3
 
 
 def test_bad_input_is_refused_before_anything_is_written(teacher: tuple[Path, Path], make_world,
