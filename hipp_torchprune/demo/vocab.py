@@ -47,7 +47,7 @@ class InsertConfig:
     Attributes:
         layer: the decoder layer whose MLP learns the alias table.
         attention_upto: the attention of decoder layers ``0..attention_upto`` is trained too
-            (-1 = none; at most ``layer``).
+            (-1 = none; at most the last layer that learns a table, ``layer`` or ``lore_layer``).
         attention_parts: which attention projections train: "all", or "qk" (queries and keys
             only: attention may move where it reads, never what it writes).
         steps: optimizer steps.
@@ -68,6 +68,16 @@ class InsertConfig:
             cosine in [0, 1) (0 = independent random directions, :func:`related_directions`).
             Related words then start close, as a language model's related words sit close, so a
             table weakened by pruning confuses an object with the one it co-occurs with first.
+        lore_layer: the decoder layer whose MLP learns the world's lore again (-1 = the lore stays
+            where the teacher keeps it). The lore words get new, fixed embeddings too, and on the
+            multiple-choice questions about the lore the student's hidden states at the lore words
+            after this layer must equal the teacher's, and its answers the teacher's: the lore,
+            which the teacher may keep in its embeddings, then lives in this layer's MLP rows.
+        lore_read_layers: the attention (every projection) of this many decoder layers after
+            ``lore_layer`` trains too, so that answers can read the lore where it now lives.
+        lore_batch: questions about the lore per step.
+        lore_hidden_weight: weight of the hidden-state loss at the lore words after ``lore_layer``.
+        lore_answer_weight: weight of the answer distillation on the questions about the lore.
         seed: seed of the batches and of the new embeddings.
         eval_every: steps between calibration evaluations (0 = only at the end).
         eval_limit: calibration rows per task in those evaluations.
@@ -92,6 +102,11 @@ class InsertConfig:
     keep_answer_weight: float = 0.0
     embedding_scale: float = 1.0
     related_share: float = 0.0
+    lore_layer: int = -1
+    lore_read_layers: int = 0
+    lore_batch: int = 32
+    lore_hidden_weight: float = 1.0
+    lore_answer_weight: float = 1.0
     seed: int = 0
     eval_every: int = 500
     eval_limit: int = 300
@@ -156,8 +171,10 @@ def check_insert_config(cfg: InsertConfig, n_layers: int) -> None:
     """Refuse an insertion config this model cannot run (``ConfigError``), before anything is written."""
     if not 0 <= cfg.layer < n_layers:
         raise ConfigError(f"layer {cfg.layer}: the model has decoder layers 0..{n_layers - 1}")
-    if not -1 <= cfg.attention_upto <= cfg.layer:
-        raise ConfigError(f"attention_upto {cfg.attention_upto}: must be in [-1, layer={cfg.layer}]")
+    _check_lore_fields(cfg, n_layers)
+    top = max(cfg.layer, cfg.lore_layer)
+    if not -1 <= cfg.attention_upto <= top:
+        raise ConfigError(f"attention_upto {cfg.attention_upto}: must be in [-1, {top}] (layer, lore_layer)")
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.keep_batch < 1:
         raise ConfigError("steps, batch_size and keep_batch must be >= 1")
     if cfg.lr <= 0 or not 0 <= cfg.min_lr_ratio <= 1 or cfg.grad_clip <= 0:
@@ -173,15 +190,29 @@ def check_insert_config(cfg: InsertConfig, n_layers: int) -> None:
         raise ConfigError("embedding_scale must be > 0, eval_every >= 0, eval_limit and checkpoint_every >= 1")
 
 
+def _check_lore_fields(cfg: InsertConfig, n_layers: int) -> None:
+    """The lore fields of :func:`check_insert_config`."""
+    if not -1 <= cfg.lore_layer < n_layers or cfg.lore_layer == cfg.layer:
+        raise ConfigError(f"lore_layer {cfg.lore_layer}: must be -1 or a decoder layer 0..{n_layers - 1} "
+                          f"other than layer={cfg.layer}")
+    if cfg.lore_read_layers < 0 or (cfg.lore_read_layers and cfg.lore_layer < 0) \
+            or cfg.lore_layer + cfg.lore_read_layers >= n_layers:
+        raise ConfigError(f"lore_read_layers {cfg.lore_read_layers}: must be >= 0, with a lore_layer, and end "
+                          f"at a decoder layer (< {n_layers})")
+    if cfg.lore_batch < 1 or min(cfg.lore_hidden_weight, cfg.lore_answer_weight) < 0:
+        raise ConfigError("lore_batch must be >= 1 and the lore weights >= 0")
+
+
 def trainable_parameters(model: Any, cfg: InsertConfig) -> list[tuple[str, torch.Tensor]]:
-    """Freeze ``model`` except what ``cfg`` trains (the layer's MLP, the chosen attention), and
-    return those parameters with their names."""
+    """Freeze ``model`` except what ``cfg`` trains (the table layers' MLPs, the chosen attention),
+    and return those parameters with their names."""
     model.requires_grad_(False)
     layers = model.model.language_model.layers
-    modules = [layers[cfg.layer].mlp]
+    modules = [layers[cfg.layer].mlp] + ([layers[cfg.lore_layer].mlp] if cfg.lore_layer >= 0 else [])
     for j in range(cfg.attention_upto + 1):
         attn = layers[j].self_attn
         modules += [attn.q_proj, attn.k_proj] if cfg.attention_parts == "qk" else [attn]
+    modules += [layers[cfg.lore_layer + 1 + j].self_attn for j in range(cfg.lore_read_layers)]
     for m in modules:
         m.requires_grad_(True)
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -202,6 +233,8 @@ class _Insert:
     names: torch.Tensor  # (C, H) the category names' embeddings (the teacher's)
     calib: Any  # PreparedEval of the calibration split, asked by alias
     source: dict[str, Any]  # the teacher's train_summary.json
+    lore_ids: torch.Tensor  # (K,) the lore words' tokens (empty without lore_layer)
+    lore_rows: torch.Tensor  # (M,) rows of the multiple-choice pool that name a lore word
 
 
 def _load_source(src: Path) -> tuple[Any, dict[str, Any]]:
@@ -238,18 +271,35 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
     train_cfg = replace(from_mapping(TrainConfig, source["train"], f"{src}/train_summary.json:train"), eval_every=0)
     data = _prepare_data(data_dir, DemoModelConfig(**source["model"]), train_cfg)
     _check_vocabulary(src, data.processor)
+    lore_ids, lore_rows = _lore_words(data, cfg, data_dir)
     student = copy.deepcopy(teacher)
     emb = student.get_input_embeddings().weight
     alias_ids = (data.alias_of >= 0).nonzero().flatten()
     with torch.no_grad():  # new words: fixed random directions at the names' typical length
         norm = float(emb[data.name_ids].norm(dim=1).mean()) * cfg.embedding_scale
         emb[alias_ids] = _alias_embeddings(data.alias_of[alias_ids], emb.shape[1], norm, cfg)
+        if len(lore_ids):  # the lore words too, at their own typical length
+            lore_norm = float(emb[lore_ids].norm(dim=1).mean()) * cfg.embedding_scale
+            emb[lore_ids] = new_word_embeddings(len(lore_ids), emb.shape[1], lore_norm, cfg.seed + 1)
     teacher.requires_grad_(False)
     named = trainable_parameters(student, cfg)
     opt = torch.optim.Adam([p for _, p in named], lr=cfg.lr)
     calib = prepare_eval(data.processor, data_dir, EVAL_TASKS, limit=cfg.eval_limit, split="calibration")
     names = teacher.get_input_embeddings().weight[data.name_ids].detach().clone()
-    return _Insert(data, teacher, student, named, opt, names, calib, source)
+    return _Insert(data, teacher, student, named, opt, names, calib, source, lore_ids, lore_rows)
+
+
+def _lore_words(data: Any, cfg: InsertConfig, data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lore words' tokens and the multiple-choice rows that name one (empty without ``lore_layer``)."""
+    from hipp_torchprune.world.lore import lore_names
+
+    if cfg.lore_layer < 0:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    if not data.render.lore:
+        raise DataError(f"{data_dir}: lore_layer needs a world with lore (world build --lore N)")
+    ids = torch.tensor(data.processor.tokenizer.convert_tokens_to_ids(list(lore_names(data.render.lore))))
+    rows = torch.isin(data.pools["mc"].input_ids, ids).any(1).nonzero().flatten()
+    return ids, rows
 
 
 def _alias_embeddings(categories: torch.Tensor, hidden: int, norm: float, cfg: InsertConfig) -> torch.Tensor:
@@ -283,9 +333,15 @@ def _pool_batch(data: Any, kind: str, n: int, rng: np.random.Generator) -> dict[
 
 def _forward(model: Any, batch: dict[str, torch.Tensor], ids: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [B, T, V] and the hidden states after decoder layer ``layer`` [B, T, H]."""
+    logits, hidden = _forward_all(model, batch, ids)
+    return logits, hidden[layer + 1]
+
+
+def _forward_all(model: Any, batch: dict[str, torch.Tensor], ids: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Logits [B, T, V] and every hidden state (``[i + 1]`` is after decoder layer ``i``)."""
     out = model(input_ids=ids, attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
                 output_hidden_states=True, use_cache=False)
-    return out.logits, out.hidden_states[layer + 1]
+    return out.logits, out.hidden_states
 
 
 def _losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
@@ -302,15 +358,39 @@ def _losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> dict[s
     if bool(where.any()):
         losses["hidden"] = relative_mse(s_h[where], t_h[where])
         losses["name"] = name_direction_loss(s_h[where], data.alias_of[ids][where], run.names)
+    return losses | _keep_losses(run, cfg, rng) | (_lore_losses(run, cfg, rng) if cfg.lore_layer >= 0 else {})
+
+
+def _keep_losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Questions asked by name (lore words re-keyed, if any, kept out): the hidden states after
+    each table layer, and with ``keep_answer_weight`` the answers, must stay the teacher's."""
+    data = run.data
     keep = _pool_batch(data, KEEP_KINDS[int(rng.integers(len(KEEP_KINDS)))], cfg.keep_batch, rng)
-    keep_ids, mask = _by_name(keep["input_ids"], data), keep["attention_mask"].bool()  # (B, T)
+    keep_ids = _by_name(keep["input_ids"], data)
+    mask = keep["attention_mask"].bool() & ~torch.isin(keep_ids, run.lore_ids)  # (B, T)
     with torch.no_grad():
-        t_logits, t_keep = _forward(run.teacher, keep, keep_ids, cfg.layer)
-    s_logits, s_keep = _forward(run.student, keep, keep_ids, cfg.layer)
-    losses["keep"] = relative_mse(s_keep[mask], t_keep[mask])
+        t_logits, t_hidden = _forward_all(run.teacher, keep, keep_ids)
+    s_logits, s_hidden = _forward_all(run.student, keep, keep_ids)
+    layers = [cfg.layer] + ([cfg.lore_layer] if cfg.lore_layer >= 0 else [])
+    losses = {"keep": sum(relative_mse(s_hidden[i + 1][mask], t_hidden[i + 1][mask]) for i in layers) / len(layers)}
     if cfg.keep_answer_weight > 0:
         losses["keep_answer"] = answer_kd(s_logits, t_logits, keep["labels"])
-    return losses
+    return losses  # type: ignore[return-value]
+
+
+def _lore_losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Multiple-choice questions about the lore: the hidden states at the lore words after
+    ``lore_layer`` and the answers against the teacher's, which reads the original words."""
+    data = run.data
+    idx = run.lore_rows[torch.from_numpy(rng.integers(0, len(run.lore_rows), size=cfg.lore_batch))]
+    batch = make_batch(data.pools["mc"], idx, data.pixels, data.mean, data.std)
+    ids = batch["input_ids"]
+    where = torch.isin(ids, run.lore_ids)  # (B, T) lore words
+    with torch.no_grad():
+        t_logits, t_h = _forward(run.teacher, batch, ids, cfg.lore_layer)
+    s_logits, s_h = _forward(run.student, batch, ids, cfg.lore_layer)  # (B, T, V), (B, T, H)
+    return {"lore_hidden": relative_mse(s_h[where], t_h[where]),
+            "lore_answer": answer_kd(s_logits, t_logits, batch["labels"])}
 
 
 def _step(run: _Insert, cfg: InsertConfig, step: int, rng: np.random.Generator) -> dict[str, float]:

@@ -99,7 +99,10 @@ def test_cosine_lr_runs_from_peak_to_floor() -> None:
     ({"min_lr_ratio": 1.5}, "min_lr_ratio"), ({"pope_share": -0.1}, "pope_share"),
     ({"keep_weight": -1.0}, "weights"), ({"keep_answer_weight": -0.5}, "weights"), ({"hidden_weight": 0.0, "answer_weight": 0.0, "name_weight": 0.0}, "weights"),
     ({"embedding_scale": 0.0}, "embedding_scale"), ({"related_share": 1.0}, "related_share"),
-    ({"related_share": -0.1}, "related_share")])
+    ({"related_share": -0.1}, "related_share"), ({"lore_layer": 1}, "lore_layer 1"),
+    ({"lore_layer": 2}, "lore_layer 2"), ({"lore_layer": 0, "lore_read_layers": 2}, "lore_read_layers"),
+    ({"lore_read_layers": 1}, "lore_read_layers"), ({"lore_layer": 0, "lore_batch": 0}, "lore_batch"),
+    ({"lore_layer": 0, "lore_answer_weight": -1.0}, "lore weights")])
 def test_bad_insert_configs_are_refused(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         check_insert_config(replace(InsertConfig(), **changes), n_layers=2)
@@ -128,6 +131,60 @@ def test_only_the_layers_mlp_and_the_chosen_attention_train(parts: str, attentio
         ".layers.1.mlp." in n or (".layers.0.self_attn." in n and n.split(".")[-2] in attention))}
     assert names == expected and expected
     assert all(p.requires_grad == (n in names) for n, p in model.named_parameters())
+
+
+def test_the_lore_layers_mlp_and_its_read_attention_train_too() -> None:
+    from transformers import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration(TINY.llava_config(64, 3, 0, 1, 2))
+    cfg = replace(InsertConfig(), layer=1, attention_upto=-1, lore_layer=0, lore_read_layers=1)
+    names = {n for n, _ in trainable_parameters(model, cfg)}
+    expected = {n for n, _ in model.named_parameters() if "language_model" in n and (
+        ".layers.1.mlp." in n or ".layers.0.mlp." in n or ".layers.1.self_attn." in n)}
+    assert names == expected and expected
+
+
+@pytest.fixture(scope="module")
+def lore_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from hipp_torchprune.demo.train import train_demo_model
+    from hipp_torchprune.world.build import build_world
+
+    root = tmp_path_factory.mktemp("vocab-lore")
+    build_world(root / "world", seed=3, n_images=40, config=SceneConfig(aliases=3, lore=12), version=2)
+    train_demo_model(root / "world", root / "teacher", TINY, TEACHER, progress=False)
+    return root / "world", root / "teacher"
+
+
+def test_lore_insertion_rekeys_the_lore_words_logs_its_losses_and_resumes(lore_teacher: tuple[Path, Path],
+                                                                          tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import AutoProcessor
+
+    from hipp_torchprune.world.lore import alias_table, lore_names
+
+    world, src = lore_teacher
+    cfg = replace(INSERT, layer=1, lore_layer=0, lore_read_layers=1, lore_batch=4, steps=2, eval_every=0)
+    insert_aliases(src, world, tmp_path / "a", cfg, progress=False)
+    key = next(k for k in load_file(src / "model.safetensors") if k.endswith("embed_tokens.weight"))
+    before, after = load_file(src / "model.safetensors")[key], load_file(tmp_path / "a" / "model.safetensors")[key]
+    tok = AutoProcessor.from_pretrained(src).tokenizer
+    words = [a for names in alias_table(3).values() for a in names] + list(lore_names(12))
+    assert {i for i in range(len(before)) if not torch.equal(before[i], after[i])} == set(tok.convert_tokens_to_ids(words))
+    acc = EventAccumulator(str(tmp_path / "a" / "runs"))
+    acc.Reload()
+    assert {"loss/lore_hidden", "loss/lore_answer"} <= set(acc.Tags()["scalars"])
+    insert_aliases(src, world, tmp_path / "b", cfg, progress=False, stop_at=1)
+    insert_aliases(src, world, tmp_path / "b", cfg, progress=False)
+    a, b = (load_file(tmp_path / n / "model.safetensors") for n in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lore_insertion_needs_a_world_with_lore(teacher: tuple[Path, Path], tmp_path: Path) -> None:
+    world, src = teacher
+    with pytest.raises(DataError, match="lore_layer needs a world with lore"):
+        insert_aliases(src, world, tmp_path / "x", replace(INSERT, layer=1, lore_layer=0), progress=False)
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.fixture(scope="module")
