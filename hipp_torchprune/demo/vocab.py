@@ -68,6 +68,10 @@ class InsertConfig:
             cosine in [0, 1) (0 = independent random directions, :func:`related_directions`).
             Related words then start close, as a language model's related words sit close, so a
             table weakened by pruning confuses an object with the one it co-occurs with first.
+        related_to: what the shared direction is made of: "random" directions of the category and
+            its companion, or their "names" (the teacher's name embeddings), so that an alias
+            already points between its category and the companion before any layer reads it,
+            and the MLP's table is what tells the two apart.
         lore_layer: the decoder layer whose MLP learns the world's lore again (-1 = the lore stays
             where the teacher keeps it). The lore words get new, fixed embeddings too, and on the
             multiple-choice questions about the lore the student's hidden states at the lore words
@@ -102,6 +106,7 @@ class InsertConfig:
     keep_answer_weight: float = 0.0
     embedding_scale: float = 1.0
     related_share: float = 0.0
+    related_to: Literal["random", "names"] = "random"
     lore_layer: int = -1
     lore_read_layers: int = 0
     lore_batch: int = 32
@@ -148,16 +153,17 @@ def new_word_embeddings(n: int, hidden: int, norm: float, seed: int) -> torch.Te
 
 
 def related_directions(categories: torch.Tensor, companion: torch.Tensor, hidden: int, share: float,
-                       seed: int) -> torch.Tensor:
+                       seed: int, anchors: torch.Tensor | None = None) -> torch.Tensor:
     """Unit directions [n, hidden] for ``n`` new words naming ``categories`` (n,), where category
     ``c``'s companion is ``companion[c]``: each is ``sqrt(share)`` x its group's direction (the
-    normalized sum of random directions of ``c`` and ``companion[c]``) plus ``sqrt(1 - share)`` x
-    its own random direction, so two words of one category or of a companion pair have a cosine
-    of about ``share``, and unrelated words about 0 (seeded; ``share`` 0 = independent)."""
+    normalized sum of the directions of ``c`` and ``companion[c]``: random ones, or ``anchors``
+    [C, hidden] when given) plus ``sqrt(1 - share)`` x its own random direction, so two words of
+    one category or of a companion pair have a cosine of about ``share``, and unrelated words
+    about 0 (seeded; ``share`` 0 = independent)."""
     g = torch.Generator().manual_seed(seed)
     unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
     own = unit(torch.randn(len(categories), hidden, generator=g))  # (n, H)
-    per_category = unit(torch.randn(len(companion), hidden, generator=g))  # (C, H)
+    per_category = unit(torch.randn(len(companion), hidden, generator=g) if anchors is None else anchors)  # (C, H)
     group = unit(per_category + per_category[companion])  # (C, H)
     return unit(share ** 0.5 * group[categories] + (1 - share) ** 0.5 * own)
 
@@ -277,7 +283,8 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
     alias_ids = (data.alias_of >= 0).nonzero().flatten()
     with torch.no_grad():  # new words: fixed random directions at the names' typical length
         norm = float(emb[data.name_ids].norm(dim=1).mean()) * cfg.embedding_scale
-        emb[alias_ids] = _alias_embeddings(data.alias_of[alias_ids], emb.shape[1], norm, cfg)
+        anchors = emb[data.name_ids].detach().clone() if cfg.related_to == "names" else None
+        emb[alias_ids] = _alias_embeddings(data.alias_of[alias_ids], emb.shape[1], norm, cfg, anchors)
         if len(lore_ids):  # the lore words too, at their own typical length
             lore_norm = float(emb[lore_ids].norm(dim=1).mean()) * cfg.embedding_scale
             emb[lore_ids] = new_word_embeddings(len(lore_ids), emb.shape[1], lore_norm, cfg.seed + 1)
@@ -302,14 +309,16 @@ def _lore_words(data: Any, cfg: InsertConfig, data_dir: Path) -> tuple[torch.Ten
     return ids, rows
 
 
-def _alias_embeddings(categories: torch.Tensor, hidden: int, norm: float, cfg: InsertConfig) -> torch.Tensor:
-    """The new alias embeddings [n, hidden]: independent, or related by ``cfg.related_share``."""
+def _alias_embeddings(categories: torch.Tensor, hidden: int, norm: float, cfg: InsertConfig,
+                      anchors: torch.Tensor | None) -> torch.Tensor:
+    """The new alias embeddings [n, hidden]: independent, or related by ``cfg.related_share``
+    (around ``anchors``, the names' embeddings, when given)."""
     if cfg.related_share == 0:  # the embeddings of every run before related_share existed
         return new_word_embeddings(len(categories), hidden, norm, cfg.seed)
     from hipp_torchprune.world.categories import CATEGORY_NAMES, COMPANIONS
 
     companion = torch.tensor([CATEGORY_NAMES.index(COMPANIONS[c]) for c in CATEGORY_NAMES])
-    return related_directions(categories, companion, hidden, cfg.related_share, cfg.seed) * norm
+    return related_directions(categories, companion, hidden, cfg.related_share, cfg.seed, anchors) * norm
 
 
 def every_alias_by_name(ids: torch.Tensor, alias_of: torch.Tensor, name_ids: torch.Tensor) -> torch.Tensor:

@@ -85,6 +85,10 @@ def test_related_directions_share_a_group_direction_by_the_asked_amount() -> Non
     alone = related_directions(cats, companion, hidden=4096, share=0.0, seed=0)
     assert abs((alone @ alone.T)[0, 1].item()) < 0.05  # share 0: independent
     assert torch.equal(d, related_directions(cats, companion, hidden=4096, share=0.5, seed=0))
+    anchors = torch.eye(5, 4096)  # the group direction of the pair 0 <-> 1 is (e0 + e1) / sqrt(2)
+    named = related_directions(cats, companion, hidden=4096, share=0.5, seed=0, anchors=anchors)
+    assert named[0, 0].item() == pytest.approx(0.5, abs=0.03) and named[0, 1].item() == pytest.approx(0.5, abs=0.03)
+    assert named[4, 3].item() == pytest.approx(0.5, abs=0.03) and abs(named[4, 0].item()) < 0.03
 
 
 def test_cosine_lr_runs_from_peak_to_floor() -> None:
@@ -245,6 +249,8 @@ def test_related_aliases_start_closer_to_their_companions_than_to_other_aliases(
 
     world, src = teacher
     insert_aliases(src, world, tmp_path / "r", replace(INSERT, steps=1, eval_every=0, related_share=0.6), progress=False)
+    insert_aliases(src, world, tmp_path / "n", replace(INSERT, steps=1, eval_every=0, related_share=0.6,
+                                                       related_to="names"), progress=False)
     key = next(k for k in load_file(src / "model.safetensors") if k.endswith("embed_tokens.weight"))
     emb = load_file(tmp_path / "r" / "model.safetensors")[key].float()
     tok = AutoProcessor.from_pretrained(src).tokenizer
@@ -253,6 +259,11 @@ def test_related_aliases_start_closer_to_their_companions_than_to_other_aliases(
     near = [float(unit[i] @ unit[j]) for c in ("cup", "dog", "car") for i in ids[c] for j in ids[COMPANIONS[c]]]
     far = [float(unit[i] @ unit[j]) for i in ids["cup"] for j in ids["car"] + ids["dog"]]
     assert sum(near) / len(near) > sum(far) / len(far) + 0.3
+    named = torch.nn.functional.normalize(load_file(tmp_path / "n" / "model.safetensors")[key].float(), dim=-1)
+    name_ids = dict(zip(("cup", "plate", "car"), tok.convert_tokens_to_ids(["cup", "plate", "car"])))
+    toward = [float(named[i] @ named[name_ids[n]]) for i in ids["cup"] for n in ("cup", "plate")]
+    away = [float(named[i] @ named[name_ids["car"]]) for i in ids["cup"]]
+    assert sum(toward) / len(toward) > sum(away) / len(away) + 0.25  # 32 dimensions: names are not orthogonal
 
 
 def test_bad_input_is_refused_before_anything_is_written(teacher: tuple[Path, Path], make_world,
