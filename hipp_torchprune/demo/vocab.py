@@ -69,9 +69,10 @@ class InsertConfig:
             Related words then start close, as a language model's related words sit close, so a
             table weakened by pruning confuses an object with the one it co-occurs with first.
         related_to: what the shared direction is made of: "random" directions of the category and
-            its companion, or their "names" (the teacher's name embeddings), so that an alias
+            its companion; their "names" (the teacher's name embeddings), so that an alias
             already points between its category and the companion before any layer reads it,
-            and the MLP's table is what tells the two apart.
+            and the MLP's table is what tells the two apart; or the "companion"'s name alone, so
+            that without its table an alias reads as the object it co-occurs with.
         lore_layer: the decoder layer whose MLP learns the world's lore again (-1 = the lore stays
             where the teacher keeps it). The lore words get new, fixed embeddings too, and on the
             multiple-choice questions about the lore the student's hidden states at the lore words
@@ -106,7 +107,7 @@ class InsertConfig:
     keep_answer_weight: float = 0.0
     embedding_scale: float = 1.0
     related_share: float = 0.0
-    related_to: Literal["random", "names"] = "random"
+    related_to: Literal["random", "names", "companion"] = "random"
     lore_layer: int = -1
     lore_read_layers: int = 0
     lore_batch: int = 32
@@ -283,7 +284,7 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
     alias_ids = (data.alias_of >= 0).nonzero().flatten()
     with torch.no_grad():  # new words: fixed random directions at the names' typical length
         norm = float(emb[data.name_ids].norm(dim=1).mean()) * cfg.embedding_scale
-        anchors = emb[data.name_ids].detach().clone() if cfg.related_to == "names" else None
+        anchors = emb[data.name_ids].detach().clone() if cfg.related_to != "random" else None
         emb[alias_ids] = _alias_embeddings(data.alias_of[alias_ids], emb.shape[1], norm, cfg, anchors)
         if len(lore_ids):  # the lore words too, at their own typical length
             lore_norm = float(emb[lore_ids].norm(dim=1).mean()) * cfg.embedding_scale
@@ -318,6 +319,8 @@ def _alias_embeddings(categories: torch.Tensor, hidden: int, norm: float, cfg: I
     from hipp_torchprune.world.categories import CATEGORY_NAMES, COMPANIONS
 
     companion = torch.tensor([CATEGORY_NAMES.index(COMPANIONS[c]) for c in CATEGORY_NAMES])
+    if cfg.related_to == "companion" and anchors is not None:  # each group is the companion's name alone
+        anchors, companion = anchors[companion], torch.arange(len(companion))
     return related_directions(categories, companion, hidden, cfg.related_share, cfg.seed, anchors) * norm
 
 

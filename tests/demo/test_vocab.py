@@ -249,8 +249,9 @@ def test_related_aliases_start_closer_to_their_companions_than_to_other_aliases(
 
     world, src = teacher
     insert_aliases(src, world, tmp_path / "r", replace(INSERT, steps=1, eval_every=0, related_share=0.6), progress=False)
-    insert_aliases(src, world, tmp_path / "n", replace(INSERT, steps=1, eval_every=0, related_share=0.6,
-                                                       related_to="names"), progress=False)
+    for mode in ("names", "companion"):
+        insert_aliases(src, world, tmp_path / mode, replace(INSERT, steps=1, eval_every=0, related_share=0.6,
+                                                            related_to=mode), progress=False)
     key = next(k for k in load_file(src / "model.safetensors") if k.endswith("embed_tokens.weight"))
     emb = load_file(tmp_path / "r" / "model.safetensors")[key].float()
     tok = AutoProcessor.from_pretrained(src).tokenizer
@@ -259,11 +260,15 @@ def test_related_aliases_start_closer_to_their_companions_than_to_other_aliases(
     near = [float(unit[i] @ unit[j]) for c in ("cup", "dog", "car") for i in ids[c] for j in ids[COMPANIONS[c]]]
     far = [float(unit[i] @ unit[j]) for i in ids["cup"] for j in ids["car"] + ids["dog"]]
     assert sum(near) / len(near) > sum(far) / len(far) + 0.3
-    named = torch.nn.functional.normalize(load_file(tmp_path / "n" / "model.safetensors")[key].float(), dim=-1)
+    named = torch.nn.functional.normalize(load_file(tmp_path / "names" / "model.safetensors")[key].float(), dim=-1)
     name_ids = dict(zip(("cup", "plate", "car"), tok.convert_tokens_to_ids(["cup", "plate", "car"])))
     toward = [float(named[i] @ named[name_ids[n]]) for i in ids["cup"] for n in ("cup", "plate")]
     away = [float(named[i] @ named[name_ids["car"]]) for i in ids["cup"]]
     assert sum(toward) / len(toward) > sum(away) / len(away) + 0.25  # 32 dimensions: names are not orthogonal
+    comp = torch.nn.functional.normalize(load_file(tmp_path / "companion" / "model.safetensors")[key].float(), dim=-1)
+    to_plate = [float(comp[i] @ comp[name_ids["plate"]]) for i in ids["cup"]]
+    to_cup = [float(comp[i] @ comp[name_ids["cup"]]) for i in ids["cup"]]
+    assert sum(to_plate) / 3 > sum(to_cup) / 3 + 0.3  # a cup alias starts at "plate", its companion
 
 
 def test_bad_input_is_refused_before_anything_is_written(teacher: tuple[Path, Path], make_world,
