@@ -9,6 +9,11 @@ else is held where it was by a keep loss on questions asked by name. The alias t
 entries than the hidden size, then lives in that MLP's rows: pruning them breaks it, which is
 the memorized knowledge a real VLM's language model holds in its MLPs (issue 13, target 5).
 
+Two options shape what the student learns. ``related_share`` / ``related_to`` give the aliases
+of a category and of its companion a shared direction (:func:`related_directions`), so a pruned
+table confuses co-occurring objects first. ``lore_layer`` re-keys the world's lore the same way
+into a later layer's MLP (new lore-word embeddings, the teacher's hidden states after that layer).
+
 The losses are small pure functions (:func:`relative_mse`, :func:`answer_kd`,
 :func:`name_direction_loss`); :func:`insert_aliases` is the orchestration (set-up, step, loop).
 """
@@ -307,6 +312,8 @@ def _lore_words(data: Any, cfg: InsertConfig, data_dir: Path) -> tuple[torch.Ten
         raise DataError(f"{data_dir}: lore_layer needs a world with lore (world build --lore N)")
     ids = torch.tensor(data.processor.tokenizer.convert_tokens_to_ids(list(lore_names(data.render.lore))))
     rows = torch.isin(data.pools["mc"].input_ids, ids).any(1).nonzero().flatten()
+    if not len(rows):
+        raise DataError(f"{data_dir}: lore_layer needs multiple-choice questions about the lore; the world has none")
     return ids, rows
 
 
