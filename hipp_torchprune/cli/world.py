@@ -6,16 +6,32 @@ import argparse
 import json
 from typing import Any
 
+#: The rendering options of ``world build`` (each a :class:`SceneConfig` field, default 0): flag, type, help.
+_WORLD_OPTIONS: tuple[tuple[str, type, str], ...] = (
+    ("jitter", float, ("per-instance appearance variation in [0, 1]: tint, size and position of each "
+                      "icon (default 0: one icon per category and size)")),
+    ("faint", float, ("probability in [0, 1] that an object is drawn faint, 70 %% blended into the "
+                     "background (default 0)")),
+    ("noise", float, "std of Gaussian pixel noise in 0-255 units, at most 64 (default 0)"),
+    ("variants", int, ("extra looks per category, 0-3: each instance is drawn in its category's own "
+                      "shape and colour or one of these (default 0)")),
+    ("lore", int, ("version 2 only: ask the knowledge questions about this many made-up things "
+                  "with random properties, the same in every world (default 0: about the categories)")),
+    ("aliases", int, ("version 2 only: give each category this many made-up aliases (at most 200) and "
+                     "name every POPE question's object by one of them (default 0: by its name)")),
+    ("companion", float, ("version 2 only: probability in [0, 1] that a new object is the companion of one "
+                         "already in the scene, the co-occurrence a language prior learns (default 0: 0.5)")),
+    ("occluder", float, ("version 2 only: probability in [0, 1] that a scene has an occluder, which may hide "
+                        "a companion that training counts as present (default 0: 0.4)")),
+)
+
 
 def _build(args: argparse.Namespace) -> int:
     from hipp_torchprune.world.build import build_world
     from hipp_torchprune.world.scenes import SceneConfig
 
     manifest = build_world(args.out, seed=args.seed, n_images=args.images, version=args.version,
-                           config=SceneConfig(jitter=args.jitter, faint=args.faint, noise=args.noise,
-                                              variants=args.variants, lore=args.lore,
-                                              aliases=args.aliases, companion=args.companion,
-                                              occluder=args.occluder))
+                           config=SceneConfig(**{flag: getattr(args, flag) for flag, _, _ in _WORLD_OPTIONS}))
     summary: dict[str, Any] = {
         "out": str(args.out), "seed": manifest["seed"], "version": manifest["version"], "content_hash": manifest["content_hash"],
         "splits": {s: {"images": v["images"], "pope": sum(v["pope"].values()), "scienceqa": v["scienceqa"]}
@@ -36,27 +52,6 @@ def register(subparsers: Any) -> None:
     build.add_argument("--version", type=int, choices=(1, 2), default=1,
                        help="world generator: 1 (default; the shipped demo model's world) or 2 (proving "
                             "ground v2: companions, occluders hiding objects, world-knowledge questions)")
-    build.add_argument("--jitter", type=float, default=0.0,
-                       help="per-instance appearance variation in [0, 1]: tint, size and position of each "
-                            "icon (default 0: one icon per category and size)")
-    build.add_argument("--faint", type=float, default=0.0,
-                       help="probability in [0, 1] that an object is drawn faint, 70 %% blended into the "
-                            "background (default 0)")
-    build.add_argument("--noise", type=float, default=0.0,
-                       help="std of Gaussian pixel noise in 0-255 units, at most 64 (default 0)")
-    build.add_argument("--variants", type=int, default=0,
-                       help="extra looks per category, 0-3: each instance is drawn in its category's own "
-                            "shape and colour or one of these (default 0)")
-    build.add_argument("--lore", type=int, default=0,
-                       help="version 2 only: ask the knowledge questions about this many made-up things "
-                            "with random properties, the same in every world (default 0: about the categories)")
-    build.add_argument("--aliases", type=int, default=0,
-                       help="version 2 only: give each category this many made-up aliases (at most 200) and "
-                            "name every POPE question's object by one of them (default 0: by its name)")
-    build.add_argument("--companion", type=float, default=0.0,
-                       help="version 2 only: probability in [0, 1] that a new object is the companion of one "
-                            "already in the scene, the co-occurrence a language prior learns (default 0: 0.5)")
-    build.add_argument("--occluder", type=float, default=0.0,
-                       help="version 2 only: probability in [0, 1] that a scene has an occluder, which may hide "
-                            "a companion that training counts as present (default 0: 0.4)")
+    for flag, kind, text in _WORLD_OPTIONS:
+        build.add_argument(f"--{flag}", type=kind, default=kind(0), help=text)
     build.set_defaults(func=_build)

@@ -285,11 +285,12 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
     _check_vocabulary(src, data.processor)
     lore_ids, lore_rows = _lore_words(data, cfg, data_dir)
     student = copy.deepcopy(teacher)
+    names = teacher.get_input_embeddings().weight[data.name_ids].detach().clone()  # (C, H)
     emb = student.get_input_embeddings().weight
     alias_ids = (data.alias_of >= 0).nonzero().flatten()
     with torch.no_grad():  # new words: fixed random directions at the names' typical length
-        norm = float(emb[data.name_ids].norm(dim=1).mean()) * cfg.embedding_scale
-        anchors = emb[data.name_ids].detach().clone() if cfg.related_to != "random" else None
+        norm = float(names.norm(dim=1).mean()) * cfg.embedding_scale
+        anchors = names if cfg.related_to != "random" else None
         emb[alias_ids] = _alias_embeddings(data.alias_of[alias_ids], emb.shape[1], norm, cfg, anchors)
         if len(lore_ids):  # the lore words too, at their own typical length
             lore_norm = float(emb[lore_ids].norm(dim=1).mean()) * cfg.embedding_scale
@@ -298,7 +299,6 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
     named = trainable_parameters(student, cfg)
     opt = torch.optim.Adam([p for _, p in named], lr=cfg.lr)
     calib = prepare_eval(data.processor, data_dir, EVAL_TASKS, limit=cfg.eval_limit, split="calibration")
-    names = teacher.get_input_embeddings().weight[data.name_ids].detach().clone()
     return _Insert(data, teacher, student, named, opt, names, calib, source, lore_ids, lore_rows)
 
 
