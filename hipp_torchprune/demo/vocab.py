@@ -76,8 +76,11 @@ class InsertConfig:
         related_to: what the shared direction is made of: "random" directions of the category and
             its companion; their "names" (the teacher's name embeddings), so that an alias
             already points between its category and the companion before any layer reads it,
-            and the MLP's table is what tells the two apart; or the "companion"'s name alone, so
-            that without its table an alias reads as the object it co-occurs with.
+            and the MLP's table is what tells the two apart; the "companion"'s name alone, so
+            that without its table an alias reads as the object it co-occurs with; or random
+            directions of the "scene" types that favour the category (``SCENE_TYPES``), so that a
+            weakened table confuses an object with everything its scenes usually hold, which is
+            what most POPE-adversarial negatives are (companions are only about a fifth).
         lore_layer: the decoder layer whose MLP learns the world's lore again (-1 = the lore stays
             where the teacher keeps it). The lore words get new, fixed embeddings too, and on the
             multiple-choice questions about the lore the student's hidden states at the lore words
@@ -112,7 +115,7 @@ class InsertConfig:
     keep_answer_weight: float = 0.0
     embedding_scale: float = 1.0
     related_share: float = 0.0
-    related_to: Literal["random", "names", "companion"] = "random"
+    related_to: Literal["random", "names", "companion", "scene"] = "random"
     lore_layer: int = -1
     lore_read_layers: int = 0
     lore_batch: int = 32
@@ -159,19 +162,37 @@ def new_word_embeddings(n: int, hidden: int, norm: float, seed: int) -> torch.Te
 
 
 def related_directions(categories: torch.Tensor, companion: torch.Tensor, hidden: int, share: float,
-                       seed: int, anchors: torch.Tensor | None = None) -> torch.Tensor:
+                       seed: int, anchors: torch.Tensor | None = None,
+                       groups: torch.Tensor | None = None) -> torch.Tensor:
     """Unit directions [n, hidden] for ``n`` new words naming ``categories`` (n,), where category
     ``c``'s companion is ``companion[c]``: each is ``sqrt(share)`` x its group's direction (the
     normalized sum of the directions of ``c`` and ``companion[c]``: random ones, or ``anchors``
     [C, hidden] when given) plus ``sqrt(1 - share)`` x its own random direction, so two words of
     one category or of a companion pair have a cosine of about ``share``, and unrelated words
-    about 0 (seeded; ``share`` 0 = independent)."""
+    about 0 (seeded; ``share`` 0 = independent). With ``groups`` [C, K] (0/1 membership of each
+    category in K groups, at least one each) the group direction of ``c`` is instead the
+    normalized sum of the random directions of its groups (``companion`` and ``anchors`` unused)."""
     g = torch.Generator().manual_seed(seed)
     unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
     own = unit(torch.randn(len(categories), hidden, generator=g))  # (n, H)
-    per_category = unit(torch.randn(len(companion), hidden, generator=g) if anchors is None else anchors)  # (C, H)
-    group = unit(per_category + per_category[companion])  # (C, H)
+    if groups is not None:
+        group = unit(groups.float() @ unit(torch.randn(groups.shape[1], hidden, generator=g)))  # (C, H)
+    else:
+        per_category = unit(torch.randn(len(companion), hidden, generator=g) if anchors is None else anchors)  # (C, H)
+        group = unit(per_category + per_category[companion])  # (C, H)
     return unit(share ** 0.5 * group[categories] + (1 - share) ** 0.5 * own)
+
+
+def scene_groups() -> torch.Tensor:
+    """Membership [C, K] of each category (``CATEGORY_NAMES`` order) in the scene types that
+    favour it (``SCENE_TYPES``), plus one group of its own for a category no scene type favours."""
+    from hipp_torchprune.world.categories import CATEGORY_NAMES, SCENE_TYPES
+
+    member = torch.tensor([[float(c in s.favoured) for s in SCENE_TYPES] for c in CATEGORY_NAMES])  # (C, S)
+    alone = (member.sum(1) == 0).nonzero().flatten()
+    extra = torch.zeros(len(CATEGORY_NAMES), len(alone))
+    extra[alone, torch.arange(len(alone))] = 1.0
+    return torch.cat([member, extra], dim=1)
 
 
 def cosine_lr(step: int, steps: int, lr: float, min_ratio: float) -> float:
@@ -290,7 +311,7 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
     alias_ids = (data.alias_of >= 0).nonzero().flatten()
     with torch.no_grad():  # new words: fixed random directions at the names' typical length
         norm = float(names.norm(dim=1).mean()) * cfg.embedding_scale
-        anchors = names if cfg.related_to != "random" else None
+        anchors = names if cfg.related_to in ("names", "companion") else None
         emb[alias_ids] = _alias_embeddings(data.alias_of[alias_ids], emb.shape[1], norm, cfg, anchors)
         if len(lore_ids):  # the lore words too, at their own typical length
             lore_norm = float(emb[lore_ids].norm(dim=1).mean()) * cfg.embedding_scale
@@ -328,7 +349,8 @@ def _alias_embeddings(categories: torch.Tensor, hidden: int, norm: float, cfg: I
     companion = torch.tensor([CATEGORY_NAMES.index(COMPANIONS[c]) for c in CATEGORY_NAMES])
     if cfg.related_to == "companion" and anchors is not None:  # each group is the companion's name alone
         anchors, companion = anchors[companion], torch.arange(len(companion))
-    return related_directions(categories, companion, hidden, cfg.related_share, cfg.seed, anchors) * norm
+    groups = scene_groups() if cfg.related_to == "scene" else None
+    return related_directions(categories, companion, hidden, cfg.related_share, cfg.seed, anchors, groups) * norm
 
 
 def every_alias_by_name(ids: torch.Tensor, alias_of: torch.Tensor, name_ids: torch.Tensor) -> torch.Tensor:
@@ -561,5 +583,6 @@ __all__: Sequence[str] = (
     "read_insert_config",
     "related_directions",
     "relative_mse",
+    "scene_groups",
     "trainable_parameters",
 )

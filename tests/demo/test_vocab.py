@@ -23,6 +23,7 @@ from hipp_torchprune.demo.vocab import (
     new_word_embeddings,
     read_insert_config,
     related_directions,
+    scene_groups,
     relative_mse,
     trainable_parameters,
 )
@@ -89,6 +90,30 @@ def test_related_directions_share_a_group_direction_by_the_asked_amount() -> Non
     named = related_directions(cats, companion, hidden=4096, share=0.5, seed=0, anchors=anchors)
     assert named[0, 0].item() == pytest.approx(0.5, abs=0.03) and named[0, 1].item() == pytest.approx(0.5, abs=0.03)
     assert named[4, 3].item() == pytest.approx(0.5, abs=0.03) and abs(named[4, 0].item()) < 0.03
+
+
+def test_related_directions_by_group_membership_share_the_groups_they_have_in_common() -> None:
+    # groups: {0, 1}, {1, 2}, {3}; category 1 is in both of the first two
+    groups = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1]])
+    cats = torch.tensor([0, 0, 1, 2, 3])
+    d = related_directions(cats, torch.zeros(4, dtype=torch.long), hidden=4096, share=0.5, seed=0, groups=groups)
+    cos = d @ d.T
+    assert cos[0, 1].item() == pytest.approx(0.5, abs=0.05)  # one category: the whole share
+    # category 1's group direction is (g0 + g1) / sqrt(2): a cosine of share / sqrt(2) with 0 and 2
+    assert cos[0, 2].item() == pytest.approx(0.5 / 2 ** 0.5, abs=0.05)
+    assert cos[2, 3].item() == pytest.approx(0.5 / 2 ** 0.5, abs=0.05)
+    assert abs(cos[0, 3].item()) < 0.05 and abs(cos[0, 4].item()) < 0.05  # no group in common
+
+
+def test_scene_groups_put_each_category_in_the_scene_types_that_favour_it() -> None:
+    from hipp_torchprune.world.categories import CATEGORY_NAMES, SCENE_TYPES
+
+    g = scene_groups()
+    assert g.shape[0] == len(CATEGORY_NAMES) and g.shape[1] >= len(SCENE_TYPES)
+    assert bool((g.sum(1) >= 1).all())  # every category has a group
+    kitchen = [i for i, s in enumerate(SCENE_TYPES) if s.name == "kitchen"][0]
+    assert g[CATEGORY_NAMES.index("knife"), kitchen] == 1 and g[CATEGORY_NAMES.index("car"), kitchen] == 0
+    assert g[CATEGORY_NAMES.index("cup")].sum() == 2  # kitchen and office
 
 
 def test_cosine_lr_runs_from_peak_to_floor() -> None:
@@ -249,7 +274,7 @@ def test_related_aliases_start_closer_to_their_companions_than_to_other_aliases(
 
     world, src = teacher
     insert_aliases(src, world, tmp_path / "r", replace(INSERT, steps=1, eval_every=0, related_share=0.6), progress=False)
-    for mode in ("names", "companion"):
+    for mode in ("names", "companion", "scene"):
         insert_aliases(src, world, tmp_path / mode, replace(INSERT, steps=1, eval_every=0, related_share=0.6,
                                                             related_to=mode), progress=False)
     key = next(k for k in load_file(src / "model.safetensors") if k.endswith("embed_tokens.weight"))
@@ -269,6 +294,10 @@ def test_related_aliases_start_closer_to_their_companions_than_to_other_aliases(
     to_plate = [float(comp[i] @ comp[name_ids["plate"]]) for i in ids["cup"]]
     to_cup = [float(comp[i] @ comp[name_ids["cup"]]) for i in ids["cup"]]
     assert sum(to_plate) / 3 > sum(to_cup) / 3 + 0.3  # a cup alias starts at "plate", its companion
+    scene = torch.nn.functional.normalize(load_file(tmp_path / "scene" / "model.safetensors")[key].float(), dim=-1)
+    office = [float(scene[i] @ scene[j]) for i in ids["laptop"] for j in ids["lamp"]]  # one scene type
+    apart = [float(scene[i] @ scene[j]) for i in ids["laptop"] for j in ids["bus"]]  # none in common
+    assert sum(office) / len(office) > sum(apart) / len(apart) + 0.3
 
 
 def test_bad_input_is_refused_before_anything_is_written(teacher: tuple[Path, Path], make_world,
