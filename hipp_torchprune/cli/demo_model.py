@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
+    from hipp_torchprune.demo.vocab import InsertConfig
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -16,12 +17,13 @@ def _train(args: argparse.Namespace) -> int:
 
     from hipp_torchprune.data import world_version
     from hipp_torchprune.demo.config import RECIPE_WORLD_VERSION, RECIPES
-    from hipp_torchprune.demo.train import train_demo_model
+    from hipp_torchprune.demo.recipe import RECIPE_INSERT, train_recipe
     from hipp_torchprune.errors import DataError
 
     model_cfg, defaults = RECIPES[args.recipe]
+    insert_cfg = RECIPE_INSERT[args.recipe]
     if args.config is not None:
-        model_cfg, defaults = recipe_overrides(args.config, model_cfg, defaults)
+        model_cfg, defaults, insert_cfg = recipe_overrides(args.config, model_cfg, defaults, insert_cfg)
     if world_version(args.data) != RECIPE_WORLD_VERSION[args.recipe]:
         raise DataError(f"{args.data} is a version-{world_version(args.data)} world; recipe {args.recipe} trains on "
                         f"version {RECIPE_WORLD_VERSION[args.recipe]} (hipp world build --version "
@@ -30,10 +32,13 @@ def _train(args: argparse.Namespace) -> int:
                   batch_size=args.batch_size or defaults.batch_size,
                   eval_every=defaults.eval_every if args.eval_every is None else args.eval_every,
                   threads=args.threads or defaults.threads)
-    summary = train_demo_model(args.data, args.out, model_cfg, cfg, resume=not args.no_resume,
-                               progress=not args.no_progress, device=args.device)
-    print(json.dumps({k: summary[k] for k in ("steps", "train_seconds", "parameters")}
-                     | {"out": str(args.out)}, indent=2))
+    if insert_cfg is not None:  # the seed and thread flags hold for both stages
+        insert_cfg = replace(insert_cfg, seed=args.seed, threads=args.threads or insert_cfg.threads)
+    summary = train_recipe(args.data, args.out, model_cfg, cfg, insert_cfg, resume=not args.no_resume,
+                           progress=not args.no_progress, device=args.device)
+    seconds = summary["train_seconds"] + summary.get("insert", {}).get("seconds", 0.0)
+    print(json.dumps({"steps": summary["steps"], "train_seconds": round(seconds, 1),
+                      "parameters": summary["parameters"], "out": str(args.out)}, indent=2))
     return 0
 
 
@@ -57,24 +62,31 @@ def _insert(args: argparse.Namespace) -> int:
     return 0
 
 
-def recipe_overrides(path: str, model_cfg: DemoModelConfig, cfg: TrainConfig) -> tuple[DemoModelConfig, TrainConfig]:
-    """A recipe with the fields of a YAML file's ``model:`` and ``train:`` mappings replaced.
+def recipe_overrides(path: str, model_cfg: DemoModelConfig, cfg: TrainConfig,
+                     insert_cfg: InsertConfig | None = None) -> tuple[DemoModelConfig, TrainConfig, InsertConfig | None]:
+    """A recipe with the fields of a YAML file's ``model:``, ``train:`` and ``insert:`` mappings
+    replaced (``insert:`` only for a recipe with an insertion stage, ``insert_cfg``).
 
     Unknown sections or fields and values outside a field's choices raise ``ConfigError`` before
     anything is trained or written.
     """
     from hipp_torchprune.config import ConfigError, from_mapping, read_yaml_mapping
     from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
+    from hipp_torchprune.demo.vocab import InsertConfig
 
-    expected = "a mapping with 'model:' and/or 'train:' sections"
+    expected = "a mapping with 'model:', 'train:' and/or 'insert:' sections"
     data = read_yaml_mapping(path, expected)
-    if set(data) - {"model", "train"}:
+    if set(data) - {"model", "train", "insert"}:
         raise ConfigError(f"{path}: expected {expected}")
-    for section in ("model", "train"):
+    for section in ("model", "train", "insert"):
         if not isinstance(data.get(section, {}), dict):
             raise ConfigError(f"{path}: '{section}:' must be a mapping of fields")
+    if "insert" in data and insert_cfg is None:
+        raise ConfigError(f"{path}: 'insert:' given, but this recipe has no vocabulary-insertion stage")
+    if insert_cfg is not None:
+        insert_cfg = from_mapping(InsertConfig, {**asdict(insert_cfg), **data.get("insert", {})}, f"{path}:insert")
     return (from_mapping(DemoModelConfig, {**asdict(model_cfg), **data.get("model", {})}, f"{path}:model"),
-            from_mapping(TrainConfig, {**asdict(cfg), **data.get("train", {})}, f"{path}:train"))
+            from_mapping(TrainConfig, {**asdict(cfg), **data.get("train", {})}, f"{path}:train"), insert_cfg)
 
 
 def register(subparsers: Any) -> None:
@@ -86,12 +98,13 @@ def register(subparsers: Any) -> None:
     train.add_argument("--out", required=True, help="output directory (checkpoint + logs)")
     train.add_argument("--recipe", choices=("v1", "v2"), default="v1",
                        help="architecture and recipe: v1 (default, the shipped model's) or v2 (proving ground v2; "
-                            "needs a --version 2 world)")
+                            "needs a --version 2 world with --aliases: a teacher in OUT/teacher, then vocabulary "
+                            "insertion into OUT)")
     train.add_argument("--config", default=None,
-                       help="YAML file whose 'model:' and 'train:' mappings replace fields of the recipe "
-                            "(DemoModelConfig / TrainConfig); the flags below win over it")
-    train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    train.add_argument("--steps", type=int, default=None, help="optimizer steps (default: recipe)")
+                       help="YAML file whose 'model:', 'train:' and 'insert:' mappings replace fields of the recipe "
+                            "(DemoModelConfig / TrainConfig / InsertConfig); the flags below win over it")
+    train.add_argument("--seed", type=int, default=0, help="training seed, both stages (default 0)")
+    train.add_argument("--steps", type=int, default=None, help="optimizer steps of the first stage (default: recipe)")
     train.add_argument("--batch-size", type=int, default=None, help="batch size (default: recipe)")
     train.add_argument("--eval-every", type=int, default=None, help="calibration eval period (0 = off)")
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads")

@@ -283,16 +283,19 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 RecipeName = Literal["v1", "v2"]
 
-#: Named recipes: the architecture and training recipe of each demo-model generation.
-#: ``v1`` is the shipped model's (4 layers, the defaults above; train on a version-1 world).
-#: ``v2`` is proving ground v2's (issue "Proving ground v2"; train on a ``--version 2`` world):
-#: 8 decoder layers with narrow MLPs (256), object recognition read at layer 1, a world-knowledge
-#: probe at layer 5, the option judge at layer 6, trainable embeddings, one thread (the third
-#: probe's recipe, the best dense quality of the probes in ``docs/demo-model.md``).
+#: Named recipes: the architecture and (first-stage) training recipe of each demo-model generation.
+#: ``v1`` is the first shipped model's (4 layers, the defaults above; train on a version-1 world).
+#: ``v2`` is proving ground v2's teacher (issue "Proving ground v2"; train on a ``--version 2``
+#: world with aliases): 8 decoder layers with narrow MLPs (128), object recognition read at layer
+#: 1, a world-knowledge probe at layer 5, the option judge at layer 6, a trainable vision tower,
+#: every yes/no question asked by the object's name, 12,000 steps on one thread (probe 54 in
+#: ``docs/demo-model.md``). Its second stage, vocabulary insertion, is
+#: :data:`hipp_torchprune.demo.recipe.RECIPE_INSERT`.
 RECIPES: dict[str, tuple[DemoModelConfig, TrainConfig]] = {
     "v1": (DemoModelConfig(), TrainConfig()),
-    "v2": (DemoModelConfig(text_layers=8, text_intermediate=256),
-           TrainConfig(aux_layer=1, option_layer=6, knowledge_weight=1.0, knowledge_layer=5, threads=1)),
+    "v2": (DemoModelConfig(text_layers=8, text_intermediate=128),
+           TrainConfig(steps=12000, aux_layer=1, option_layer=6, knowledge_weight=1.0, knowledge_layer=5, threads=1,
+                       name_share=1.0, vision_lr_scale=1.0)),
 }
 #: The world generator version each recipe trains on.
 RECIPE_WORLD_VERSION: dict[str, int] = {"v1": 1, "v2": 2}

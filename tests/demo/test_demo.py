@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from hipp_torchprune.demo.train import (
     train_demo_model,
 )
 from hipp_torchprune.errors import CheckpointError
+from hipp_torchprune.world.scenes import SceneConfig
 from hipp_torchprune.models.processors import build_llava_processor
 
 TINY = DemoModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, vision_intermediate=64,
@@ -290,21 +291,37 @@ def test_option_head_loss_is_binary_cross_entropy_over_real_slots() -> None:
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_cli_v2_recipe_trains_on_a_v2_world_and_refuses_a_v1_world(world: Path, make_world, tmp_path: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_v2_recipe_trains_a_teacher_then_inserts_and_refuses_worlds_it_cannot_use(
+        world: Path, make_world, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from hipp_torchprune.cli import main
     from hipp_torchprune.demo.config import RECIPES
+    from hipp_torchprune.demo.recipe import RECIPE_INSERT
+    from hipp_torchprune.world.build import build_world
 
+    (tmp_path / "quick.yaml").write_text("insert:\n  steps: 2\n  batch_size: 4\n  keep_batch: 4\n  eval_every: 0\n"
+                                         "  eval_limit: 8\n")
     args = ["demo-model", "train", "--recipe", "v2", "--steps", "2", "--batch-size", "4", "--eval-every", "0",
-            "--no-progress"]
+            "--no-progress", "--seed", "3", "--config", str(tmp_path / "quick.yaml")]
     assert main([*args, "--data", str(world), "--out", str(tmp_path / "bad")]) == 2
     assert "version 2" in capsys.readouterr().err and not (tmp_path / "bad").exists()
-    assert main([*args, "--data", str(make_world(5, 60, version=2)), "--out", str(tmp_path / "v2")]) == 0
-    run = json.loads((tmp_path / "v2" / "run_config.json").read_text())
+    assert main([*args, "--data", str(make_world(5, 60, version=2)), "--out", str(tmp_path / "bad")]) == 2
+    assert "--aliases" in capsys.readouterr().err and not (tmp_path / "bad").exists()  # before the teacher's hour
+    build_world(tmp_path / "w", seed=5, n_images=40, config=SceneConfig(aliases=3), version=2)
+    (tmp_path / "deep.yaml").write_text("insert:\n  layer: 8\n")  # the v2 model has layers 0..7
+    assert main([*args[:-1], str(tmp_path / "deep.yaml"), "--data", str(tmp_path / "w"), "--out", str(tmp_path / "bad")]) == 2
+    assert "layer 8" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main([*args, "--data", str(tmp_path / "w"), "--out", str(tmp_path / "v2")]) == 0
+    run = json.loads((tmp_path / "v2" / "teacher" / "run_config.json").read_text())
     model_cfg, cfg = RECIPES["v2"]
     assert run["model"] == model_cfg.to_dict() and run["model"]["text_layers"] == 8
-    assert run["train"]["knowledge_weight"] == cfg.knowledge_weight > 0
+    assert run["train"]["knowledge_weight"] == cfg.knowledge_weight > 0 and run["train"]["name_share"] == 1.0
     assert (run["train"]["aux_layer"], run["train"]["knowledge_layer"]) == (cfg.aux_layer, cfg.knowledge_layer) == (1, 5)
+    summary = json.loads((tmp_path / "v2" / "train_summary.json").read_text())  # the model is the student
+    expected = replace(RECIPE_INSERT["v2"], steps=2, batch_size=4, keep_batch=4, eval_every=0, eval_limit=8, seed=3)
+    assert summary["insert"]["config"] == json.loads(json.dumps(asdict(expected))) and summary["train"]["seed"] == 3
+    teacher_summary = (tmp_path / "v2" / "teacher" / "train_summary.json").stat().st_mtime_ns
+    assert main([*args, "--data", str(tmp_path / "w"), "--out", str(tmp_path / "v2")]) == 0  # finished: reused
+    assert (tmp_path / "v2" / "teacher" / "train_summary.json").stat().st_mtime_ns == teacher_summary
 
 
 def test_cli_recipe_config_replaces_fields_and_flags_win(world: Path, tmp_path: Path) -> None:
@@ -327,10 +344,11 @@ def test_cli_recipe_config_replaces_fields_and_flags_win(world: Path, tmp_path: 
 
 @pytest.mark.parametrize(("text", "message"), [
     ("train:\n  home_dropot: 0.5\n", "unknown field(s) home_dropot"),
-    ("trian:\n  steps: 3\n", "'model:' and/or 'train:'"),
+    ("trian:\n  steps: 3\n", "'train:' and/or 'insert:'"),
+    ("insert:\n  steps: 3\n", "no vocabulary-insertion stage"),  # recipe v1 is one stage
     ("train:\n  home_dropout_draw: sometimes\n", "is not one of"),
     ("train: 3\n", "must be a mapping"),
-    ("- 1\n- 2\n", "'model:' and/or 'train:'"),
+    ("- 1\n- 2\n", "'train:' and/or 'insert:'"),
 ])
 def test_cli_bad_recipe_config_is_refused_before_writing(world: Path, tmp_path: Path, text: str, message: str,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
