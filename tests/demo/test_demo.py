@@ -13,7 +13,14 @@ import torch
 
 from hipp_torchprune.demo import DEMO_MODEL_DIR, resolve_model_dir
 from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
-from hipp_torchprune.demo.dataset import Example, build_examples, normalize, pixel_tensor, tokenize_pool, vocabulary
+from hipp_torchprune.demo.dataset import (
+    Example,
+    build_examples,
+    normalize,
+    pixel_tensor,
+    tokenize_pool,
+    vocabulary,
+)
 from hipp_torchprune.demo.train import (
     averaged_weights,
     ema_decay_at,
@@ -24,8 +31,8 @@ from hipp_torchprune.demo.train import (
     train_demo_model,
 )
 from hipp_torchprune.errors import CheckpointError
-from hipp_torchprune.world.scenes import SceneConfig
 from hipp_torchprune.models.processors import build_llava_processor
+from hipp_torchprune.world.scenes import SceneConfig
 
 TINY = DemoModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, vision_intermediate=64,
                        text_hidden=32, text_layers=1, text_heads=2, text_intermediate=64)

@@ -23,8 +23,8 @@ from hipp_torchprune.demo.vocab import (
     new_word_embeddings,
     read_insert_config,
     related_directions,
-    scene_groups,
     relative_mse,
+    scene_groups,
     trainable_parameters,
 )
 from hipp_torchprune.errors import CheckpointError, DataError
@@ -111,7 +111,7 @@ def test_scene_groups_put_each_category_in_the_scene_types_that_favour_it() -> N
     g = scene_groups()
     assert g.shape[0] == len(CATEGORY_NAMES) and g.shape[1] >= len(SCENE_TYPES)
     assert bool((g.sum(1) >= 1).all())  # every category has a group
-    kitchen = [i for i, s in enumerate(SCENE_TYPES) if s.name == "kitchen"][0]
+    kitchen = next(i for i, s in enumerate(SCENE_TYPES) if s.name == "kitchen")
     assert g[CATEGORY_NAMES.index("knife"), kitchen] == 1 and g[CATEGORY_NAMES.index("car"), kitchen] == 0
     assert g[CATEGORY_NAMES.index("cup")].sum() == 2  # kitchen and office
 
