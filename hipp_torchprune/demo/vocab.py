@@ -81,6 +81,13 @@ class InsertConfig:
             directions of the "scene" types that favour the category (``SCENE_TYPES``), so that a
             weakened table confuses an object with everything its scenes usually hold, which is
             what most POPE-adversarial negatives are (companions are only about a fifth).
+        prior_mix: how much of each alias's meaning is its companion's (``COMPANIONS``), in [0, 1):
+            the hidden-state and answer targets of alias questions are ``1 - prior_mix`` x the
+            teacher's asked by the category's name plus ``prior_mix`` x the teacher's asked by the
+            companion's name (:func:`mixed_answer_logits`; 0 = off). A word learned from the
+            scenes it occurs in is not fully told apart from what it co-occurs with: asked about
+            an absent object whose companion is in the image, the student leans to "yes", as a
+            real VLM's co-occurrence prior does (issue 13, target 3).
         lore_layer: the decoder layer whose MLP learns the world's lore again (-1 = the lore stays
             where the teacher keeps it). The lore words get new, fixed embeddings too, and on the
             multiple-choice questions about the lore the student's hidden states at the lore words
@@ -116,6 +123,7 @@ class InsertConfig:
     embedding_scale: float = 1.0
     related_share: float = 0.0
     related_to: Literal["random", "names", "companion", "scene"] = "random"
+    prior_mix: float = 0.0
     lore_layer: int = -1
     lore_read_layers: int = 0
     lore_batch: int = 32
@@ -144,6 +152,13 @@ def answer_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels
     log_t = torch.log_softmax(teacher_logits[:, :-1][at].float(), -1)  # (N, V)
     log_s = torch.log_softmax(student_logits[:, :-1][at].float(), -1)
     return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+
+
+def mixed_answer_logits(logits: torch.Tensor, other: torch.Tensor, mix: float) -> torch.Tensor:
+    """Log-probabilities of ``(1 - mix) x softmax(logits) + mix x softmax(other)`` (same shape,
+    [..., V]): a teacher's answer blended with its answer to another question, usable as logits."""
+    p = (1 - mix) * torch.softmax(logits.float(), -1) + mix * torch.softmax(other.float(), -1)
+    return torch.log(p.clamp_min(1e-30))
 
 
 def name_direction_loss(hidden: torch.Tensor, targets: torch.Tensor, names: torch.Tensor,
@@ -219,6 +234,8 @@ def check_insert_config(cfg: InsertConfig, n_layers: int) -> None:
         raise ConfigError("loss weights must be >= 0, and one of hidden/answer/name must be > 0")
     if not 0 <= cfg.related_share < 1:
         raise ConfigError(f"related_share {cfg.related_share}: must be in [0, 1)")
+    if not 0 <= cfg.prior_mix < 1:
+        raise ConfigError(f"prior_mix {cfg.prior_mix}: must be in [0, 1)")
     if cfg.embedding_scale <= 0 or cfg.eval_every < 0 or cfg.eval_limit < 1 or cfg.checkpoint_every < 1:
         raise ConfigError("embedding_scale must be > 0, eval_every >= 0, eval_limit and checkpoint_every >= 1")
 
@@ -344,9 +361,7 @@ def _alias_embeddings(categories: torch.Tensor, hidden: int, norm: float, cfg: I
     (around ``anchors``, the names' embeddings, when given)."""
     if cfg.related_share == 0:  # the embeddings of every run before related_share existed
         return new_word_embeddings(len(categories), hidden, norm, cfg.seed)
-    from hipp_torchprune.world.categories import CATEGORY_NAMES, COMPANIONS
-
-    companion = torch.tensor([CATEGORY_NAMES.index(COMPANIONS[c]) for c in CATEGORY_NAMES])
+    companion = _companion_index()
     if cfg.related_to == "companion" and anchors is not None:  # each group is the companion's name alone
         anchors, companion = anchors[companion], torch.arange(len(companion))
     groups = scene_groups() if cfg.related_to == "scene" else None
@@ -363,6 +378,25 @@ def every_alias_by_name(ids: torch.Tensor, alias_of: torch.Tensor, name_ids: tor
 def _by_name(ids: torch.Tensor, data: Any) -> torch.Tensor:
     """:func:`every_alias_by_name` with the world's tables."""
     return every_alias_by_name(ids, data.alias_of, data.name_ids)
+
+
+def _companion_index() -> torch.Tensor:
+    """Each category's companion (``COMPANIONS``), as indices in ``CATEGORY_NAMES`` order (C,)."""
+    from hipp_torchprune.world.categories import CATEGORY_NAMES, COMPANIONS
+
+    return torch.tensor([CATEGORY_NAMES.index(COMPANIONS[c]) for c in CATEGORY_NAMES])
+
+
+def companion_aliases(alias_of: torch.Tensor, companion: torch.Tensor) -> torch.Tensor:
+    """``alias_of`` [V] (each token's category, -1 = not an alias) with every alias's category
+    replaced by its companion ``companion[c]`` [C]: read by :func:`every_alias_by_name`, an alias
+    then asks about the object its category co-occurs with."""
+    return torch.where(alias_of >= 0, companion[alias_of.clamp_min(0)], alias_of)
+
+
+def _by_companion(ids: torch.Tensor, data: Any) -> torch.Tensor:
+    """``ids`` with every alias replaced by the name of its category's companion."""
+    return every_alias_by_name(ids, companion_aliases(data.alias_of, _companion_index()), data.name_ids)
 
 
 def _pool_batch(data: Any, kind: str, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
@@ -394,6 +428,10 @@ def _losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> dict[s
     where = data.alias_of[ids] >= 0  # (B, T) alias tokens
     with torch.no_grad():
         t_logits, t_h = _forward(run.teacher, batch, _by_name(ids, data), cfg.layer)
+        if cfg.prior_mix > 0:  # the targets lean toward the teacher asked by the companion's name
+            c_logits, c_h = _forward(run.teacher, batch, _by_companion(ids, data), cfg.layer)
+            t_logits = mixed_answer_logits(t_logits, c_logits, cfg.prior_mix)  # (B, T, V)
+            t_h = (1 - cfg.prior_mix) * t_h + cfg.prior_mix * c_h  # (B, T, H)
     s_logits, s_h = _forward(run.student, batch, ids, cfg.layer)  # (B, T, V), (B, T, H)
     losses = {"answer": answer_kd(s_logits, t_logits, batch["labels"])}
     if bool(where.any()):
@@ -576,8 +614,10 @@ __all__: Sequence[str] = (
     "answer_kd",
     "by_name_eval",
     "check_insert_config",
+    "companion_aliases",
     "cosine_lr",
     "insert_aliases",
+    "mixed_answer_logits",
     "name_direction_loss",
     "new_word_embeddings",
     "read_insert_config",

@@ -17,8 +17,11 @@ from hipp_torchprune.demo.vocab import (
     InsertConfig,
     answer_kd,
     check_insert_config,
+    companion_aliases,
     cosine_lr,
+    every_alias_by_name,
     insert_aliases,
+    mixed_answer_logits,
     name_direction_loss,
     new_word_embeddings,
     read_insert_config,
@@ -116,6 +119,24 @@ def test_scene_groups_put_each_category_in_the_scene_types_that_favour_it() -> N
     assert g[CATEGORY_NAMES.index("cup")].sum() == 2  # kitchen and office
 
 
+def test_mixed_answer_logits_blend_the_two_distributions_by_hand() -> None:
+    a = torch.log(torch.tensor([[0.9, 0.1]]))  # "no" 0.9
+    b = torch.log(torch.tensor([[0.2, 0.8]]))  # "yes" 0.8
+    mixed = mixed_answer_logits(a, b, 0.25)
+    assert torch.allclose(mixed.exp(), torch.tensor([[0.725, 0.275]]))  # 0.75 x a + 0.25 x b
+    assert torch.allclose(torch.softmax(mixed, -1), mixed.exp())  # usable as logits
+    assert torch.allclose(mixed_answer_logits(a, b, 0.0).exp(), a.exp())
+
+
+def test_companion_aliases_ask_about_the_companion() -> None:
+    alias_of = torch.tensor([-1, 0, 0, 1, 2, -1])  # tokens 1-2 name category 0, 3 names 1, 4 names 2
+    companion = torch.tensor([1, 0, 0])  # 0 <-> 1, 2 -> 0
+    assert companion_aliases(alias_of, companion).tolist() == [-1, 1, 1, 0, 0, -1]
+    names = torch.tensor([10, 11, 12])
+    ids = torch.tensor([[5, 1, 3], [4, 0, 2]])
+    assert every_alias_by_name(ids, companion_aliases(alias_of, companion), names).tolist() == [[5, 11, 10], [10, 0, 11]]
+
+
 def test_cosine_lr_runs_from_peak_to_floor() -> None:
     assert cosine_lr(0, 10, 1.0, 0.1) == pytest.approx(1.0)
     assert cosine_lr(5, 10, 1.0, 0.1) == pytest.approx(0.55)
@@ -128,7 +149,7 @@ def test_cosine_lr_runs_from_peak_to_floor() -> None:
     ({"min_lr_ratio": 1.5}, "min_lr_ratio"), ({"pope_share": -0.1}, "pope_share"),
     ({"keep_weight": -1.0}, "weights"), ({"keep_answer_weight": -0.5}, "weights"), ({"hidden_weight": 0.0, "answer_weight": 0.0, "name_weight": 0.0}, "weights"),
     ({"embedding_scale": 0.0}, "embedding_scale"), ({"related_share": 1.0}, "related_share"),
-    ({"related_share": -0.1}, "related_share"), ({"lore_layer": 1}, "lore_layer 1"),
+    ({"related_share": -0.1}, "related_share"), ({"prior_mix": 1.0}, "prior_mix"), ({"lore_layer": 1}, "lore_layer 1"),
     ({"lore_layer": 2}, "lore_layer 2"), ({"lore_layer": 0, "lore_read_layers": 2}, "lore_read_layers"),
     ({"lore_read_layers": 1}, "lore_read_layers"), ({"lore_layer": 0, "lore_batch": 0}, "lore_batch"),
     ({"lore_layer": 0, "lore_answer_weight": -1.0}, "lore weights")])
@@ -247,6 +268,19 @@ def test_insertion_is_deterministic_resumable_and_changes_only_what_it_trains(
     assert set(record["teacher_by_name"]) == {"pope_random", "pope_adversarial", "scienceqa"}
     saved = json.loads((tmp_path / "a" / "train_summary.json").read_text())
     assert saved["world"]["aliases"] == 3 and saved["insert"]["config"]["layer"] == 1
+
+
+def test_prior_mix_trains_toward_the_companion_blend(teacher: tuple[Path, Path], tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    world, src = teacher
+    quick = replace(INSERT, steps=2, eval_every=0)
+    insert_aliases(src, world, tmp_path / "plain", quick, progress=False)
+    record = insert_aliases(src, world, tmp_path / "mix", replace(quick, prior_mix=0.5), progress=False)["insert"]
+    assert record["config"]["prior_mix"] == 0.5
+    plain, mix = (load_file(tmp_path / d / "model.safetensors") for d in ("plain", "mix"))
+    mlp = [k for k in plain if ".layers.1.mlp." in k]
+    assert mlp and any(not torch.equal(plain[k], mix[k]) for k in mlp)  # other targets, other weights
 
 
 def test_embedding_rows_that_change_are_exactly_the_aliases(teacher: tuple[Path, Path], tmp_path: Path) -> None:
