@@ -80,7 +80,10 @@ class InsertConfig:
             that without its table an alias reads as the object it co-occurs with; or random
             directions of the "scene" types that favour the category (``SCENE_TYPES``), so that a
             weakened table confuses an object with everything its scenes usually hold, which is
-            what most POPE-adversarial negatives are (companions are only about a fifth).
+            what most POPE-adversarial negatives are (companions are only about a fifth); or
+            "scene_names": each scene type's direction is the sum of its objects' names, so that
+            without its table an alias reads as "something of these scenes" and the model says
+            "yes" when any of them is in the image: a hallucination on a co-occurring object.
         prior_mix: how much of each alias's meaning is its companion's (``COMPANIONS``), in [0, 1):
             the hidden-state and answer targets of alias questions are ``1 - prior_mix`` x the
             teacher's asked by the category's name plus ``prior_mix`` x the teacher's asked by the
@@ -122,7 +125,7 @@ class InsertConfig:
     keep_answer_weight: float = 0.0
     embedding_scale: float = 1.0
     related_share: float = 0.0
-    related_to: Literal["random", "names", "companion", "scene"] = "random"
+    related_to: Literal["random", "names", "companion", "scene", "scene_names"] = "random"
     prior_mix: float = 0.0
     lore_layer: int = -1
     lore_read_layers: int = 0
@@ -186,12 +189,15 @@ def related_directions(categories: torch.Tensor, companion: torch.Tensor, hidden
     one category or of a companion pair have a cosine of about ``share``, and unrelated words
     about 0 (seeded; ``share`` 0 = independent). With ``groups`` [C, K] (0/1 membership of each
     category in K groups, at least one each) the group direction of ``c`` is instead the
-    normalized sum of the random directions of its groups (``companion`` and ``anchors`` unused)."""
+    normalized sum of the directions of its groups (``companion`` unused): random ones, or with
+    ``anchors`` each group's the normalized sum of its members' anchors."""
     g = torch.Generator().manual_seed(seed)
     unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
     own = unit(torch.randn(len(categories), hidden, generator=g))  # (n, H)
     if groups is not None:
-        group = unit(groups.float() @ unit(torch.randn(groups.shape[1], hidden, generator=g)))  # (C, H)
+        per_group = unit(torch.randn(groups.shape[1], hidden, generator=g) if anchors is None
+                         else groups.float().T @ unit(anchors))  # (K, H)
+        group = unit(groups.float() @ per_group)  # (C, H)
     else:
         per_category = unit(torch.randn(len(companion), hidden, generator=g) if anchors is None else anchors)  # (C, H)
         group = unit(per_category + per_category[companion])  # (C, H)
@@ -328,7 +334,7 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
     alias_ids = (data.alias_of >= 0).nonzero().flatten()
     with torch.no_grad():  # new words: fixed random directions at the names' typical length
         norm = float(names.norm(dim=1).mean()) * cfg.embedding_scale
-        anchors = names if cfg.related_to in ("names", "companion") else None
+        anchors = names if cfg.related_to in ("names", "companion", "scene_names") else None
         emb[alias_ids] = _alias_embeddings(data.alias_of[alias_ids], emb.shape[1], norm, cfg, anchors)
         if len(lore_ids):  # the lore words too, at their own typical length
             lore_norm = float(emb[lore_ids].norm(dim=1).mean()) * cfg.embedding_scale
@@ -364,7 +370,7 @@ def _alias_embeddings(categories: torch.Tensor, hidden: int, norm: float, cfg: I
     companion = _companion_index()
     if cfg.related_to == "companion" and anchors is not None:  # each group is the companion's name alone
         anchors, companion = anchors[companion], torch.arange(len(companion))
-    groups = scene_groups() if cfg.related_to == "scene" else None
+    groups = scene_groups() if cfg.related_to in ("scene", "scene_names") else None
     return related_directions(categories, companion, hidden, cfg.related_share, cfg.seed, anchors, groups) * norm
 
 

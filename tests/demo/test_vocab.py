@@ -106,6 +106,11 @@ def test_related_directions_by_group_membership_share_the_groups_they_have_in_co
     assert cos[0, 2].item() == pytest.approx(0.5 / 2 ** 0.5, abs=0.05)
     assert cos[2, 3].item() == pytest.approx(0.5 / 2 ** 0.5, abs=0.05)
     assert abs(cos[0, 3].item()) < 0.05 and abs(cos[0, 4].item()) < 0.05  # no group in common
+    anchors = torch.eye(4, 4096)  # group {0, 1} is (e0 + e1) / sqrt(2); category 3's group is e3
+    named = related_directions(cats, torch.zeros(4, dtype=torch.long), hidden=4096, share=0.5, seed=0,
+                               anchors=anchors, groups=groups)
+    assert named[0, 0].item() == pytest.approx(0.5, abs=0.03) and named[0, 1].item() == pytest.approx(0.5, abs=0.03)
+    assert named[4, 3].item() == pytest.approx(0.5 ** 0.5, abs=0.03) and abs(named[4, 0].item()) < 0.03
 
 
 def test_scene_groups_put_each_category_in_the_scene_types_that_favour_it() -> None:
@@ -308,7 +313,7 @@ def test_related_aliases_start_closer_to_their_companions_than_to_other_aliases(
 
     world, src = teacher
     insert_aliases(src, world, tmp_path / "r", replace(INSERT, steps=1, eval_every=0, related_share=0.6), progress=False)
-    for mode in ("names", "companion", "scene"):
+    for mode in ("names", "companion", "scene", "scene_names"):
         insert_aliases(src, world, tmp_path / mode, replace(INSERT, steps=1, eval_every=0, related_share=0.6,
                                                             related_to=mode), progress=False)
     key = next(k for k in load_file(src / "model.safetensors") if k.endswith("embed_tokens.weight"))
@@ -332,6 +337,11 @@ def test_related_aliases_start_closer_to_their_companions_than_to_other_aliases(
     office = [float(scene[i] @ scene[j]) for i in ids["laptop"] for j in ids["lamp"]]  # one scene type
     apart = [float(scene[i] @ scene[j]) for i in ids["laptop"] for j in ids["bus"]]  # none in common
     assert sum(office) / len(office) > sum(apart) / len(apart) + 0.3
+    scene_named = torch.nn.functional.normalize(load_file(tmp_path / "scene_names" / "model.safetensors")[key].float(),
+                                                dim=-1)
+    lamp = tok.convert_tokens_to_ids("lamp")  # an office object: a laptop alias starts near its name
+    assert sum(float(scene_named[i] @ scene_named[lamp]) for i in ids["laptop"]) / 3 > \
+        sum(float(scene_named[i] @ scene_named[name_ids["car"]]) for i in ids["laptop"]) / 3 + 0.2
 
 
 def test_bad_input_is_refused_before_anything_is_written(teacher: tuple[Path, Path], make_world,

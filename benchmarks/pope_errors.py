@@ -1,0 +1,138 @@
+"""Where does a model say "yes" to an absent object? POPE errors by what the scene holds.
+
+For a world version 2 (companions and occluders), every POPE row of ``--split`` is put in a
+class: the object is present; or absent, and then whether it is the companion
+(``world.categories.COMPANIONS``) of a visible object, how many such missing companions the
+scene has ("pool"), whether the scene has an occluder and whether the occluder hides something.
+Prints each class's count and error rate for POPE-random and POPE-adversarial, dense and, with
+``--sparsity S``, after uniform Wanda pruning to S (mask mode, rows rounded to ``--round-to``).
+Issue 13's target 3 asks that false "yes" on co-occurring absent objects be the error that grows.
+
+``--prior`` first prints what the world itself says: in the train split, how often a missing
+companion is hidden behind the occluder, by occluder and pool size (the answer a model that
+learned the world's occlusion prior would give). ``--by-name`` asks every alias by its
+category's name (a teacher trained by name, ``docs/demo-model.md``).
+
+    python benchmarks/pope_errors.py --model demo --data WORLD_DIR [--sparsity 0.5] [--prior]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+
+import hipp_torchprune as hipp
+from hipp_torchprune.calib_data import calibration_samples
+from hipp_torchprune.data import load_task_docs, parse_tasks, world_render
+from hipp_torchprune.demo.dataset import scene_from_row
+from hipp_torchprune.evaluation import option_logprobs, prepare_eval
+from hipp_torchprune.world.categories import CATEGORY_NAMES, COMPANIONS
+from hipp_torchprune.world.lore import alias_table
+from hipp_torchprune.world.scenes import Scene
+
+TASKS = ("pope_random", "pope_adversarial")
+
+
+def missing_companions(scene: Scene) -> set[str]:
+    """The companions of the scene's visible objects that are not visible themselves."""
+    visible = set(scene.categories)
+    return {COMPANIONS[c] for c in visible if COMPANIONS[c] not in visible}
+
+
+def row_class(scene: Scene, asked: str, present: bool) -> str:
+    """The class of one POPE row: ``present``, or ``absent comp=0|1 pool=N occl=0|1 hid=0|1``."""
+    if present:
+        return "present"
+    pool = missing_companions(scene)
+    comp = asked in pool
+    return (f"absent comp={int(comp)} pool={len(pool) if comp else 0} occl={int(bool(scene.occluders))} "
+            f"hid={int(bool(scene.hidden))}")
+
+
+def occlusion_prior(data: str, split: str = "train") -> dict[tuple[bool, int], tuple[int, float]]:
+    """``{(occluder, pool size): (cases, share hidden)}`` over every missing companion of ``split``."""
+    counts: dict[tuple[bool, int], list[int]] = collections.defaultdict(lambda: [0, 0])
+    for row in pq.read_table(f"{data}/{split}/scenes.parquet").to_pylist():
+        scene = scene_from_row(row)
+        pool, hidden = missing_companions(scene), {o.category for o in scene.hidden}
+        for c in pool:
+            counts[(bool(scene.occluders), len(pool))][0] += 1
+            counts[(bool(scene.occluders), len(pool))][1] += c in hidden
+    return {k: (n, h / n) for k, (n, h) in sorted(counts.items())}
+
+
+def error_table(model: Any, prepared: Any, data: str, split: str) -> dict[str, dict[str, list[int]]]:
+    """``{task: {class: [rows, errors]}}`` of the model's yes/no answers on ``prepared``."""
+    render = world_render(data)
+    inverse = {a: c for c, names in (alias_table(render.aliases) if render.aliases else {}).items() for a in names}
+    scenes = {r["image_source"]: scene_from_row(r) for r in pq.read_table(f"{data}/{split}/scenes.parquet").to_pylist()}
+    out: dict[str, dict[str, list[int]]] = {}
+    for task in prepared.tasks:
+        docs = load_task_docs(data, parse_tasks(task.name)[0], split=split)
+        table: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+        for doc, lp, gold in zip(docs, option_logprobs(model, task), task.gold):
+            word = doc["question"].split()[3]  # "Is there a WORD in the image?"
+            cls = row_class(scenes[doc["image_source"]], inverse.get(word, word), gold == 0)
+            table[cls][0] += 1
+            table[cls][1] += int(bool(lp[0] > lp[1]) != (gold == 0))
+        out[task.name] = dict(sorted(table.items()))
+    return out
+
+
+def _by_name(prepared: Any, model: Any, processor: Any, data: str) -> Any:
+    from hipp_torchprune.demo.train import alias_categories
+    from hipp_torchprune.demo.vocab import by_name_eval
+
+    alias_of = alias_categories(processor.tokenizer, world_render(data))
+    names = torch.tensor(processor.tokenizer.convert_tokens_to_ids(list(CATEGORY_NAMES)))
+    return by_name_eval(prepared, alias_of, names)
+
+
+def _print(title: str, tables: dict[str, dict[str, list[int]]]) -> None:
+    print(f"\n### {title}\n\n| class | " + " | ".join(f"{t}: rows | errors" for t in TASKS) + " |")
+    print("|---|" + "---|---|" * len(TASKS))
+    for cls in sorted({c for t in tables.values() for c in t}):
+        cells = [tables[t].get(cls, [0, 0]) for t in TASKS]
+        print(f"| {cls} | " + " | ".join(f"{n} | {e} ({e / max(n, 1):.1%})" for n, e in cells) + " |")
+
+
+def main() -> None:
+    """Parse the flags, then print the prior and the error tables."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--data", required=True, help="a version-2 world")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--limit", type=int, default=None, help="rows per task (default: all)")
+    parser.add_argument("--sparsity", type=float, default=None, help="also after uniform Wanda pruning to this")
+    parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument("--calib-n", type=int, default=64)
+    parser.add_argument("--by-name", action="store_true", help="ask every alias by its category's name")
+    parser.add_argument("--prior", action="store_true", help="first print the world's occlusion prior")
+    args = parser.parse_args()
+    if args.prior:
+        for (occl, pool), (n, share) in occlusion_prior(args.data).items():
+            print(json.dumps({"occluder": occl, "pool": pool, "cases": n, "hidden": round(share, 3)}))
+    model, processor = hipp.load_model(args.model)
+    prepared = prepare_eval(processor, args.data, ",".join(TASKS), limit=args.limit, split=args.split)
+    if args.by_name:
+        prepared = _by_name(prepared, model, processor, args.data)
+    _print("dense", error_table(model, prepared, args.data, args.split))
+    if args.sparsity is not None:
+        scorer = hipp.importance("wanda", model, hipp.calibrate(model, processor,
+                                                                 calibration_samples(args.data, args.calib_n)))
+        plan = hipp.make_plan(model, "uniform", args.sparsity, round_to=args.round_to, r_max=0.95)
+        masks = hipp.prune_model(model, plan, scorer, mode="mask").masks
+        try:
+            _print(f"uniform Wanda, {plan.realized_sparsity:.3f} realized", error_table(model, prepared, args.data,
+                                                                                       args.split))
+        finally:
+            masks.remove()
+
+
+if __name__ == "__main__":
+    main()
