@@ -1,0 +1,70 @@
+"""benchmarks/pope_errors.py: its classes by hand, the world's occlusion prior, and a run on tiny-llava."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from tests.benchmark_scripts import ROOT, load_benchmark
+
+
+def _script() -> ModuleType:
+    return load_benchmark("pope_errors")
+
+
+def _scene(visible: list[str], hidden: list[str] = (), occluded: bool = False):
+    from hipp_torchprune.world.scenes import ObjectAnn, Scene
+
+    obj = lambda c, i: ObjectAnn(c, i // 3, i % 3, "big", (0, 0, 1, 1))  # noqa: E731
+    return Scene("kitchen", (0.0, 0.0), tuple(obj(c, i) for i, c in enumerate(visible)),
+                 tuple(obj(c, 8) for c in hidden), ((2, 2),) if occluded else ())
+
+
+def test_row_classes_by_hand() -> None:
+    script = _script()
+    # cup <-> plate, knife <-> apple, dog <-> ball: the cup and the knife are missing their companions
+    scene = _scene(["cup", "knife"], occluded=True)
+    assert script.missing_companions(scene) == {"plate", "apple"}
+    assert script.row_class(scene, "cup", present=True) == "present"
+    assert script.row_class(scene, "plate", present=False) == "absent comp=1 pool=2 occl=1 hid=0"
+    assert script.row_class(scene, "dog", present=False) == "absent comp=0 pool=0 occl=1 hid=0"
+    hidden = _scene(["cup", "plate", "knife"], hidden=["apple"], occluded=True)
+    assert script.row_class(hidden, "apple", present=False) == "absent comp=1 pool=1 occl=1 hid=1"
+    assert script.row_class(_scene(["dog", "ball"]), "cup", present=False) == "absent comp=0 pool=0 occl=0 hid=0"
+
+
+def test_occlusion_prior_counts_hidden_companions(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def row(scene) -> dict:  # the columns scenes.parquet has that scene_from_row reads
+        objs = lambda objects: [{"category": o.category, "row": o.row, "col": o.col, "size": o.size,  # noqa: E731
+                                 "bbox": list(o.bbox)} for o in objects]
+        return {"scene_type": scene.scene_type, "objects": objs(scene.objects), "hidden": objs(scene.hidden),
+                "occluders": [list(c) for c in scene.occluders]}
+
+    scenes = [_scene(["cup"], hidden=["plate"], occluded=True), _scene(["cup"], occluded=True),
+              _scene(["cup", "knife"], hidden=["apple"], occluded=True), _scene(["cup"])]
+    (tmp_path / "train").mkdir()
+    pq.write_table(pa.Table.from_pylist([row(s) for s in scenes]),
+                   tmp_path / "train" / "scenes.parquet")
+    prior = _script().occlusion_prior(str(tmp_path))
+    assert prior[(True, 1)] == (2, 0.5)  # one of the two lone missing plates is behind the occluder
+    assert prior[(True, 2)] == (2, 0.5)  # plate (not hidden) and apple (hidden)
+    assert prior[(False, 1)] == (1, 0.0)
+
+
+def test_runs_on_tiny_llava(make_world) -> None:
+    world = make_world(3, 40, version=2)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pope_errors.py"), "--model", "tiny-llava",
+                           "--data", str(world), "--split", "calibration", "--limit", "6", "--calib-n", "4",
+                           "--sparsity", "0.5", "--round-to", "16", "--prior"],
+                          cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "### dense" in proc.stdout and "### uniform Wanda" in proc.stdout and '"occluder": true' in proc.stdout
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| present")]
+    assert len(rows) == 2  # dense and pruned
