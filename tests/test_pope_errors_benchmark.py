@@ -18,7 +18,7 @@ def _script() -> ModuleType:
 def _scene(visible: list[str], hidden: list[str] = (), occluded: bool = False):
     from hipp_torchprune.world.scenes import ObjectAnn, Scene
 
-    obj = lambda c, i: ObjectAnn(c, i // 3, i % 3, "big", (0, 0, 1, 1))  # noqa: E731
+    obj = lambda c, i: ObjectAnn(c, i // 3, i % 3, "big", (0, 0, 1, 1))
     return Scene("kitchen", (0.0, 0.0), tuple(obj(c, i) for i, c in enumerate(visible)),
                  tuple(obj(c, 8) for c in hidden), ((2, 2),) if occluded else ())
 
@@ -41,7 +41,7 @@ def test_occlusion_prior_counts_hidden_companions(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     def row(scene) -> dict:  # the columns scenes.parquet has that scene_from_row reads
-        objs = lambda objects: [{"category": o.category, "row": o.row, "col": o.col, "size": o.size,  # noqa: E731
+        objs = lambda objects: [{"category": o.category, "row": o.row, "col": o.col, "size": o.size,
                                  "bbox": list(o.bbox)} for o in objects]
         return {"scene_type": scene.scene_type, "objects": objs(scene.objects), "hidden": objs(scene.hidden),
                 "occluders": [list(c) for c in scene.occluders]}
