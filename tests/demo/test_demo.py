@@ -329,6 +329,17 @@ def test_cli_v2_recipe_trains_a_teacher_then_inserts_and_refuses_worlds_it_canno
     teacher_summary = (tmp_path / "v2" / "teacher" / "train_summary.json").stat().st_mtime_ns
     assert main([*args, "--data", str(tmp_path / "w"), "--out", str(tmp_path / "v2")]) == 0  # finished: reused
     assert (tmp_path / "v2" / "teacher" / "train_summary.json").stat().st_mtime_ns == teacher_summary
+    longer = [a if a != "2" else "3" for a in args]  # --steps 3: another recipe, so the teacher trains on
+    assert main([*longer, "--data", str(tmp_path / "w"), "--out", str(tmp_path / "v2")]) == 0
+    assert json.loads((tmp_path / "v2" / "teacher" / "train_summary.json").read_text())["steps"] == 3
+    from safetensors.torch import load_file
+
+    from hipp_torchprune.demo.vocab import insert_aliases
+
+    # the student of the new teacher alone: the old insertion state was not resumed onto it
+    insert_aliases(tmp_path / "v2" / "teacher", tmp_path / "w", tmp_path / "fresh", expected, progress=False)
+    fresh, kept = (load_file(tmp_path / d / "model.safetensors") for d in ("fresh", "v2"))
+    assert all(torch.equal(fresh[k], kept[k]) for k in fresh)
 
 
 def test_cli_recipe_config_replaces_fields_and_flags_win(world: Path, tmp_path: Path) -> None:
