@@ -29,13 +29,19 @@ import torch
 import hipp_torchprune as hipp
 from hipp_torchprune.calib_data import calibration_samples
 from hipp_torchprune.data import load_task_docs, parse_tasks, world_render
-from hipp_torchprune.demo.dataset import scene_from_row
+from hipp_torchprune.demo.dataset import scene_from_row, world_aliases
 from hipp_torchprune.evaluation import option_logprobs, prepare_eval
 from hipp_torchprune.world.categories import CATEGORY_NAMES, COMPANIONS
-from hipp_torchprune.world.lore import alias_table
 from hipp_torchprune.world.scenes import Scene
 
 TASKS = ("pope_random", "pope_adversarial")
+
+
+def read_scenes(data: str, split: str) -> dict[str, Scene]:
+    """``{image_source: Scene}`` of a split, read without its images."""
+    table = pq.read_table(f"{data}/{split}/scenes.parquet",
+                          columns=["image_source", "scene_type", "objects", "hidden", "occluders"])
+    return {r["image_source"]: scene_from_row(r) for r in table.to_pylist()}
 
 
 def missing_companions(scene: Scene) -> set[str]:
@@ -57,8 +63,7 @@ def row_class(scene: Scene, asked: str, present: bool) -> str:
 def occlusion_prior(data: str, split: str = "train") -> dict[tuple[bool, int], tuple[int, float]]:
     """``{(occluder, pool size): (cases, share hidden)}`` over every missing companion of ``split``."""
     counts: dict[tuple[bool, int], list[int]] = collections.defaultdict(lambda: [0, 0])
-    for row in pq.read_table(f"{data}/{split}/scenes.parquet").to_pylist():
-        scene = scene_from_row(row)
+    for scene in read_scenes(data, split).values():
         pool, hidden = missing_companions(scene), {o.category for o in scene.hidden}
         for c in pool:
             counts[(bool(scene.occluders), len(pool))][0] += 1
@@ -66,25 +71,32 @@ def occlusion_prior(data: str, split: str = "train") -> dict[tuple[bool, int], t
     return {k: (n, h / n) for k, (n, h) in sorted(counts.items())}
 
 
-def error_table(model: Any, prepared: Any, data: str, split: str) -> dict[str, dict[str, list[int]]]:
-    """``{task: {class: [rows, errors]}}`` of the model's yes/no answers on ``prepared``."""
-    render = world_render(data)
-    inverse = {a: c for c, names in (alias_table(render.aliases) if render.aliases else {}).items() for a in names}
-    scenes = {r["image_source"]: scene_from_row(r) for r in pq.read_table(f"{data}/{split}/scenes.parquet").to_pylist()}
-    out: dict[str, dict[str, list[int]]] = {}
+def row_classes(prepared: Any, data: str, split: str) -> dict[str, list[str]]:
+    """``{task: [class of each row]}`` (:func:`row_class`) of the POPE tasks in ``prepared``."""
+    inverse = {a: c for c, names in (world_aliases(world_render(data)) or {}).items() for a in names}
+    scenes = read_scenes(data, split)
+    out = {}
     for task in prepared.tasks:
         docs = load_task_docs(data, parse_tasks(task.name)[0], split=split)
+        words = [doc["question"].split()[3] for doc in docs]  # "Is there a WORD in the image?"
+        out[task.name] = [row_class(scenes[doc["image_source"]], inverse.get(w, w), gold == 0)
+                          for doc, w, gold in zip(docs, words, task.gold)]
+    return out
+
+
+def error_table(model: Any, prepared: Any, classes: dict[str, list[str]]) -> dict[str, dict[str, list[int]]]:
+    """``{task: {class: [rows, errors]}}`` of the model's yes/no answers on ``prepared``."""
+    out: dict[str, dict[str, list[int]]] = {}
+    for task in prepared.tasks:
         table: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
-        for doc, lp, gold in zip(docs, option_logprobs(model, task), task.gold):
-            word = doc["question"].split()[3]  # "Is there a WORD in the image?"
-            cls = row_class(scenes[doc["image_source"]], inverse.get(word, word), gold == 0)
+        for cls, lp, gold in zip(classes[task.name], option_logprobs(model, task), task.gold):
             table[cls][0] += 1
             table[cls][1] += int(bool(lp[0] > lp[1]) != (gold == 0))
         out[task.name] = dict(sorted(table.items()))
     return out
 
 
-def _by_name(prepared: Any, model: Any, processor: Any, data: str) -> Any:
+def _by_name(prepared: Any, processor: Any, data: str) -> Any:
     from hipp_torchprune.demo.train import alias_categories
     from hipp_torchprune.demo.vocab import by_name_eval
 
@@ -120,16 +132,16 @@ def main() -> None:
     model, processor = hipp.load_model(args.model)
     prepared = prepare_eval(processor, args.data, ",".join(TASKS), limit=args.limit, split=args.split)
     if args.by_name:
-        prepared = _by_name(prepared, model, processor, args.data)
-    _print("dense", error_table(model, prepared, args.data, args.split))
+        prepared = _by_name(prepared, processor, args.data)
+    classes = row_classes(prepared, args.data, args.split)
+    _print("dense", error_table(model, prepared, classes))
     if args.sparsity is not None:
         scorer = hipp.importance("wanda", model, hipp.calibrate(model, processor,
                                                                  calibration_samples(args.data, args.calib_n)))
         plan = hipp.make_plan(model, "uniform", args.sparsity, round_to=args.round_to, r_max=0.95)
         masks = hipp.prune_model(model, plan, scorer, mode="mask").masks
         try:
-            _print(f"uniform Wanda, {plan.realized_sparsity:.3f} realized", error_table(model, prepared, args.data,
-                                                                                       args.split))
+            _print(f"uniform Wanda, {plan.realized_sparsity:.3f} realized", error_table(model, prepared, classes))
         finally:
             masks.remove()
 

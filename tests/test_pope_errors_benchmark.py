@@ -40,16 +40,16 @@ def test_occlusion_prior_counts_hidden_companions(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    def row(scene) -> dict:  # the columns scenes.parquet has that scene_from_row reads
+    def row(scene, i: int) -> dict:  # the columns of scenes.parquet that the benchmark reads
         objs = lambda objects: [{"category": o.category, "row": o.row, "col": o.col, "size": o.size,
                                  "bbox": list(o.bbox)} for o in objects]
-        return {"scene_type": scene.scene_type, "objects": objs(scene.objects), "hidden": objs(scene.hidden),
+        return {"image_source": f"img{i}", "scene_type": scene.scene_type, "objects": objs(scene.objects), "hidden": objs(scene.hidden),
                 "occluders": [list(c) for c in scene.occluders]}
 
     scenes = [_scene(["cup"], hidden=["plate"], occluded=True), _scene(["cup"], occluded=True),
               _scene(["cup", "knife"], hidden=["apple"], occluded=True), _scene(["cup"])]
     (tmp_path / "train").mkdir()
-    pq.write_table(pa.Table.from_pylist([row(s) for s in scenes]),
+    pq.write_table(pa.Table.from_pylist([row(s, i) for i, s in enumerate(scenes)]),
                    tmp_path / "train" / "scenes.parquet")
     prior = _script().occlusion_prior(str(tmp_path))
     assert prior[(True, 1)] == (2, 0.5)  # one of the two lone missing plates is behind the occluder

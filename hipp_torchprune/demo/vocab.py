@@ -291,6 +291,7 @@ class _Insert:
     source: dict[str, Any]  # the teacher's train_summary.json
     lore_ids: torch.Tensor  # (K,) the lore words' tokens (empty without lore_layer)
     lore_rows: torch.Tensor  # (M,) rows of the multiple-choice pool that name a lore word
+    companion_of: torch.Tensor  # (V,) each alias token's companion category (-1 = not an alias)
 
 
 def _load_source(src: Path) -> tuple[Any, dict[str, Any]]:
@@ -343,7 +344,8 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
     named = trainable_parameters(student, cfg)
     opt = torch.optim.Adam([p for _, p in named], lr=cfg.lr)
     calib = prepare_eval(data.processor, data_dir, EVAL_TASKS, limit=cfg.eval_limit, split="calibration")
-    return _Insert(data, teacher, student, named, opt, names, calib, source, lore_ids, lore_rows)
+    companion_of = companion_aliases(data.alias_of, _companion_index())
+    return _Insert(data, teacher, student, named, opt, names, calib, source, lore_ids, lore_rows, companion_of)
 
 
 def _lore_words(data: Any, cfg: InsertConfig, data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -400,11 +402,6 @@ def companion_aliases(alias_of: torch.Tensor, companion: torch.Tensor) -> torch.
     return torch.where(alias_of >= 0, companion[alias_of.clamp_min(0)], alias_of)
 
 
-def _by_companion(ids: torch.Tensor, data: Any) -> torch.Tensor:
-    """``ids`` with every alias replaced by the name of its category's companion."""
-    return every_alias_by_name(ids, companion_aliases(data.alias_of, _companion_index()), data.name_ids)
-
-
 def _pool_batch(data: Any, kind: str, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """``n`` random rows of a pool with their own images."""
     pool = data.pools[kind]
@@ -435,7 +432,8 @@ def _losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> dict[s
     with torch.no_grad():
         t_logits, t_h = _forward(run.teacher, batch, _by_name(ids, data), cfg.layer)
         if cfg.prior_mix > 0:  # the targets lean toward the teacher asked by the companion's name
-            c_logits, c_h = _forward(run.teacher, batch, _by_companion(ids, data), cfg.layer)
+            by_companion = every_alias_by_name(ids, run.companion_of, data.name_ids)
+            c_logits, c_h = _forward(run.teacher, batch, by_companion, cfg.layer)
             t_logits = mixed_answer_logits(t_logits, c_logits, cfg.prior_mix)  # (B, T, V)
             t_h = (1 - cfg.prior_mix) * t_h + cfg.prior_mix * c_h  # (B, T, H)
     s_logits, s_h = _forward(run.student, batch, ids, cfg.layer)  # (B, T, V), (B, T, H)
