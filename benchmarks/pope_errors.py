@@ -28,7 +28,7 @@ import torch
 
 import hipp_torchprune as hipp
 from hipp_torchprune.calib_data import calibration_samples
-from hipp_torchprune.data import load_task_docs, parse_tasks, world_render
+from hipp_torchprune.data import load_task_docs, parse_tasks, world_render, world_version
 from hipp_torchprune.demo.dataset import scene_from_row, world_aliases
 from hipp_torchprune.evaluation import option_logprobs, prepare_eval
 from hipp_torchprune.world.categories import CATEGORY_NAMES, COMPANIONS
@@ -126,6 +126,8 @@ def main() -> None:
     parser.add_argument("--by-name", action="store_true", help="ask every alias by its category's name")
     parser.add_argument("--prior", action="store_true", help="first print the world's occlusion prior")
     args = parser.parse_args()
+    if world_version(args.data) != 2:
+        parser.error(f"{args.data}: a version-1 world has no companions or occluders (hipp world build --version 2)")
     if args.prior:
         for (occl, pool), (n, share) in occlusion_prior(args.data).items():
             print(json.dumps({"occluder": occl, "pool": pool, "cases": n, "hidden": round(share, 3)}))

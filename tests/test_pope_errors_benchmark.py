@@ -68,3 +68,11 @@ def test_runs_on_tiny_llava(make_world) -> None:
     assert "### dense" in proc.stdout and "### uniform Wanda" in proc.stdout and '"occluder": true' in proc.stdout
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| present")]
     assert len(rows) == 2  # dense and pruned
+
+
+def test_a_version_1_world_is_refused_with_a_clear_message(make_world) -> None:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pope_errors.py"), "--model", "tiny-llava",
+                           "--data", str(make_world(0, 40, version=1))],
+                          cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 2 and "version-1 world" in proc.stderr
