@@ -26,12 +26,28 @@ _WORLD_OPTIONS: tuple[tuple[str, type, str], ...] = (
 )
 
 
-def _build(args: argparse.Namespace) -> int:
-    from hipp_torchprune.world.build import build_world
+def _world_kind(args: argparse.Namespace) -> tuple[int, Any]:
+    """The generator version and :class:`SceneConfig` to build: the flags', or with ``--like`` the
+    world the model was trained on (``ConfigError`` when both are given)."""
     from hipp_torchprune.world.scenes import SceneConfig
 
-    manifest = build_world(args.out, seed=args.seed, n_images=args.images, version=args.version,
-                           config=SceneConfig(**{flag: getattr(args, flag) for flag, _, _ in _WORLD_OPTIONS}))
+    given = [f"--{flag}" for flag, _, _ in _WORLD_OPTIONS if getattr(args, flag) is not None]
+    if args.like is None:
+        return args.version or 1, SceneConfig(**{f: getattr(args, f) or kind(0) for f, kind, _ in _WORLD_OPTIONS})
+    from hipp_torchprune.config import ConfigError
+    from hipp_torchprune.demo import resolve_model_dir, training_world
+
+    if given or args.version is not None:
+        raise ConfigError(f"--like {args.like} sets the version and rendering options; drop "
+                          f"{', '.join(given + (['--version'] if args.version is not None else []))}")
+    return training_world(resolve_model_dir(args.like))
+
+
+def _build(args: argparse.Namespace) -> int:
+    from hipp_torchprune.world.build import build_world
+
+    version, config = _world_kind(args)
+    manifest = build_world(args.out, seed=args.seed, n_images=args.images, version=version, config=config)
     summary: dict[str, Any] = {
         "out": str(args.out), "seed": manifest["seed"], "version": manifest["version"], "content_hash": manifest["content_hash"],
         "splits": {s: {"images": v["images"], "pope": sum(v["pope"].values()), "scienceqa": v["scienceqa"]}
@@ -49,9 +65,13 @@ def register(subparsers: Any) -> None:
     build.add_argument("--out", required=True, help="output directory")
     build.add_argument("--seed", type=int, required=True, help="world seed (same seed => same bytes)")
     build.add_argument("--images", type=int, default=6000, help="number of images (default 6000)")
-    build.add_argument("--version", type=int, choices=(1, 2), default=1,
-                       help="world generator: 1 (default; the shipped demo model's world) or 2 (proving "
-                            "ground v2: companions, occluders hiding objects, world-knowledge questions)")
+    build.add_argument("--version", type=int, choices=(1, 2), default=None,
+                       help="world generator: 1 (default) or 2 (proving ground v2: companions, occluders "
+                            "hiding objects, world-knowledge questions)")
+    build.add_argument("--like", default=None, metavar="MODEL",
+                       help="build a world like the one MODEL ('demo' or a demo-format model directory) was "
+                            "trained on: its version and rendering options, from its train_summary.json "
+                            "(not with --version or the rendering flags)")
     for flag, kind, text in _WORLD_OPTIONS:
-        build.add_argument(f"--{flag}", type=kind, default=kind(0), help=text)
+        build.add_argument(f"--{flag}", type=kind, default=None, help=text)
     build.set_defaults(func=_build)

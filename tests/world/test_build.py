@@ -92,3 +92,25 @@ def test_cli_world_build(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["world", "build", "--out", str(tmp_path / "w"), "--seed", "5", "--images", "30"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["seed"] == 5 and (tmp_path / "w" / "test" / "pope.parquet").is_file()
+
+
+def test_cli_world_build_like_a_model_takes_its_training_world(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from hipp_torchprune.data import world_render, world_version
+    from hipp_torchprune.world.scenes import SceneConfig
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "train_summary.json").write_text(json.dumps(
+        {"world": {"version": 2, "jitter": 0.5, "faint": 0.1, "noise": 8.0, "companion": 0.7, "occluder": 0.6}}))
+    assert main(["world", "build", "--out", str(tmp_path / "w"), "--seed", "5", "--images", "30",
+                 "--like", str(model)]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 2
+    assert (world_version(tmp_path / "w"), world_render(tmp_path / "w")) == (
+        2, SceneConfig(jitter=0.5, faint=0.1, noise=8.0, companion=0.7, occluder=0.6))
+    for extra, message in ((["--version", "2"], "drop --version"), (["--noise", "4"], "drop --noise"),
+                           ([], "does not exist")):
+        like = str(model if extra else tmp_path / "none")
+        assert main(["world", "build", "--out", str(tmp_path / "x"), "--seed", "5", "--like", like, *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before anything was written
