@@ -40,12 +40,11 @@ def build_argv(extra: list[str]) -> list[str]:
 
 
 def ensure_world(argv: list[str]) -> None:
-    """Build the world named by ``--data`` when it does not exist yet."""
-    data = Path(argv[argv.index("--data") + 1])
-    if not (data / "manifest.json").is_file():
-        from hipp_torchprune.world import build_world
+    """Build the world named by ``--data`` when it does not exist yet, like the one ``--model``
+    was trained on (generator version and rendering options; ``hipp world build --like``)."""
+    from hipp_torchprune.demo_job import demo_world
 
-        build_world(data, WORLD_SEED, WORLD_IMAGES)
+    demo_world(argv[argv.index("--model") + 1], Path(argv[argv.index("--data") + 1]), WORLD_SEED, WORLD_IMAGES)
 
 
 if __name__ == "__main__":

@@ -38,15 +38,18 @@ def main() -> None:
 
     import torch
 
-    from hipp_torchprune.evaluation import evaluate, load_model_and_processor, prepare_eval
+    from hipp_torchprune.evaluation import (
+        evaluate,
+        load_model_and_processor,
+        prepare_eval,
+    )
 
     torch.set_num_threads(args.threads)
     data = args.data
     if data is None:
-        from hipp_torchprune.world.build import build_world
+        from hipp_torchprune.demo_job import demo_world
 
-        data = str(Path(tempfile.mkdtemp()) / "world")
-        build_world(data, seed=12345, n_images=300)
+        data = str(demo_world(args.model, Path(tempfile.mkdtemp()) / "world", seed=12345, n_images=300))
     model, processor = load_model_and_processor(args.model, device="cpu")
     task = "pope_adversarial"
     evaluate(model, processor, data, task, limit=args.n, batch_size=args.batch_size)  # warm-up

@@ -154,10 +154,9 @@ def main() -> None:
     parser.add_argument("--calib-n", type=int, default=64)
     parser.add_argument("--limit", type=int, default=600)
     args = parser.parse_args()
-    if not (Path(args.world) / "manifest.json").exists():
-        from hipp_torchprune.world import build_world
+    from hipp_torchprune.demo_job import demo_world
 
-        build_world(args.world, seed=23, n_images=2000)
+    demo_world(args.model, args.world, seed=23, n_images=2000)  # built like the model's world when missing
     report = run(args)
     text = summary(report)
     (Path(args.out) / "summary.md").write_text(text)

@@ -22,6 +22,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -46,12 +47,11 @@ def timed(fn: Callable[[], object], device: str) -> float:
 
 def cpu_setup(model_spec: str) -> tuple[torch.nn.Module, Callable[[], object]]:
     """The demo model and a forward over 64 POPE prompts (images included)."""
+    from hipp_torchprune.demo_job import demo_world
     from hipp_torchprune.evaluation import last_position_logprobs, prepare_eval
-    from hipp_torchprune.world import build_world
 
     model, processor = hipp.load_model(model_spec)
-    world = tempfile.mkdtemp(prefix="hipp-bench-world-")
-    build_world(world, seed=11, n_images=300)
+    world = demo_world(model_spec, Path(tempfile.mkdtemp(prefix="hipp-bench-world-")) / "world", seed=11, n_images=300)
     batch = prepare_eval(processor, world, "pope_adversarial", limit=64, batch_size=64).tasks[0].batches[0]
     return model, lambda: last_position_logprobs(model, batch)
 
