@@ -143,7 +143,8 @@ def main() -> None:
     parser.add_argument("--sparsities", type=lambda s: [float(x) for x in s.split(",")],
                         default=[0.2, 0.3, 0.4, 0.5])
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--round-to", type=int, default=32)
+    parser.add_argument("--round-to", type=int, default=8,
+                        help="kept widths are multiples of this (default 8: 1/16 of the v2 demo model's 128-row MLPs)")
     parser.add_argument("--r-max", type=float, default=0.95)
     parser.add_argument("--limit", type=int, default=300)
     parser.add_argument("--calib-n", type=int, default=64)

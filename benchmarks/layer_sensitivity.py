@@ -88,7 +88,8 @@ def main() -> None:
     parser.add_argument("--split", default="test", help="split the drops are measured on (calibration or test)")
     parser.add_argument("--limit", type=int, default=None, help="rows per task (default: all)")
     parser.add_argument("--calib-n", type=int, default=64)
-    parser.add_argument("--round-to", type=int, default=32)
+    parser.add_argument("--round-to", type=int, default=8,
+                        help="kept widths are multiples of this (default 8: 1/16 of the v2 demo model's 128-row MLPs)")
     parser.add_argument("--out", default=None, help="write the profiles and summaries as JSON here")
     parser.add_argument("--feature-limit", type=int, default=128,
                         help="calibration rows per task for the proposed margin-drop feature (0 = skip it)")
