@@ -492,6 +492,9 @@ def test_resuming_with_another_model_config_is_a_checkpoint_error(world: Path, t
     cfg = TrainConfig(steps=4, batch_size=4, warmup_steps=1, eval_every=0, checkpoint_every=2, pool_rounds=1,
                       threads=1, curriculum=(), **GROUNDING_IN_LM)
     assert train_demo_model(world, tmp_path / "run", TINY, cfg, progress=False, stop_at=2)["stopped"]
+    before = (tmp_path / "run" / "run_config.json").read_text()
     with pytest.raises(CheckpointError, match="does not match this model config"):  # not a bare size-mismatch error
         train_demo_model(world, tmp_path / "run", replace(TINY, text_intermediate=TINY.text_intermediate * 2), cfg,
                          progress=False)
+    # the refused run left the record of the checkpoint's config, which export_checkpoint reads
+    assert (tmp_path / "run" / "run_config.json").read_text() == before
