@@ -118,6 +118,36 @@ def _print(title: str, tables: dict[str, dict[str, list[int]]]) -> None:
         print(f"| {cls} | " + " | ".join(f"{n} | {e} ({e / max(n, 1):.1%})" for n, e in cells) + " |")
 
 
+def summary(tables: dict[str, dict[str, list[int]]]) -> dict[str, Any]:
+    """Each task's accuracy (= balanced accuracy: POPE splits are half present), false "yes"
+    (errors on absent objects; those on missing companions of visible objects apart) and misses
+    (errors on present objects), in %, and the gap POPE-random minus POPE-adversarial."""
+    out: dict[str, Any] = {}
+    for task, table in tables.items():
+        rows = sum(n for n, _ in table.values())
+        count = {"present": 0, "comp": 0, "other": 0}
+        for cls, (_, errors) in table.items():
+            count["present" if cls == "present" else "comp" if "comp=1" in cls else "other"] += errors
+        out[task] = {"accuracy": 100 * (1 - sum(count.values()) / rows),
+                     "false_yes": 100 * (count["comp"] + count["other"]) / rows,
+                     "false_yes_companions": 100 * count["comp"] / rows, "misses": 100 * count["present"] / rows}
+    out["gap"] = out["pope_random"]["accuracy"] - out["pope_adversarial"]["accuracy"]
+    return out
+
+
+def _print_summary(states: dict[str, dict[str, Any]]) -> None:
+    print("\n### summary (% of each split's rows)\n\n| state | POPE-random | POPE-adversarial | gap (rand - adv) | "
+          "false yes rand / adv | of which on missing companions | misses rand / adv |\n|---|---|---|---|---|---|---|")
+    for name, sm in states.items():
+        r, a = sm["pope_random"], sm["pope_adversarial"]
+        print(f"| {name} | {r['accuracy']:.1f} | {a['accuracy']:.1f} | {sm['gap']:.2f} | {r['false_yes']:.1f} / "
+              f"{a['false_yes']:.1f} | {r['false_yes_companions']:.1f} / {a['false_yes_companions']:.1f} | "
+              f"{r['misses']:.1f} / {a['misses']:.1f} |")
+    if len(states) == 2:
+        dense, pruned = states.values()
+        print(f"\nThe gap widens by {pruned['gap'] - dense['gap']:.2f} points under pruning.")
+
+
 def main() -> None:
     """Parse the flags, then print the prior and the error tables."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -141,16 +171,20 @@ def main() -> None:
     if args.by_name:
         prepared = _by_name(prepared, processor, args.data)
     classes = row_classes(prepared, args.data, args.split)
-    _print("dense", error_table(model, prepared, classes))
+    states = {"dense": error_table(model, prepared, classes)}
+    _print("dense", states["dense"])
     if args.sparsity is not None:
         scorer = hipp.importance("wanda", model, hipp.calibrate(model, processor,
                                                                  calibration_samples(args.data, args.calib_n)))
         plan = hipp.make_plan(model, "uniform", args.sparsity, round_to=args.round_to, r_max=0.95)
         masks = hipp.prune_model(model, plan, scorer, mode="mask").masks
+        name = f"uniform Wanda, {plan.realized_sparsity:.3f} realized"
         try:
-            _print(f"uniform Wanda, {plan.realized_sparsity:.3f} realized", error_table(model, prepared, classes))
+            states[name] = error_table(model, prepared, classes)
         finally:
             masks.remove()
+        _print(name, states[name])
+    _print_summary({name: summary(tables) for name, tables in states.items()})
 
 
 if __name__ == "__main__":

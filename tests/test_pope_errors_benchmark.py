@@ -68,6 +68,7 @@ def test_runs_on_tiny_llava(make_world) -> None:
     assert "### dense" in proc.stdout and "### uniform Wanda" in proc.stdout and '"occluder": true' in proc.stdout
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| present")]
     assert len(rows) == 2  # dense and pruned
+    assert "| dense |" in proc.stdout and "The gap widens by" in proc.stdout
 
 
 def test_a_version_1_world_is_refused_with_a_clear_message(make_world) -> None:
@@ -76,3 +77,16 @@ def test_a_version_1_world_is_refused_with_a_clear_message(make_world) -> None:
                            "--data", str(make_world(0, 40, version=1))],
                           cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 2 and "version-1 world" in proc.stderr
+
+
+def test_summary_by_hand() -> None:
+    tables = {"pope_random": {"present": [4, 1], "absent comp=0 pool=0 occl=0 hid=0": [3, 0],
+                              "absent comp=1 pool=1 occl=0 hid=0": [1, 0]},
+              "pope_adversarial": {"present": [4, 1], "absent comp=0 pool=0 occl=0 hid=0": [2, 1],
+                                   "absent comp=1 pool=2 occl=1 hid=0": [2, 1]}}
+    sm = _script().summary(tables)
+    # random: 1 miss in 8 rows; adversarial: 1 miss + 1 false yes on a companion + 1 on another object
+    assert sm["pope_random"] == {"accuracy": 87.5, "false_yes": 0.0, "false_yes_companions": 0.0, "misses": 12.5}
+    assert sm["pope_adversarial"] == {"accuracy": 62.5, "false_yes": 25.0, "false_yes_companions": 12.5,
+                                      "misses": 12.5}
+    assert sm["gap"] == 25.0
