@@ -96,10 +96,10 @@ def register(subparsers: Any) -> None:
     train = sub.add_parser("train", help="train from scratch on a world's train split (resumable)")
     train.add_argument("--data", required=True, help="world directory (from `hipp world build`)")
     train.add_argument("--out", required=True, help="output directory (checkpoint + logs)")
-    train.add_argument("--recipe", choices=("v1", "v2"), default="v1",
-                       help="architecture and recipe: v1 (default, the shipped model's) or v2 (proving ground v2; "
-                            "needs a --version 2 world with --aliases: a teacher in OUT/teacher, then vocabulary "
-                            "insertion into OUT)")
+    train.add_argument("--recipe", choices=("v1", "v2"), default="v2",
+                       help="architecture and recipe: v2 (default, the shipped model's: 8 decoder layers, trained on "
+                            "a --version 2 world with --aliases; a teacher in OUT/teacher, then vocabulary insertion "
+                            "into OUT) or v1 (the earlier 4-layer model, one stage on a version-1 world)")
     train.add_argument("--config", default=None,
                        help="YAML file whose 'model:', 'train:' and 'insert:' mappings replace fields of the recipe "
                             "(DemoModelConfig / TrainConfig / InsertConfig); the flags below win over it")

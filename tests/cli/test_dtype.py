@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from hipp_torchprune.cli import main
-from hipp_torchprune.demo import DEMO_MODEL_DIR
+from hipp_torchprune.demo import DEMO_MODEL_DIR, training_world
 from hipp_torchprune.errors import HippError
 
 
@@ -21,7 +22,9 @@ class _Loaded(HippError):
 def _commands(tmp: Path) -> dict[str, list[str]]:
     world = tmp / "world"
     world.mkdir(exist_ok=True)
-    (world / "manifest.json").write_text("{}")  # `hipp demo` would otherwise build a world first
+    # `hipp demo` would otherwise build a world first, and refuses one unlike the model's training world
+    version, render = training_world(DEMO_MODEL_DIR)
+    (world / "manifest.json").write_text(json.dumps({"version": version, **dataclasses.asdict(render)}))
     return {
         "prune": ["prune", "--importance", "magnitude"],
         "calibrate": ["calibrate", "--data", "random"],

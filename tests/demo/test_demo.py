@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -145,12 +146,13 @@ def test_train_is_deterministic_and_resumes(world: Path, tmp_path: Path, recipe:
 
 @pytest.mark.skipif(not (DEMO_MODEL_DIR / "config.json").is_file(), reason="demo checkpoint not shipped")
 def test_shipped_checkpoint() -> None:
+    """Issue 13, target 1: at least 8 decoder layers, at most 20 MB, loadable as LLaVA."""
     cfg = json.loads((DEMO_MODEL_DIR / "config.json").read_text())
-    text = cfg["text_config"]
-    assert text["num_hidden_layers"] >= 4 and text["intermediate_size"] >= 512
+    assert cfg["text_config"]["num_hidden_layers"] >= 8
     size = sum(p.stat().st_size for p in DEMO_MODEL_DIR.iterdir())
-    assert size <= 25 * 2**20
+    assert size <= 20 * 2**20
     assert resolve_model_dir("demo") == DEMO_MODEL_DIR
+    assert not any(p.suffix == ".pt" or p.is_dir() for p in DEMO_MODEL_DIR.iterdir())  # no checkpoints, no teacher
     from hipp_torchprune.evaluation import load_model_and_processor
 
     model, processor = load_model_and_processor("demo", device="cpu")
@@ -160,17 +162,34 @@ def test_shipped_checkpoint() -> None:
 
 @pytest.mark.skipif(not (DEMO_MODEL_DIR / "train_summary.json").is_file(), reason="demo checkpoint not shipped")
 def test_shipped_checkpoint_was_trained_with_the_recipe_defaults() -> None:
-    """The model card's command (the defaults and its ``--seed``) reproduces the shipped run's configuration."""
+    """The model card's commands (the world build, then the v2 recipe with its ``--seed``)
+    reproduce the shipped run's configuration: both stages and the world."""
+    from hipp_torchprune.demo.config import RECIPES
+    from hipp_torchprune.demo.recipe import RECIPE_INSERT
+    from hipp_torchprune.demo.vocab import InsertConfig
+
     summary = json.loads((DEMO_MODEL_DIR / "train_summary.json").read_text())
     seed = summary["train"]["seed"]
-    defaults = json.loads(json.dumps(TrainConfig(seed=seed).to_dict()))  # tuples -> lists, as in the JSON
+    model_cfg, train_cfg = RECIPES["v2"]
+    insert_cfg = RECIPE_INSERT["v2"]
+    assert insert_cfg is not None
+
+    def as_json(cfg: Any) -> Any:
+        return json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as in the JSON
+
     # a field added after the run is absent from its summary and means that knob's default (off)
-    assert json.loads(json.dumps(TrainConfig(**summary["train"]).to_dict())) == defaults
+    assert as_json(DemoModelConfig(**summary["model"])) == as_json(model_cfg)
+    assert as_json(TrainConfig(**summary["train"])) == as_json(replace(train_cfg, seed=seed))
+    assert summary["steps"] == train_cfg.steps
+    insert = summary["insert"]
+    assert as_json(InsertConfig(**insert["config"])) == as_json(replace(insert_cfg, seed=seed))
+    assert insert["steps"] == insert_cfg.steps
     card = (Path(__file__).parents[2] / "docs" / "demo-model.md").read_text()
-    assert f"demo-model train --data out/world-s1 --out out/demo-run --seed {seed}" in card
-    model = json.loads(json.dumps(DemoModelConfig(**summary["model"]).to_dict()))  # later fields: defaults
-    assert model == json.loads(json.dumps(DemoModelConfig().to_dict()))
-    assert summary["steps"] == defaults["steps"]
+    assert f"demo-model train --recipe v2 --data out/world7-s1 --out out/demo-v2 --seed {seed}" in card
+    world = summary["world"]
+    flags = " ".join(f"--{k} {world[k]:g}" for k in ("jitter", "faint", "noise", "lore", "aliases", "companion",
+                                                    "occluder"))
+    assert f"world build --out out/world7-s1 --seed 1 --images 6000 --version {world['version']} {flags}" in card
 
 
 def test_weight_ema_is_what_is_saved_and_exported(world: Path, tmp_path: Path) -> None:
@@ -226,7 +245,7 @@ def test_cli_trains_the_recipe(world: Path, tmp_path: Path, capsys: pytest.Captu
 
     out = tmp_path / "run"
     with torch_threads(1):  # the recipe's own thread count (2) holds for the run only
-        assert main(["demo-model", "train", "--data", str(world), "--out", str(out), "--steps", "2",
+        assert main(["demo-model", "train", "--recipe", "v1", "--data", str(world), "--out", str(out), "--steps", "2",
                      "--batch-size", "4", "--eval-every", "0", "--device", "cpu", "--no-progress"]) == 0
         assert torch.get_num_threads() == 1
     summary = json.loads(capsys.readouterr().out)
@@ -373,7 +392,7 @@ def test_cli_bad_recipe_config_is_refused_before_writing(world: Path, tmp_path: 
     from hipp_torchprune.cli import main
 
     (tmp_path / "bad.yaml").write_text(text)
-    args = ["demo-model", "train", "--data", str(world), "--out", str(tmp_path / "m"), "--config",
+    args = ["demo-model", "train", "--recipe", "v1", "--data", str(world), "--out", str(tmp_path / "m"), "--config",
             str(tmp_path / "bad.yaml"), "--steps", "1", "--no-progress"]
     assert main(args) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "m").exists()

@@ -97,15 +97,16 @@ def demo_lm() -> HippVLM:
     return HippVLM(pretrained="demo", dtype="float64", batch_size=3)
 
 
-def _generation_requests(lm: HippVLM, world: Path, kwargs: list[dict]) -> list[Instance]:
-    """One ``generate_until`` request per kwargs dict, on successive POPE images and prompts."""
+def _generation_requests(lm: HippVLM, world: Path, kwargs: list[dict], rows: list[int] | None = None) -> list[Instance]:
+    """One ``generate_until`` request per kwargs dict: the POPE question and image of successive
+    test rows, or of ``rows``."""
     from hipp_torchprune.data import TASKS, decode_image, load_task_docs
 
-    docs = load_task_docs(world, TASKS["pope_adversarial"], limit=len(kwargs))
+    rows = list(range(len(kwargs))) if rows is None else rows
+    docs = load_task_docs(world, TASKS["pope_adversarial"], limit=max(rows) + 1)
     lm.task_dict = {"t": {"test": [{"image": decode_image(d["image"], "x")} for d in docs]}}
-    prompts = ["List the objects.", docs[0]["question"], "Describe the image."]
-    return [Instance("generate_until", (prompts[i % 3], kw, lambda doc: [doc["image"]], i, "t", "test"), idx=0,
-                     metadata={"task": "t", "doc_id": i, "repeats": 1}) for i, kw in enumerate(kwargs)]
+    return [Instance("generate_until", (docs[r]["question"], kw, lambda doc: [doc["image"]], r, "t", "test"), idx=0,
+                     metadata={"task": "t", "doc_id": r, "repeats": 1}) for r, kw in zip(rows, kwargs, strict=True)]
 
 
 def _generate(lm: HippVLM, reqs: list[Instance], batch_size: int) -> list[GenerationResult]:
@@ -117,11 +118,15 @@ def _generate(lm: HippVLM, reqs: list[Instance], batch_size: int) -> list[Genera
 
 
 def test_generation_does_not_depend_on_batch_size(demo_lm: HippVLM, world: Path) -> None:
-    # the demo model answers with object lists ("dog bird car ..."); stop request 1 at its 2nd word
-    uncut = _generate(demo_lm, _generation_requests(demo_lm, world, [{"max_new_tokens": 16}] * 3), 1)
+    # the demo model sometimes lists objects before its yes/no ("car bird cup Yes"): take three
+    # such rows, so that a cut at 2 tokens and a stop at request 1's 2nd word both change the text
+    scan = _generate(demo_lm, _generation_requests(demo_lm, world, [{"max_new_tokens": 16}] * 12), 3)
+    rows = [i for i, r in enumerate(scan) if len(r.text.split()) >= 3][:3]
+    assert len(rows) == 3, [r.text for r in scan]
+    uncut = [scan[i] for i in rows]
     stop = " " + uncut[1].text.split()[1]
     kwargs = [{"max_new_tokens": 2}, {"max_new_tokens": 16, "until": [stop]}, {"max_new_tokens": 16}]
-    reqs = _generation_requests(demo_lm, world, kwargs)
+    reqs = _generation_requests(demo_lm, world, kwargs, rows)
     one, three = _generate(demo_lm, reqs, 1), _generate(demo_lm, reqs, 3)
     assert [(r.text, r.token_counts) for r in one] == [(r.text, r.token_counts) for r in three]
     # and each request got its own settings, not the first request's
