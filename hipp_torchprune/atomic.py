@@ -49,6 +49,11 @@ def write_atomic(path: str | Path, write: Callable[[str], object]) -> Path:
     return path
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`write_atomic` (all or nothing)."""
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def write_dir_atomic(directory: str | Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp_dir)`` to fill a new temporary sibling directory, then move it to ``directory``.
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from hipp_torchprune.atomic import write_atomic
+from hipp_torchprune.atomic import write_text_atomic
 from hipp_torchprune.errors import HippError
 from hipp_torchprune.methods import DEFAULT_ROW_SCORE, ROW_SCORES
 from hipp_torchprune.recovery.config import RecoveryConfig
@@ -170,7 +170,7 @@ def fmt_pm(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> st
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def cell_key(table: str, method: str, preference: Sequence[float] | None, seed: int) -> str:

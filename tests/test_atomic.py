@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hipp_torchprune.atomic import ordinary_file_modes, write_atomic, write_dir_atomic
+from hipp_torchprune.atomic import ordinary_file_modes, write_atomic, write_dir_atomic, write_text_atomic
 
 
 @pytest.fixture
@@ -42,6 +42,12 @@ def test_failed_file_write_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="disk full"):
         write_atomic(tmp_path / "a.txt", broken)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_text_replaces_an_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text("old")
+    assert write_text_atomic(tmp_path / "a.json", '{"new": 1}') == tmp_path / "a.json"
+    assert (tmp_path / "a.json").read_text() == '{"new": 1}' and [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
 def test_directory_and_contents_get_the_umask_modes(tmp_path: Path, umask_027: None) -> None:

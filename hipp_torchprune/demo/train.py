@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hipp_torchprune.atomic import ordinary_file_modes, write_atomic
+from hipp_torchprune.atomic import ordinary_file_modes, write_text_atomic
 from hipp_torchprune.data import world_render, world_version
 from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig, lr_at
 from hipp_torchprune.demo.dataset import (
@@ -771,7 +771,7 @@ def _train_demo_model(data_dir: str | Path, out_dir: str | Path, model_cfg: Demo
         _save_checkpoint(ckpt, run.model, heads, run.opt, 0, rng, elapsed, run.shadow)
     # written once the checkpoint is known to fit (a refused resume leaves the old record)
     record = json.dumps({"model": model_cfg.to_dict(), "train": cfg.to_dict()}, indent=2)
-    write_atomic(out_dir / "run_config.json", lambda tmp: Path(tmp).write_text(record))
+    write_text_atomic(out_dir / "run_config.json", record)
     sched = torch.optim.lr_scheduler.LambdaLR(run.opt, lambda s: lr_at(s, cfg), last_epoch=step - 1)
     mix = np.array([cfg.mix_pope, cfg.mix_mc, cfg.mix_caption, cfg.mix_short, cfg.mix_relation, cfg.mix_lm,
                     cfg.mix_fact, cfg.mix_alias], dtype=np.float64)

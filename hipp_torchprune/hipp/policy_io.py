@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from hipp_torchprune.atomic import write_atomic
+from hipp_torchprune.atomic import write_atomic, write_text_atomic
 from hipp_torchprune.errors import CheckpointError, HippError
 from hipp_torchprune.hipp.policy import Policy, PolicyConfig, make_policy
 from hipp_torchprune.hipp.preferences import validate_preference
@@ -77,7 +77,7 @@ def save_policy(directory: str | Path, policy: Policy, profile: ModelProfile, ro
             "kind": policy.kind, "n_features": policy.n_features, "round_to": round_to, "profile": profile.to_dict(),
             "state": dataclasses.asdict(state), **(extra or {})}
     write_atomic(directory / "policy.safetensors", lambda tmp: save_file(weights, tmp))
-    write_atomic(directory / "policy.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+    write_text_atomic(directory / "policy.json", json.dumps(meta, indent=1))
     return directory
 
 

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from hipp_torchprune.atomic import write_atomic
+from hipp_torchprune.atomic import write_atomic, write_text_atomic
 from hipp_torchprune.errors import CheckpointError
 from hipp_torchprune.methods import DEFAULT_ROW_SCORE
 from hipp_torchprune.pruning.calibration import CalibrationStats
@@ -116,7 +116,7 @@ def save_calibration(directory: str | Path, profile: ModelProfile, stats: Calibr
     tensors = {f"in_sq/{k}": v.contiguous() for k, v in stats.in_sq.items()}
     meta = {**profile.to_dict(), "n_tokens": stats.n_tokens, "source": source or {}}
     write_atomic(directory / "calibration.safetensors", lambda tmp: save_file(tensors, tmp))
-    write_atomic(directory / "profile.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+    write_text_atomic(directory / "profile.json", json.dumps(meta, indent=1))
     return directory
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import trange
 
-from hipp_torchprune.atomic import write_atomic
+from hipp_torchprune.atomic import write_text_atomic
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.gate import GateConfig, QuantileBand
 from hipp_torchprune.hipp.grpo import balanced_gradients, gated_policy_loss, group_advantages, scalarize
@@ -262,7 +262,7 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
             learner.save(ckpt, step + 1)
     if writer is not None:
         writer.close()
-        write_atomic(out_dir / "train_log.json", lambda tmp: Path(tmp).write_text(json.dumps(history)))
+        write_text_atomic(out_dir / "train_log.json", json.dumps(history))
     if config.deploy == "best" and best.weights is not None:
         policy.load_state_dict(best.weights)
     return policy.eval(), history
