@@ -91,6 +91,16 @@ class InsertConfig:
             scenes it occurs in is not fully told apart from what it co-occurs with: asked about
             an absent object whose companion is in the image, the student leans to "yes", as a
             real VLM's co-occurrence prior does (issue 13, target 3).
+        scene_batch: POPE rows per step asked with a scene word instead of the alias (0 = off): the
+            alias's group direction alone (:func:`group_directions`, with ``related_to`` "scene"
+            or "scene_names"), a word that means "something of this object's scenes". Its target
+            is the teacher asked by a stand-in (:func:`scene_stand_ins`): an object in the image
+            that the image's scene type favours when that type also favours the asked one, else
+            the asked object itself. The student so learns a scene-level answer beside the
+            alias table; when pruning weakens the table's per-alias rows, an alias falls back
+            toward it and says "yes" to absent objects that fit the scene, the co-occurrence
+            hallucination POPE-adversarial probes (issue 13, target 3).
+        scene_weight: weight of the answer distillation on those rows.
         lore_layer: the decoder layer whose MLP learns the world's lore again (-1 = the lore stays
             where the teacher keeps it). The lore words get new, fixed embeddings too, and on the
             multiple-choice questions about the lore the student's hidden states at the lore words
@@ -127,6 +137,8 @@ class InsertConfig:
     related_share: float = 0.0
     related_to: Literal["random", "names", "companion", "scene", "scene_names"] = "random"
     prior_mix: float = 0.0
+    scene_batch: int = 0
+    scene_weight: float = 1.0
     lore_layer: int = -1
     lore_read_layers: int = 0
     lore_batch: int = 32
@@ -191,17 +203,33 @@ def related_directions(categories: torch.Tensor, companion: torch.Tensor, hidden
     category in K groups, at least one each) the group direction of ``c`` is instead the
     normalized sum of the directions of its groups (``companion`` unused): random ones, or with
     ``anchors`` each group's the normalized sum of its members' anchors."""
+    own, group = _direction_parts(len(categories), companion, hidden, seed, anchors, groups)
+    return _unit(share ** 0.5 * group[categories] + (1 - share) ** 0.5 * own)
+
+
+def group_directions(n_words: int, companion: torch.Tensor, hidden: int, seed: int,
+                     anchors: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """The shared part [C, hidden] of :func:`related_directions` for ``n_words`` words (same
+    arguments, same seed): each category's group direction alone, the word that names "something
+    of this category's scenes" and no object in particular."""
+    return _direction_parts(n_words, companion, hidden, seed, anchors, groups)[1]
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def _direction_parts(n: int, companion: torch.Tensor, hidden: int, seed: int, anchors: torch.Tensor | None,
+                     groups: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(own [n, H], group [C, H]) unit directions of :func:`related_directions`, drawn in its order."""
     g = torch.Generator().manual_seed(seed)
-    unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
-    own = unit(torch.randn(len(categories), hidden, generator=g))  # (n, H)
+    own = _unit(torch.randn(n, hidden, generator=g))  # (n, H)
     if groups is not None:
-        per_group = unit(torch.randn(groups.shape[1], hidden, generator=g) if anchors is None
-                         else groups.float().T @ unit(anchors))  # (K, H)
-        group = unit(groups.float() @ per_group)  # (C, H)
-    else:
-        per_category = unit(torch.randn(len(companion), hidden, generator=g) if anchors is None else anchors)  # (C, H)
-        group = unit(per_category + per_category[companion])  # (C, H)
-    return unit(share ** 0.5 * group[categories] + (1 - share) ** 0.5 * own)
+        per_group = _unit(torch.randn(groups.shape[1], hidden, generator=g) if anchors is None
+                          else groups.float().T @ _unit(anchors))  # (K, H)
+        return own, _unit(groups.float() @ per_group)  # (C, H)
+    per_category = _unit(torch.randn(len(companion), hidden, generator=g) if anchors is None else anchors)  # (C, H)
+    return own, _unit(per_category + per_category[companion])  # (C, H)
 
 
 def scene_groups() -> torch.Tensor:
@@ -214,6 +242,18 @@ def scene_groups() -> torch.Tensor:
     extra = torch.zeros(len(CATEGORY_NAMES), len(alone))
     extra[alone, torch.arange(len(alone))] = 1.0
     return torch.cat([member, extra], dim=1)
+
+
+def scene_stand_ins(asked: Sequence[str], scene_types: Sequence[str], visible: Sequence[Sequence[str]],
+                    favoured: dict[str, Sequence[str]]) -> list[str]:
+    """For each row, the object whose answer a scene word's answer copies: the first visible
+    object that the image's scene type favours when that type also favours the ``asked`` one,
+    else the asked object itself (``favoured``: scene type -> its categories)."""
+    out = []
+    for name, scene, seen in zip(asked, scene_types, visible, strict=True):
+        fits = favoured.get(scene, ())
+        out.append(next((o for o in seen if o in fits), name) if name in fits else name)
+    return out
 
 
 def cosine_lr(step: int, steps: int, lr: float, min_ratio: float) -> float:
@@ -242,6 +282,10 @@ def check_insert_config(cfg: InsertConfig, n_layers: int) -> None:
         raise ConfigError(f"related_share {cfg.related_share}: must be in [0, 1)")
     if not 0 <= cfg.prior_mix < 1:
         raise ConfigError(f"prior_mix {cfg.prior_mix}: must be in [0, 1)")
+    if cfg.scene_batch < 0 or cfg.scene_weight < 0 or (cfg.scene_batch and (
+            cfg.related_share == 0 or cfg.related_to not in ("scene", "scene_names"))):
+        raise ConfigError(f"scene_batch {cfg.scene_batch}: must be >= 0 (scene_weight >= 0), and > 0 only with "
+                          "related_share > 0 and related_to 'scene' or 'scene_names'")
     if cfg.embedding_scale <= 0 or cfg.eval_every < 0 or cfg.eval_limit < 1 or cfg.checkpoint_every < 1:
         raise ConfigError("embedding_scale must be > 0, eval_every >= 0, eval_limit and checkpoint_every >= 1")
 
@@ -292,6 +336,7 @@ class _Insert:
     lore_ids: torch.Tensor  # (K,) the lore words' tokens (empty without lore_layer)
     lore_rows: torch.Tensor  # (M,) rows of the multiple-choice pool that name a lore word
     companion_of: torch.Tensor  # (V,) each alias token's companion category (-1 = not an alias)
+    scene_words: torch.Tensor | None  # (C, H) each category's scene word (None without scene_batch)
 
 
 def _load_source(src: Path) -> tuple[Any, dict[str, Any]]:
@@ -337,6 +382,7 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
         norm = float(names.norm(dim=1).mean()) * cfg.embedding_scale
         anchors = names if cfg.related_to in ("names", "companion", "scene_names") else None
         emb[alias_ids] = _alias_embeddings(data.alias_of[alias_ids], emb.shape[1], norm, cfg, anchors)
+        scene_words = _scene_words(len(alias_ids), emb.shape[1], norm, cfg, anchors)
         if len(lore_ids):  # the lore words too, at their own typical length
             lore_norm = float(emb[lore_ids].norm(dim=1).mean()) * cfg.embedding_scale
             emb[lore_ids] = new_word_embeddings(len(lore_ids), emb.shape[1], lore_norm, cfg.seed + 1)
@@ -345,7 +391,8 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
     opt = torch.optim.Adam([p for _, p in named], lr=cfg.lr)
     calib = prepare_eval(data.processor, data_dir, EVAL_TASKS, limit=cfg.eval_limit, split="calibration")
     companion_of = companion_aliases(data.alias_of, _companion_index())
-    return _Insert(data, teacher, student, named, opt, names, calib, source, lore_ids, lore_rows, companion_of)
+    return _Insert(data, teacher, student, named, opt, names, calib, source, lore_ids, lore_rows, companion_of,
+                   scene_words)
 
 
 def _lore_words(data: Any, cfg: InsertConfig, data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -374,6 +421,14 @@ def _alias_embeddings(categories: torch.Tensor, hidden: int, norm: float, cfg: I
         anchors, companion = anchors[companion], torch.arange(len(companion))
     groups = scene_groups() if cfg.related_to in ("scene", "scene_names") else None
     return related_directions(categories, companion, hidden, cfg.related_share, cfg.seed, anchors, groups) * norm
+
+
+def _scene_words(n_aliases: int, hidden: int, norm: float, cfg: InsertConfig,
+                 anchors: torch.Tensor | None) -> torch.Tensor | None:
+    """Each category's scene word [C, hidden] at the aliases' length (None without ``scene_batch``)."""
+    if not cfg.scene_batch:
+        return None
+    return group_directions(n_aliases, _companion_index(), hidden, cfg.seed, anchors, scene_groups()) * norm
 
 
 def every_alias_by_name(ids: torch.Tensor, alias_of: torch.Tensor, name_ids: torch.Tensor) -> torch.Tensor:
@@ -441,7 +496,35 @@ def _losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> dict[s
     if bool(where.any()):
         losses["hidden"] = relative_mse(s_h[where], t_h[where])
         losses["name"] = name_direction_loss(s_h[where], data.alias_of[ids][where], run.names)
+    if cfg.scene_batch:
+        losses |= _scene_losses(run, cfg, rng)
     return losses | _keep_losses(run, cfg, rng) | (_lore_losses(run, cfg, rng) if cfg.lore_layer >= 0 else {})
+
+
+def _scene_losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """POPE rows asked with the scene word of the alias: the student's answers against the
+    teacher's asked by the stand-in's name (:func:`scene_stand_ins`)."""
+    from hipp_torchprune.world.categories import CATEGORY_NAMES, SCENE_TYPES
+
+    data, pool = run.data, run.data.pools["pope"]
+    idx = torch.from_numpy(rng.integers(0, len(pool.lengths), size=cfg.scene_batch))
+    idx = idx[(data.alias_of[pool.input_ids[idx]] >= 0).any(1)]  # rows that ask by alias
+    batch = make_batch(pool, idx, data.pixels, data.mean, data.std)
+    ids = batch["input_ids"]
+    where = data.alias_of[ids] >= 0  # (B, T) the asked alias
+    asked = data.alias_of[ids].amax(1)  # (B,) its category (one alias per POPE row)
+    scenes = [data.scenes[int(i)] for i in pool.image[idx]]
+    stand = scene_stand_ins([CATEGORY_NAMES[int(c)] for c in asked], [s.scene_type for s in scenes],
+                            [s.categories for s in scenes], {t.name: t.favoured for t in SCENE_TYPES})
+    stand_ids = data.name_ids[torch.tensor([CATEGORY_NAMES.index(n) for n in stand])]  # (B,)
+    with torch.no_grad():
+        t_ids = torch.where(where, stand_ids.unsqueeze(1), ids)  # (B, T)
+        t_logits = _forward_all(run.teacher, batch, t_ids)[0]  # (B, T, V)
+    embeds = run.student.get_input_embeddings()(ids)  # (B, T, H)
+    embeds = torch.where(where.unsqueeze(-1), run.scene_words[asked].unsqueeze(1).to(embeds.dtype), embeds)
+    out = run.student(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                      pixel_values=batch["pixel_values"], use_cache=False)
+    return {"scene": answer_kd(out.logits, t_logits, batch["labels"])}
 
 
 def _keep_losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
@@ -620,6 +703,7 @@ __all__: Sequence[str] = (
     "check_insert_config",
     "companion_aliases",
     "cosine_lr",
+    "group_directions",
     "insert_aliases",
     "mixed_answer_logits",
     "name_direction_loss",
@@ -628,5 +712,6 @@ __all__: Sequence[str] = (
     "related_directions",
     "relative_mse",
     "scene_groups",
+    "scene_stand_ins",
     "trainable_parameters",
 )

@@ -20,6 +20,7 @@ from hipp_torchprune.demo.vocab import (
     companion_aliases,
     cosine_lr,
     every_alias_by_name,
+    group_directions,
     insert_aliases,
     mixed_answer_logits,
     name_direction_loss,
@@ -28,6 +29,7 @@ from hipp_torchprune.demo.vocab import (
     related_directions,
     relative_mse,
     scene_groups,
+    scene_stand_ins,
     trainable_parameters,
 )
 from hipp_torchprune.errors import CheckpointError, DataError
@@ -113,6 +115,33 @@ def test_related_directions_by_group_membership_share_the_groups_they_have_in_co
     assert named[4, 3].item() == pytest.approx(0.5 ** 0.5, abs=0.03) and abs(named[4, 0].item()) < 0.03
 
 
+def test_group_directions_are_the_shared_part_of_the_related_directions() -> None:
+    groups = torch.tensor([[1, 0], [1, 1], [0, 1]])
+    cats = torch.tensor([0, 0, 1, 2])
+    args = (torch.zeros(3, dtype=torch.long), 4096)
+    d = related_directions(cats, *args, share=0.6, seed=3, groups=groups)
+    g = group_directions(len(cats), *args, seed=3, groups=groups)  # (C, H)
+    assert g.shape == (3, 4096) and torch.allclose(g.norm(dim=1), torch.ones(3))
+    # each word's projection on its category's scene word is sqrt(share); its own part is orthogonal to it
+    assert torch.allclose((d * g[cats]).sum(1), torch.full((4,), 0.6 ** 0.5), atol=0.03)
+    assert torch.allclose(related_directions(cats, *args, share=0.0, seed=3, groups=groups) @ g.T,
+                          torch.zeros(4, 3), atol=0.05)
+    assert not torch.allclose(g, group_directions(len(cats), *args, seed=4, groups=groups))
+
+
+@pytest.mark.parametrize(("asked", "scene", "visible", "expected"), [
+    ("cup", "kitchen", ("car", "knife", "plate"), "knife"),  # absent, fits the kitchen: its first kitchen object
+    ("cup", "kitchen", ("car", "dog"), "cup"),  # nothing of the kitchen to copy: the truth
+    ("car", "kitchen", ("knife",), "car"),  # the kitchen does not favour cars: the truth
+    ("knife", "kitchen", ("knife", "cup"), "knife"),  # present and first: itself
+    ("cup", "garden", ("tree",), "cup"),  # scene types not listed favour nothing
+])
+def test_scene_stand_ins_copy_an_object_of_the_scene_only_when_the_scene_fits(
+        asked: str, scene: str, visible: tuple[str, ...], expected: str) -> None:
+    favoured = {"kitchen": ("cup", "knife", "plate"), "street": ("car",)}
+    assert scene_stand_ins([asked], [scene], [visible], favoured) == [expected]
+
+
 def test_scene_groups_put_each_category_in_the_scene_types_that_favour_it() -> None:
     from hipp_torchprune.world.categories import CATEGORY_NAMES, SCENE_TYPES
 
@@ -154,7 +183,10 @@ def test_cosine_lr_runs_from_peak_to_floor() -> None:
     ({"min_lr_ratio": 1.5}, "min_lr_ratio"), ({"pope_share": -0.1}, "pope_share"),
     ({"keep_weight": -1.0}, "weights"), ({"keep_answer_weight": -0.5}, "weights"), ({"hidden_weight": 0.0, "answer_weight": 0.0, "name_weight": 0.0}, "weights"),
     ({"embedding_scale": 0.0}, "embedding_scale"), ({"related_share": 1.0}, "related_share"),
-    ({"related_share": -0.1}, "related_share"), ({"prior_mix": 1.0}, "prior_mix"), ({"lore_layer": 1}, "lore_layer 1"),
+    ({"related_share": -0.1}, "related_share"), ({"prior_mix": 1.0}, "prior_mix"),
+    ({"scene_batch": -1}, "scene_batch"), ({"scene_batch": 4, "related_share": 0.5}, "scene_batch"),
+    ({"scene_batch": 4, "related_share": 0.5, "related_to": "scene", "scene_weight": -1.0}, "scene_batch"),
+    ({"scene_batch": 4}, "scene_batch"), ({"lore_layer": 1}, "lore_layer 1"),
     ({"lore_layer": 2}, "lore_layer 2"), ({"lore_layer": 0, "lore_read_layers": 2}, "lore_read_layers"),
     ({"lore_read_layers": 1}, "lore_read_layers"), ({"lore_layer": 0, "lore_batch": 0}, "lore_batch"),
     ({"lore_layer": 0, "lore_answer_weight": -1.0}, "lore weights")])
@@ -286,6 +318,24 @@ def test_prior_mix_trains_toward_the_companion_blend(teacher: tuple[Path, Path],
     plain, mix = (load_file(tmp_path / d / "model.safetensors") for d in ("plain", "mix"))
     mlp = [k for k in plain if ".layers.1.mlp." in k]
     assert mlp and any(not torch.equal(plain[k], mix[k]) for k in mlp)  # other targets, other weights
+
+
+def test_scene_words_add_a_logged_loss_that_changes_the_run(teacher: tuple[Path, Path], tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    world, src = teacher
+    cfg = replace(INSERT, steps=2, eval_every=0, related_share=0.5, related_to="scene")
+    insert_aliases(src, world, tmp_path / "off", cfg, progress=False)
+    insert_aliases(src, world, tmp_path / "on", replace(cfg, scene_batch=4), progress=False)
+    acc = EventAccumulator(str(tmp_path / "on" / "runs"))
+    acc.Reload()
+    assert "loss/scene" in acc.Tags()["scalars"]
+    assert all(math.isfinite(e.value) and e.value > 0 for e in acc.Scalars("loss/scene"))
+    off, on = (load_file(tmp_path / n / "model.safetensors") for n in ("off", "on"))
+    emb = next(k for k in off if k.endswith("embed_tokens.weight"))
+    assert torch.equal(off[emb], on[emb])  # the scene words are inputs, never vocabulary rows
+    assert any(not torch.equal(off[k], on[k]) for k in off if ".layers.1.mlp." in k)
 
 
 def test_embedding_rows_that_change_are_exactly_the_aliases(teacher: tuple[Path, Path], tmp_path: Path) -> None:
