@@ -23,6 +23,8 @@ _WORLD_OPTIONS: tuple[tuple[str, type, str], ...] = (
                          "already in the scene, the co-occurrence a language prior learns (default 0: 0.5)")),
     ("occluder", float, ("version 2 only: probability in [0, 1] that a scene has an occluder, which may hide "
                         "a companion that training counts as present (default 0: 0.4)")),
+    ("family", float, ("version 2 only: blend each icon's colour this far, in [0, 1], toward the hue of "
+                      "the scene types that favour its category, so co-occurring objects look alike (default 0)")),
 )
 
 

@@ -39,11 +39,14 @@ class SceneType:
         name: scene type name ("kitchen").
         background: RGB base colour of the background.
         favoured: category names that appear preferentially in this scene type.
+        family: RGB hue its favoured categories' icons lean toward when a world renders with
+            ``family`` > 0 (``SceneConfig.family``): things of one kind of scene look alike.
     """
 
     name: str
     background: tuple[int, int, int]
     favoured: tuple[str, ...]
+    family: tuple[int, int, int] = (128, 128, 128)
 
 
 RED = (220, 30, 30)
@@ -88,10 +91,10 @@ CATEGORIES: tuple[Category, ...] = (
 
 #: Scene types; each favours six categories (with some overlap between types).
 SCENE_TYPES: tuple[SceneType, ...] = (
-    SceneType("kitchen", (70, 55, 45), ("cup", "apple", "banana", "bottle", "knife", "plate")),
-    SceneType("street", (55, 55, 60), ("car", "bus", "sign", "bicycle", "dog", "bird")),
-    SceneType("office", (40, 48, 70), ("cup", "book", "phone", "laptop", "clock", "lamp")),
-    SceneType("garden", (35, 65, 40), ("tree", "flower", "bird", "dog", "ball", "apple")),
+    SceneType("kitchen", (70, 55, 45), ("cup", "apple", "banana", "bottle", "knife", "plate"), (235, 190, 120)),
+    SceneType("street", (55, 55, 60), ("car", "bus", "sign", "bicycle", "dog", "bird"), (80, 130, 230)),
+    SceneType("office", (40, 48, 70), ("cup", "book", "phone", "laptop", "clock", "lamp"), (210, 110, 210)),
+    SceneType("garden", (35, 65, 40), ("tree", "flower", "bird", "dog", "ball", "apple"), (140, 230, 80)),
 )
 
 #: Probability that an object is drawn from the scene type's favoured set.

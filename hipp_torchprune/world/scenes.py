@@ -73,6 +73,11 @@ class SceneConfig:
             to an absent companion more often, as a real VLM's language prior does.
         occluder: probability in [0, 1] that a scene has an occluder, which may hide a companion
             that training counts as present (world v2 only; 0 = the v2 default, ``P_OCCLUDER``).
+        family: how far, in [0, 1], each icon's colour is blended toward the hue of the scene
+            types that favour its category (``SceneType.family``; the mean hue for a category
+            two types favour; world v2 only; 0 = off): objects that co-occur then look alike and
+            differ mostly by shape, so a model that sees less sharply confuses an absent object
+            with a present one of the same kind of scene, the error POPE-adversarial probes.
     """
 
     image_size: int = 64
@@ -85,6 +90,7 @@ class SceneConfig:
     aliases: int = 0
     companion: float = 0.0
     occluder: float = 0.0
+    family: float = 0.0
 
     def manifest_fields(self) -> dict[str, float]:
         """The rendering options a world's manifest records: only those that are on, so worlds
@@ -111,9 +117,10 @@ class SceneConfig:
 
 #: The world options of :class:`SceneConfig` a manifest records, and their upper bounds.
 RENDER_LIMITS: dict[str, float] = {"jitter": 1.0, "faint": 1.0, "noise": 64.0, "variants": 3, "lore": 4000,
-                                     "aliases": 200, "companion": 1.0, "occluder": 1.0}
+                                     "aliases": 200, "companion": 1.0, "occluder": 1.0,
+                                     "family": 1.0}
 #: Those of them that only world version 2 has (version 1 has no companions, occluders or lore).
-V2_ONLY_OPTIONS: tuple[str, ...] = ("lore", "aliases", "companion", "occluder")
+V2_ONLY_OPTIONS: tuple[str, ...] = ("lore", "aliases", "companion", "occluder", "family")
 #: Those of them that are counts.
 INTEGER_OPTIONS: frozenset[str] = frozenset({"variants", "lore", "aliases"})
 
@@ -315,6 +322,16 @@ def instance_look(scene: Scene, obj: ObjectAnn, variants: int) -> Look:
     return looks[int(np.random.default_rng(zlib.crc32(key.encode())).integers(len(looks)))]
 
 
+def family_colour(colour: tuple[int, int, int], category: str, family: float) -> tuple[int, int, int]:
+    """``colour`` blended by ``family`` toward the mean ``SceneType.family`` hue of the scene types
+    that favour ``category`` (unchanged when ``family`` is 0 or no type favours it)."""
+    hues = [t.family for t in SCENE_TYPES if category in t.favoured]
+    if family <= 0 or not hues:
+        return colour
+    hue = np.mean(np.array(hues, dtype=np.float64), axis=0)
+    return tuple(int(round((1 - family) * c + family * h)) for c, h in zip(colour, hue, strict=True))  # type: ignore[return-value]
+
+
 def instance_appearance(scene: Scene, obj: ObjectAnn, jitter: float,
                         colour: tuple[int, int, int] | None = None) -> tuple[tuple[int, int, int, int],
                                                                             tuple[int, int, int]]:
@@ -388,6 +405,7 @@ def render_scene(scene: Scene, config: SceneConfig = SceneConfig()) -> Image.Ima
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
         shape, base = instance_look(scene, obj, config.variants)
+        base = family_colour(base, obj.category, config.family)
         box, colour = instance_appearance(scene, obj, config.jitter, base)
         if is_faint(scene, obj, config.faint):  # 70 % background at the icon's centre
             under = pixels[min((box[1] + box[3]) // 2, size - 1), min((box[0] + box[2]) // 2, size - 1)]

@@ -19,7 +19,7 @@ from hipp_torchprune.world.categories import (
     SCENE_TYPES,
 )
 from hipp_torchprune.world.pope import CooccurrenceStats, pope_pairs
-from hipp_torchprune.world.scenes import Scene, SceneConfig, ObjectAnn, render_scene, sample_scene
+from hipp_torchprune.world.scenes import Scene, SceneConfig, ObjectAnn, family_colour, render_scene, sample_scene
 from hipp_torchprune.world.scienceqa import q_knowledge, q_places
 
 N = 4000
@@ -293,4 +293,47 @@ def test_companion_and_occluder_options_are_recorded_and_refused_on_v1_or_out_of
     for flag in ("--companion", "--occluder"):
         assert main(["world", "build", "--out", str(tmp_path / "bad"), "--seed", "0", "--images", "3",
                      "--version", "2", flag, "1.5"]) == 2
+    assert not (tmp_path / "v1").exists() and not (tmp_path / "bad").exists()
+
+
+def test_family_colour_blends_toward_the_mean_hue_of_the_scene_types_that_favour_it() -> None:
+    kitchen, office = (next(t for t in SCENE_TYPES if t.name == n) for n in ("kitchen", "office"))
+    # knife: only the kitchen favours it; 0.5 of the way from gray to the kitchen hue, by hand
+    assert family_colour((150, 150, 150), "knife", 0.5) == tuple(round((150 + h) / 2) for h in kitchen.family)
+    # cup: kitchen and office; the target is their mean hue
+    mean = [(a + b) / 2 for a, b in zip(kitchen.family, office.family)]
+    assert family_colour((245, 245, 245), "cup", 1.0) == tuple(round(m) for m in mean)
+    assert family_colour((245, 245, 245), "cup", 0.0) == (245, 245, 245)
+    assert len({t.family for t in SCENE_TYPES}) == len(SCENE_TYPES)  # every kind of scene its own hue
+
+
+def test_family_makes_objects_of_one_scene_type_look_alike_and_zero_draws_the_old_world() -> None:
+    scene = Scene("kitchen", (0.0, 0.0), (ObjectAnn("bottle", 0, 0, "big", (2, 2, 14, 14)),
+                                          ObjectAnn("knife", 0, 1, "big", (18, 2, 30, 14)),
+                                          ObjectAnn("car", 0, 2, "big", (34, 2, 46, 14))))
+    plain = np.asarray(render_scene(scene), dtype=float)
+    assert (np.asarray(render_scene(scene, SceneConfig(family=0.0)), dtype=float) == plain).all()
+
+    def colour(image: np.ndarray, x: int) -> np.ndarray:
+        return image[8, x]  # an icon's centre row
+
+    alike = np.asarray(render_scene(scene, SceneConfig(family=0.8)), dtype=float)
+    gap = lambda im, a, b: np.abs(colour(im, a) - colour(im, b)).sum()  # noqa: E731
+    assert gap(alike, 8, 24) < 0.5 * gap(plain, 8, 24)  # bottle and knife (kitchen) come together
+    assert gap(alike, 8, 40) > gap(alike, 8, 24) + 100  # the car (street) stays apart
+
+
+def test_family_option_is_recorded_and_refused_on_v1_or_out_of_range(tmp_path: Path) -> None:
+    from hipp_torchprune.cli import main
+    from hipp_torchprune.data import world_render
+    from hipp_torchprune.errors import DataError
+    from hipp_torchprune.world.build import build_world
+
+    assert main(["world", "build", "--out", str(tmp_path / "w"), "--seed", "0", "--images", "6", "--version", "2",
+                 "--family", "0.6"]) == 0
+    assert world_render(tmp_path / "w") == SceneConfig(family=0.6)
+    with pytest.raises(DataError, match="family=0.6: world version 1 has no"):
+        build_world(tmp_path / "v1", seed=0, n_images=3, version=1, config=SceneConfig(family=0.6))
+    assert main(["world", "build", "--out", str(tmp_path / "bad"), "--seed", "0", "--images", "3",
+                 "--version", "2", "--family", "1.5"]) == 2
     assert not (tmp_path / "v1").exists() and not (tmp_path / "bad").exists()
