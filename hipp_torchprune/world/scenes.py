@@ -329,7 +329,7 @@ def family_colour(colour: tuple[int, int, int], category: str, family: float) ->
     if family <= 0 or not hues:
         return colour
     hue = np.mean(np.array(hues, dtype=np.float64), axis=0)
-    return tuple(int(round((1 - family) * c + family * h)) for c, h in zip(colour, hue, strict=True))  # type: ignore[return-value]
+    return tuple(round((1 - family) * c + family * h) for c, h in zip(colour, hue, strict=True))  # type: ignore[return-value]
 
 
 def instance_appearance(scene: Scene, obj: ObjectAnn, jitter: float,

@@ -318,7 +318,7 @@ def test_family_makes_objects_of_one_scene_type_look_alike_and_zero_draws_the_ol
         return image[8, x]  # an icon's centre row
 
     alike = np.asarray(render_scene(scene, SceneConfig(family=0.8)), dtype=float)
-    gap = lambda im, a, b: np.abs(colour(im, a) - colour(im, b)).sum()  # noqa: E731
+    gap = lambda im, a, b: np.abs(colour(im, a) - colour(im, b)).sum()
     assert gap(alike, 8, 24) < 0.5 * gap(plain, 8, 24)  # bottle and knife (kitchen) come together
     assert gap(alike, 8, 40) > gap(alike, 8, 24) + 100  # the car (street) stays apart
 
