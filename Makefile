@@ -29,7 +29,8 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 HIPP_DISABLE_PLUGIN_AUTOLOAD=1 $(PY) -m pytest -q -n 2 tests
 
 # The main job: a fresh proving-ground world, the shipped demo model and the HiPP policy trained
-# on it, queried at three preferences, pruned, and compared with a uniform plan (see README).
+# on it, queried at three preferences, pruned, and compared with the uniform plan and the baselines
+# (FLAP, OWL, SliceGPT, LLM-Pruner) at the same sparsity (see README).
 demo: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(VENV)/bin/hipp demo --out out/demo --world out/demo/world
 

@@ -18,6 +18,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--images", type=int, default=1000, help="images in the world")
     p.add_argument("--limit", type=int, default=None, help="examples per task")
     p.add_argument("--out", default="out/demo", help="table, plot and pruned checkpoints go here")
+    p.add_argument("--baselines", default=None,
+                   help="comma-separated registered methods pruned to each HiPP plan's sparsity, or 'none' "
+                        "(default: flap,owl,slicegpt,llm-pruner)")
     add_dtype_argument(p)
     p.set_defaults(func=run)
 
@@ -25,6 +28,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Execute ``hipp demo``."""
     from hipp_torchprune.demo_job import (
+        DEMO_BASELINES,
         DEMO_POLICY_DIR,
         demo_world,
         format_rows,
@@ -33,8 +37,11 @@ def run(args: argparse.Namespace) -> int:
     from hipp_torchprune.loading import parse_dtype
 
     parse_dtype(args.dtype)  # a bad name fails before a world is built
+    baselines = DEMO_BASELINES if args.baselines is None else \
+        tuple(m for m in args.baselines.split(",") if m and args.baselines != "none")
     world = demo_world(args.model, args.world, args.seed, args.images)
-    rows = run_demo(args.model, args.policy or DEMO_POLICY_DIR, world, args.out, limit=args.limit, dtype=args.dtype)
+    rows = run_demo(args.model, args.policy or DEMO_POLICY_DIR, world, args.out, limit=args.limit, dtype=args.dtype,
+                    baselines=baselines)
     print(format_rows(rows))
     print(f"wrote {args.out}/demo.json and {args.out}/robustness_utility.png")
     return 0

@@ -32,7 +32,7 @@ def _commands(tmp: Path) -> dict[str, list[str]]:
         "recover": ["recover", "--data", str(world), "--steps", "1", "--out", str(tmp / "out")],
         "train": ["train", "--data", str(world), "--out", str(tmp / "out")],
         "compare": ["compare", "--data", str(world), "--policy", str(tmp), "--out", str(tmp / "out"), "--methods", ""],
-        "demo": ["demo", "--world", str(world), "--out", str(tmp / "out")],
+        "demo": ["demo", "--world", str(world), "--out", str(tmp / "out"), "--baselines", "none"],
     }
 
 

@@ -517,3 +517,14 @@ def test_resuming_with_another_model_config_is_a_checkpoint_error(world: Path, t
                          progress=False)
     # the refused run left the record of the checkpoint's config, which export_checkpoint reads
     assert (tmp_path / "run" / "run_config.json").read_text() == before
+
+
+def test_preference_score_and_best_row_by_hand() -> None:
+    from hipp_torchprune.demo_job import best_row, preference_score
+
+    a = {"pope_adv_bal_acc": 0.90, "sqa_acc": 0.80}
+    b = {"pope_adv_bal_acc": 0.80, "sqa_acc": 0.88}
+    assert preference_score(a, (0.7, 0.2, 0.1)) == pytest.approx((0.7 * 0.90 + 0.2 * 0.80) / 0.9)
+    assert best_row([a, b], (0.7, 0.2, 0.1)) is a  # robustness-heavy: the POPE side wins
+    assert best_row([a, b], (0.2, 0.7, 0.1)) is b  # utility-heavy: the ScienceQA side wins
+    assert best_row([a, {**a}], (0.5, 0.5, 0.0)) is a  # a tie keeps the earlier row

@@ -75,15 +75,47 @@ def test_demo_job(policy_dir: Path, world: Path, tmp_path: Path, capsys: pytest.
 
     out = tmp_path / "demo"
     assert main(["demo", "--model", "tiny-llava", "--policy", str(policy_dir), "--world", str(world),
-                 "--out", str(out), "--limit", "16"]) == 0
-    assert "uniform @ balanced" in capsys.readouterr().out
+                 "--out", str(out), "--limit", "16", "--baselines", "none"]) == 0
+    printed = capsys.readouterr().out
+    assert "uniform @ balanced" in printed and "uniform @ balanced *" in printed  # the only baseline is the best
     rows = json.loads((out / "demo.json").read_text())
     assert [r["method"].split()[0] for r in rows] == ["dense"] + ["HiPP", "uniform"] * 3
     for hipp_row, uniform_row in zip(rows[1::2], rows[2::2]):
         assert abs(hipp_row["sparsity"] - uniform_row["sparsity"]) <= 16 / (256 * 4) + 1e-9  # one rounding step
+        assert uniform_row["best_baseline"] and not hipp_row["best_baseline"]
     balanced = load_pruned(out / "pruned-balanced")
     assert [layer.mlp.gate_proj.out_features for layer in balanced.model.language_model.layers] == rows[5]["widths"]
     assert (out / "robustness_utility.png").stat().st_size > 1000
+
+
+def test_demo_job_runs_the_baselines_at_each_plans_sparsity(policy_dir: Path, world: Path, tmp_path: Path) -> None:
+    pytest.importorskip("hipp_baselines")
+    pytest.importorskip("hipp_owl")
+    from hipp_torchprune.demo_job import format_rows, preference_score, run_demo
+    from tests.conftest import baselines_registry
+
+    rows = run_demo("tiny-llava", policy_dir, world, tmp_path / "d", limit=16, baselines=("flap", "owl"),
+                    registry=baselines_registry())
+    assert [r["method"].split()[0] for r in rows] == ["dense"] + ["HiPP", "uniform", "flap", "owl"] * 3
+    for i in range(1, len(rows), 4):
+        hipp_row, others = rows[i], rows[i + 1:i + 4]
+        assert all(abs(r["sparsity"] - hipp_row["sparsity"]) <= 16 / (256 * 4) + 1e-9 for r in others)
+        assert sum(r["best_baseline"] for r in others) == 1 and not hipp_row["best_baseline"]
+        best = next(r for r in others if r["best_baseline"])
+        assert all(preference_score(best, hipp_row["preference"]) >= preference_score(r, hipp_row["preference"])
+                   for r in others)
+    assert format_rows(rows).count("minus the best baseline") == 3
+
+
+@pytest.mark.parametrize("baselines", [("nope",), ("hipp",), ("uniform-typo",)])
+def test_demo_job_refuses_unknown_baselines_before_writing(policy_dir: Path, world: Path, tmp_path: Path,
+                                                           baselines: tuple[str, ...]) -> None:
+    from hipp_torchprune.demo_job import run_demo
+    from hipp_torchprune.methods import MethodError
+
+    with pytest.raises(MethodError, match="baselines"):
+        run_demo("tiny-llava", policy_dir, world, tmp_path / "d", limit=4, baselines=baselines)
+    assert not (tmp_path / "d").exists()
 
 
 def test_calibration_is_cached_and_reused(policy_dir: Path, world: Path, tmp_path: Path,
@@ -102,7 +134,11 @@ def test_calibration_is_cached_and_reused(policy_dir: Path, world: Path, tmp_pat
 
 
 def test_calibration_cache_is_not_reused_for_other_data(policy_dir: Path, world: Path, make_world) -> None:
-    from hipp_torchprune.hipp.profile import calibration_key, calibration_source, model_fingerprint
+    from hipp_torchprune.hipp.profile import (
+        calibration_key,
+        calibration_source,
+        model_fingerprint,
+    )
     from hipp_torchprune.hipp.run import calibrated_profile
     from hipp_torchprune.loading import load_model
     from hipp_torchprune.methods import DEFAULT_ROW_SCORE
