@@ -168,7 +168,8 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{name:<30} {r['sparsity']:>8.3f} {100 * r['pope_adv_bal_acc']:>9.1f} "
                      f"{100 * r['pope_rand_bal_acc']:>9.1f} {100 * r['sqa_acc']:>6.1f} {100 * r['pope_yes_ratio']:>6.1f}")
     for hipp_row, best in _hipp_and_best(rows):
-        lines.append(f"{hipp_row['method']} minus the best baseline ({best['method'].split(' @ ')[0]}): POPE-adv "
+        lines.append(f"{hipp_row['method']} ({hipp_row['sparsity']:.3f}) minus the best baseline "
+                     f"({best['method'].split(' @ ')[0]}, {best['sparsity']:.3f}): POPE-adv "
                      f"{100 * (hipp_row['pope_adv_bal_acc'] - best['pope_adv_bal_acc']):+.1f}, ScienceQA "
                      f"{100 * (hipp_row['sqa_acc'] - best['sqa_acc']):+.1f}")
     return "\n".join(lines)
