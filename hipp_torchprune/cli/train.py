@@ -42,6 +42,9 @@ def register(subparsers: Any) -> None:
                    help="penalize phi below the band only, or on both sides (the paper's)")
     p.add_argument("--flat-policy", action="store_true",
                    help="ablation: one Beta per layer and no budget head instead of the hierarchical policy")
+    p.add_argument("--budget-input", choices=("backbone", "compression"), default="backbone",
+                   help="what the budget head reads: the pooled backbone with every preference weight (the "
+                        "paper's), or only w_comp and the budget interval")
     p.add_argument("--head-balance", choices=("per_head", "joint"), default="per_head",
                    help="clip the budget and allocation heads' gradients each, or jointly (the paper's)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
@@ -80,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(steps=args.steps, prefs_per_step=args.prefs, group=args.group, lr=args.lr,
                          sampler=args.sampler, seed=args.seed, head_balance=args.head_balance, gate=gate,
                          policy_kind="flat" if args.flat_policy else "hierarchical",
-                         policy=PolicyConfig(rho_min=lo, rho_max=hi, r_max=args.r_max))
+                         policy=PolicyConfig(rho_min=lo, rho_max=hi, r_max=args.r_max,
+                                             budget_input=args.budget_input))
     if args.config:
         from hipp_torchprune.config import load_yaml
 

@@ -4,7 +4,9 @@ A shared backbone reads every layer's state and is conditioned on the preference
 a pooled summary of all layers. Two heads sit on it:
 
 - the budget head gives a Beta distribution over ``u`` in (0, 1); ``rho`` is
-  ``rho_min + (rho_max - rho_min) * u``;
+  ``rho_min + (rho_max - rho_min) * u``. It reads the pooled backbone (the paper's), or with
+  ``PolicyConfig.budget_input = "compression"`` only ``w_comp`` and the budget interval, so that
+  ``w_rob`` and ``w_util`` steer where the rows go at a sparsity ``w_comp`` alone sets;
 - the allocation head gives per-layer logits; ``alpha ~ Dirichlet(kappa * L * softmax(tau * logits))``
   (a larger ``tau`` sharpens the allocation).
 
@@ -26,9 +28,11 @@ import torch
 from torch import nn
 from torch.distributions import Beta, Dirichlet
 
+from hipp_torchprune.config import ConfigError
 from hipp_torchprune.hipp.planmap import plan_ratios
 
 PolicyKind = Literal["hierarchical", "flat"]
+BudgetInput = Literal["backbone", "compression"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,13 @@ class PolicyConfig:
     rho_max: float = 0.4
     #: Per-layer cap on the removal ratio.
     r_max: float = 0.8
+    #: What the budget head reads: the pooled backbone, i.e. the layers' state and every
+    #: preference weight (``"backbone"``, the paper's), or only ``w_comp`` and the budget interval
+    #: (``"compression"``): then plans at one ``w_comp`` share a budget distribution whatever the
+    #: robustness/utility split, and that split steers only the allocation. With the paper's
+    #: reward, a utility-heavy query on a model whose utility barely drops with sparsity buys
+    #: compression with it (``docs/method.md``).
+    budget_input: BudgetInput = "backbone"
 
 
 class _Block(nn.Module):
@@ -100,7 +111,8 @@ class HippPolicy(_Backbone):
     def __init__(self, n_features: int, config: PolicyConfig = PolicyConfig()) -> None:
         super().__init__(n_features, config)
         self.alloc_head = nn.Linear(config.hidden, 1)
-        self.budget_head = nn.Linear(config.hidden, 2)
+        self.budget_head: nn.Module = nn.Linear(config.hidden, 2) if config.budget_input == "backbone" else \
+            nn.Sequential(nn.Linear(3, config.hidden), nn.Tanh(), nn.Linear(config.hidden, 2))
         nn.init.zeros_(self.alloc_head.weight)  # start from the uniform allocation
         nn.init.zeros_(self.alloc_head.bias)
 
@@ -110,8 +122,15 @@ class HippPolicy(_Backbone):
         logits = self.alloc_head(h).squeeze(-1)  # (P, L)
         n_layers = logits.shape[-1]
         conc = self.config.concentration * n_layers * torch.softmax(self.config.tau * logits, dim=-1)  # (P, L)
-        ab = nn.functional.softplus(self.budget_head(h.mean(1))) + 1.0  # (P, 2)
+        ab = nn.functional.softplus(self.budget_head(self._budget_input(states, h))) + 1.0  # (P, 2)
         return Beta(ab[:, 0], ab[:, 1]), Dirichlet(conc.clamp_min(1e-3))
+
+    def _budget_input(self, states: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The budget head's input: the pooled backbone ``(P, H)``, or (budget lo, hi, ``w_comp``) ``(P, 3)``
+        (``states``' columns -5, -4 and -1, :func:`~hipp_torchprune.hipp.state.layer_states`)."""
+        if self.config.budget_input == "backbone":
+            return h.mean(1)
+        return states[:, 0, [-5, -4, -1]]
 
     def sample(self, states: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         """Sample ``((u (P,), alpha (P, L)), log_prob (P,))``."""
@@ -196,7 +215,10 @@ Policy = HippPolicy | FlatPolicy
 
 
 def make_policy(kind: PolicyKind, n_features: int, config: PolicyConfig) -> Policy:
-    """A fresh policy of ``kind`` (``"hierarchical"``: :class:`HippPolicy`)."""
+    """A fresh policy of ``kind`` (``"hierarchical"``: :class:`HippPolicy`); a flat policy has no
+    budget head, so it refuses a ``budget_input`` other than the default (``ConfigError``)."""
+    if kind == "flat" and config.budget_input != "backbone":
+        raise ConfigError(f"budget_input {config.budget_input!r}: the flat policy has no budget head")
     return FlatPolicy(n_features, config) if kind == "flat" else HippPolicy(n_features, config)
 
 

@@ -269,3 +269,28 @@ def test_per_head_balance_keeps_the_budget_heads_gradient_at_32_layers() -> None
     balanced = balanced_gradients([budget_loss, alloc_loss], params, max_norm=1.0)[head]
     assert torch.allclose(balanced, alone, atol=1e-6)  # the alloc term never reaches the budget head
     assert torch.linalg.vector_norm(joint) < torch.linalg.vector_norm(alone) / 30
+
+
+def test_budget_from_compression_reads_only_w_comp_and_the_interval() -> None:
+    from hipp_torchprune.config import ConfigError
+    from hipp_torchprune.hipp.policy import HippPolicy, PolicyConfig, make_policy
+    from hipp_torchprune.hipp.state import layer_states
+
+    torch.manual_seed(0)
+    policy = HippPolicy(n_features=4 + 5, config=PolicyConfig(hidden=8, budget_input="compression"))
+    static = torch.randn(3, 4)
+
+    def budget(static: torch.Tensor, w: list[float], interval: tuple[float, float] = (0.2, 0.4)) -> torch.Tensor:
+        beta, _ = policy.distributions(layer_states(static, torch.tensor(w), interval))
+        return torch.stack([beta.concentration1, beta.concentration0])
+
+    base = budget(static, [0.8, 0.1, 0.1])
+    assert torch.equal(base, budget(static, [0.1, 0.8, 0.1]))  # the robustness/utility split is not read
+    assert torch.equal(base, budget(torch.randn(3, 4), [0.5, 0.4, 0.1]))  # nor the layers' state
+    assert not torch.equal(base, budget(static, [0.4, 0.1, 0.5]))  # w_comp is
+    assert not torch.equal(base, budget(static, [0.8, 0.1, 0.1], (0.3, 0.6)))  # and so is the interval
+    paper = HippPolicy(n_features=9, config=PolicyConfig(hidden=8))
+    states = [layer_states(static, torch.tensor(w), (0.2, 0.4)) for w in ([0.8, 0.1, 0.1], [0.1, 0.8, 0.1])]
+    assert not torch.equal(*(paper.distributions(s)[0].concentration1 for s in states))  # the paper's reads all
+    with pytest.raises(ConfigError, match="flat policy"):
+        make_policy("flat", 9, PolicyConfig(budget_input="compression"))

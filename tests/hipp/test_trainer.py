@@ -166,3 +166,26 @@ def test_deployed_policy_is_the_best_evaluated_one(tmp_path: Path) -> None:
     train_policy(ToyEnv(), PROFILE, half, tmp_path / "resumed", progress=False)
     resumed, _ = train_policy(ToyEnv(), PROFILE, short, tmp_path / "resumed", progress=False)
     assert all(torch.equal(a, b) for a, b in zip(best.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_budget_read_from_compression_alone_is_shared_by_one_w_comp_and_still_steers(tmp_path: Path) -> None:
+    """``budget_input="compression"``: the budget head sees only w_comp and the interval, so queries
+    at one w_comp get one budget whatever the robustness/utility split, which still steers the
+    allocation; the mode survives saving. (Every toy preference wants the largest budget: layers 1
+    and 2 cost nothing, so how w_comp moves it is checked by hand in ``test_math``.)"""
+    from hipp_torchprune.hipp.policy_io import load_policy, query, save_policy
+
+    cfg = TrainConfig(**{**CONFIG.__dict__, "policy": PolicyConfig(hidden=32, rho_min=0.2, rho_max=0.4,
+                                                                   budget_input="compression")})
+    policy, history = train_policy(ToyEnv(), PROFILE, cfg, tmp_path / "run", progress=False)
+    evals = [h["anchor_reward"] for h in history if "anchor_reward" in h]
+    assert evals[-1] > evals[0] + 0.1
+    save_policy(tmp_path / "saved", policy, PROFILE, 16, state=cfg.state)
+    loaded = load_policy(tmp_path / "saved")
+    assert loaded.policy.config.budget_input == "compression"
+    rob, util = (policy.mean_action(layer_states_for(cfg, w)) for w in ([0.8, 0.1, 0.1], [0.1, 0.8, 0.1]))
+    assert torch.equal(rob[0], util[0])  # one w_comp, one budget
+    # each split still spares the layer its objective needs (as the paper's budget head does, above)
+    assert query(loaded, (0.8, 0.1, 0.1)).plan[0] < 0.05 and query(loaded, (0.1, 0.8, 0.1)).plan[3] < 0.05
+    saved_rob = loaded.policy.mean_action(layer_states_for(cfg, [0.8, 0.1, 0.1]))
+    assert torch.equal(saved_rob[0], rob[0]) and torch.allclose(saved_rob[1], rob[1])  # the saved policy is it
