@@ -48,6 +48,11 @@ TABLE4_PREFERENCES: tuple[tuple[float, float, float], ...] = ((0.7, 0.2, 0.1), (
 BASELINES: tuple[str, ...] = ("random", "wanda", "llm-pruner", "slicegpt", "owl", "ecoflap", "flap")
 
 
+#: Tasks whose per-row correctness every cell keeps, and the metric each is reported by: the
+#: paired bootstrap of HiPP minus the best baseline (:func:`bootstrap_lines`).
+BOOTSTRAP_TASKS: dict[str, str] = {"pope_adversarial": "pope_adv_bal_acc", "scienceqa": "sqa_acc"}
+
+
 class CompareError(HippError, ValueError):
     """A comparison was misconfigured, or its results file belongs to another configuration."""
 
@@ -248,11 +253,13 @@ def _run_cell(config: CompareConfig, shared: _Shared, table: str, method: str,
     rcfg = RecoveryConfig(**{**config.recovery.to_dict(), "seed": seed})
     result = recover(model, shared.processor, config.data, rcfg, work_dir=work_dir, progress=False,
                      registry=shared.registry)
-    post = _metrics(evaluate(result.model, shared.processor, shared.prepared))
+    scored = evaluate(result.model, shared.processor, shared.prepared, per_row=True)
+    post = _metrics(scored)
     return {"table": table, "method": method, "preference": list(preference) if preference else None, "seed": seed,
             "target_sparsity": target, "realized_sparsity": realized,
             "matched": abs(realized - target) <= config.tolerance + 1e-12, "widths": widths, "details": details,
             "pre_recovery": pre, "post_recovery": post,
+            "rows": {task: scored[task]["correct"] for task in BOOTSTRAP_TASKS},
             "final_loss": result.history[-1]["loss"] if result.history else None,
             "recovery_step_kept": result.best_step}
 
@@ -300,6 +307,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
         results["cells"] = old.get("cells", {})
         results["dense"] = old.get("dense")
         results["compression_control"] = old.get("compression_control")
+        results["strata"] = old.get("strata")
     todo = [c for c in _cells(config) if cell_key(c[0], c[1], c[2], c[3]) not in results["cells"]]
     writer = None
     if todo or results.get("dense") is None:
@@ -318,7 +326,8 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
         shared = _Shared(model, processor, prepared, samples, stats, policies, registry, config.row_score)
         if results.get("dense") is None:
             results["dense"] = _metrics(evaluate(model, processor, prepared))
-            _write_json_atomic(path, results)
+        results["strata"] = bootstrap_strata(prepared)
+        _write_json_atomic(path, results)
         bar = tqdm(todo, desc="compare", disable=not progress)
         for table, method, pref, seed, pol in bar:
             key = cell_key(table, method, pref, seed)
@@ -382,6 +391,7 @@ def render_tables(results: dict[str, Any]) -> str:
     for (method, _), cells in sorted(t1.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order
                                                                  else 99, kv[0][0])):
         lines.append(f"| {'HiPP' if method == 'hipp' else method} | " + " | ".join(_row(cells)) + " |")
+    lines += bootstrap_lines(results)
     lines += ["", "### Table 3: one HiPP policy queried at several preferences (w_rob, w_util, w_comp)", "",
               HEADER.format(first="preference")]
     for (_, pref), cells in sorted(_group(results, "table3").items(), key=lambda kv: kv[0][1]):
@@ -401,6 +411,42 @@ def render_tables(results: dict[str, Any]) -> str:
         for name, cells in sorted(by_sampler.items()):
             lines.append(f"| **{name}, all preferences** | " + " | ".join(_row(cells)) + " |")
     return "\n".join(lines + _table5_lines(results)) + "\n"
+
+
+def bootstrap_strata(prepared: Any) -> dict[str, str]:
+    """Each bootstrapped task's strata, one character per test row: POPE's gold answer ("1" yes,
+    "0" no: balanced accuracy), one stratum for multiple choice (accuracy)."""
+    return {t.name: "".join(("1" if g == 0 else "0") if t.family == "pope" else "0" for g in t.gold)
+            for t in prepared.tasks if t.name in BOOTSTRAP_TASKS}
+
+
+def _pooled_rows(cells: list[dict[str, Any]], task: str, seeds: Sequence[int]) -> np.ndarray:
+    """One method's per-row correctness of ``task``, concatenated over ``seeds`` in that order."""
+    by_seed = {c["seed"]: c["rows"][task] for c in cells}
+    return np.array([int(ch) for seed in seeds for ch in by_seed[seed]], dtype=np.int8)
+
+
+def bootstrap_lines(results: dict[str, Any], resamples: int = 2000) -> list[str]:
+    """Table 1's HiPP minus the best baseline on each bootstrapped metric (the baseline with the
+    highest mean after recovery), with a paired bootstrap 95 % interval over test rows pooled over
+    the seeds both have (:func:`~hipp_torchprune.bootstrap.paired_bootstrap`)."""
+    from hipp_torchprune.bootstrap import paired_bootstrap
+
+    t1 = {m: [c for c in cells if "rows" in c] for (m, _), cells in _group(results, "table1").items()}
+    hipp, strata = t1.pop("hipp", []), results.get("strata")
+    if not hipp or not strata or not any(t1.values()):
+        return ["", "No paired bootstrap: the cells keep no per-row answers (run again with --fresh)."]
+    lines = [""]
+    for task, metric in BOOTSTRAP_TASKS.items():
+        best = max((m for m in t1 if t1[m]), key=lambda m: mean_std([c["post_recovery"][metric] for c in t1[m]])[0])
+        seeds = sorted({c["seed"] for c in hipp} & {c["seed"] for c in t1[best]})
+        ci = paired_bootstrap(_pooled_rows(hipp, task, seeds), _pooled_rows(t1[best], task, seeds),
+                              np.array([int(ch) for ch in strata[task] * len(seeds)]), resamples=resamples)
+        lines.append(f"HiPP minus the best baseline on {metric} ({best}): {100 * ci.difference:+.1f} points, 95 % "
+                     f"interval [{100 * ci.low:+.1f}, {100 * ci.high:+.1f}]"
+                     f"{'' if ci.excludes_zero else ' (includes 0)'} (paired bootstrap over {len(strata[task])} "
+                     f"test rows x {len(seeds)} seeds, {resamples} resamples).")
+    return lines
 
 
 def _controllability_lines(results: dict[str, Any]) -> list[str]:

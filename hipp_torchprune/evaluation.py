@@ -91,6 +91,11 @@ def pope_metrics(yes_margins: Sequence[float], gold_yes: Sequence[bool]) -> dict
     }
 
 
+def mc_prediction(logprobs: Sequence[float]) -> int:
+    """The predicted option: the first with the highest log-probability."""
+    return max(range(len(logprobs)), key=lambda i: (logprobs[i], -i))
+
+
 def mc_metrics(option_logprobs: Sequence[Sequence[float]], gold: Sequence[int]) -> dict[str, float | int]:
     """Multiple-choice accuracy and mean margin from per-option log-probabilities.
 
@@ -102,8 +107,7 @@ def mc_metrics(option_logprobs: Sequence[Sequence[float]], gold: Sequence[int]) 
     n = len(gold)
     correct, margins = 0, []
     for lps, g in zip(option_logprobs, gold):
-        best = max(range(len(lps)), key=lambda i: (lps[i], -i))
-        correct += best == g
+        correct += mc_prediction(lps) == g
         margins.append(lps[g] - logsumexp([v for i, v in enumerate(lps) if i != g]))
     return {"accuracy": correct / n if n else 0.0, "margin": sum(margins) / n if n else 0.0, "n": n}
 
@@ -263,29 +267,35 @@ def option_logprobs(model: Any, task: PreparedTask) -> list[list[float]]:
     return option_lps
 
 
-def score_task(model: Any, task: PreparedTask) -> dict[str, float | int]:
-    """Run a prepared task through ``model`` and compute its metrics."""
+def score_task(model: Any, task: PreparedTask, per_row: bool = False) -> dict[str, Any]:
+    """Run a prepared task through ``model`` and compute its metrics; with ``per_row`` also
+    ``"correct"``: one ``"1"``/``"0"`` per row, whether its prediction was right (paired bootstraps)."""
     option_lps = option_logprobs(model, task)
     if task.family == "pope":
         margins = [o[0] - o[1] for o in option_lps]
-        return pope_metrics(margins, [g == 0 for g in task.gold])
-    return mc_metrics(option_lps, task.gold)
+        metrics: dict[str, Any] = dict(pope_metrics(margins, [g == 0 for g in task.gold]))
+        right = [(m > 0) == (g == 0) for m, g in zip(margins, task.gold, strict=True)]
+    else:
+        metrics = dict(mc_metrics(option_lps, task.gold))
+        right = [mc_prediction(lps) == g for lps, g in zip(option_lps, task.gold, strict=True)]
+    return metrics | ({"correct": "".join("1" if r else "0" for r in right)} if per_row else {})
 
 
 def evaluate(model: Any, processor: Any, data: str | Path | PreparedEval,
              tasks: str | Sequence[str] = "pope_adversarial", limit: int | None = None,
-             batch_size: int = 64, split: str = "test") -> dict[str, dict[str, float | int]]:
+             batch_size: int = 64, split: str = "test", per_row: bool = False) -> dict[str, dict[str, Any]]:
     """Evaluate an in-memory model on tasks; returns ``{task: metrics}``.
 
     ``data`` is a data directory (prepared on each call) or a :class:`PreparedEval` from
     :func:`prepare_eval` (then ``tasks``, ``limit``, ``batch_size`` and ``split`` are ignored).
+    ``per_row`` adds each task's per-row correctness (:func:`score_task`).
     """
     prepared = data if isinstance(data, PreparedEval) else prepare_eval(
         processor, data, tasks, limit=limit, batch_size=batch_size, split=split)
     was_training = model.training
     model.eval()
     try:
-        return {t.name: score_task(model, t) for t in prepared.tasks}
+        return {t.name: score_task(model, t, per_row) for t in prepared.tasks}
     finally:
         model.train(was_training)
 

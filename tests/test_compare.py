@@ -86,7 +86,13 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monk
         assert cell["matched"] and abs(cell["realized_sparsity"] - hipp["realized_sparsity"]) <= 0.005
         assert 0.0 <= cell["post_recovery"]["pope_adv_bal_acc"] <= 1.0
     assert (tmp_path / "operating_points.png").stat().st_size > 0
+    n_rows = {task: len(results["strata"][task]) for task in ("pope_adversarial", "scienceqa")}
+    assert n_rows == {"pope_adversarial": 8, "scienceqa": 8} and set(results["strata"]["scienceqa"]) == {"0"}
+    for cell in cells.values():  # every cell keeps its per-row answers, consistent with its accuracy
+        assert {t: len(r) for t, r in cell["rows"].items()} == n_rows
+        assert cell["rows"]["scienceqa"].count("1") / 8 == pytest.approx(cell["post_recovery"]["sqa_acc"])
     text = (tmp_path / "tables.md").read_text()
+    assert "HiPP minus the best baseline on pope_adv_bal_acc" in text and "x 1 seeds" in text
     assert "Table 1" in text and "| wanda |" in text and "Table 4" in text and "mixed @" in text
     assert "Table 5" in text and "| full HiPP |" in text and "| no-gate |" in text
     control = results["compression_control"]
@@ -127,6 +133,29 @@ def test_pearson_and_controllability_by_hand() -> None:
     assert set(r) == {0, 1}  # seed 2 has one preference: no correlation
     assert r[0] == pytest.approx({"r_rob_pope_adv": 1.0, "r_util_sqa": 1.0})
     assert r[1]["r_rob_pope_adv"] == pytest.approx(-1.0) and r[1]["r_util_sqa"] == 0.0
+
+
+def test_bootstrap_lines_pick_the_best_baseline_and_pair_the_rows_by_hand() -> None:
+    from hipp_torchprune.compare import bootstrap_lines
+
+    def cell(method: str, seed: int, pope: str, sqa: str) -> dict:
+        acc = {"pope_adv_bal_acc": pope.count("1") / len(pope), "sqa_acc": sqa.count("1") / len(sqa)}
+        return {"table": "table1", "method": method, "preference": [0.6, 0.3, 0.1], "seed": seed,
+                "post_recovery": acc, "rows": {"pope_adversarial": pope, "scienceqa": sqa}}
+
+    cells = [cell("hipp", 0, "1111", "1100"), cell("hipp", 1, "1111", "1100"),
+             cell("owl", 0, "1100", "1111"), cell("owl", 1, "1100", "1111"),
+             cell("wanda", 0, "1000", "0000"), cell("wanda", 1, "1000", "0000"), cell("wanda", 2, "0000", "0000")]
+    results = {"cells": {str(i): c for i, c in enumerate(cells)},
+               "strata": {"pope_adversarial": "1100", "scienceqa": "0000"}}
+    pope, sqa = bootstrap_lines(results, resamples=200)[1:]
+    # POPE: owl is best (0.5 vs 0.25); HiPP is right on every row, owl on the gold-yes ones only:
+    # balanced accuracy 1.0 vs 0.5, and every resample of the "no" stratum gives the same +1.0
+    assert "(owl): +50.0 points, 95 % interval [+50.0, +50.0]" in pope and "4 test rows x 2 seeds" in pope
+    assert "(owl): -50.0 points" in sqa and "includes 0" not in sqa
+    no_rows = {"cells": {k: {kk: vv for kk, vv in c.items() if kk != "rows"} for k, c in results["cells"].items()},
+               "strata": results["strata"]}
+    assert "No paired bootstrap" in bootstrap_lines(no_rows)[1]
 
 
 def test_render_tables_without_table4() -> None:

@@ -125,6 +125,17 @@ def test_always_yes_model(setup: tuple) -> None:
     docs_b = sum(1 for d in __import__("hipp_torchprune.data", fromlist=["x"]).load_task_docs(
         world, __import__("hipp_torchprune.data", fromlist=["x"]).TASKS["scienceqa"], limit=8) if d["answer"] == 1)
     assert r["scienceqa"]["accuracy"] == pytest.approx(docs_b / 8)
+    assert "correct" not in r["pope_random"]  # per-row output only when asked
+    model.lm_head = head
+    try:
+        rows = evaluate(model, processor, prepared, per_row=True)
+    finally:
+        model.lm_head = old
+    gold = {t.name: t.gold for t in prepared.tasks}
+    # always "yes": right exactly on the yes rows (gold 0); always "B": right exactly where B is gold
+    assert rows["pope_random"]["correct"] == "".join("1" if g == 0 else "0" for g in gold["pope_random"])
+    assert rows["scienceqa"]["correct"] == "".join("1" if g == 1 else "0" for g in gold["scienceqa"])
+    assert {k: v for k, v in rows["scienceqa"].items() if k != "correct"} == r["scienceqa"]
 
 
 def test_cli_eval_json(setup: tuple, capsys: pytest.CaptureFixture[str]) -> None:
