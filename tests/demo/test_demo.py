@@ -469,7 +469,7 @@ def test_summary_records_the_training_world_and_the_demo_builds_one_like_it(tmp_
                       aux_layer=0, option_layer=0)
     summary = train_demo_model(tmp_path / "train", tmp_path / "m", TINY, cfg, progress=False)
     assert summary["world"] == {"version": 2, "jitter": 0.5, "faint": 0.2, "noise": 4.0, "variants": 0, "lore": 0,
-                                "aliases": 0, "companion": 0.7, "occluder": 0.0}
+                                "aliases": 0, "companion": 0.7, "occluder": 0.0, "family": 0.0}
     world = demo_world(str(tmp_path / "m"), tmp_path / "held-out", seed=9, n_images=12)
     assert (world_version(world), world_render(world)) == (2, render)
     assert demo_world(str(tmp_path / "m"), world, seed=9, n_images=12) == world  # an existing one is reused
