@@ -268,18 +268,32 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
                 registry: Any = None) -> dict[str, Any]:
     """Run (or resume) the comparison; returns the results dict also written to ``out_dir/results.json``
     and renders ``tables.md`` and ``operating_points.png`` there."""
-    import shutil
-
-    from tqdm.auto import tqdm
-
-    from hipp_torchprune import api
-    from hipp_torchprune.calib_data import calibration_samples
-    from hipp_torchprune.evaluation import evaluate, prepare_eval
     from hipp_torchprune.hipp.policy_io import load_policy
-    from hipp_torchprune.loading import load_model, parse_dtype
     from hipp_torchprune.registry import default_registry
 
     registry = registry or default_registry()
+    _check_config(config, registry)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    results = _start_results(config, path, fresh)
+    todo = [c for c in _cells(config) if cell_key(c[0], c[1], c[2], c[3]) not in results["cells"]]
+    if todo or results.get("dense") is None:
+        _run_cells(config, _load_shared(config, registry), results, todo, out, progress)
+    realized, r_comp = compression_control(load_policy(config.policy))  # queries only: no model
+    control = {"w_comp": list(COMPRESSION_SWEEP), "realized_sparsity": realized, "r_comp_sparsity": r_comp}
+    if results.get("compression_control") != control:
+        results["compression_control"] = control
+        _write_json_atomic(path, results)
+    write_text_atomic(out / "tables.md", render_tables(results))
+    plot_operating_points(results, out / "operating_points.png")
+    return results
+
+
+def _check_config(config: CompareConfig, registry: Any) -> None:
+    """Refuse (:class:`CompareError`) a comparison that cannot run, before anything is loaded or written."""
+    from hipp_torchprune.loading import parse_dtype
+
     known = registry.names("method")
     missing = [m for m in config.methods if m not in known]
     if missing:
@@ -294,61 +308,67 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
     if config.row_score not in ROW_SCORES:
         raise CompareError(f"row score {config.row_score!r} is not one of {', '.join(ROW_SCORES)}")
     parse_dtype(config.dtype)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    results: dict[str, Any] = {"signature": config.signature(), "config": json.loads(json.dumps(asdict(config),
-                                                                                                 default=str)),
-                               "cells": {}}
+
+
+def _start_results(config: CompareConfig, path: Path, fresh: bool) -> dict[str, Any]:
+    """A new results dict, or the one at ``path`` when it was written by the same config (resume)."""
+    results: dict[str, Any] = {"signature": config.signature(),
+                               "config": json.loads(json.dumps(asdict(config), default=str)), "cells": {}}
     if path.exists() and not fresh:
         old = json.loads(path.read_text())
         if old.get("signature") != results["signature"]:
             raise CompareError(f"{path} was written by a different comparison config; use --fresh or another --out")
+        results |= {k: old.get(k) for k in ("dense", "compression_control", "strata")}
         results["cells"] = old.get("cells", {})
-        results["dense"] = old.get("dense")
-        results["compression_control"] = old.get("compression_control")
-        results["strata"] = old.get("strata")
-    todo = [c for c in _cells(config) if cell_key(c[0], c[1], c[2], c[3]) not in results["cells"]]
-    writer = None
-    if todo or results.get("dense") is None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tensorboard"))
-        import torch
-
-        model, processor = load_model(config.model, dtype=config.dtype)
-        model.to(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        policies = {"main": load_policy(config.policy),
-                    **{n: load_policy(d) for n, d in config.samplers + config.ablations}}
-        samples = calibration_samples(config.data, config.calib_n)
-        stats = api.calibrate(model, processor, samples, with_grads=True, registry=registry)
-        prepared = prepare_eval(processor, config.data, TASKS, limit=config.limit)
-        shared = _Shared(model, processor, prepared, samples, stats, policies, registry, config.row_score)
-        if results.get("dense") is None:
-            results["dense"] = _metrics(evaluate(model, processor, prepared))
-        results["strata"] = bootstrap_strata(prepared)
-        _write_json_atomic(path, results)
-        bar = tqdm(todo, desc="compare", disable=not progress)
-        for table, method, pref, seed, pol in bar:
-            key = cell_key(table, method, pref, seed)
-            bar.set_postfix_str(key)
-            work = out / "work" / hashlib.sha1(key.encode()).hexdigest()[:12]
-            cell = _run_cell(config, shared, table, method, pref, seed, pol, work)
-            results["cells"][key] = cell
-            _write_json_atomic(path, results)
-            shutil.rmtree(work, ignore_errors=True)
-            for k, v in cell["post_recovery"].items():
-                writer.add_scalar(f"{table}/{method}/{k}", v, seed)
-        bar.close()
-        writer.close()
-    realized, r_comp = compression_control(load_policy(config.policy))  # queries only: no model
-    control = {"w_comp": list(COMPRESSION_SWEEP), "realized_sparsity": realized, "r_comp_sparsity": r_comp}
-    if results.get("compression_control") != control:
-        results["compression_control"] = control
-        _write_json_atomic(path, results)
-    (out / "tables.md").write_text(render_tables(results))
-    plot_operating_points(results, out / "operating_points.png")
     return results
+
+
+def _load_shared(config: CompareConfig, registry: Any) -> _Shared:
+    """The model, policies, calibration and test rows every cell shares (matched calibration)."""
+    import torch
+
+    from hipp_torchprune import api
+    from hipp_torchprune.calib_data import calibration_samples
+    from hipp_torchprune.evaluation import prepare_eval
+    from hipp_torchprune.hipp.policy_io import load_policy
+    from hipp_torchprune.loading import load_model
+
+    model, processor = load_model(config.model, dtype=config.dtype)
+    model.to(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    policies = {"main": load_policy(config.policy), **{n: load_policy(d) for n, d in config.samplers + config.ablations}}
+    samples = calibration_samples(config.data, config.calib_n)
+    stats = api.calibrate(model, processor, samples, with_grads=True, registry=registry)
+    prepared = prepare_eval(processor, config.data, TASKS, limit=config.limit)
+    return _Shared(model, processor, prepared, samples, stats, policies, registry, config.row_score)
+
+
+def _run_cells(config: CompareConfig, shared: _Shared, results: dict[str, Any], todo: list[Any], out: Path,
+               progress: bool) -> None:
+    """Evaluate dense (once) and every cell in ``todo``, saving ``results.json`` after each."""
+    import shutil
+
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+
+    from hipp_torchprune.evaluation import evaluate
+
+    path, writer = out / "results.json", SummaryWriter(str(out / "tensorboard"))
+    if results.get("dense") is None:
+        results["dense"] = _metrics(evaluate(shared.model, shared.processor, shared.prepared))
+    results["strata"] = bootstrap_strata(shared.prepared)
+    _write_json_atomic(path, results)
+    bar = tqdm(todo, desc="compare", disable=not progress)
+    for table, method, pref, seed, pol in bar:
+        key = cell_key(table, method, pref, seed)
+        bar.set_postfix_str(key)
+        work = out / "work" / hashlib.sha1(key.encode()).hexdigest()[:12]
+        results["cells"][key] = cell = _run_cell(config, shared, table, method, pref, seed, pol, work)
+        _write_json_atomic(path, results)
+        shutil.rmtree(work, ignore_errors=True)
+        for k, v in cell["post_recovery"].items():
+            writer.add_scalar(f"{table}/{method}/{k}", v, seed)
+    bar.close()
+    writer.close()
 
 
 # ---------------------------------------------------------------- tables and figure
