@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hipp_torchprune import api
+from hipp_torchprune.atomic import write_text_atomic
 from hipp_torchprune.calib_data import calibration_samples
 from hipp_torchprune.checkpoint import save_pruned
 from hipp_torchprune.errors import DataError
@@ -110,13 +111,14 @@ def run_demo(model_spec: str, policy_dir: str | Path, world_dir: str | Path, out
     context = MethodContext(processor, samples, stats, round_to=policy.round_to, r_max=policy.policy.config.r_max,
                             registry=registry)
     prepared = prepare_eval(processor, world_dir, TASKS, limit=limit)
+    scorer = api.importance(DEFAULT_ROW_SCORE, model, stats)
     rows = [{"method": "dense", "preference": None, "sparsity": 0.0, **_scores(model, processor, prepared)}]
     for name, pref in PREFERENCES.items():
         plan = api.make_plan(model, "hipp", round_to=context.round_to, r_max=context.r_max, policy=policy,
                              preference=pref)
-        rows += _preference_rows(model, processor, prepared, context, plan, name, pref, baselines)
+        rows += _preference_rows(model, processor, prepared, context, scorer, plan, name, pref, baselines)
         _save_plan(model, processor, context, plan, out_dir / f"pruned-{name}")
-    (out_dir / "demo.json").write_text(json.dumps(rows, indent=1))
+    write_text_atomic(out_dir / "demo.json", json.dumps(rows, indent=1))
     plot_operating_points(rows, out_dir / "robustness_utility.png")
     return rows
 
@@ -130,11 +132,11 @@ def _check_baselines(baselines: Sequence[str], registry: Registry) -> None:
                           "other than hipp (install plugins/hipp-baselines and plugins/hipp-owl for the defaults)")
 
 
-def _preference_rows(model: Any, processor: Any, prepared: Any, context: MethodContext, plan: Any, name: str,
-                     pref: tuple[float, float, float], baselines: Sequence[str]) -> list[dict[str, Any]]:
-    """HiPP's row at one preference (its ``plan``), then uniform's and each baseline's at the plan's
-    realized sparsity; the baseline :func:`best_row` ranks first is flagged ``best_baseline``."""
-    scorer = api.importance(DEFAULT_ROW_SCORE, model, context.stats)
+def _preference_rows(model: Any, processor: Any, prepared: Any, context: MethodContext, scorer: Any, plan: Any,
+                     name: str, pref: tuple[float, float, float], baselines: Sequence[str]) -> list[dict[str, Any]]:
+    """HiPP's row at one preference (its ``plan``, rows by ``scorer``), then uniform's and each
+    baseline's at the plan's realized sparsity; the baseline :func:`best_row` ranks first is
+    flagged ``best_baseline``."""
     rows = [{"method": f"HiPP {name}", "preference": list(pref), "sparsity": plan.realized_sparsity,
              "widths": list(plan.widths_after),
              **_scores(model, processor, prepared, plan, scorer)}]
@@ -155,8 +157,7 @@ def _preference_rows(model: Any, processor: Any, prepared: Any, context: MethodC
 def _save_plan(model: Any, processor: Any, context: MethodContext, plan: Any, path: Path) -> None:
     """Save a physically pruned copy of ``model`` under ``plan`` (the dense model stays whole)."""
     pruned = copy.deepcopy(model)
-    api.prune_model(pruned, api.plan_from_ratios(pruned, plan.ratios, round_to=context.round_to, r_max=context.r_max),
-                    api.importance(DEFAULT_ROW_SCORE, pruned, context.stats))
+    api.prune_model(pruned, plan, api.importance(DEFAULT_ROW_SCORE, pruned, context.stats))
     save_pruned(pruned, path, processor, plan=plan.to_dict())
 
 
@@ -204,9 +205,8 @@ def plot_operating_points(rows: list[dict[str, Any]], path: Path) -> None:
     for ax, pref in zip(axes[0], groups, strict=False):
         group = [r for r in rows if r["preference"] is not None and tuple(r["preference"]) == pref]
         for r in dense + group:
-            kind = r["method"].split(" @ ")[0] if " @ " in r["method"] else r["method"].split()[0]
-            colour, marker = _STYLES.get(kind, ("0.45", _BASELINE_MARKERS[others.index(kind) % len(_BASELINE_MARKERS)]
-                                                if kind in others else "x"))
+            kind = r["method"].split(" @ ")[0].split()[0]  # "dense", "HiPP", "uniform" or the baseline
+            colour, marker = _STYLES.get(kind) or ("0.45", _BASELINE_MARKERS[others.index(kind) % len(_BASELINE_MARKERS)])
             ax.scatter(100 * r["sqa_acc"], 100 * r["pope_adv_bal_acc"], color=colour, marker=marker, s=55,
                        label=kind)
         front = [group[i] for i in pareto_front([(r["sqa_acc"], r["pope_adv_bal_acc"]) for r in group])]

@@ -274,11 +274,13 @@ def score_task(model: Any, task: PreparedTask, per_row: bool = False) -> dict[st
     if task.family == "pope":
         margins = [o[0] - o[1] for o in option_lps]
         metrics: dict[str, Any] = dict(pope_metrics(margins, [g == 0 for g in task.gold]))
-        right = [(m > 0) == (g == 0) for m, g in zip(margins, task.gold, strict=True)]
+        predicted = [0 if m > 0 else 1 for m in margins]  # option 0 is "yes", as gold 0 is
     else:
         metrics = dict(mc_metrics(option_lps, task.gold))
-        right = [mc_prediction(lps) == g for lps, g in zip(option_lps, task.gold, strict=True)]
-    return metrics | ({"correct": "".join("1" if r else "0" for r in right)} if per_row else {})
+        predicted = [mc_prediction(lps) for lps in option_lps]
+    if per_row:
+        metrics["correct"] = "".join("1" if p == g else "0" for p, g in zip(predicted, task.gold, strict=True))
+    return metrics
 
 
 def evaluate(model: Any, processor: Any, data: str | Path | PreparedEval,
