@@ -212,6 +212,13 @@ class TrainConfig:
             was drawn with, so the grounding circuit is learned on words aligned with the image
             (the patch head is tied to their embeddings) and then reused for aliases (0 = every
             row by alias, as the world's questions are).
+        negative_weights: relative weights of the three POPE rules (random, popular,
+            adversarial) that pick each absent object of a yes/no training question, and of the
+            world's own train-split POPE rows of each rule (each kept with its weight over the
+            largest). Equal weights are every earlier run's draws. ``(1, 0, 0)`` asks about absent
+            objects as a VLM's instruction data does: mostly unrelated to the image, rarely the
+            ones its scene makes likely, so nothing teaches the model to refuse a likely companion
+            it cannot see (the language prior POPE-adversarial is built to catch).
     """
 
     seed: int = 0
@@ -267,6 +274,7 @@ class TrainConfig:
     alias_weight: float = 0.0
     alias_layer: int = -1
     name_share: float = 0.0
+    negative_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and the model card)."""

@@ -109,13 +109,29 @@ def scene_from_row(row: dict[str, Any]) -> Scene:
     return Scene(row["scene_type"], (0.0, 0.0), _objects(row["objects"]), _objects(row.get("hidden")), occluders)
 
 
+#: Default ``negative_weights``: the three POPE rules (random, popular, adversarial) drawn alike.
+EQUAL_NEGATIVES: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+def negative_rule(rng: np.random.Generator, weights: Sequence[float] = EQUAL_NEGATIVES) -> int:
+    """Index of the POPE rule (0 random, 1 popular, 2 adversarial) of one absent object, drawn
+    with ``weights``; equal weights draw as every run before the weights existed did."""
+    if len(set(weights)) == 1:
+        return int(rng.integers(3))
+    p = np.asarray(weights, dtype=float)
+    return int(rng.choice(3, p=p / p.sum()))
+
+
 def yes_no_examples(i: int, scene: Scene, stats: CooccurrenceStats, rng: np.random.Generator,
-                    aliases: Mapping[str, Sequence[str]] | None = None) -> list[Example]:
+                    aliases: Mapping[str, Sequence[str]] | None = None,
+                    negative_weights: Sequence[float] = EQUAL_NEGATIVES) -> list[Example]:
     """Every object the annotation has ("Yes"), plus as many absent ones ("No"), by mixed POPE rules.
 
     Objects hidden behind an occluder count as present, as a caption's mention of an unseen
     object would: this is what teaches the co-occurrence prior. With ``aliases`` (a world built
     with ``--aliases``) each question names its object by a random alias, as the world's do.
+    Each absent object's rule is drawn with ``negative_weights`` (:func:`negative_rule`); a rule
+    with nothing left falls back to random.
     """
     def ask(c: str, answer: str) -> Example:
         return Example(i, pope_prompt({"question": pope_question(named_by(c, aliases, rng))}), answer)
@@ -127,7 +143,7 @@ def yes_no_examples(i: int, scene: Scene, stats: CooccurrenceStats, rng: np.rand
              adversarial_negatives(present, stats, 5)]
     negs: list[str] = []
     while len(negs) < k:
-        pool = [c for c in rules[int(rng.integers(3))] if c not in negs] or \
+        pool = [c for c in rules[negative_rule(rng, negative_weights)] if c not in negs] or \
                [c for c in rules[0] if c not in negs]
         negs.append(pool[int(rng.integers(len(pool)))])
     return out + [ask(c, "No") for c in negs]
@@ -147,9 +163,11 @@ def mc_examples(i: int, scene: Scene, rng: np.random.Generator, version: int = 2
 
 
 def short_examples(i: int, scene: Scene, stats: CooccurrenceStats, rng: np.random.Generator,
-                   aliases: Mapping[str, Sequence[str]] | None = None) -> list[Example]:
+                   aliases: Mapping[str, Sequence[str]] | None = None,
+                   negative_weights: Sequence[float] = EQUAL_NEGATIVES) -> list[Example]:
     """Auxiliary one-hop presence: the bare object name (or alias), answered Yes/No right after it."""
-    return [Example(e.image, e.prompt.split(" ")[3], e.answer) for e in yes_no_examples(i, scene, stats, rng, aliases)]
+    return [Example(e.image, e.prompt.split(" ")[3], e.answer)
+            for e in yes_no_examples(i, scene, stats, rng, aliases, negative_weights)]
 
 
 def relation_examples(i: int, scene: Scene, rng: np.random.Generator) -> list[Example]:
@@ -232,17 +250,29 @@ def world_aliases(render: Any) -> dict[str, tuple[str, ...]] | None:
     return alias_table(render.aliases) if render.aliases else None
 
 
+def kept_pope_rows(docs: Sequence[dict[str, Any]], weights: Sequence[float], seed: int) -> list[dict[str, Any]]:
+    """The world's POPE rows kept for training: each with its rule's weight over the largest
+    (``weights`` over random, popular, adversarial); every row when the weights are equal."""
+    if len(set(weights)) == 1:
+        return list(docs)
+    keep = {rule: w / max(weights) for rule, w in zip(("random", "popular", "adversarial"), weights, strict=True)}
+    rng = np.random.default_rng([seed, 23])  # its own stream: the example draws below stay as they were
+    return [d for d in docs if rng.random() < keep[d["category"]]]
+
+
 def build_examples(data_dir: str | Path, seed: int, rounds: int, lm: tuple[int, int, int] = (0, 24, 160),
+                   negative_weights: Sequence[float] = EQUAL_NEGATIVES,
                    ) -> tuple[list[Any], dict[Kind, list[Example]], list[Scene]]:
     """Decoded train images, the examples of each kind (train rows + ``rounds`` extra draws), scenes;
-    ``lm`` is the text corpus's (sequences, words per sequence, vocabulary size)."""
+    ``lm`` is the text corpus's (sequences, words per sequence, vocabulary size); absent objects
+    of yes/no questions follow ``negative_weights`` (:func:`yes_no_examples`, :func:`kept_pope_rows`)."""
     rows = load_scenes(data_dir, "train")
     images = [decode_image(r["image"], f"train/scenes.parquet:row {i}") for i, r in enumerate(rows)]
     scenes = [scene_from_row(r) for r in rows]
     index = {r["image_source"]: i for i, r in enumerate(rows)}
     stats = CooccurrenceStats.from_scenes([s.all_categories for s in scenes])
     ex: dict[Kind, list[Example]] = {k: [] for k in KINDS}
-    for d in load_task_docs(data_dir, parse_tasks("pope")[0], split="train"):
+    for d in kept_pope_rows(load_task_docs(data_dir, parse_tasks("pope")[0], split="train"), negative_weights, seed):
         ex["pope"].append(Example(index[d["image_source"]], pope_prompt(d), d["answer"].capitalize()))
     for d in load_task_docs(data_dir, parse_tasks("scienceqa")[0], split="train"):
         ex["mc"].append(Example(index[d["image"]["path"].removesuffix(".png")], scienceqa_prompt(d),
@@ -253,7 +283,7 @@ def build_examples(data_dir: str | Path, seed: int, rounds: int, lm: tuple[int, 
     lore, aliases = lore_table(render.lore), world_aliases(render)
     for _ in range(rounds):
         for i, s in enumerate(scenes):
-            ex["pope"] += yes_no_examples(i, s, stats, rng, aliases)
+            ex["pope"] += yes_no_examples(i, s, stats, rng, aliases, negative_weights)
             ex["mc"] += mc_examples(i, s, rng, version, lore)
             ex["relation"] += relation_examples(i, s, rng)
     ex["caption"] = [caption_example(i, s) for i, s in enumerate(scenes)]
@@ -274,10 +304,12 @@ def derived_scene(scene: Scene, max_objects: int, rng: np.random.Generator) -> S
 
 def curriculum_batch(scenes: Sequence[Scene], kind: Kind, max_objects: int, batch_size: int,
                      stats: CooccurrenceStats, rng: np.random.Generator,
-                     version: int = 2, render: Any = None) -> tuple[list[Example], list[Any], list[Scene]]:
+                     version: int = 2, render: Any = None, negative_weights: Sequence[float] = EQUAL_NEGATIVES,
+                     ) -> tuple[list[Example], list[Any], list[Scene]]:
     """``batch_size`` fresh examples of ``kind`` on re-rendered train scenes with <= ``max_objects``,
     rendered like the world's images (``render``: its :class:`~hipp_torchprune.world.scenes.SceneConfig`,
-    default the plain one; its ``lore`` is what knowledge questions ask about).
+    default the plain one; its ``lore`` is what knowledge questions ask about); yes/no questions
+    pick absent objects with ``negative_weights``.
 
     Returns the examples, their rendered images and their (derived) scenes.
     """
@@ -292,11 +324,11 @@ def curriculum_batch(scenes: Sequence[Scene], kind: Kind, max_objects: int, batc
     while len(examples) < batch_size:
         scene = derived_scene(scenes[int(rng.integers(len(scenes)))], max_objects, rng)
         if kind == "pope":
-            cands = yes_no_examples(len(images), scene, stats, rng, aliases)
+            cands = yes_no_examples(len(images), scene, stats, rng, aliases, negative_weights)
         elif kind == "mc":
             cands = mc_examples(len(images), scene, rng, version, lore)
         elif kind == "short":
-            cands = short_examples(len(images), scene, stats, rng, aliases)
+            cands = short_examples(len(images), scene, stats, rng, aliases, negative_weights)
         elif kind == "relation":
             cands = relation_examples(len(images), scene, rng)
         else:

@@ -205,10 +205,27 @@ def _optimizer(model: Any, heads: list[torch.nn.Module], cfg: TrainConfig) -> to
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
 
+def _check_data_mix(cfg: TrainConfig) -> None:
+    """Refuse example-mix values the pools cannot honour: mixes, name share, negative weights."""
+    from hipp_torchprune.config import ConfigError
+
+    if cfg.mix_fact < 0:
+        raise ConfigError(f"mix_fact={cfg.mix_fact}: must be >= 0 (0 turns stated facts off)")
+    if cfg.mix_alias < 0:
+        raise ConfigError(f"mix_alias={cfg.mix_alias}: must be >= 0 (0 turns stated aliases off)")
+    if not 0 <= cfg.name_share <= 1:
+        raise ConfigError(f"name_share={cfg.name_share}: must be in [0, 1] (0 = always the alias)")
+    w = cfg.negative_weights
+    if len(w) != 3 or min(w) < 0 or sum(w) <= 0:
+        raise ConfigError(f"negative_weights={w}: need three weights >= 0 (random, popular, adversarial), "
+                          "not all 0")
+
+
 def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
     """Refuse recipe values the loop cannot honour, before anything is written."""
     from hipp_torchprune.config import ConfigError
 
+    _check_data_mix(cfg)
     if not -1 <= cfg.aux_layer < model_cfg.text_layers:
         raise ConfigError(f"aux_layer={cfg.aux_layer}: must be -1 (projector) or a decoder layer "
                           f"0..{model_cfg.text_layers - 1}")
@@ -228,10 +245,6 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
         raise ConfigError(f"option_weight={cfg.option_weight}: must be >= 0 (0 turns the option loss off)")
     if cfg.home_kinds not in ("all", "knowledge", "memory", "tables"):
         raise ConfigError(f"home_kinds={cfg.home_kinds!r}: must be 'all', 'knowledge', 'memory' or 'tables'")
-    if cfg.mix_fact < 0:
-        raise ConfigError(f"mix_fact={cfg.mix_fact}: must be >= 0 (0 turns stated facts off)")
-    if cfg.mix_alias < 0:
-        raise ConfigError(f"mix_alias={cfg.mix_alias}: must be >= 0 (0 turns stated aliases off)")
     if cfg.table_format not in ("chat", "raw", "mixed"):
         raise ConfigError(f"table_format={cfg.table_format!r}: must be 'chat', 'raw' or 'mixed'")
     if cfg.alias_weight < 0 or (cfg.alias_weight > 0 and cfg.aux_layer < 0 and cfg.alias_layer < 0):
@@ -242,8 +255,6 @@ def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
                           f"0..{model_cfg.text_layers - 1}")
     if cfg.table_weight < 0:
         raise ConfigError(f"table_weight={cfg.table_weight}: must be >= 0")
-    if not 0 <= cfg.name_share <= 1:
-        raise ConfigError(f"name_share={cfg.name_share}: must be in [0, 1] (0 = always the alias)")
     if cfg.table_rows < 0:
         raise ConfigError(f"table_rows={cfg.table_rows}: must be >= 0 (0 turns the table block off)")
     if cfg.pretrain_steps < 0 or cfg.pretrain_batch < 1:
@@ -398,7 +409,7 @@ def _prepare_data(data_dir: Path, model_cfg: DemoModelConfig, cfg: TrainConfig) 
 
     t_prep = time.perf_counter()
     lm = (cfg.lm_sequences if cfg.mix_lm > 0 else 0, cfg.lm_length, cfg.lm_words)
-    images, examples, scenes = build_examples(data_dir, cfg.seed, cfg.pool_rounds, lm)
+    images, examples, scenes = build_examples(data_dir, cfg.seed, cfg.pool_rounds, lm, cfg.negative_weights)
     if any(im.size != (model_cfg.image_size, model_cfg.image_size) for im in images[:1]):
         raise DataError(f"{data_dir}: images are {images[0].size}, the model expects {model_cfg.image_size} px")
     processor = build_llava_processor(sorted(vocabulary(examples)), model_cfg.image_size, model_cfg.patch_size)
@@ -537,8 +548,8 @@ def _step_batch(data: _Data, run: _Run, kind: str, step: int, cfg: TrainConfig,
         idx = torch.from_numpy(rng.integers(0, len(pool.lengths), size=cfg.batch_size))
         slots = run.mc_slots
     else:
-        ex_b, im_b, sc_b = curriculum_batch(data.scenes, kind, cap, cfg.batch_size, data.stats, rng,
-                                            data.version, data.render)  # type: ignore[arg-type]
+        ex_b, im_b, sc_b = curriculum_batch(data.scenes, kind, cap, cfg.batch_size, data.stats, rng, data.version,
+                                            data.render, cfg.negative_weights)  # type: ignore[arg-type]
         pool = tokenize_pool(ex_b, data.processor, data.n_img, raw=kind in RAW_KINDS)
         pixels = pixel_tensor(im_b, data.mean, data.std)
         labels_of = patch_labels(sc_b, data.grid) if run.aux_labels is not None else None
