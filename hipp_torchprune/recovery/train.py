@@ -116,6 +116,62 @@ def _trainable(net: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in net.named_parameters() if p.requires_grad}
 
 
+def _resume(work: Path | None, meta: dict[str, Any], params: dict[str, nn.Parameter],
+            opt: torch.optim.Optimizer, device: torch.device) -> tuple[int, list[dict[str, float]], _BestState]:
+    """The step, history and best state to continue from: those of ``work``'s saved state when it
+    exists (written by this same run, else :class:`RecoveryError`), else a fresh start."""
+    if work is None:
+        return 0, [], _BestState()
+    work.mkdir(parents=True, exist_ok=True)
+    state_path = work / STATE_FILE
+    if not state_path.exists():
+        return 0, [], _BestState()
+    state = torch.load(state_path, map_location=device, weights_only=False)
+    if state["meta"] != meta:
+        raise RecoveryError(f"{state_path} was written by a different recovery run (config or model "
+                            "differ); delete it or use another work directory")
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            params[name].copy_(value)
+    opt.load_state_dict(state["optimizer"])
+    return int(state["step"]), list(state["history"]), _BestState(state.get("best"))
+
+
+def _train_step(net: nn.Module, processor: Any, pool: Any, config: RecoveryConfig, step: int,
+                opt: torch.optim.Optimizer, params: dict[str, nn.Parameter], device: torch.device,
+                dtype: torch.dtype) -> dict[str, float]:
+    """One optimizer step on step ``step``'s rows; returns its loss record."""
+    rows = step_rows(pool, config, step)
+    lp = _forward_logprobs(net, encode_rows(processor, pool, rows), device, dtype)
+    loss, record = recovery_loss(lp, rows, config)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(list(params.values()), config.grad_clip)
+    opt.step()
+    record["step"] = step + 1
+    return record
+
+
+def _log(writer: Any, record: dict[str, float], step: int) -> None:
+    """Every value of ``record`` (but its step) to TensorBoard under ``recovery/``."""
+    if writer is not None:
+        for k, v in record.items():
+            if k != "step":
+                writer.add_scalar(f"recovery/{k}", v, step)
+
+
+def _hand_back(net: nn.Module, model: nn.Module, requires_grad: dict[str, bool], was_training: bool,
+               snapshot: ShapeSnapshot, adapter: Any) -> nn.Module:
+    """Merge LoRA into ``model``, restore its mode and gradient flags, and check its shapes."""
+    with torch.no_grad():
+        merged = merge(net, model)
+    merged.train(was_training)
+    for name, p in merged.named_parameters():
+        p.requires_grad_(requires_grad.get(name, p.requires_grad))
+    snapshot.check(merged, adapter.__class__(merged))
+    return merged
+
+
 def recover(model: nn.Module, processor: Any, data_dir: str | Path, config: RecoveryConfig, *,
             work_dir: str | Path | None = None, progress: bool = True, registry: Any = None,
             split: str = "train") -> RecoveryResult:
@@ -125,73 +181,45 @@ def recover(model: nn.Module, processor: Any, data_dir: str | Path, config: Reco
     steps; a run with the same config resumes from it) and TensorBoard logs. The widths,
     linear shapes and parameter count after merging are checked against the ones before.
     """
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+
     from hipp_torchprune.api import get_adapter
 
+    # -- set-up: rows, LoRA, optimizer, resume --
     adapter = get_adapter(model, registry)
     snapshot = ShapeSnapshot.of(model, adapter)
     pool = load_pool(processor, data_dir, config, split=split)
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     torch.manual_seed(config.seed)
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     net = attach(model, adapter, config)
     params = _trainable(net)
     opt = torch.optim.AdamW(list(params.values()), lr=config.lr, weight_decay=config.weight_decay)
     work = Path(work_dir) if work_dir is not None else None
-    start, history = 0, []
-    best = _BestState()
     select = _selection_data(processor, data_dir, config)
     # ``steps`` is left out: batches depend on (seed, step) only, so a run can be extended.
     meta = {"config": {k: v for k, v in config.to_dict().items() if k != "steps"},
             "widths": list(snapshot.widths), "params": snapshot.params}
-    if work is not None:
-        work.mkdir(parents=True, exist_ok=True)
-        state_path = work / STATE_FILE
-        if state_path.exists():
-            state = torch.load(state_path, map_location=device, weights_only=False)
-            if state["meta"] != meta:
-                raise RecoveryError(f"{state_path} was written by a different recovery run (config or model "
-                                    "differ); delete it or use another work directory")
-            with torch.no_grad():
-                for name, value in state["params"].items():
-                    params[name].copy_(value)
-            opt.load_state_dict(state["optimizer"])
-            start, history = int(state["step"]), list(state["history"])
-            best = _BestState(state.get("best"))
-    writer = None
-    if work is not None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(work / "tensorboard"), purge_step=start)
-    from tqdm.auto import tqdm
-
+    start, history, best = _resume(work, meta, params, opt, device)
+    writer = SummaryWriter(str(work / "tensorboard"), purge_step=start) if work is not None else None
     was_training = model.training
     net.eval()  # no dropout: same seed, same result
     bar = tqdm(range(start, config.steps), desc="recover", disable=not progress, initial=start, total=config.steps)
     if select is not None and start == 0:
         best.offer(_score(net, processor, select), 0, params)
+    # -- the loop: step, log, select, save --
     try:
         for step in bar:
-            rows = step_rows(pool, config, step)
-            lp = _forward_logprobs(net, encode_rows(processor, pool, rows), device, dtype)
-            loss, record = recovery_loss(lp, rows, config)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(params.values()), config.grad_clip)
-            opt.step()
-            record["step"] = step + 1
+            record = _train_step(net, processor, pool, config, step, opt, params, device, dtype)
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", yes=f"{record['yes_rate']:.3f}")
-            if writer is not None:
-                for k, v in record.items():
-                    if k != "step":
-                        writer.add_scalar(f"recovery/{k}", v, step + 1)
+            _log(writer, record, step + 1)
             done = step + 1
             if select is not None and (done % config.select_every == 0 or done == config.steps):
                 record["select_score"] = _score(net, processor, select)
                 best.offer(record["select_score"], done, params)
-                if writer is not None:
-                    writer.add_scalar("recovery/select_score", record["select_score"], done)
+                _log(writer, {"select_score": record["select_score"]}, done)
             if work is not None and config.save_every and (done % config.save_every == 0 or done == config.steps):
                 _save_state(work / STATE_FILE, {
                     "meta": meta, "step": done, "history": history, "optimizer": opt.state_dict(),
@@ -202,12 +230,7 @@ def recover(model: nn.Module, processor: Any, data_dir: str | Path, config: Reco
             writer.close()
     if select is not None:
         best.restore(params)
-    with torch.no_grad():
-        merged = merge(net, model)
-    merged.train(was_training)
-    for name, p in merged.named_parameters():  # hand the model back with its gradient flags
-        p.requires_grad_(requires_grad.get(name, p.requires_grad))
-    snapshot.check(merged, adapter.__class__(merged))
+    merged = _hand_back(net, model, requires_grad, was_training, snapshot, adapter)
     return RecoveryResult(merged, history, start, best.step if select is not None else config.steps)
 
 
