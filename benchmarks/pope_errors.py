@@ -8,6 +8,10 @@ Prints each class's count and error rate for POPE-random and POPE-adversarial, d
 ``--sparsity S``, after uniform Wanda pruning to S (mask mode, rows rounded to ``--round-to``).
 Issue 13's target 3 asks that false "yes" on co-occurring absent objects be the error that grows.
 
+``--negatives`` prints what each split's absent objects are and stops (no model needed): the
+share favoured by the image's scene type, that are a visible object's missing companion, and
+that share some scene type with a visible object.
+
 ``--prior`` first prints what the world itself says: in the train split, how often a missing
 companion is hidden behind the occluder, by occluder and pool size (the answer a model that
 learned the world's occlusion prior would give). ``--by-name`` asks every alias by its
@@ -36,7 +40,7 @@ from hipp_torchprune.data import (
 )
 from hipp_torchprune.demo.dataset import scene_from_row, world_aliases
 from hipp_torchprune.evaluation import option_logprobs, prepare_eval
-from hipp_torchprune.world.categories import CATEGORY_NAMES, COMPANIONS
+from hipp_torchprune.world.categories import CATEGORY_NAMES, COMPANIONS, SCENE_TYPES
 from hipp_torchprune.world.scenes import Scene
 
 TASKS = ("pope_random", "pope_adversarial")
@@ -74,6 +78,30 @@ def occlusion_prior(data: str, split: str = "train") -> dict[tuple[bool, int], t
             counts[(bool(scene.occluders), len(pool))][0] += 1
             counts[(bool(scene.occluders), len(pool))][1] += c in hidden
     return {k: (n, h / n) for k, (n, h) in sorted(counts.items())}
+
+
+def negative_kinds(scene: Scene, asked: str) -> dict[str, bool]:
+    """What one absent object is to its image: favoured by the scene type, a missing companion of
+    a visible object, sharing some scene type's favoured set with a visible object."""
+    favoured = {t.name: set(t.favoured) for t in SCENE_TYPES}
+    visible = set(scene.categories)
+    return {"scene_favoured": asked in favoured.get(scene.scene_type, set()),
+            "missing_companion": asked in missing_companions(scene),
+            "shares_a_scene_type": any(asked in f and visible & f for f in favoured.values())}
+
+
+def negative_table(data: str, split: str) -> dict[str, dict[str, float]]:
+    """``{split: {kind: % of its negatives}}`` for POPE-random and POPE-adversarial, with ``n``."""
+    inverse = {a: c for c, names in (world_aliases(world_render(data)) or {}).items() for a in names}
+    scenes = read_scenes(data, split)
+    out = {}
+    for task in TASKS:
+        docs = [d for d in load_task_docs(data, parse_tasks(task)[0], split=split) if d["answer"].lower() == "no"]
+        kinds = [negative_kinds(scenes[d["image_source"]], inverse.get(w, w))
+                 for d in docs for w in [d["question"].split()[3]]]
+        out[task] = {"n": float(len(kinds)), **{k: 100 * sum(x[k] for x in kinds) / max(len(kinds), 1)
+                                                 for k in ("scene_favoured", "missing_companion", "shares_a_scene_type")}}
+    return out
 
 
 def row_classes(prepared: Any, data: str, split: str) -> dict[str, list[str]]:
@@ -160,9 +188,16 @@ def main() -> None:
     parser.add_argument("--calib-n", type=int, default=64)
     parser.add_argument("--by-name", action="store_true", help="ask every alias by its category's name")
     parser.add_argument("--prior", action="store_true", help="first print the world's occlusion prior")
+    parser.add_argument("--negatives", action="store_true", help="print what the absent objects are, then stop")
     args = parser.parse_args()
     if world_version(args.data) != 2:
         parser.error(f"{args.data}: a version-1 world has no companions or occluders (hipp world build --version 2)")
+    if args.negatives:
+        print("| split | negatives | scene-favoured % | missing companion % | shares a scene type % |\n|---|---|---|---|---|")
+        for task, row in negative_table(args.data, args.split).items():
+            print(f"| {task} | {row['n']:.0f} | {row['scene_favoured']:.1f} | {row['missing_companion']:.1f} | "
+                  f"{row['shares_a_scene_type']:.1f} |")
+        return
     if args.prior:
         for (occl, pool), (n, share) in occlusion_prior(args.data).items():
             print(json.dumps({"occluder": occl, "pool": pool, "cases": n, "hidden": round(share, 3)}))

@@ -36,6 +36,24 @@ def test_row_classes_by_hand() -> None:
     assert script.row_class(_scene(["dog", "ball"]), "cup", present=False) == "absent comp=0 pool=0 occl=0 hid=0"
 
 
+def test_negative_kinds_by_hand() -> None:
+    from hipp_torchprune.world.categories import SCENE_TYPES
+
+    kitchen = set(next(t for t in SCENE_TYPES if t.name == "kitchen").favoured)
+    other = next(t for t in SCENE_TYPES if t.name != "kitchen" and not set(t.favoured) & kitchen)
+    script = _script()
+    scene = _scene(["cup"])  # a kitchen: the plate is the cup's missing companion
+    assert script.negative_kinds(scene, "plate") == {
+        "scene_favoured": "plate" in kitchen, "missing_companion": True, "shares_a_scene_type": "plate" in kitchen}
+    far = next(c for c in other.favoured if all(c not in t.favoured for t in SCENE_TYPES if "cup" in t.favoured))
+    assert script.negative_kinds(scene, far) == {"scene_favoured": False, "missing_companion": False,
+                                                 "shares_a_scene_type": False}
+    # favoured by another scene type that also favours something visible
+    scene2 = _scene([other.favoured[0]])
+    assert script.negative_kinds(scene2, other.favoured[1])["shares_a_scene_type"]
+    assert not script.negative_kinds(scene2, other.favoured[1])["scene_favoured"]
+
+
 def test_occlusion_prior_counts_hidden_companions(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -69,6 +87,19 @@ def test_runs_on_tiny_llava(make_world) -> None:
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| present")]
     assert len(rows) == 2  # dense and pruned
     assert "| dense |" in proc.stdout and "The gap widens by" in proc.stdout
+
+
+def test_negatives_are_counted_without_a_model(make_world) -> None:
+    world = make_world(3, 40, version=2)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pope_errors.py"), "--model", "no-such-model",
+                           "--data", str(world), "--split", "test", "--negatives"],
+                          cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = _script().negative_table(str(world), "test")
+    adv, rand = table["pope_adversarial"], table["pope_random"]
+    assert adv["n"] == rand["n"] > 0 and adv["shares_a_scene_type"] >= rand["shares_a_scene_type"]
+    assert f"| pope_adversarial | {adv['n']:.0f} | {adv['scene_favoured']:.1f} |" in proc.stdout
 
 
 def test_a_version_1_world_is_refused_with_a_clear_message(make_world) -> None:
