@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from hipp_torchprune.adapters.base import ModelAdapter
+from hipp_torchprune.errors import HippError
 from hipp_torchprune.hipp.distributed import map_over_ranks
 from hipp_torchprune.hipp.normalization import compression_return
 from hipp_torchprune.hipp.synflow import AbsWeights, log_synflow
@@ -72,7 +73,14 @@ class PlanEnvironment:
 
     def score(self, plans: Sequence[Sequence[float]]) -> PlanOutcome:
         """Score a batch of plans (per-layer ratios)."""
-        widths = [self.widths_for(r) for r in plans]
+        return self.score_widths([self.widths_for(r) for r in plans])
+
+    def score_widths(self, widths: Sequence[tuple[int, ...]]) -> PlanOutcome:
+        """Score a batch of plans given as kept widths (another allocator's, say), rows by the
+        environment's row scores."""
+        widths = [tuple(int(k) for k in w) for w in widths]
+        if any(len(w) != len(self.widths) or not all(0 < k <= n for k, n in zip(w, self.widths)) for w in widths):
+            raise HippError(f"kept widths must be one per layer, each in 1..its width {self.widths}")
         results = map_over_ranks(self._score_one, widths, self.state)
         realized = torch.tensor([realized_sparsity(self.widths, w, self.row_params) for w in widths])
         comp = compression_return(realized, *self.compression_range)

@@ -49,3 +49,35 @@ def test_plan_environment_keeps_no_weight_sized_copies(tiny) -> None:
         assert env.score([[0.25] * len(widths)]).phi.item() < 0
     finally:
         env.close()
+
+
+def test_score_widths_matches_score_and_refuses_bad_widths(tiny) -> None:
+    """Scoring a plan by its kept widths (another allocator's) is scoring it by its ratios; the
+    objectives see the mask of exactly those widths; impossible widths are refused."""
+    import pytest
+
+    from hipp_torchprune.errors import HippError
+    from hipp_torchprune.hipp.env import PlanEnvironment
+
+    _, model, _ = tiny
+    adapter = api.get_adapter(model)
+    widths = adapter.intermediate_widths()
+    kept_seen: list[int] = []
+
+    def rob(m: torch.nn.Module) -> float:  # the kept rows of layer 0 under the current mask
+        kept_seen.append(int(env.masks.masks[0].sum()))
+        return float(kept_seen[-1])
+
+    env = PlanEnvironment(model, adapter, [torch.rand(w) for w in widths], {"rob": rob, "util": lambda m: 0.0},
+                          round_to=8, r_max=0.8, compression_range=(0.2, 0.5), row_params=[1] * len(widths))
+    try:
+        by_ratio = env.score([[0.5] * len(widths)])
+        by_width = env.score_widths(by_ratio.widths)
+        assert torch.equal(by_ratio.raw, by_width.raw) and torch.equal(by_ratio.phi, by_width.phi)
+        odd = tuple([8] + list(widths[1:]))
+        assert env.score_widths([odd]).raw[0, 0].item() == 8.0 and kept_seen[-1] == 8
+        for bad in ([0] + list(widths[1:]), list(widths[:-1]), [widths[0] + 1] + list(widths[1:])):
+            with pytest.raises(HippError, match="kept widths"):
+                env.score_widths([tuple(bad)])
+    finally:
+        env.close()

@@ -1,0 +1,59 @@
+"""benchmarks/plan_reward.py: the trade-off by hand, and a run on tiny-llava with a one-step policy."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.benchmark_scripts import ROOT, load_benchmark
+
+
+def test_trade_off_by_hand() -> None:
+    trade_off = load_benchmark("plan_reward").trade_off
+    assert trade_off(2.0, 6.0, (0.7, 0.2, 0.1)) == pytest.approx((1.4 + 1.2) / 0.9)
+    assert trade_off(1.0, 3.0, (0.5, 0.5, 0.0)) == pytest.approx(2.0)
+
+
+@pytest.fixture(scope="module")
+def policy(make_world, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from hipp_torchprune.cli import main
+
+    world = make_world(0, 8)
+    out = tmp_path_factory.mktemp("policy") / "p"
+    assert main(["train", "--model", "tiny-llava", "--data", str(world), "--out", str(out), "--steps", "1",
+                 "--group", "2", "--round-to", "16", "--budget", "0.2,0.5", "--reward-limit", "4",
+                 "--calib-n", "2"]) == 0
+    return world, out
+
+
+def _run(world: Path, policy: Path, out: Path, methods: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HIPP_DISABLE_PLUGIN_AUTOLOAD"}  # the baselines' plugin
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plan_reward.py"), "--model", "tiny-llava",
+                           "--policy", str(policy), "--data", str(world), "--out", str(out), "--methods", methods,
+                           "--calib-n", "2", "--reward-limit", "4"],
+                          cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, timeout=900, check=False)
+
+
+def test_scores_each_allocation_with_the_environments_rows(policy: tuple[Path, Path], tmp_path: Path) -> None:
+    pytest.importorskip("hipp_baselines")
+    proc = _run(*policy, tmp_path, "wanda")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "plan_reward.json").read_text())
+    assert [r["allocation"] for r in rows] == ["HiPP", "uniform", "wanda"] * 3
+    for pref in {r["preference"] for r in rows}:
+        hipp, uniform, wanda = (r for r in rows if r["preference"] == pref)
+        assert abs(uniform["sparsity"] - hipp["sparsity"]) < 0.05
+        # Wanda's plan is uniform: with the environment's rows it is the same plan, scored the same
+        assert wanda["widths"] == uniform["widths"] and wanda["rob"] == uniform["rob"]
+
+
+def test_a_method_without_mlp_widths_is_refused(policy: tuple[Path, Path], tmp_path: Path) -> None:
+    pytest.importorskip("hipp_baselines")
+    proc = _run(*policy, tmp_path, "slicegpt")
+    assert proc.returncode != 0 and "has no MLP widths" in proc.stderr
