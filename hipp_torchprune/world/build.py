@@ -104,6 +104,27 @@ def _sqa_rows(items: Sequence[tuple[str, bytes, Scene]], k: int, rng: np.random.
     return rows
 
 
+def _write_split(out: Path, split: str, chunk: list[Any], stats: CooccurrenceStats, q_rng: np.random.Generator,
+                 config: SceneConfig, version: WorldVersion) -> dict[str, Any]:
+    """Render one split's scenes, write its three parquet files and return its manifest entry."""
+    items = [(f"{split}_{i:06d}", png_bytes(render_scene(s, config)), s) for i, s in enumerate(chunk)]
+    pope = _pope_rows(items, stats, q_rng, alias_table(config.aliases) if config.aliases else None)
+    sqa = _sqa_rows(items, SQA_PER_IMAGE[split], q_rng, version, lore_table(config.lore))
+    write_parquet_atomic(out / split / "scenes.parquet", [_scene_row(src, d, s) for src, d, s in items], SCENES_SCHEMA)
+    write_parquet_atomic(out / split / "pope.parquet", pope, POPE_SCHEMA)
+    write_parquet_atomic(out / split / "scienceqa.parquet", sqa, SCIENCEQA_SCHEMA)
+    return {
+        "images": len(items),
+        "pope_eligible_images": sum(len(set(s.categories)) >= 3 for _, _, s in items),
+        "pope": dict(Counter(r["category"] for r in pope)),
+        "scienceqa": len(sqa),
+        "scienceqa_topics": dict(Counter(r["topic"] for r in sqa)),
+        "category_frequencies": dict(Counter(c for _, _, s in items for c in s.categories)),
+        "occluded_images": sum(bool(s.occluders) for _, _, s in items),
+        "hidden_objects": sum(len(s.hidden) for _, _, s in items),
+    }
+
+
 def build_world(out: str | Path, seed: int, n_images: int = 6000, config: SceneConfig = SceneConfig(),
                 version: WorldVersion = DEFAULT_WORLD_VERSION) -> dict[str, Any]:
     """Render a world of generator ``version`` into ``out`` and return its manifest (also written
@@ -120,37 +141,18 @@ def build_world(out: str | Path, seed: int, n_images: int = 6000, config: SceneC
     if v2_only and version == 1:
         raise DataError(f"{', '.join(v2_only)}: world version 1 has no lore, aliases, companions or "
                         "occluders; use version 2")
-    lore = lore_table(config.lore)
     out = Path(out)
-    sizes = split_sizes(n_images)
     scene_rng = np.random.default_rng([seed, 0])
     scenes = [sample_scene(scene_rng, config, version) for _ in range(n_images)]
     stats = CooccurrenceStats.from_scenes([s.all_categories for s in scenes])
     splits: dict[str, Any] = {}
     files: list[str] = []
-    start = 0
+    start, sizes = 0, split_sizes(n_images)
     for si, split in enumerate(SPLITS):
         chunk = scenes[start:start + sizes[split]]
         start += sizes[split]
-        items = [(f"{split}_{i:06d}", png_bytes(render_scene(s, config)), s) for i, s in enumerate(chunk)]
-        q_rng = np.random.default_rng([seed, 1, si])
-        pope = _pope_rows(items, stats, q_rng, alias_table(config.aliases) if config.aliases else None)
-        sqa = _sqa_rows(items, SQA_PER_IMAGE[split], q_rng, version, lore)
-        write_parquet_atomic(out / split / "scenes.parquet",
-                             [_scene_row(src, d, s) for src, d, s in items], SCENES_SCHEMA)
-        write_parquet_atomic(out / split / "pope.parquet", pope, POPE_SCHEMA)
-        write_parquet_atomic(out / split / "scienceqa.parquet", sqa, SCIENCEQA_SCHEMA)
+        splits[split] = _write_split(out, split, chunk, stats, np.random.default_rng([seed, 1, si]), config, version)
         files += [f"{split}/{n}.parquet" for n in ("scenes", "pope", "scienceqa")]
-        splits[split] = {
-            "images": len(items),
-            "pope_eligible_images": sum(len(set(s.categories)) >= 3 for _, _, s in items),
-            "pope": dict(Counter(r["category"] for r in pope)),
-            "scienceqa": len(sqa),
-            "scienceqa_topics": dict(Counter(r["topic"] for r in sqa)),
-            "category_frequencies": dict(Counter(c for _, _, s in items for c in s.categories)),
-            "occluded_images": sum(bool(s.occluders) for _, _, s in items),
-            "hidden_objects": sum(len(s.hidden) for _, _, s in items),
-        }
     manifest = {
         "format": WORLD_FORMATS[version],
         "version": version,
