@@ -219,6 +219,12 @@ class TrainConfig:
             objects as a VLM's instruction data does: mostly unrelated to the image, rarely the
             ones its scene makes likely, so nothing teaches the model to refuse a likely companion
             it cannot see (the language prior POPE-adversarial is built to catch).
+        group_share: share of yes/no training questions that ask about a kind of scene, "Is there
+            a kitchenware in the image?" ("Yes" when the scene holds something a kitchen favours;
+            ``demo.dataset.GROUP_WORDS``), so the model knows a word for "something of these
+            scenes" and what to answer to it; vocabulary insertion can then build each alias
+            around its scenes' group words (``InsertConfig.related_to = "group_words"``), and a
+            pruned alias falls back to that question (0 = none, every earlier run).
     """
 
     seed: int = 0
@@ -275,6 +281,7 @@ class TrainConfig:
     alias_layer: int = -1
     name_share: float = 0.0
     negative_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    group_share: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logs and the model card)."""

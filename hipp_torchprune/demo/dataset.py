@@ -112,6 +112,20 @@ def scene_from_row(row: dict[str, Any]) -> Scene:
 #: Default ``negative_weights``: the three POPE rules (random, popular, adversarial) drawn alike.
 EQUAL_NEGATIVES: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
+#: The word that names "something of this kind of scene" in group questions, per scene type.
+GROUP_WORDS: dict[str, str] = {"kitchen": "kitchenware", "street": "streetware", "office": "officeware",
+                               "garden": "gardenware"}
+
+
+@dataclass(frozen=True)
+class QuestionMix:
+    """How yes/no training questions are asked (``TrainConfig.negative_weights`` and ``group_share``)."""
+
+    #: Relative weights of the POPE rules (random, popular, adversarial) of each absent object.
+    negative_weights: tuple[float, float, float] = EQUAL_NEGATIVES
+    #: Share of a scene's yes/no questions that ask about a kind of scene (:func:`group_examples`).
+    group_share: float = 0.0
+
 
 def negative_rule(rng: np.random.Generator, weights: Sequence[float] = EQUAL_NEGATIVES) -> int:
     """Index of the POPE rule (0 random, 1 popular, 2 adversarial) of one absent object, drawn
@@ -122,16 +136,35 @@ def negative_rule(rng: np.random.Generator, weights: Sequence[float] = EQUAL_NEG
     return int(rng.choice(3, p=p / p.sum()))
 
 
+def group_examples(i: int, scene: Scene, rng: np.random.Generator, n: int) -> list[Example]:
+    """``n`` group questions, "Is there a kitchenware in the image?" (:data:`GROUP_WORDS`): "Yes"
+    when the scene holds (seen or hidden) an object that the scene type favours; each asks, with
+    equal odds, about a kind the scene has or one it has not (when there is one)."""
+    from hipp_torchprune.world.categories import SCENE_TYPES
+
+    present = set(scene.all_categories)
+    has = [t.name for t in SCENE_TYPES if present & set(t.favoured)]
+    lacks = [t.name for t in SCENE_TYPES if t.name not in has]
+    out = []
+    for _ in range(n):
+        yes = not lacks or (bool(has) and rng.random() < 0.5)
+        kinds = has if yes else lacks
+        word = GROUP_WORDS[kinds[int(rng.integers(len(kinds)))]]
+        out.append(Example(i, pope_prompt({"question": pope_question(word)}), "Yes" if yes else "No"))
+    return out
+
+
 def yes_no_examples(i: int, scene: Scene, stats: CooccurrenceStats, rng: np.random.Generator,
                     aliases: Mapping[str, Sequence[str]] | None = None,
-                    negative_weights: Sequence[float] = EQUAL_NEGATIVES) -> list[Example]:
+                    mix: QuestionMix = QuestionMix()) -> list[Example]:
     """Every object the annotation has ("Yes"), plus as many absent ones ("No"), by mixed POPE rules.
 
     Objects hidden behind an occluder count as present, as a caption's mention of an unseen
     object would: this is what teaches the co-occurrence prior. With ``aliases`` (a world built
     with ``--aliases``) each question names its object by a random alias, as the world's do.
-    Each absent object's rule is drawn with ``negative_weights`` (:func:`negative_rule`); a rule
-    with nothing left falls back to random.
+    Each absent object's rule is drawn with ``mix.negative_weights`` (:func:`negative_rule`); a
+    rule with nothing left falls back to random. With ``mix.group_share`` > 0, group questions
+    (:func:`group_examples`) are added so that they are about that share of the list.
     """
     def ask(c: str, answer: str) -> Example:
         return Example(i, pope_prompt({"question": pope_question(named_by(c, aliases, rng))}), answer)
@@ -143,10 +176,13 @@ def yes_no_examples(i: int, scene: Scene, stats: CooccurrenceStats, rng: np.rand
              adversarial_negatives(present, stats, 5)]
     negs: list[str] = []
     while len(negs) < k:
-        pool = [c for c in rules[negative_rule(rng, negative_weights)] if c not in negs] or \
+        pool = [c for c in rules[negative_rule(rng, mix.negative_weights)] if c not in negs] or \
                [c for c in rules[0] if c not in negs]
         negs.append(pool[int(rng.integers(len(pool)))])
-    return out + [ask(c, "No") for c in negs]
+    out += [ask(c, "No") for c in negs]
+    if mix.group_share > 0:
+        out += group_examples(i, scene, rng, int(np.ceil(mix.group_share / (1 - mix.group_share) * len(out))))
+    return out
 
 
 def mc_examples(i: int, scene: Scene, rng: np.random.Generator, version: int = 2,
@@ -164,10 +200,9 @@ def mc_examples(i: int, scene: Scene, rng: np.random.Generator, version: int = 2
 
 def short_examples(i: int, scene: Scene, stats: CooccurrenceStats, rng: np.random.Generator,
                    aliases: Mapping[str, Sequence[str]] | None = None,
-                   negative_weights: Sequence[float] = EQUAL_NEGATIVES) -> list[Example]:
+                   mix: QuestionMix = QuestionMix()) -> list[Example]:
     """Auxiliary one-hop presence: the bare object name (or alias), answered Yes/No right after it."""
-    return [Example(e.image, e.prompt.split(" ")[3], e.answer)
-            for e in yes_no_examples(i, scene, stats, rng, aliases, negative_weights)]
+    return [Example(e.image, e.prompt.split(" ")[3], e.answer) for e in yes_no_examples(i, scene, stats, rng, aliases, mix)]
 
 
 def relation_examples(i: int, scene: Scene, rng: np.random.Generator) -> list[Example]:
@@ -261,18 +296,18 @@ def kept_pope_rows(docs: Sequence[dict[str, Any]], weights: Sequence[float], see
 
 
 def build_examples(data_dir: str | Path, seed: int, rounds: int, lm: tuple[int, int, int] = (0, 24, 160),
-                   negative_weights: Sequence[float] = EQUAL_NEGATIVES,
+                   mix: QuestionMix = QuestionMix(),
                    ) -> tuple[list[Any], dict[Kind, list[Example]], list[Scene]]:
     """Decoded train images, the examples of each kind (train rows + ``rounds`` extra draws), scenes;
     ``lm`` is the text corpus's (sequences, words per sequence, vocabulary size); absent objects
-    of yes/no questions follow ``negative_weights`` (:func:`yes_no_examples`, :func:`kept_pope_rows`)."""
+    of yes/no questions follow ``mix`` (:func:`yes_no_examples`, :func:`kept_pope_rows`)."""
     rows = load_scenes(data_dir, "train")
     images = [decode_image(r["image"], f"train/scenes.parquet:row {i}") for i, r in enumerate(rows)]
     scenes = [scene_from_row(r) for r in rows]
     index = {r["image_source"]: i for i, r in enumerate(rows)}
     stats = CooccurrenceStats.from_scenes([s.all_categories for s in scenes])
     ex: dict[Kind, list[Example]] = {k: [] for k in KINDS}
-    for d in kept_pope_rows(load_task_docs(data_dir, parse_tasks("pope")[0], split="train"), negative_weights, seed):
+    for d in kept_pope_rows(load_task_docs(data_dir, parse_tasks("pope")[0], split="train"), mix.negative_weights, seed):
         ex["pope"].append(Example(index[d["image_source"]], pope_prompt(d), d["answer"].capitalize()))
     for d in load_task_docs(data_dir, parse_tasks("scienceqa")[0], split="train"):
         ex["mc"].append(Example(index[d["image"]["path"].removesuffix(".png")], scienceqa_prompt(d),
@@ -283,7 +318,7 @@ def build_examples(data_dir: str | Path, seed: int, rounds: int, lm: tuple[int, 
     lore, aliases = lore_table(render.lore), world_aliases(render)
     for _ in range(rounds):
         for i, s in enumerate(scenes):
-            ex["pope"] += yes_no_examples(i, s, stats, rng, aliases, negative_weights)
+            ex["pope"] += yes_no_examples(i, s, stats, rng, aliases, mix)
             ex["mc"] += mc_examples(i, s, rng, version, lore)
             ex["relation"] += relation_examples(i, s, rng)
     ex["caption"] = [caption_example(i, s) for i, s in enumerate(scenes)]
@@ -304,12 +339,12 @@ def derived_scene(scene: Scene, max_objects: int, rng: np.random.Generator) -> S
 
 def curriculum_batch(scenes: Sequence[Scene], kind: Kind, max_objects: int, batch_size: int,
                      stats: CooccurrenceStats, rng: np.random.Generator,
-                     version: int = 2, render: Any = None, negative_weights: Sequence[float] = EQUAL_NEGATIVES,
+                     version: int = 2, render: Any = None, mix: QuestionMix = QuestionMix(),
                      ) -> tuple[list[Example], list[Any], list[Scene]]:
     """``batch_size`` fresh examples of ``kind`` on re-rendered train scenes with <= ``max_objects``,
     rendered like the world's images (``render``: its :class:`~hipp_torchprune.world.scenes.SceneConfig`,
     default the plain one; its ``lore`` is what knowledge questions ask about); yes/no questions
-    pick absent objects with ``negative_weights``.
+    are asked as ``mix`` says.
 
     Returns the examples, their rendered images and their (derived) scenes.
     """
@@ -324,11 +359,11 @@ def curriculum_batch(scenes: Sequence[Scene], kind: Kind, max_objects: int, batc
     while len(examples) < batch_size:
         scene = derived_scene(scenes[int(rng.integers(len(scenes)))], max_objects, rng)
         if kind == "pope":
-            cands = yes_no_examples(len(images), scene, stats, rng, aliases, negative_weights)
+            cands = yes_no_examples(len(images), scene, stats, rng, aliases, mix)
         elif kind == "mc":
             cands = mc_examples(len(images), scene, rng, version, lore)
         elif kind == "short":
-            cands = short_examples(len(images), scene, stats, rng, aliases, negative_weights)
+            cands = short_examples(len(images), scene, stats, rng, aliases, mix)
         elif kind == "relation":
             cands = relation_examples(len(images), scene, rng)
         else:

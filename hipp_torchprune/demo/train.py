@@ -22,6 +22,7 @@ from hipp_torchprune.demo.dataset import (
     KINDS,
     POOL_ONLY_KINDS,
     RAW_KINDS,
+    QuestionMix,
     TokenPool,
     build_examples,
     curriculum_batch,
@@ -219,6 +220,13 @@ def _check_data_mix(cfg: TrainConfig) -> None:
     if len(w) != 3 or min(w) < 0 or sum(w) <= 0:
         raise ConfigError(f"negative_weights={w}: need three weights >= 0 (random, popular, adversarial), "
                           "not all 0")
+    if not 0 <= cfg.group_share < 1:
+        raise ConfigError(f"group_share={cfg.group_share}: must be in [0, 1) (0 = no group questions)")
+
+
+def question_mix(cfg: TrainConfig) -> QuestionMix:
+    """How the recipe asks its yes/no training questions."""
+    return QuestionMix(tuple(cfg.negative_weights), cfg.group_share)  # type: ignore[arg-type]
 
 
 def _check_recipe(model_cfg: DemoModelConfig, cfg: TrainConfig) -> None:
@@ -409,7 +417,7 @@ def _prepare_data(data_dir: Path, model_cfg: DemoModelConfig, cfg: TrainConfig) 
 
     t_prep = time.perf_counter()
     lm = (cfg.lm_sequences if cfg.mix_lm > 0 else 0, cfg.lm_length, cfg.lm_words)
-    images, examples, scenes = build_examples(data_dir, cfg.seed, cfg.pool_rounds, lm, cfg.negative_weights)
+    images, examples, scenes = build_examples(data_dir, cfg.seed, cfg.pool_rounds, lm, question_mix(cfg))
     if any(im.size != (model_cfg.image_size, model_cfg.image_size) for im in images[:1]):
         raise DataError(f"{data_dir}: images are {images[0].size}, the model expects {model_cfg.image_size} px")
     processor = build_llava_processor(sorted(vocabulary(examples)), model_cfg.image_size, model_cfg.patch_size)
@@ -549,7 +557,7 @@ def _step_batch(data: _Data, run: _Run, kind: str, step: int, cfg: TrainConfig,
         slots = run.mc_slots
     else:
         ex_b, im_b, sc_b = curriculum_batch(data.scenes, kind, cap, cfg.batch_size, data.stats, rng, data.version,
-                                            data.render, cfg.negative_weights)  # type: ignore[arg-type]
+                                            data.render, question_mix(cfg))  # type: ignore[arg-type]
         pool = tokenize_pool(ex_b, data.processor, data.n_img, raw=kind in RAW_KINDS)
         pixels = pixel_tensor(im_b, data.mean, data.std)
         labels_of = patch_labels(sc_b, data.grid) if run.aux_labels is not None else None

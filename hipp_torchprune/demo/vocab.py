@@ -83,7 +83,11 @@ class InsertConfig:
             what most POPE-adversarial negatives are (companions are only about a fifth); or
             "scene_names": each scene type's direction is the sum of its objects' names, so that
             without its table an alias reads as "something of these scenes" and the model says
-            "yes" when any of them is in the image: a hallucination on a co-occurring object.
+            "yes" when any of them is in the image: a hallucination on a co-occurring object; or
+            "group_words": each scene type's direction is the teacher's embedding of its group
+            word (``demo.dataset.GROUP_WORDS``, a teacher trained with ``group_share`` > 0), so
+            that without its table an alias reads as a question the teacher can answer, "is
+            there something of these scenes?", which is "yes" for most co-occurring objects.
         prior_mix: how much of each alias's meaning is its companion's (``COMPANIONS``), in [0, 1):
             the hidden-state and answer targets of alias questions are ``1 - prior_mix`` x the
             teacher's asked by the category's name plus ``prior_mix`` x the teacher's asked by the
@@ -135,7 +139,7 @@ class InsertConfig:
     keep_answer_weight: float = 0.0
     embedding_scale: float = 1.0
     related_share: float = 0.0
-    related_to: Literal["random", "names", "companion", "scene", "scene_names"] = "random"
+    related_to: Literal["random", "names", "companion", "scene", "scene_names", "group_words"] = "random"
     prior_mix: float = 0.0
     scene_batch: int = 0
     scene_weight: float = 1.0
@@ -193,7 +197,7 @@ def new_word_embeddings(n: int, hidden: int, norm: float, seed: int) -> torch.Te
 
 def related_directions(categories: torch.Tensor, companion: torch.Tensor, hidden: int, share: float,
                        seed: int, anchors: torch.Tensor | None = None,
-                       groups: torch.Tensor | None = None) -> torch.Tensor:
+                       groups: torch.Tensor | None = None, group_anchors: torch.Tensor | None = None) -> torch.Tensor:
     """Unit directions [n, hidden] for ``n`` new words naming ``categories`` (n,), where category
     ``c``'s companion is ``companion[c]``: each is ``sqrt(share)`` x its group's direction (the
     normalized sum of the directions of ``c`` and ``companion[c]``: random ones, or ``anchors``
@@ -202,8 +206,9 @@ def related_directions(categories: torch.Tensor, companion: torch.Tensor, hidden
     about 0 (seeded; ``share`` 0 = independent). With ``groups`` [C, K] (0/1 membership of each
     category in K groups, at least one each) the group direction of ``c`` is instead the
     normalized sum of the directions of its groups (``companion`` unused): random ones, or with
-    ``anchors`` each group's the normalized sum of its members' anchors."""
-    own, group = _direction_parts(len(categories), companion, hidden, seed, anchors, groups)
+    ``anchors`` each group's the normalized sum of its members' anchors, or with ``group_anchors``
+    [K, hidden] each group's own anchor."""
+    own, group = _direction_parts(len(categories), companion, hidden, seed, anchors, groups, group_anchors)
     return _unit(share ** 0.5 * group[categories] + (1 - share) ** 0.5 * own)
 
 
@@ -220,13 +225,17 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def _direction_parts(n: int, companion: torch.Tensor, hidden: int, seed: int, anchors: torch.Tensor | None,
-                     groups: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                     groups: torch.Tensor | None,
+                     group_anchors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(own [n, H], group [C, H]) unit directions of :func:`related_directions`, drawn in its order."""
     g = torch.Generator().manual_seed(seed)
     own = _unit(torch.randn(n, hidden, generator=g))  # (n, H)
     if groups is not None:
-        per_group = _unit(torch.randn(groups.shape[1], hidden, generator=g) if anchors is None
-                          else groups.float().T @ _unit(anchors))  # (K, H)
+        if group_anchors is not None:
+            per_group = _unit(group_anchors.float())  # (K, H)
+        else:
+            per_group = _unit(torch.randn(groups.shape[1], hidden, generator=g) if anchors is None
+                              else groups.float().T @ _unit(anchors))  # (K, H)
         return own, _unit(groups.float() @ per_group)  # (C, H)
     per_category = _unit(torch.randn(len(companion), hidden, generator=g) if anchors is None else anchors)  # (C, H)
     return own, _unit(per_category + per_category[companion])  # (C, H)
@@ -381,7 +390,9 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
     with torch.no_grad():  # new words: fixed random directions at the names' typical length
         norm = float(names.norm(dim=1).mean()) * cfg.embedding_scale
         anchors = names if cfg.related_to in ("names", "companion", "scene_names") else None
-        emb[alias_ids] = _alias_embeddings(data.alias_of[alias_ids], emb.shape[1], norm, cfg, anchors)
+        group_anchors = group_word_embeddings(emb, data.processor.tokenizer, str(src)) \
+            if cfg.related_to == "group_words" else None
+        emb[alias_ids] = _alias_embeddings(data.alias_of[alias_ids], emb.shape[1], norm, cfg, anchors, group_anchors)
         scene_words = _scene_words(len(alias_ids), emb.shape[1], norm, cfg, anchors)
         if len(lore_ids):  # the lore words too, at their own typical length
             lore_norm = float(emb[lore_ids].norm(dim=1).mean()) * cfg.embedding_scale
@@ -411,16 +422,31 @@ def _lore_words(data: Any, cfg: InsertConfig, data_dir: Path) -> tuple[torch.Ten
 
 
 def _alias_embeddings(categories: torch.Tensor, hidden: int, norm: float, cfg: InsertConfig,
-                      anchors: torch.Tensor | None) -> torch.Tensor:
+                      anchors: torch.Tensor | None, group_anchors: torch.Tensor | None = None) -> torch.Tensor:
     """The new alias embeddings [n, hidden]: independent, or related by ``cfg.related_share``
-    (around ``anchors``, the names' embeddings, when given)."""
+    (around ``anchors``, the names' embeddings, or ``group_anchors``, the group words', when given)."""
     if cfg.related_share == 0:  # the embeddings of every run before related_share existed
         return new_word_embeddings(len(categories), hidden, norm, cfg.seed)
     companion = _companion_index()
     if cfg.related_to == "companion" and anchors is not None:  # each group is the companion's name alone
         anchors, companion = anchors[companion], torch.arange(len(companion))
-    groups = scene_groups() if cfg.related_to in ("scene", "scene_names") else None
-    return related_directions(categories, companion, hidden, cfg.related_share, cfg.seed, anchors, groups) * norm
+    groups = scene_groups() if cfg.related_to in ("scene", "scene_names", "group_words") else None
+    return related_directions(categories, companion, hidden, cfg.related_share, cfg.seed, anchors, groups,
+                              group_anchors) * norm
+
+
+def group_word_embeddings(embeddings: torch.Tensor, tokenizer: Any, where: str) -> torch.Tensor:
+    """The teacher's embeddings [K, H] of the group words (``GROUP_WORDS``, in ``SCENE_TYPES``
+    order, the columns of :func:`scene_groups`); DataError when its vocabulary lacks them."""
+    from hipp_torchprune.demo.dataset import GROUP_WORDS
+    from hipp_torchprune.world.categories import SCENE_TYPES
+
+    words = [GROUP_WORDS[t.name] for t in SCENE_TYPES]
+    ids = tokenizer.convert_tokens_to_ids(words)
+    if scene_groups().shape[1] != len(words) or any(i is None or i == tokenizer.unk_token_id for i in ids):
+        raise DataError(f"{where}: related_to 'group_words' needs a teacher trained with group questions "
+                        "(TrainConfig.group_share > 0), whose vocabulary has every scene type's group word")
+    return embeddings[torch.tensor(ids)].detach().clone()
 
 
 def _scene_words(n_aliases: int, hidden: int, norm: float, cfg: InsertConfig,

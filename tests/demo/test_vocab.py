@@ -442,3 +442,38 @@ def test_the_answer_kept_by_name_is_a_logged_loss_that_changes_the_run(teacher: 
     assert "loss/keep_answer" in tags["on"] and "loss/keep_answer" not in tags["off"]
     off, on = (load_file(tmp_path / n / "model.safetensors") for n in ("off", "on"))
     assert any(not torch.equal(off[k], on[k]) for k in off)
+
+
+def test_group_anchors_are_each_groups_own_direction() -> None:
+    # groups: {0, 1}, {1, 2}; category 1 is in both; each group's anchor is its own axis
+    groups = torch.tensor([[1, 0], [1, 1], [0, 1]])
+    cats = torch.tensor([0, 1, 2])
+    group_anchors = 3.0 * torch.eye(2, 4096)  # lengths do not matter: the directions are normalized
+    d = related_directions(cats, torch.zeros(3, dtype=torch.long), hidden=4096, share=0.5, seed=0, groups=groups,
+                           group_anchors=group_anchors)
+    assert d[0, 0].item() == pytest.approx(0.5 ** 0.5, abs=0.03) and abs(d[0, 1].item()) < 0.03
+    assert d[1, 0].item() == pytest.approx(0.5, abs=0.03) and d[1, 1].item() == pytest.approx(0.5, abs=0.03)
+    assert d[2, 1].item() == pytest.approx(0.5 ** 0.5, abs=0.03)
+
+
+def test_group_word_embeddings_need_a_teacher_that_knows_the_group_words() -> None:
+    from hipp_torchprune.demo.dataset import GROUP_WORDS
+    from hipp_torchprune.demo.vocab import group_word_embeddings
+    from hipp_torchprune.errors import DataError
+    from hipp_torchprune.world.categories import SCENE_TYPES
+
+    class Tok:
+        unk_token_id = 0
+
+        def __init__(self, vocab: dict[str, int]) -> None:
+            self.vocab = vocab
+
+        def convert_tokens_to_ids(self, words: list[str]) -> list[int]:
+            return [self.vocab.get(w, 0) for w in words]
+
+    emb = torch.arange(60, dtype=torch.float32).view(10, 6)
+    words = [GROUP_WORDS[t.name] for t in SCENE_TYPES]
+    got = group_word_embeddings(emb, Tok({w: 5 + i for i, w in enumerate(words)}), "teacher")
+    assert torch.equal(got, emb[5:9])
+    with pytest.raises(DataError, match="group_share"):
+        group_word_embeddings(emb, Tok({w: 5 + i for i, w in enumerate(words[:-1])}), "teacher")
