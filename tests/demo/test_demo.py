@@ -375,8 +375,9 @@ def test_cli_recipe_config_replaces_fields_and_flags_win(world: Path, tmp_path: 
     run = json.loads((tmp_path / "m" / "run_config.json").read_text())
     model_cfg, cfg = RECIPES["v1"]
     assert run["model"] == {**model_cfg.to_dict(), "text_intermediate": 64}
-    assert run["train"] == {**cfg.to_dict(), "home_dropout": 0.5, "home_dropout_draw": "per_layer", "knowledge_home": 3, "steps": 2,
-                            "batch_size": 4, "eval_every": 0, "curriculum": [0.5]}
+    expected = {**cfg.to_dict(), "home_dropout": 0.5, "home_dropout_draw": "per_layer", "knowledge_home": 3, "steps": 2,
+                "batch_size": 4, "eval_every": 0, "curriculum": [0.5]}
+    assert run["train"] == json.loads(json.dumps(expected))  # tuples are JSON lists
 
 
 @pytest.mark.parametrize(("text", "message"), [
