@@ -80,14 +80,17 @@ def occlusion_prior(data: str, split: str = "train") -> dict[tuple[bool, int], t
     return {k: (n, h / n) for k, (n, h) in sorted(counts.items())}
 
 
+#: Each scene type's favoured categories, by name.
+FAVOURED: dict[str, frozenset[str]] = {t.name: frozenset(t.favoured) for t in SCENE_TYPES}
+
+
 def negative_kinds(scene: Scene, asked: str) -> dict[str, bool]:
     """What one absent object is to its image: favoured by the scene type, a missing companion of
     a visible object, sharing some scene type's favoured set with a visible object."""
-    favoured = {t.name: set(t.favoured) for t in SCENE_TYPES}
     visible = set(scene.categories)
-    return {"scene_favoured": asked in favoured.get(scene.scene_type, set()),
+    return {"scene_favoured": asked in FAVOURED.get(scene.scene_type, frozenset()),
             "missing_companion": asked in missing_companions(scene),
-            "shares_a_scene_type": any(asked in f and visible & f for f in favoured.values())}
+            "shares_a_scene_type": any(asked in f and visible & f for f in FAVOURED.values())}
 
 
 def negative_table(data: str, split: str) -> dict[str, dict[str, float]]:

@@ -30,7 +30,7 @@ from hipp_torchprune.data import (
     world_render,
     world_version,
 )
-from hipp_torchprune.world.categories import CATEGORY_NAMES
+from hipp_torchprune.world.categories import CATEGORY_NAMES, SCENE_TYPES
 from hipp_torchprune.world.lore import (
     LoreThing,
     alias_sentence,
@@ -40,6 +40,7 @@ from hipp_torchprune.world.lore import (
     named_by,
 )
 from hipp_torchprune.world.pope import (
+    POPE_CATEGORIES,
     CooccurrenceStats,
     adversarial_negatives,
     pope_question,
@@ -140,8 +141,6 @@ def group_examples(i: int, scene: Scene, rng: np.random.Generator, n: int) -> li
     """``n`` group questions, "Is there a kitchenware in the image?" (:data:`GROUP_WORDS`): "Yes"
     when the scene holds (seen or hidden) an object that the scene type favours; each asks, with
     equal odds, about a kind the scene has or one it has not (when there is one)."""
-    from hipp_torchprune.world.categories import SCENE_TYPES
-
     present = set(scene.all_categories)
     has = [t.name for t in SCENE_TYPES if present & set(t.favoured)]
     lacks = [t.name for t in SCENE_TYPES if t.name not in has]
@@ -290,7 +289,7 @@ def kept_pope_rows(docs: Sequence[dict[str, Any]], weights: Sequence[float], see
     (``weights`` over random, popular, adversarial); every row when the weights are equal."""
     if len(set(weights)) == 1:
         return list(docs)
-    keep = {rule: w / max(weights) for rule, w in zip(("random", "popular", "adversarial"), weights, strict=True)}
+    keep = {rule: w / max(weights) for rule, w in zip(POPE_CATEGORIES, weights, strict=True)}
     rng = np.random.default_rng([seed, 23])  # its own stream: the example draws below stay as they were
     return [d for d in docs if rng.random() < keep[d["category"]]]
 
