@@ -48,6 +48,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--head-balance", choices=("per_head", "joint"), default="per_head",
                    help="clip the budget and allocation heads' gradients each, or jointly (the paper's)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="print the final log record as JSON")
     p.add_argument("--config", default=None,
                    help="YAML of TrainConfig fields (nested policy:/gate:); replaces the training flags above")
@@ -93,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     result = train_from_data(args.model, args.data, args.out, config, round_to=args.round_to, calib_n=args.calib_n,
                              max_pixels=args.max_pixels,
                              reward_limit=args.reward_limit, calibration=args.calibration,
-                             resume=not args.no_resume, state=state, dtype=args.dtype)
+                             resume=not args.no_resume, state=state, dtype=args.dtype,
+                             progress=not args.no_progress)
     if state is not None and not state.is_main_process:
         return 0
     last = result["history"][-1] if result["history"] else {}

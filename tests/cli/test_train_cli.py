@@ -1,0 +1,26 @@
+"""``hipp train``'s flags reach the training call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hipp_torchprune.cli import main
+
+
+@pytest.mark.parametrize(("flag", "progress"), [([], True), (["--no-progress"], False)])
+def test_no_progress_hides_the_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: list[str],
+                                   progress: bool) -> None:
+    from hipp_torchprune.hipp import run
+
+    seen: list[dict[str, Any]] = []
+
+    def trainer(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        seen.append(kwargs)
+        return {"out": str(tmp_path), "history": []}
+
+    monkeypatch.setattr(run, "train_from_data", trainer)
+    assert main(["train", "--model", "tiny-llava", "--data", str(tmp_path), "--out", str(tmp_path / "p"), *flag]) == 0
+    assert [kw["progress"] for kw in seen] == [progress]
