@@ -174,6 +174,13 @@ def _prepare_task(processor: Any, data_dir: str | Path, spec: TaskSpec, limit: i
     docs = load_task_docs(data_dir, spec, split=split, limit=limit)
     if not docs:
         raise DataError(f"task {spec.name!r}: no rows in {str(data_dir)!r}")
+    return prepare_docs(processor, spec, docs, batch_size)
+
+
+def prepare_docs(processor: Any, spec: TaskSpec, docs: Sequence[dict[str, Any]], batch_size: int = 64) -> PreparedTask:
+    """Prompt and tokenize rows already loaded (``load_task_docs``' format: ``question``/``answer``
+    or ``choices``, ``image``, ``_image_key``, ``_where``), for a benchmark that asks its own
+    questions about a world's images."""
     tok = processor.tokenizer
     if spec.family == "pope":
         yes, no = answer_token_ids(tok, YES_VARIANTS), answer_token_ids(tok, NO_VARIANTS)

@@ -137,13 +137,19 @@ def negative_rule(rng: np.random.Generator, weights: Sequence[float] = EQUAL_NEG
     return int(rng.choice(3, p=p / p.sum()))
 
 
-def group_examples(i: int, scene: Scene, rng: np.random.Generator, n: int) -> list[Example]:
-    """``n`` group questions, "Is there a kitchenware in the image?" (:data:`GROUP_WORDS`): "Yes"
-    when the scene holds (seen or hidden) an object that the scene type favours; each asks, with
-    equal odds, about a kind the scene has or one it has not (when there is one)."""
+def scene_kinds(scene: Scene) -> tuple[list[str], list[str]]:
+    """The scene types whose group word is a "Yes" for ``scene`` (it holds, seen or hidden, an
+    object the type favours) and those whose is a "No", each in ``SCENE_TYPES`` order."""
     present = set(scene.all_categories)
     has = [t.name for t in SCENE_TYPES if present & set(t.favoured)]
-    lacks = [t.name for t in SCENE_TYPES if t.name not in has]
+    return has, [t.name for t in SCENE_TYPES if t.name not in has]
+
+
+def group_examples(i: int, scene: Scene, rng: np.random.Generator, n: int) -> list[Example]:
+    """``n`` group questions, "Is there a kitchenware in the image?" (:data:`GROUP_WORDS`), answered
+    by :func:`scene_kinds`; each asks, with equal odds, about a kind the scene has or one it has
+    not (when there is one)."""
+    has, lacks = scene_kinds(scene)
     out = []
     for _ in range(n):
         yes = not lacks or (bool(has) and rng.random() < 0.5)
