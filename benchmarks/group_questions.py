@@ -22,13 +22,12 @@ from typing import Any
 import numpy as np
 
 import hipp_torchprune as hipp
-from hipp_torchprune.calib_data import calibration_samples
-from hipp_torchprune.data import load_task_docs, parse_tasks
+from hipp_torchprune.data import load_task_docs, parse_tasks, world_version
 from hipp_torchprune.demo.dataset import GROUP_WORDS, scene_kinds
 from hipp_torchprune.evaluation import option_logprobs, prepare_docs
 from hipp_torchprune.world.pope import pope_question
 from hipp_torchprune.world.scenes import Scene
-from pope_errors import read_scenes
+from pope_errors import read_scenes, uniform_wanda
 
 
 def group_docs(docs: Sequence[dict[str, Any]], scenes: Mapping[str, Scene], images: int,
@@ -73,6 +72,8 @@ def main() -> None:
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--calib-n", type=int, default=64)
     args = parser.parse_args()
+    if world_version(args.data) != 2:
+        parser.error(f"{args.data}: a version-1 world has no scene annotations to answer by (hipp world build --version 2)")
     spec = parse_tasks("pope_random")[0]
     docs = group_docs(load_task_docs(args.data, spec, split=args.split), read_scenes(args.data, args.split),
                       args.images, args.seed)
@@ -80,14 +81,8 @@ def main() -> None:
     task = prepare_docs(processor, spec, docs)
     print(json.dumps({"state": "dense", **accuracy(model, task)}))
     if args.sparsity is not None:
-        scorer = hipp.importance("wanda", model, hipp.calibrate(model, processor,
-                                                                 calibration_samples(args.data, args.calib_n)))
-        plan = hipp.make_plan(model, "uniform", args.sparsity, round_to=args.round_to, r_max=0.95)
-        masks = hipp.prune_model(model, plan, scorer, mode="mask").masks
-        try:
-            print(json.dumps({"state": f"uniform Wanda {plan.realized_sparsity:.3f}", **accuracy(model, task)}))
-        finally:
-            masks.remove()
+        with uniform_wanda(model, processor, args.data, args.sparsity, args.round_to, args.calib_n) as realized:
+            print(json.dumps({"state": f"uniform Wanda {realized:.3f}", **accuracy(model, task)}))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -179,6 +181,21 @@ def _print_summary(states: dict[str, dict[str, Any]]) -> None:
         print(f"\nThe gap widens by {pruned['gap'] - dense['gap']:.2f} points under pruning.")
 
 
+@contextmanager
+def uniform_wanda(model: Any, processor: Any, data: str, sparsity: float, round_to: int = 8,
+                  calib_n: int = 64) -> Iterator[float]:
+    """Inside the block, ``model`` is pruned to ``sparsity`` by uniform Wanda in mask mode (rows
+    scored on ``calib_n`` calibration rows of ``data``, widths rounded to ``round_to``); yields
+    the realized sparsity, and the masks come off when the block ends, however it ends."""
+    scorer = hipp.importance("wanda", model, hipp.calibrate(model, processor, calibration_samples(data, calib_n)))
+    plan = hipp.make_plan(model, "uniform", sparsity, round_to=round_to, r_max=0.95)
+    masks = hipp.prune_model(model, plan, scorer, mode="mask").masks
+    try:
+        yield plan.realized_sparsity
+    finally:
+        masks.remove()
+
+
 def main() -> None:
     """Parse the flags, then print the prior and the error tables."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -212,15 +229,9 @@ def main() -> None:
     states = {"dense": error_table(model, prepared, classes)}
     _print("dense", states["dense"])
     if args.sparsity is not None:
-        scorer = hipp.importance("wanda", model, hipp.calibrate(model, processor,
-                                                                 calibration_samples(args.data, args.calib_n)))
-        plan = hipp.make_plan(model, "uniform", args.sparsity, round_to=args.round_to, r_max=0.95)
-        masks = hipp.prune_model(model, plan, scorer, mode="mask").masks
-        name = f"uniform Wanda, {plan.realized_sparsity:.3f} realized"
-        try:
+        with uniform_wanda(model, processor, args.data, args.sparsity, args.round_to, args.calib_n) as realized:
+            name = f"uniform Wanda, {realized:.3f} realized"
             states[name] = error_table(model, prepared, classes)
-        finally:
-            masks.remove()
         _print(name, states[name])
     _print_summary({name: summary(tables) for name, tables in states.items()})
 

@@ -10,6 +10,10 @@ import sys
 from tests.benchmark_scripts import ROOT, load_benchmark
 
 
+def _script():
+    return load_benchmark("group_questions")
+
+
 def _scene(scene_type: str, visible: list[str]):
     from hipp_torchprune.world.scenes import ObjectAnn, Scene
 
@@ -35,10 +39,6 @@ def test_group_docs_by_hand() -> None:
     assert GROUP_WORDS["kitchen"] not in out[1]["question"] and out[1]["image"] == b"x"
 
 
-def _script():
-    return load_benchmark("group_questions")
-
-
 def test_runs_on_tiny_llava(make_world) -> None:
     world = make_world(3, 40, version=2)
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -57,3 +57,11 @@ def test_runs_on_tiny_llava(make_world) -> None:
     assert len({d["image_source"] for d in expected}) >= 2  # the world has images with both answers to ask
     assert dense["rows"] == pruned["rows"] == len(expected)
     assert 0 <= dense["balanced"] <= 100 and dense["balanced"] == (dense["yes"] + dense["no"]) / 2
+
+
+def test_a_version_1_world_is_refused_with_a_clear_message(make_world) -> None:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "group_questions.py"), "--model", "tiny-llava",
+                           "--data", str(make_world(0, 40, version=1))],
+                          cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 2 and "version-1 world" in proc.stderr
