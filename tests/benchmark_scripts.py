@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -20,3 +22,11 @@ def load_benchmark(name: str) -> ModuleType:
         return module
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def run_benchmark(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/<name>.py ARGS`` as a user would (from ``benchmarks/``, the repository on
+    the path); returns the finished process with its text output."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args], cwd=ROOT / "benchmarks",
+                          env=env, capture_output=True, text=True, timeout=600, check=False)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-from tests.benchmark_scripts import ROOT, load_benchmark
+from tests.benchmark_scripts import load_benchmark, run_benchmark
 
 
 def _script():
@@ -41,11 +38,9 @@ def test_group_docs_by_hand() -> None:
 
 def test_runs_on_tiny_llava(make_world) -> None:
     world = make_world(3, 40, version=2)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "group_questions.py"), "--model", "tiny-llava",
+    proc = run_benchmark("group_questions", "--model", "tiny-llava",
                            "--data", str(world), "--split", "calibration", "--images", "5", "--calib-n", "4",
-                           "--sparsity", "0.5", "--round-to", "16"],
-                          cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, timeout=600, check=False)
+                           "--sparsity", "0.5", "--round-to", "16")
     assert proc.returncode == 0, proc.stderr[-2000:]
     dense, pruned = (json.loads(line) for line in proc.stdout.splitlines())
     assert dense["state"] == "dense" and pruned["state"].startswith("uniform Wanda")
@@ -60,8 +55,6 @@ def test_runs_on_tiny_llava(make_world) -> None:
 
 
 def test_a_version_1_world_is_refused_with_a_clear_message(make_world) -> None:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "group_questions.py"), "--model", "tiny-llava",
-                           "--data", str(make_world(0, 40, version=1))],
-                          cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, timeout=600, check=False)
+    proc = run_benchmark("group_questions", "--model", "tiny-llava",
+                           "--data", str(make_world(0, 40, version=1)))
     assert proc.returncode == 2 and "version-1 world" in proc.stderr

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
-from tests.benchmark_scripts import ROOT, load_benchmark
+from tests.benchmark_scripts import load_benchmark, run_benchmark
 
 
 def _script() -> ModuleType:
@@ -77,11 +74,9 @@ def test_occlusion_prior_counts_hidden_companions(tmp_path: Path) -> None:
 
 def test_runs_on_tiny_llava(make_world) -> None:
     world = make_world(3, 40, version=2)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pope_errors.py"), "--model", "tiny-llava",
+    proc = run_benchmark("pope_errors", "--model", "tiny-llava",
                            "--data", str(world), "--split", "calibration", "--limit", "6", "--calib-n", "4",
-                           "--sparsity", "0.5", "--round-to", "16", "--prior"],
-                          cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, timeout=600, check=False)
+                           "--sparsity", "0.5", "--round-to", "16", "--prior")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "### dense" in proc.stdout and "### uniform Wanda" in proc.stdout and '"occluder": true' in proc.stdout
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| present")]
@@ -91,10 +86,8 @@ def test_runs_on_tiny_llava(make_world) -> None:
 
 def test_negatives_are_counted_without_a_model(make_world) -> None:
     world = make_world(3, 40, version=2)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pope_errors.py"), "--model", "no-such-model",
-                           "--data", str(world), "--split", "test", "--negatives"],
-                          cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, timeout=600, check=False)
+    proc = run_benchmark("pope_errors", "--model", "no-such-model",
+                           "--data", str(world), "--split", "test", "--negatives")
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = _script().negative_table(str(world), "test")
     adv, rand = table["pope_adversarial"], table["pope_random"]
@@ -103,10 +96,8 @@ def test_negatives_are_counted_without_a_model(make_world) -> None:
 
 
 def test_a_version_1_world_is_refused_with_a_clear_message(make_world) -> None:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pope_errors.py"), "--model", "tiny-llava",
-                           "--data", str(make_world(0, 40, version=1))],
-                          cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, timeout=600, check=False)
+    proc = run_benchmark("pope_errors", "--model", "tiny-llava",
+                           "--data", str(make_world(0, 40, version=1)))
     assert proc.returncode == 2 and "version-1 world" in proc.stderr
 
 
