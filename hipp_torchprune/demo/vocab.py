@@ -115,6 +115,12 @@ class InsertConfig:
         lore_batch: questions about the lore per step.
         lore_hidden_weight: weight of the hidden-state loss at the lore words after ``lore_layer``.
         lore_answer_weight: weight of the answer distillation on the questions about the lore.
+        lore_isolated: route each loss's gradient to its own table: the lore losses reach only
+            ``lore_layer``'s MLP, the alias losses everything trained but that MLP, the keep losses
+            everything trained. The lore is then stored in that one MLP and nowhere else (not in
+            the alias table's MLP, not in the attention), so pruning it costs the lore questions
+            (issue 13, target 4: knowledge in a layer of its own; session 15's i8 let the lore
+            spread and lost nothing when its layer was pruned).
         seed: seed of the batches and of the new embeddings.
         eval_every: steps between calibration evaluations (0 = only at the end).
         eval_limit: calibration rows per task in those evaluations.
@@ -148,6 +154,7 @@ class InsertConfig:
     lore_batch: int = 32
     lore_hidden_weight: float = 1.0
     lore_answer_weight: float = 1.0
+    lore_isolated: bool = False
     seed: int = 0
     eval_every: int = 500
     eval_limit: int = 300
@@ -310,6 +317,8 @@ def _check_lore_fields(cfg: InsertConfig, n_layers: int) -> None:
                           f"at a decoder layer (< {n_layers})")
     if cfg.lore_batch < 1 or min(cfg.lore_hidden_weight, cfg.lore_answer_weight) < 0:
         raise ConfigError("lore_batch must be >= 1 and the lore weights >= 0")
+    if cfg.lore_isolated and cfg.lore_layer < 0:
+        raise ConfigError("lore_isolated needs a lore_layer")
 
 
 def trainable_parameters(model: Any, cfg: InsertConfig) -> list[tuple[str, torch.Tensor]]:
@@ -585,14 +594,38 @@ def _lore_losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> d
             "lore_answer": answer_kd(s_logits, t_logits, batch["labels"])}
 
 
+def loss_group(name: str) -> Literal["lore", "keep", "table"]:
+    """Which table a loss teaches: "lore" (``lore_*``), "keep" (``keep*``) or the alias "table"."""
+    return "lore" if name.startswith("lore_") else "keep" if name.startswith("keep") else "table"
+
+
+def backward_routed(run: _Insert, cfg: InsertConfig, weighted: dict[str, torch.Tensor]) -> None:
+    """Accumulate the weighted losses' gradients into the trained parameters; with
+    ``lore_isolated``, each group reaches only its own parameters (:class:`InsertConfig`)."""
+    if not cfg.lore_isolated:
+        sum(weighted.values()).backward()  # type: ignore[union-attr]
+        return
+    lore_mlp = {id(p) for p in run.student.model.language_model.layers[cfg.lore_layer].mlp.parameters()}
+    params = [p for _, p in run.named]
+    reach = {"lore": [p for p in params if id(p) in lore_mlp], "table": [p for p in params if id(p) not in lore_mlp],
+             "keep": params}
+    for group, targets in reach.items():
+        parts = [v for k, v in weighted.items() if loss_group(k) == group]
+        if not parts:
+            continue
+        grads = torch.autograd.grad(sum(parts), targets, allow_unused=True)  # type: ignore[arg-type]
+        for p, g in zip(targets, grads):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
+
+
 def _step(run: _Insert, cfg: InsertConfig, step: int, rng: np.random.Generator) -> dict[str, float]:
     """One optimizer step; returns the losses and the gradient norm."""
     for group in run.opt.param_groups:
         group["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.min_lr_ratio)
     losses = _losses(run, cfg, rng)
-    total = sum(getattr(cfg, f"{k}_weight") * v for k, v in losses.items())
     run.opt.zero_grad(set_to_none=True)
-    total.backward()  # type: ignore[union-attr]
+    backward_routed(run, cfg, {k: getattr(cfg, f"{k}_weight") * v for k, v in losses.items()})
     gnorm = torch.nn.utils.clip_grad_norm_([p for _, p in run.named], cfg.grad_clip)
     run.opt.step()
     return {k: v.item() for k, v in losses.items()} | {"grad_norm": float(gnorm)}

@@ -16,12 +16,14 @@ from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
 from hipp_torchprune.demo.vocab import (
     InsertConfig,
     answer_kd,
+    backward_routed,
     check_insert_config,
     companion_aliases,
     cosine_lr,
     every_alias_by_name,
     group_directions,
     insert_aliases,
+    loss_group,
     mixed_answer_logits,
     name_direction_loss,
     new_word_embeddings,
@@ -189,7 +191,7 @@ def test_cosine_lr_runs_from_peak_to_floor() -> None:
     ({"scene_batch": 4}, "scene_batch"), ({"lore_layer": 1}, "lore_layer 1"),
     ({"lore_layer": 2}, "lore_layer 2"), ({"lore_layer": 0, "lore_read_layers": 2}, "lore_read_layers"),
     ({"lore_read_layers": 1}, "lore_read_layers"), ({"lore_layer": 0, "lore_batch": 0}, "lore_batch"),
-    ({"lore_layer": 0, "lore_answer_weight": -1.0}, "lore weights")])
+    ({"lore_layer": 0, "lore_answer_weight": -1.0}, "lore weights"), ({"lore_isolated": True}, "lore_isolated")])
 def test_bad_insert_configs_are_refused(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         check_insert_config(replace(InsertConfig(), **changes), n_layers=2)
@@ -265,6 +267,42 @@ def test_lore_insertion_rekeys_the_lore_words_logs_its_losses_and_resumes(lore_t
     insert_aliases(src, world, tmp_path / "b", cfg, progress=False)
     a, b = (load_file(tmp_path / n / "model.safetensors") for n in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(("name", "group"), [("lore_hidden", "lore"), ("lore_answer", "lore"), ("keep", "keep"),
+                                             ("keep_answer", "keep"), ("answer", "table"), ("hidden", "table"),
+                                             ("name", "table"), ("scene", "table")])
+def test_every_insertion_loss_belongs_to_one_table(name: str, group: str) -> None:
+    assert loss_group(name) == group
+
+
+@pytest.mark.parametrize("isolated", [True, False])
+def test_isolated_lore_losses_reach_only_the_lore_layers_mlp(lore_teacher: tuple[Path, Path], isolated: bool) -> None:
+    """Routed, the lore losses train layer 0's MLP alone and the alias losses everything but it;
+    unrouted (the default), both reach every trained parameter."""
+    import numpy as np
+
+    from hipp_torchprune.demo.vocab import _losses, _set_up
+
+    world, src = lore_teacher
+    cfg = replace(INSERT, layer=1, attention_upto=1, lore_layer=0, lore_batch=4, lore_isolated=isolated)
+    run = _set_up(src, world, cfg)
+    lore_mlp = {n for n, _ in run.named if ".layers.0.mlp." in n}
+    torch.manual_seed(0)
+    with torch.no_grad():  # moved off the teacher, so that the keep losses have a gradient
+        for _, p in run.named:
+            p.add_(0.01 * torch.randn_like(p))
+    losses = _losses(run, cfg, np.random.default_rng(0))
+    reached = {}
+    for group in ("lore", "table", "keep"):
+        for _, p in run.named:
+            p.grad = None
+        backward_routed(run, cfg, {k: v for k, v in losses.items() if loss_group(k) == group})
+        reached[group] = {n for n, p in run.named if p.grad is not None and bool(p.grad.abs().sum() > 0)}
+    everything = {n for n, _ in run.named}
+    assert reached["keep"] == everything
+    assert reached["lore"] == (lore_mlp if isolated else everything)
+    assert reached["table"] == (everything - lore_mlp if isolated else everything)
 
 
 def test_lore_insertion_needs_a_world_with_lore(teacher: tuple[Path, Path], tmp_path: Path) -> None:
