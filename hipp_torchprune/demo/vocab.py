@@ -115,6 +115,9 @@ class InsertConfig:
         lore_batch: questions about the lore per step.
         lore_hidden_weight: weight of the hidden-state loss at the lore words after ``lore_layer``.
         lore_answer_weight: weight of the answer distillation on the questions about the lore.
+        lore_things: re-key only the first this many lore things (0 = all of the world's lore); a
+            world built with a shorter ``--lore`` asks only about them (a shorter lore table is a
+            prefix of a longer one), so a teacher of a larger lore can be probed on a smaller one.
         lore_isolated: route each loss's gradient to its own table: the lore losses reach only
             ``lore_layer``'s MLP, the alias losses everything trained but that MLP, the keep losses
             everything trained. The lore is then stored in that one MLP and nowhere else (not in
@@ -154,6 +157,7 @@ class InsertConfig:
     lore_batch: int = 32
     lore_hidden_weight: float = 1.0
     lore_answer_weight: float = 1.0
+    lore_things: int = 0
     lore_isolated: bool = False
     seed: int = 0
     eval_every: int = 500
@@ -319,6 +323,8 @@ def _check_lore_fields(cfg: InsertConfig, n_layers: int) -> None:
         raise ConfigError("lore_batch must be >= 1 and the lore weights >= 0")
     if cfg.lore_isolated and cfg.lore_layer < 0:
         raise ConfigError("lore_isolated needs a lore_layer")
+    if cfg.lore_things < 0:
+        raise ConfigError(f"lore_things {cfg.lore_things}: must be >= 0 (0 = all)")
 
 
 def trainable_parameters(model: Any, cfg: InsertConfig) -> list[tuple[str, torch.Tensor]]:
@@ -423,7 +429,8 @@ def _lore_words(data: Any, cfg: InsertConfig, data_dir: Path) -> tuple[torch.Ten
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     if not data.render.lore:
         raise DataError(f"{data_dir}: lore_layer needs a world with lore (world build --lore N)")
-    ids = torch.tensor(data.processor.tokenizer.convert_tokens_to_ids(list(lore_names(data.render.lore))))
+    n = min(cfg.lore_things or data.render.lore, data.render.lore)
+    ids = torch.tensor(data.processor.tokenizer.convert_tokens_to_ids(list(lore_names(n))))
     rows = torch.isin(data.pools["mc"].input_ids, ids).any(1).nonzero().flatten()
     if not len(rows):
         raise DataError(f"{data_dir}: lore_layer needs multiple-choice questions about the lore; the world has none")
