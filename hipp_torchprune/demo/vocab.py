@@ -115,6 +115,12 @@ class InsertConfig:
         lore_batch: questions about the lore per step.
         lore_hidden_weight: weight of the hidden-state loss at the lore words after ``lore_layer``.
         lore_answer_weight: weight of the answer distillation on the questions about the lore.
+        lore_embedding_scale: the re-keyed lore words' embedding norm, as a multiple of
+            ``embedding_scale`` x the lore words' mean norm. The teacher's layer 0 turns a lore word
+            of typical norm (0.55) into a residual of norm ~40 that its later layers read; a new
+            random word of that norm passes the frozen layers 0-5 garbled (a linear probe after
+            layer 5 tells 60 of 100 re-keyed things apart across contexts; at 10x: all 100), so a
+            late lore layer cannot learn what it cannot tell apart.
         lore_things: re-key only the first this many lore things (0 = all of the world's lore); a
             world built with a shorter ``--lore`` asks only about them (a shorter lore table is a
             prefix of a longer one), so a teacher of a larger lore can be probed on a smaller one.
@@ -157,6 +163,7 @@ class InsertConfig:
     lore_batch: int = 32
     lore_hidden_weight: float = 1.0
     lore_answer_weight: float = 1.0
+    lore_embedding_scale: float = 1.0
     lore_things: int = 0
     lore_isolated: bool = False
     seed: int = 0
@@ -323,6 +330,8 @@ def _check_lore_fields(cfg: InsertConfig, n_layers: int) -> None:
         raise ConfigError("lore_batch must be >= 1 and the lore weights >= 0")
     if cfg.lore_isolated and cfg.lore_layer < 0:
         raise ConfigError("lore_isolated needs a lore_layer")
+    if cfg.lore_embedding_scale <= 0:
+        raise ConfigError(f"lore_embedding_scale {cfg.lore_embedding_scale}: must be > 0")
     if cfg.lore_things < 0:
         raise ConfigError(f"lore_things {cfg.lore_things}: must be >= 0 (0 = all)")
 
@@ -410,7 +419,7 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
         emb[alias_ids] = _alias_embeddings(data.alias_of[alias_ids], emb.shape[1], norm, cfg, anchors, group_anchors)
         scene_words = _scene_words(len(alias_ids), emb.shape[1], norm, cfg, anchors)
         if len(lore_ids):  # the lore words too, at their own typical length
-            lore_norm = float(emb[lore_ids].norm(dim=1).mean()) * cfg.embedding_scale
+            lore_norm = float(emb[lore_ids].norm(dim=1).mean()) * cfg.embedding_scale * cfg.lore_embedding_scale
             emb[lore_ids] = new_word_embeddings(len(lore_ids), emb.shape[1], lore_norm, cfg.seed + 1)
     teacher.requires_grad_(False)
     named = trainable_parameters(student, cfg)

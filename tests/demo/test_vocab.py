@@ -192,7 +192,7 @@ def test_cosine_lr_runs_from_peak_to_floor() -> None:
     ({"lore_layer": 2}, "lore_layer 2"), ({"lore_layer": 0, "lore_read_layers": 2}, "lore_read_layers"),
     ({"lore_read_layers": 1}, "lore_read_layers"), ({"lore_layer": 0, "lore_batch": 0}, "lore_batch"),
     ({"lore_layer": 0, "lore_answer_weight": -1.0}, "lore weights"), ({"lore_isolated": True}, "lore_isolated"),
-    ({"lore_things": -1}, "lore_things")])
+    ({"lore_things": -1}, "lore_things"), ({"lore_embedding_scale": 0.0}, "lore_embedding_scale")])
 def test_bad_insert_configs_are_refused(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         check_insert_config(replace(InsertConfig(), **changes), n_layers=2)
@@ -306,17 +306,20 @@ def test_isolated_lore_losses_reach_only_the_lore_layers_mlp(lore_teacher: tuple
     assert reached["table"] == (everything - lore_mlp if isolated else everything)
 
 
-def test_lore_things_rekeys_a_prefix_of_the_lore(lore_teacher: tuple[Path, Path]) -> None:
+def test_lore_things_rekeys_a_prefix_of_the_lore_at_the_lore_scale(lore_teacher: tuple[Path, Path]) -> None:
     """``lore_things`` re-keys the lore table's first things only, and trains on the rows naming them."""
     from hipp_torchprune.demo.vocab import _set_up
     from hipp_torchprune.world.lore import lore_names
 
     world, src = lore_teacher
-    run = _set_up(src, world, replace(INSERT, layer=1, lore_layer=0, lore_things=5))
+    run = _set_up(src, world, replace(INSERT, layer=1, lore_layer=0, lore_things=5, lore_embedding_scale=3.0))
     tok = run.data.processor.tokenizer
     assert run.lore_ids.tolist() == tok.convert_tokens_to_ids(list(lore_names(5)))
     named = torch.isin(run.data.pools["mc"].input_ids, run.lore_ids).any(1)
     assert 0 < len(run.lore_rows) == int(named.sum()) and bool(named[run.lore_rows].all())
+    typical = float(run.teacher.get_input_embeddings().weight[run.lore_ids].norm(dim=1).mean())
+    norms = run.student.get_input_embeddings().weight[run.lore_ids].norm(dim=1)
+    assert torch.allclose(norms, torch.full_like(norms, 3.0 * typical), rtol=1e-4)
     every = _set_up(src, world, replace(INSERT, layer=1, lore_layer=0, lore_things=0))
     assert every.lore_ids.tolist() == tok.convert_tokens_to_ids(list(lore_names(12))) and len(every.lore_rows) > len(run.lore_rows)
 
