@@ -9,20 +9,19 @@ import pytest
 import torch
 
 from tests.benchmark_scripts import load_benchmark
+from tests.demo.tiny import tiny_demo_config
 
 
 @pytest.fixture(scope="module")
 def lore_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
+    from hipp_torchprune.demo.config import TrainConfig
     from hipp_torchprune.demo.train import train_demo_model
     from hipp_torchprune.world.build import build_world
     from hipp_torchprune.world.scenes import SceneConfig
 
     root = tmp_path_factory.mktemp("lore-reading")
     build_world(root / "world", seed=3, n_images=40, config=SceneConfig(lore=12), version=2)
-    tiny = DemoModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, vision_intermediate=64,
-                           text_hidden=32, text_layers=3, text_heads=2, text_intermediate=64)
-    train_demo_model(root / "world", root / "model", tiny, TrainConfig(
+    train_demo_model(root / "world", root / "model", tiny_demo_config(text_layers=3), TrainConfig(
         steps=2, batch_size=4, warmup_steps=1, eval_every=0, checkpoint_every=2, pool_rounds=1, threads=1,
         curriculum=(0.5,), aux_layer=0, option_layer=0), progress=False)
     return root / "world", root / "model"

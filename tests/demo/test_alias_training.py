@@ -7,16 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
+from hipp_torchprune.demo.config import TrainConfig
 from hipp_torchprune.demo.dataset import ALIAS_PROMPT, build_examples
 from hipp_torchprune.demo.train import train_demo_model
 from hipp_torchprune.errors import DataError
 from hipp_torchprune.world.categories import CATEGORY_NAMES
 from hipp_torchprune.world.lore import alias_table
 from hipp_torchprune.world.scenes import SceneConfig
+from tests.demo.tiny import TINY
 
-TINY = DemoModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, vision_intermediate=64,
-                       text_hidden=32, text_layers=2, text_heads=2, text_intermediate=64)
 K = 3
 RECIPE = TrainConfig(steps=6, batch_size=4, warmup_steps=2, eval_every=0, checkpoint_every=2, pool_rounds=1,
                      threads=1, curriculum=(0.2, 0.5), aux_layer=0, option_layer=0, mix_alias=1.0,

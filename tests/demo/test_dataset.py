@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
+from hipp_torchprune.demo.config import TrainConfig
 from hipp_torchprune.demo.dataset import (
     QuestionMix,
     build_examples,
@@ -18,9 +18,7 @@ from hipp_torchprune.demo.dataset import (
     yes_no_examples,
 )
 from hipp_torchprune.world.pope import CooccurrenceStats, adversarial_negatives
-
-TINY = DemoModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, vision_intermediate=64,
-                       text_hidden=32, text_layers=2, text_heads=2, text_intermediate=64)
+from tests.demo.tiny import TINY
 
 
 def test_equal_weights_draw_rules_exactly_as_before_the_weights_existed() -> None:

@@ -34,9 +34,9 @@ from hipp_torchprune.demo.train import (
 from hipp_torchprune.errors import CheckpointError
 from hipp_torchprune.models.processors import build_llava_processor
 from hipp_torchprune.world.scenes import SceneConfig
+from tests.demo.tiny import tiny_demo_config
 
-TINY = DemoModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, vision_intermediate=64,
-                       text_hidden=32, text_layers=1, text_heads=2, text_intermediate=64)
+TINY = tiny_demo_config(text_layers=1)
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
+from hipp_torchprune.demo.config import TrainConfig
 from hipp_torchprune.demo.dataset import FACT_PROMPT, build_examples
 from hipp_torchprune.demo.train import knowledge_table, train_demo_model
 from hipp_torchprune.errors import DataError
 from hipp_torchprune.world.lore import fact_sentence, lore_table
 from hipp_torchprune.world.scenes import SceneConfig
+from tests.demo.tiny import TINY
 
-TINY = DemoModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, vision_intermediate=64,
-                       text_hidden=32, text_layers=2, text_heads=2, text_intermediate=64)
 LORE = 40
 RECIPE = TrainConfig(steps=6, batch_size=4, warmup_steps=2, eval_every=0, checkpoint_every=2, pool_rounds=1,
                      threads=1, curriculum=(0.2, 0.5), aux_layer=0, option_layer=0, knowledge_weight=1.0,

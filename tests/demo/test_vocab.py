@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hipp_torchprune.config import ConfigError
-from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
+from hipp_torchprune.demo.config import TrainConfig
 from hipp_torchprune.demo.vocab import (
     InsertConfig,
     answer_kd,
@@ -36,9 +36,8 @@ from hipp_torchprune.demo.vocab import (
 )
 from hipp_torchprune.errors import CheckpointError, DataError
 from hipp_torchprune.world.scenes import SceneConfig
+from tests.demo.tiny import TINY
 
-TINY = DemoModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, vision_intermediate=64,
-                       text_hidden=32, text_layers=2, text_heads=2, text_intermediate=64)
 TEACHER = TrainConfig(steps=4, batch_size=4, warmup_steps=1, eval_every=0, checkpoint_every=2, pool_rounds=1,
                       threads=1, curriculum=(0.2, 0.5), aux_layer=0, option_layer=0, name_share=1.0)
 INSERT = InsertConfig(layer=1, attention_upto=0, steps=4, batch_size=4, keep_batch=4, eval_every=2, eval_limit=8,
