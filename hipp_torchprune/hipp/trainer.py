@@ -191,6 +191,35 @@ def head_losses(parts: tuple[torch.Tensor, ...], old_parts: tuple[torch.Tensor, 
             for logp, old, ent in zip(parts, old_parts, entropies)]
 
 
+def _update(policy: Policy, optim: torch.optim.Optimizer, states: torch.Tensor, action: tuple[torch.Tensor, ...],
+            advantages: torch.Tensor, gate: torch.Tensor, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``config.update_epochs`` gated policy-gradient steps on one batch of plans, each head's loss
+    clipped on its own (:func:`balanced_gradients`); returns the last loss and mean entropy."""
+    clip = config.clip_eps if config.update_epochs > 1 else None
+    with torch.no_grad():
+        old_parts = policy.log_prob_parts(states, *action)  # heads x (P*G,)
+    for _ in range(config.update_epochs):
+        parts = policy.log_prob_parts(states, *action)  # heads x (P*G,)
+        entropies = policy.entropy_parts(states)  # heads x (P*G,)
+        losses = head_losses(parts, old_parts, entropies, advantages, gate, clip, config)
+        params = list(policy.parameters())
+        optim.zero_grad()
+        for param, grad in zip(params, balanced_gradients(losses, params, config.max_grad_norm)):
+            param.grad = grad
+        optim.step()
+    return sum(losses), sum(entropies).mean()  # type: ignore[return-value]
+
+
+def _step_record(step: int, prefs: torch.Tensor, outcome: Any, gate: torch.Tensor, loss: torch.Tensor,
+                 entropy: torch.Tensor) -> dict[str, float]:
+    """One step's log line: the preference-weighted raw reward (prefs (P, 3), raw (P*G, 3)) and means."""
+    raw = outcome.raw.view(prefs.shape[0], -1, 3)  # (P, G, 3)
+    return {"step": step, "reward": float((prefs[:, None, :] * raw).sum(-1).mean()),
+            "rob_raw": float(outcome.raw[:, 0].mean()), "util_raw": float(outcome.raw[:, 1].mean()),
+            "comp_raw": float(outcome.raw[:, 2].mean()), "sparsity": float(outcome.realized.mean()),
+            "phi": float(outcome.phi.mean()), "gate": float(gate.mean()), "loss": loss.item(), "entropy": entropy.item()}
+
+
 def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfig, out_dir: str | Path,
                  resume: bool = True, state: Any = None, progress: bool = True) -> tuple[Policy, list[dict]]:
     """Train a policy on ``env``; returns it (the best evaluated one unless ``config.deploy="last"``)
@@ -232,26 +261,10 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
         band.update(outcome.phi, outcome.realized)
 
         # 3. gated policy-gradient update(s), per head: budget (Beta) and allocation (Dirichlet)
-        clip = config.clip_eps if config.update_epochs > 1 else None
-        with torch.no_grad():
-            old_parts = policy.log_prob_parts(states, *action)  # heads x (P*G,)
-        for _ in range(config.update_epochs):
-            parts = policy.log_prob_parts(states, *action)  # heads x (P*G,)
-            entropies = policy.entropy_parts(states)  # heads x (P*G,)
-            losses = head_losses(parts, old_parts, entropies, advantages, gate, clip, config)
-            params = list(policy.parameters())
-            optim.zero_grad()
-            for param, grad in zip(params, balanced_gradients(losses, params, config.max_grad_norm)):
-                param.grad = grad
-            optim.step()
-        loss, entropy = sum(losses), sum(entropies).mean()
+        loss, entropy = _update(policy, optim, states, action, advantages, gate, config)
 
         # 4. log and checkpoint
-        record = {"step": step + 1, "reward": float((prefs[:, None, :] * outcome.raw.view(P, G, 3)).sum(-1).mean()),
-                  "rob_raw": float(outcome.raw[:, 0].mean()), "util_raw": float(outcome.raw[:, 1].mean()),
-                  "comp_raw": float(outcome.raw[:, 2].mean()), "sparsity": float(outcome.realized.mean()),
-                  "phi": float(outcome.phi.mean()), "gate": float(gate.mean()), "loss": loss.item(),
-                  "entropy": entropy.item()}
+        record = _step_record(step + 1, prefs, outcome, gate, loss, entropy)
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             record["anchor_reward"] = anchor_reward(policy, env, static, sizes)
         history.append(record)
