@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from pope_errors import read_scenes, uniform_wanda
 
 import hipp_torchprune as hipp
 from hipp_torchprune.data import load_task_docs, parse_tasks, world_version
@@ -27,7 +28,6 @@ from hipp_torchprune.demo.dataset import GROUP_WORDS, scene_kinds
 from hipp_torchprune.evaluation import option_logprobs, prepare_docs
 from hipp_torchprune.world.pope import pope_question
 from hipp_torchprune.world.scenes import Scene
-from pope_errors import read_scenes, uniform_wanda
 
 
 def group_docs(docs: Sequence[dict[str, Any]], scenes: Mapping[str, Scene], images: int,

@@ -20,6 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
+from degradation import METRIC, TASKS, run_plan
 from scipy.stats import spearmanr
 
 import hipp_torchprune as hipp
@@ -27,7 +28,6 @@ from hipp_torchprune.calib_data import calibration_samples
 from hipp_torchprune.evaluation import evaluate, prepare_eval
 from hipp_torchprune.hipp.grounding import single_layer_plans
 from hipp_torchprune.hipp.sensitivity import visual_sensitivity
-from degradation import METRIC, TASKS, run_plan
 
 
 def profiles(model, processor, scorer, prepared, ratio: float, round_to: int) -> dict[str, list[float]]:

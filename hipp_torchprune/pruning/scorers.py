@@ -25,7 +25,6 @@ from hipp_torchprune.pruning.scores import (
     wanda_row_scores,
 )
 
-
 #: Channel indices of one group member: a list from a Torch-Pruning group, or ``slice(None)``
 #: for every channel (the direct path of :meth:`ModuleNamedImportance.score_mlp`).
 Idxs = list[int] | slice

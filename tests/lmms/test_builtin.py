@@ -91,7 +91,6 @@ def test_builtin_marks_images_for_datasets(world: Path, tmp_path: Path, capsys: 
 
 def test_builtin_failure_writes_nothing(world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import pyarrow.compute as pc
-
     from hipp_lmms.taskgen import write_tasks
 
     bad = tmp_path / "bad"

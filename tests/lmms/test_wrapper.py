@@ -170,7 +170,10 @@ def test_sampling_samples_and_temperature_zero_is_greedy(demo_lm: HippVLM, world
 
 
 def test_token_counts_are_recorded(demo_lm: HippVLM, world: Path) -> None:
-    from lmms_eval.models.model_utils.usage_metrics import reset_usage_metrics, summarize_usage_metrics
+    from lmms_eval.models.model_utils.usage_metrics import (
+        reset_usage_metrics,
+        summarize_usage_metrics,
+    )
 
     reset_usage_metrics()
     demo_lm.token_counts.clear()
@@ -214,7 +217,6 @@ def test_bad_model_args_are_actionable(tmp_path: Path) -> None:
 
 def test_dataset_without_expected_columns_is_named(pruned_lm: HippVLM, world: Path, tmp_path: Path) -> None:
     import pyarrow.parquet as pq
-
     from hipp_lmms.taskgen import write_tasks
 
     bad = tmp_path / "bad"
@@ -267,6 +269,7 @@ def test_dtype_keeps_float32_buffers_and_defaults_to_the_checkpoints_own() -> No
     """A converted model keeps rotary ``inv_freq`` in float32 (a plain ``.to(bf16)`` rounds it and
     moves the logits); no dtype keeps the demo checkpoint's bf16 on every device."""
     from hipp_lmms.models import load_for_eval
+
     from hipp_torchprune.errors import HippError
 
     model, _ = load_for_eval("demo", "cpu", None)

@@ -13,8 +13,8 @@ from hipp_torchprune.world.categories import CATEGORIES, CATEGORY_NAMES, SCENE_T
 from hipp_torchprune.world.pope import (
     CooccurrenceStats,
     adversarial_negatives,
-    popular_negatives,
     pope_pairs,
+    popular_negatives,
 )
 from hipp_torchprune.world.scenes import SceneConfig, sample_scene
 from hipp_torchprune.world.scienceqa import q_count, q_spatial, sample_questions

@@ -38,9 +38,19 @@ import torch
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from hipp_baselines.slicegpt import (SliceGPTUnsupportedError, keep_head_dim, llava_parts, params_per_hidden_dim,
-                                     pca_basis, resize_norm, rotate_embedding, rotate_reader, rotate_writer,
-                                     set_linear, stream_covariance)
+from hipp_baselines.slicegpt import (
+    SliceGPTUnsupportedError,
+    keep_head_dim,
+    llava_parts,
+    params_per_hidden_dim,
+    pca_basis,
+    resize_norm,
+    rotate_embedding,
+    rotate_reader,
+    rotate_writer,
+    set_linear,
+    stream_covariance,
+)
 from hipp_torchprune.checkpoint import register_reshaper
 from hipp_torchprune.errors import CalibrationError, CheckpointError
 

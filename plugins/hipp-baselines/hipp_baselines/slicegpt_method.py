@@ -19,12 +19,28 @@ from typing import Any, ClassVar, Literal, get_args
 
 from torch import nn
 
-from hipp_baselines.slicegpt import (closest_cut, fold_norms, llava_parts, params_per_hidden_dim, pca_basis,
-                                     residual_covariance, rotate_and_slice)
-from hipp_baselines.slicegpt_blocks import (install_shortcuts, per_block_removed_params, shortcut_param_count,
-                                            slice_per_block)
+from hipp_baselines.slicegpt import (
+    closest_cut,
+    fold_norms,
+    llava_parts,
+    params_per_hidden_dim,
+    pca_basis,
+    residual_covariance,
+    rotate_and_slice,
+)
+from hipp_baselines.slicegpt_blocks import (
+    install_shortcuts,
+    per_block_removed_params,
+    shortcut_param_count,
+    slice_per_block,
+)
 from hipp_torchprune.errors import CalibrationError, HippError
-from hipp_torchprune.methods import MethodContext, MethodNeeds, MethodReport, mlp_param_total
+from hipp_torchprune.methods import (
+    MethodContext,
+    MethodNeeds,
+    MethodReport,
+    mlp_param_total,
+)
 from hipp_torchprune.registry import Registry
 
 #: ``global``: one rotation, head sliced; ``per-block``: a rotation per site, shortcuts, head unsliced.

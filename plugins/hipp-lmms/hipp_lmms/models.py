@@ -41,10 +41,6 @@ from lmms_eval.api.model import lmms
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
 from lmms_eval.models.model_utils.usage_metrics import log_usage
 
-from hipp_torchprune.errors import CheckpointError, HippError
-from hipp_torchprune.evaluation import answer_token_ids, last_position_logprobs, logsumexp
-from hipp_torchprune.pruning.compute import float32_linears
-from hipp_torchprune.threads import torch_threads
 from hipp_lmms.generation import (
     GenerationSettings,
     TokenCount,
@@ -54,6 +50,14 @@ from hipp_lmms.generation import (
     parse_bool,
 )
 from hipp_lmms.utils import answer_variants
+from hipp_torchprune.errors import CheckpointError, HippError
+from hipp_torchprune.evaluation import (
+    answer_token_ids,
+    last_position_logprobs,
+    logsumexp,
+)
+from hipp_torchprune.pruning.compute import float32_linears
+from hipp_torchprune.threads import torch_threads
 
 #: Default examples per forward pass (``hipp eval``'s default, so batches are identical).
 DEFAULT_BATCH_SIZE = 64
