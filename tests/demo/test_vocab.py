@@ -33,6 +33,7 @@ from hipp_torchprune.demo.vocab import (
     scene_groups,
     scene_stand_ins,
     trainable_parameters,
+    unflagged_embeddings,
 )
 from hipp_torchprune.errors import CheckpointError, DataError
 from hipp_torchprune.world.scenes import SceneConfig
@@ -321,6 +322,46 @@ def test_lore_things_rekeys_a_prefix_of_the_lore_at_the_lore_scale(lore_teacher:
     assert torch.allclose(norms, torch.full_like(norms, 3.0 * typical), rtol=1e-4)
     every = _set_up(src, world, replace(INSERT, layer=1, lore_layer=0, lore_things=0))
     assert every.lore_ids.tolist() == tok.convert_tokens_to_ids(list(lore_names(12))) and len(every.lore_rows) > len(run.lore_rows)
+
+
+def _linear_r2(x: torch.Tensor, y: torch.Tensor) -> float:
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    fit = xc @ torch.linalg.lstsq(xc, yc).solution
+    return float(1 - (fit - yc).pow(2).sum() / yc.pow(2).sum())
+
+
+def test_unflagged_embeddings_erase_what_predicts_the_flags_by_hand() -> None:
+    """Rows that carry two flags along two directions (plus an offset and a little noise): after
+    unflagging no linear fit recovers the flags, the mean norm is kept, and a direction orthogonal
+    to the cross-covariance is untouched up to the common scale."""
+    g = torch.Generator().manual_seed(0)
+    flags = (torch.rand(60, 2, generator=g) < 0.3).float()
+    rows = 0.05 * torch.randn(60, 8, generator=g) + flags @ torch.randn(2, 8, generator=g) + torch.randn(8, generator=g)
+    out = unflagged_embeddings(rows, flags)
+    assert _linear_r2(rows, flags) > 0.99 and abs(_linear_r2(out, flags)) < 1e-4
+    assert torch.isclose(out.norm(dim=1).mean(), rows.norm(dim=1).mean())
+    cross = (rows - rows.mean(0)).T @ (flags - flags.mean(0))  # (H, P)
+    q = torch.linalg.qr(torch.cat([cross, torch.randn(8, 6, generator=g)], 1)).Q[:, 2:]  # orthogonal to it
+    ratio = float(out.norm(dim=1).mean() / (rows - (rows - rows.mean(0)) @ torch.linalg.qr(cross).Q
+                                            @ torch.linalg.qr(cross).Q.T).norm(dim=1).mean())
+    assert torch.allclose(out @ q, ratio * (rows @ q), atol=1e-5)
+
+
+def test_unflagged_lore_rekey_keeps_the_words_but_not_their_flags(lore_teacher: tuple[Path, Path]) -> None:
+    from hipp_torchprune.demo.vocab import _set_up
+    from hipp_torchprune.world.categories import PROPERTY_NAMES
+    from hipp_torchprune.world.lore import lore_table
+
+    world, src = lore_teacher
+    run = _set_up(src, world, replace(INSERT, layer=1, lore_layer=0, lore_rekey="unflagged"))
+    before = run.teacher.get_input_embeddings().weight[run.lore_ids].detach()
+    after = run.student.get_input_embeddings().weight[run.lore_ids].detach()
+    flags = torch.tensor([[p in t.properties for p in PROPERTY_NAMES] for t in lore_table(len(run.lore_ids))],
+                         dtype=torch.float32)
+    assert torch.equal(after, unflagged_embeddings(before, flags))
+    cross = (after - after.mean(0)).T @ (flags - flags.mean(0))  # (H, P): nothing left to fit
+    assert float(cross.abs().max()) < 1e-4
+    assert not torch.equal(after, before)
 
 
 def test_lore_insertion_needs_a_world_with_lore(teacher: tuple[Path, Path], tmp_path: Path) -> None:
