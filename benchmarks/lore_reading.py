@@ -1,7 +1,8 @@
 """Where does a demo model read its lore? A patching experiment for vocabulary insertion.
 
-The first ``--things`` lore words get new random embeddings (``--scale`` x their mean norm, as
-``InsertConfig.lore_embedding_scale`` does), so the re-keyed copy no longer knows them. Then, one
+The first ``--things`` lore words are re-keyed as an insertion re-keys them: new random embeddings
+at ``--scale`` x their mean norm, or (``--rekey unflagged``) their own embeddings with the
+directions that linearly predict the lore's properties erased, so the copy no longer knows them. Then, one
 layer at a time, the copy's output of decoder layer L at those words is replaced by the original
 model's. If the copy answers the lore rows again, everything the model needs about a lore word is
 in place by layer L's output, and an insertion may store the lore in layer L's MLP (or below);
@@ -9,7 +10,7 @@ if not, the model reads the lore earlier, and a lore layer at L cannot be read. 
 object per state: accuracy on the ScienceQA rows that name a re-keyed word, and on the others.
 
     python benchmarks/lore_reading.py --model MODEL_DIR --data WORLD_DIR [--things 100] [--scale 10]
-        [--layers 2,4,6] [--limit 600] [--split test]
+        [--rekey random|unflagged] [--layers 2,4,6] [--limit 600] [--split test]
 """
 
 from __future__ import annotations
@@ -24,18 +25,19 @@ from typing import Any
 import torch
 
 import hipp_torchprune as hipp
-from hipp_torchprune.demo.vocab import new_word_embeddings
+from hipp_torchprune.demo.vocab import InsertConfig, rekeyed_lore_embeddings
 from hipp_torchprune.evaluation import PreparedTask, prepare_eval, score_task
 from hipp_torchprune.world.lore import lore_names
 
 
-def rekeyed(model: Any, ids: torch.Tensor, scale: float, seed: int = 1) -> Any:
-    """A copy of ``model`` whose input embeddings of ``ids`` are new random directions."""
+def rekeyed(model: Any, ids: torch.Tensor, scale: float, rekey: str = "random") -> Any:
+    """A copy of ``model`` whose input embeddings of ``ids`` (the lore's first things, in order)
+    are re-keyed as an insertion re-keys them (``InsertConfig.lore_rekey``, ``lore_embedding_scale``)."""
     copy_ = copy.deepcopy(model)
+    cfg = InsertConfig(lore_rekey=rekey, lore_embedding_scale=scale)  # type: ignore[arg-type]
     with torch.no_grad():
         emb = copy_.get_input_embeddings().weight
-        norm = float(emb[ids].float().norm(dim=1).mean()) * scale
-        emb[ids] = new_word_embeddings(len(ids), emb.shape[1], norm, seed).to(emb.dtype)
+        emb[ids] = rekeyed_lore_embeddings(emb[ids].float(), cfg).to(emb.dtype)
     return copy_
 
 
@@ -85,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--things", type=int, default=100)
     parser.add_argument("--scale", type=float, default=10.0)
+    parser.add_argument("--rekey", choices=("random", "unflagged"), default="random")
     parser.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], default=[])
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--split", default="test")
@@ -93,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     model.eval()
     ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids(list(lore_names(args.things))))
     task = prepare_eval(processor, args.data, "scienceqa", limit=args.limit, split=args.split).tasks[0]
-    student = rekeyed(model, ids, args.scale)
+    student = rekeyed(model, ids, args.scale, args.rekey)
     print(json.dumps({"state": "original", **accuracies(model, task, ids)}))
     print(json.dumps({"state": "re-keyed", **accuracies(student, task, ids)}))
     for layer in args.layers:

@@ -441,7 +441,7 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
         emb[alias_ids] = _alias_embeddings(data.alias_of[alias_ids], emb.shape[1], norm, cfg, anchors, group_anchors)
         scene_words = _scene_words(len(alias_ids), emb.shape[1], norm, cfg, anchors)
         if len(lore_ids):  # the lore words too
-            emb[lore_ids] = _lore_embeddings(emb[lore_ids], cfg)
+            emb[lore_ids] = rekeyed_lore_embeddings(emb[lore_ids], cfg)
     teacher.requires_grad_(False)
     named = trainable_parameters(student, cfg)
     opt = torch.optim.Adam([p for _, p in named], lr=cfg.lr)
@@ -451,7 +451,7 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
                    scene_words)
 
 
-def _lore_embeddings(teacher_rows: torch.Tensor, cfg: InsertConfig) -> torch.Tensor:
+def rekeyed_lore_embeddings(teacher_rows: torch.Tensor, cfg: InsertConfig) -> torch.Tensor:
     """The re-keyed lore words' embeddings [K, H] (``InsertConfig.lore_rekey``), from the teacher's."""
     from hipp_torchprune.world.categories import PROPERTY_NAMES
     from hipp_torchprune.world.lore import lore_table
@@ -818,6 +818,7 @@ __all__: Sequence[str] = (
     "name_direction_loss",
     "new_word_embeddings",
     "read_insert_config",
+    "rekeyed_lore_embeddings",
     "related_directions",
     "relative_mse",
     "scene_groups",
