@@ -96,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     model.eval()
     ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids(list(lore_names(args.things))))
     task = prepare_eval(processor, args.data, "scienceqa", limit=args.limit, split=args.split).tasks[0]
+    if not any(bool(torch.isin(row, ids).any()) for b in task.batches for row in b["input_ids"]):
+        raise SystemExit(f"{args.data}: no {args.split} ScienceQA row names one of the first {args.things} lore "
+                         "things (a world built with --lore N asks about them)")
     student = rekeyed(model, ids, args.scale, args.rekey)
     print(json.dumps({"state": "original", **accuracies(model, task, ids)}))
     print(json.dumps({"state": "re-keyed", **accuracies(student, task, ids)}))

@@ -54,3 +54,9 @@ def test_patching_moves_only_what_reads_the_patched_words(lore_model: tuple[Path
     assert option_logprobs(student, task) == rekeyed  # the hook is gone
     counts = script.accuracies(model, task, ids)
     assert counts["n_lore"] > 0 and counts["n_lore"] + counts["n_other"] == len(task.gold)
+
+
+def test_a_world_without_rows_about_the_rekeyed_things_is_refused(lore_model: tuple[Path, Path]) -> None:
+    world, path = lore_model
+    with pytest.raises(SystemExit, match="no test ScienceQA row names one of the first 0 lore things"):
+        load_benchmark("lore_reading").main(["--model", str(path), "--data", str(world), "--things", "0"])

@@ -116,7 +116,8 @@ class InsertConfig:
         lore_hidden_weight: weight of the hidden-state loss at the lore words after ``lore_layer``.
         lore_answer_weight: weight of the answer distillation on the questions about the lore.
         lore_embedding_scale: the re-keyed lore words' embedding norm, as a multiple of
-            ``embedding_scale`` x the lore words' mean norm. The teacher's layer 0 turns a lore word
+            ``embedding_scale`` x the lore words' mean norm (random re-keys; unflagged ones: of
+            the lore words' mean norm). The teacher's layer 0 turns a lore word
             of typical norm (0.55) into a residual of norm ~40 that its later layers read; a new
             random word of that norm passes the frozen layers 0-5 garbled (a linear probe after
             layer 5 tells 60 of 100 re-keyed things apart across contexts; at 10x: all 100), so a
@@ -354,6 +355,8 @@ def _check_lore_fields(cfg: InsertConfig, n_layers: int) -> None:
         raise ConfigError("lore_isolated needs a lore_layer")
     if cfg.lore_embedding_scale <= 0:
         raise ConfigError(f"lore_embedding_scale {cfg.lore_embedding_scale}: must be > 0")
+    if cfg.lore_rekey not in ("random", "unflagged"):
+        raise ConfigError(f"lore_rekey {cfg.lore_rekey!r}: must be 'random' or 'unflagged'")
     if cfg.lore_things < 0:
         raise ConfigError(f"lore_things {cfg.lore_things}: must be >= 0 (0 = all)")
 

@@ -192,7 +192,8 @@ def test_cosine_lr_runs_from_peak_to_floor() -> None:
     ({"lore_layer": 2}, "lore_layer 2"), ({"lore_layer": 0, "lore_read_layers": 2}, "lore_read_layers"),
     ({"lore_read_layers": 1}, "lore_read_layers"), ({"lore_layer": 0, "lore_batch": 0}, "lore_batch"),
     ({"lore_layer": 0, "lore_answer_weight": -1.0}, "lore weights"), ({"lore_isolated": True}, "lore_isolated"),
-    ({"lore_things": -1}, "lore_things"), ({"lore_embedding_scale": 0.0}, "lore_embedding_scale")])
+    ({"lore_things": -1}, "lore_things"), ({"lore_embedding_scale": 0.0}, "lore_embedding_scale"),
+    ({"lore_rekey": "zeros"}, "lore_rekey")])
 def test_bad_insert_configs_are_refused(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         check_insert_config(replace(InsertConfig(), **changes), n_layers=2)
