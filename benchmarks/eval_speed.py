@@ -38,11 +38,7 @@ def main() -> None:
 
     import torch
 
-    from hipp_torchprune.evaluation import (
-        evaluate,
-        load_model_and_processor,
-        prepare_eval,
-    )
+    from hipp_torchprune.evaluation import evaluate, load_model_and_processor, prepare_eval
 
     torch.set_num_threads(args.threads)
     data = args.data

@@ -23,13 +23,7 @@ import torch
 
 import hipp_torchprune as hipp
 from hipp_torchprune.data import decode_image, load_scenes, world_render
-from hipp_torchprune.demo.dataset import (
-    alias_examples,
-    fact_examples,
-    pixel_tensor,
-    tokenize_pool,
-    world_aliases,
-)
+from hipp_torchprune.demo.dataset import alias_examples, fact_examples, pixel_tensor, tokenize_pool, world_aliases
 from hipp_torchprune.demo.train import make_batch
 from hipp_torchprune.errors import DataError
 from hipp_torchprune.world.lore import lore_table

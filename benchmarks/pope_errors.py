@@ -34,12 +34,7 @@ import torch
 
 import hipp_torchprune as hipp
 from hipp_torchprune.calib_data import calibration_samples
-from hipp_torchprune.data import (
-    load_task_docs,
-    parse_tasks,
-    world_render,
-    world_version,
-)
+from hipp_torchprune.data import load_task_docs, parse_tasks, world_render, world_version
 from hipp_torchprune.demo.dataset import scene_from_row, world_aliases
 from hipp_torchprune.evaluation import option_logprobs, prepare_eval
 from hipp_torchprune.world.categories import CATEGORY_NAMES, COMPANIONS, SCENE_TYPES

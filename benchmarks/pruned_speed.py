@@ -19,12 +19,7 @@ import statistics
 import time
 
 import torch
-from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-)
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 import hipp_torchprune as hipp
 from hipp_torchprune.pruning.operator import PlanMasks, keep_indices, layer_scores

@@ -100,23 +100,11 @@ def qwen_config(layers: int | None, ids: dict[str, int]) -> Any:
 
 def model_and_processor(name: str, layers: int | None, dtype: torch.dtype) -> tuple[Any, Any]:
     """The model (random weights in ``dtype``) and an offline processor with its real image settings."""
-    from transformers import (
-        LlavaForConditionalGeneration,
-        Qwen2_5_VLForConditionalGeneration,
-    )
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
+    from transformers import LlavaForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from hipp_torchprune.models.processors import (
-        build_llava_processor,
-        build_word_tokenizer,
-    )
-    from hipp_torchprune.models.qwen_processor import (
-        IMAGE_PAD,
-        QWEN_SPECIALS,
-        QwenImageProcessor,
-    )
+    from hipp_torchprune.models.processors import build_llava_processor, build_word_tokenizer
+    from hipp_torchprune.models.qwen_processor import IMAGE_PAD, QWEN_SPECIALS, QwenImageProcessor
     from hipp_torchprune.models.tiny import TINY_WORDS
 
     words = (*TINY_WORDS, *PROMPT_WORDS)

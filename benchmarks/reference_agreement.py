@@ -45,13 +45,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-)
+from transformers import CLIPVisionConfig, LlamaConfig, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
 from hipp_torchprune import api
 from hipp_torchprune.pruning.calibration import CalibrationStats, collect_stats

@@ -43,12 +43,7 @@ from hipp_torchprune import api
 from hipp_torchprune.calib_data import calibration_samples
 from hipp_torchprune.evaluation import prepare_eval
 from hipp_torchprune.loading import load_model
-from hipp_torchprune.methods import (
-    DEFAULT_ROW_SCORE,
-    MethodContext,
-    pair_method,
-    prune_with_method,
-)
+from hipp_torchprune.methods import DEFAULT_ROW_SCORE, MethodContext, pair_method, prune_with_method
 from hipp_torchprune.registry import default_registry
 
 #: The candidate row scores (importance scorer names).

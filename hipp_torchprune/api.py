@@ -22,12 +22,7 @@ from hipp_torchprune.pruning.operator import (
     prune_physical,
     scores_directly,
 )
-from hipp_torchprune.pruning.plan import (
-    Plan,
-    budget_matched_widths,
-    torch_pruning_ratio,
-    validate_ratios,
-)
+from hipp_torchprune.pruning.plan import Plan, budget_matched_widths, torch_pruning_ratio, validate_ratios
 from hipp_torchprune.registry import Registry, default_registry
 
 #: Default multiple that kept widths round to (fast GEMM shapes on GPUs).

@@ -17,16 +17,8 @@ def hipp_model_adapters() -> list[type]:
 @hookimpl
 def hipp_importance_scorers() -> list[type]:
     """``wanda``, ``wanda-sp``, ``wanda-mix``, ``magnitude``, ``taylor`` and ``taylor-vector``."""
-    from hipp_torchprune.pruning.row_scorers import (
-        ElementwiseTaylorScorer,
-        WandaMixScorer,
-        WandaSPScorer,
-    )
-    from hipp_torchprune.pruning.scorers import (
-        MagnitudeScorer,
-        TaylorScorer,
-        WandaScorer,
-    )
+    from hipp_torchprune.pruning.row_scorers import ElementwiseTaylorScorer, WandaMixScorer, WandaSPScorer
+    from hipp_torchprune.pruning.scorers import MagnitudeScorer, TaylorScorer, WandaScorer
 
     return [WandaScorer, WandaSPScorer, WandaMixScorer, MagnitudeScorer, ElementwiseTaylorScorer, TaylorScorer]
 

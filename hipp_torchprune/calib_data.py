@@ -54,13 +54,7 @@ def directory_samples(data_dir: str | Path, n: int, split: str = "calibration") 
     """Up to ``n`` samples from a data directory's calibration split, alternating POPE and
     ScienceQA rows, with their gold answers (falls back to the ``test`` split of an lmms-lab
     download)."""
-    from hipp_torchprune.data import (
-        TASKS,
-        decode_image,
-        load_task_docs,
-        pope_prompt,
-        scienceqa_prompt,
-    )
+    from hipp_torchprune.data import TASKS, decode_image, load_task_docs, pope_prompt, scienceqa_prompt
 
     pools = []
     for task, prompt, answer in ((TASKS["pope"], pope_prompt, pope_answer),

@@ -27,12 +27,7 @@ from hipp_torchprune.errors import DataError
 from hipp_torchprune.evaluation import evaluate, prepare_eval
 from hipp_torchprune.hipp.policy_io import load_policy
 from hipp_torchprune.loading import load_model, parse_dtype
-from hipp_torchprune.methods import (
-    DEFAULT_ROW_SCORE,
-    MethodContext,
-    MethodError,
-    prune_with_method,
-)
+from hipp_torchprune.methods import DEFAULT_ROW_SCORE, MethodContext, MethodError, prune_with_method
 from hipp_torchprune.registry import Registry, default_registry
 
 #: The HiPP policy trained on the demo model, shipped beside it.

@@ -30,12 +30,7 @@ from torch import nn
 
 from hipp_torchprune.data import TASKS
 from hipp_torchprune.errors import DataError
-from hipp_torchprune.evaluation import (
-    PreparedEval,
-    PreparedTask,
-    evaluate,
-    prepare_eval,
-)
+from hipp_torchprune.evaluation import PreparedEval, PreparedTask, evaluate, prepare_eval
 
 __all__ = ["MarginReward", "PopeMarginReward", "ScienceQAMarginReward"]
 

@@ -11,12 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hipp_torchprune.atomic import (
-    ordinary_file_modes,
-    write_atomic,
-    write_dir_atomic,
-    write_text_atomic,
-)
+from hipp_torchprune.atomic import ordinary_file_modes, write_atomic, write_dir_atomic, write_text_atomic
 
 
 @pytest.fixture

@@ -5,11 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hipp_torchprune.bootstrap import (
-    BootstrapError,
-    paired_bootstrap,
-    stratified_accuracy,
-)
+from hipp_torchprune.bootstrap import BootstrapError, paired_bootstrap, stratified_accuracy
 
 
 def test_stratified_accuracy_by_hand() -> None:

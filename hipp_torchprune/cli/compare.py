@@ -18,10 +18,7 @@ def register(subparsers: Any) -> None:
     """Add the ``compare`` subcommand."""
     from hipp_torchprune.compare import BASELINES
     from hipp_torchprune.methods import DEFAULT_ROW_SCORE, ROW_SCORES
-    from hipp_torchprune.recovery.config import (  # light: dataclass only
-        RecoveryConfig,
-        lora_layers,
-    )
+    from hipp_torchprune.recovery.config import RecoveryConfig, lora_layers  # light: dataclass only
 
     p = subparsers.add_parser("compare", help="matched comparison of HiPP against the baselines (Tables 1, 3, 4)")
     p.add_argument("--model", default="demo", help="model spec (default: demo)")
@@ -75,13 +72,7 @@ def _named_policies(items: list[str], flag: str) -> tuple[tuple[str, str], ...]:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``hipp compare``."""
-    from hipp_torchprune.compare import (
-        TABLE3_PREFERENCES,
-        TABLE4_PREFERENCES,
-        CompareConfig,
-        CompareError,
-        run_compare,
-    )
+    from hipp_torchprune.compare import TABLE3_PREFERENCES, TABLE4_PREFERENCES, CompareConfig, CompareError, run_compare
     from hipp_torchprune.hipp.preferences import parse_preference
     from hipp_torchprune.recovery import RecoveryConfig
 

@@ -27,13 +27,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``hipp demo``."""
-    from hipp_torchprune.demo_job import (
-        DEMO_BASELINES,
-        DEMO_POLICY_DIR,
-        demo_world,
-        format_rows,
-        run_demo,
-    )
+    from hipp_torchprune.demo_job import DEMO_BASELINES, DEMO_POLICY_DIR, demo_world, format_rows, run_demo
     from hipp_torchprune.loading import parse_dtype
 
     parse_dtype(args.dtype)  # a bad name fails before a world is built

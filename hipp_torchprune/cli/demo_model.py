@@ -45,11 +45,7 @@ def _train(args: argparse.Namespace) -> int:
 def _insert(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from hipp_torchprune.demo.vocab import (
-        InsertConfig,
-        insert_aliases,
-        read_insert_config,
-    )
+    from hipp_torchprune.demo.vocab import InsertConfig, insert_aliases, read_insert_config
 
     cfg = read_insert_config(args.config) if args.config is not None else InsertConfig()
     cfg = replace(cfg, seed=cfg.seed if args.seed is None else args.seed, steps=args.steps or cfg.steps,

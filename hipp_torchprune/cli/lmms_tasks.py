@@ -27,12 +27,7 @@ def _write(args: argparse.Namespace) -> int:
             raise
         raise PluginMissingError("the hipp-lmms plugin is not installed; run `make test` once or "
                                  "`pip install -e plugins/hipp-lmms` (see docs/lmms-eval.md)") from exc
-    from hipp_torchprune.data import (
-        POPE_COLUMNS,
-        SCIENCEQA_COLUMNS,
-        check_columns,
-        resolve_task_files,
-    )
+    from hipp_torchprune.data import POPE_COLUMNS, SCIENCEQA_COLUMNS, check_columns, resolve_task_files
 
     for family, columns in (("pope", POPE_COLUMNS), ("mc", SCIENCEQA_COLUMNS)):
         for path in resolve_task_files(args.data, family, args.split):

@@ -11,10 +11,7 @@ from hipp_torchprune.loading import add_dtype_argument
 
 def register(subparsers: Any) -> None:
     """Add the ``recover`` subcommand."""
-    from hipp_torchprune.recovery.config import (  # light: dataclass only
-        RecoveryConfig,
-        lora_layers,
-    )
+    from hipp_torchprune.recovery.config import RecoveryConfig, lora_layers  # light: dataclass only
 
     p = subparsers.add_parser("recover", help="recover a pruned checkpoint (mask fixed; head, projector, LoRA train)")
     p.add_argument("--model", required=True, help="pruned checkpoint dir (or 'demo' / a tiny model name)")

@@ -31,14 +31,7 @@ from hipp_torchprune.data import (
     world_version,
 )
 from hipp_torchprune.world.categories import CATEGORY_NAMES, SCENE_TYPES
-from hipp_torchprune.world.lore import (
-    LoreThing,
-    alias_sentence,
-    alias_table,
-    fact_sentence,
-    lore_table,
-    named_by,
-)
+from hipp_torchprune.world.lore import LoreThing, alias_sentence, alias_table, fact_sentence, lore_table, named_by
 from hipp_torchprune.world.pope import (
     POPE_CATEGORIES,
     CooccurrenceStats,

@@ -21,13 +21,7 @@ import numpy as np
 import torch
 
 from hipp_torchprune.demo.config import TrainConfig, lr_at
-from hipp_torchprune.demo.dataset import (
-    Example,
-    TokenPool,
-    concat_pools,
-    make_batch,
-    tokenize_pool,
-)
+from hipp_torchprune.demo.dataset import Example, TokenPool, concat_pools, make_batch, tokenize_pool
 from hipp_torchprune.demo.homes import EVERY_LAYER, home_route_masks
 
 

@@ -42,12 +42,7 @@ from hipp_torchprune.demo.homes import (
     install_home_routing,
     row_homes,
 )
-from hipp_torchprune.demo.pretrain import (
-    block_pool,
-    pretrain_tables,
-    table_homes,
-    table_pool,
-)
+from hipp_torchprune.demo.pretrain import block_pool, pretrain_tables, table_homes, table_pool
 from hipp_torchprune.errors import CheckpointError, DataError
 from hipp_torchprune.threads import torch_threads
 from hipp_torchprune.world.categories import CATEGORY_NAMES

@@ -22,11 +22,7 @@ from hipp_torchprune.hipp.distributed import map_over_ranks
 from hipp_torchprune.hipp.profile import ModelProfile, build_profile
 from hipp_torchprune.hipp.sensitivity import attention_to_vision
 from hipp_torchprune.methods import DEFAULT_ROW_SCORE
-from hipp_torchprune.pruning.calibration import (
-    CalibrationStats,
-    collect_stats,
-    merge_stats,
-)
+from hipp_torchprune.pruning.calibration import CalibrationStats, collect_stats, merge_stats
 from hipp_torchprune.pruning.operator import layer_scores
 from hipp_torchprune.registry import Registry
 

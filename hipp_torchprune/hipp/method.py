@@ -5,12 +5,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from hipp_torchprune.methods import (
-    DEFAULT_ROW_SCORE,
-    MethodContext,
-    MethodError,
-    MLPRowMethod,
-)
+from hipp_torchprune.methods import DEFAULT_ROW_SCORE, MethodContext, MethodError, MLPRowMethod
 
 
 class HippMethod(MLPRowMethod):

@@ -21,12 +21,7 @@ from hipp_torchprune.errors import CheckpointError, HippError
 from hipp_torchprune.hipp.policy import Policy, PolicyConfig, make_policy
 from hipp_torchprune.hipp.preferences import validate_preference
 from hipp_torchprune.hipp.profile import ModelProfile
-from hipp_torchprune.hipp.state import (
-    LEGACY_STATE,
-    StateConfig,
-    layer_states,
-    static_features,
-)
+from hipp_torchprune.hipp.state import LEGACY_STATE, StateConfig, layer_states, static_features
 from hipp_torchprune.pruning.plan import budget_matched_widths, realized_sparsity
 
 #: Format tag of ``policy.json``.

@@ -20,12 +20,7 @@ from hipp_torchprune.hipp.profile import (
     load_calibration,
     save_calibration,
 )
-from hipp_torchprune.hipp.trainer import (
-    TrainConfig,
-    best_step,
-    config_dict,
-    train_policy,
-)
+from hipp_torchprune.hipp.trainer import TrainConfig, best_step, config_dict, train_policy
 from hipp_torchprune.loading import load_model
 from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS, cap_pixels
 from hipp_torchprune.registry import Registry

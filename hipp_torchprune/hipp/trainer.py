@@ -22,12 +22,7 @@ from tqdm.auto import trange
 from hipp_torchprune.atomic import write_text_atomic
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.gate import GateConfig, QuantileBand
-from hipp_torchprune.hipp.grpo import (
-    balanced_gradients,
-    gated_policy_loss,
-    group_advantages,
-    scalarize,
-)
+from hipp_torchprune.hipp.grpo import balanced_gradients, gated_policy_loss, group_advantages, scalarize
 from hipp_torchprune.hipp.normalization import RunningNorm
 from hipp_torchprune.hipp.policy import Policy, PolicyConfig, PolicyKind, make_policy
 from hipp_torchprune.hipp.preferences import ANCHORS, SamplerMode, sample_preferences

@@ -73,14 +73,7 @@ def build_word_tokenizer(
     Returns:
         A ``PreTrainedTokenizerFast``; decoding joins words with spaces.
     """
-    from tokenizers import (
-        Regex,
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-        processors,
-    )
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = [pad_token, unk_token, bos_token, eos_token, *extra_special_tokens]

@@ -19,20 +19,11 @@ from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
 )
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-    Qwen2VLImageProcessorPil,
-)
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from hipp_torchprune.errors import UnknownPluginError
-from hipp_torchprune.models.processors import (
-    build_llava_processor,
-    build_word_tokenizer,
-)
-from hipp_torchprune.models.qwen_processor import (
-    IMAGE_PAD,
-    QWEN_SPECIALS,
-    QwenImageProcessor,
-)
+from hipp_torchprune.models.processors import build_llava_processor, build_word_tokenizer
+from hipp_torchprune.models.qwen_processor import IMAGE_PAD, QWEN_SPECIALS, QwenImageProcessor
 
 #: Words the tiny tokenizers know (enough for POPE/ScienceQA-style prompts).
 TINY_WORDS: tuple[str, ...] = tuple(

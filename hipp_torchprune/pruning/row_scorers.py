@@ -15,15 +15,8 @@ from torch import nn
 
 from hipp_torchprune.errors import CalibrationError
 from hipp_torchprune.pruning.calibration import CalibrationStats
-from hipp_torchprune.pruning.rowscores import (
-    elementwise_taylor_scores,
-    mean_normalized_sum,
-)
-from hipp_torchprune.pruning.scorers import (
-    ModuleNamedImportance,
-    WandaConfig,
-    WandaScorer,
-)
+from hipp_torchprune.pruning.rowscores import elementwise_taylor_scores, mean_normalized_sum
+from hipp_torchprune.pruning.scorers import ModuleNamedImportance, WandaConfig, WandaScorer
 
 
 class WandaSPScorer(WandaScorer):

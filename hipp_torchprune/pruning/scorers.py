@@ -18,12 +18,7 @@ from torch import nn
 from hipp_torchprune.adapters.base import MLPProjections
 from hipp_torchprune.errors import CalibrationError
 from hipp_torchprune.pruning.calibration import CalibrationStats
-from hipp_torchprune.pruning.scores import (
-    magnitude_row_sq,
-    taylor_scores,
-    wanda_column_scores,
-    wanda_row_scores,
-)
+from hipp_torchprune.pruning.scores import magnitude_row_sq, taylor_scores, wanda_column_scores, wanda_row_scores
 
 #: Channel indices of one group member: a list from a Torch-Pruning group, or ``slice(None)``
 #: for every channel (the direct path of :meth:`ModuleNamedImportance.score_mlp`).

@@ -3,11 +3,6 @@ projector and optional LoRA on the last layers train on next-token loss plus POP
 LoRA merges back at the pruned widths."""
 
 from hipp_torchprune.recovery.config import RecoveryConfig, RecoveryError
-from hipp_torchprune.recovery.train import (
-    RecoveryResult,
-    recover,
-    recover_checkpoint,
-    recovery_loss,
-)
+from hipp_torchprune.recovery.train import RecoveryResult, recover, recover_checkpoint, recovery_loss
 
 __all__ = ["RecoveryConfig", "RecoveryError", "RecoveryResult", "recover", "recover_checkpoint", "recovery_loss"]

@@ -15,14 +15,7 @@ from typing import Any
 import torch
 
 from hipp_torchprune.calib_data import pope_answer, scienceqa_answer
-from hipp_torchprune.data import (
-    TASKS,
-    decode_image,
-    load_task_docs,
-    option_letters,
-    pope_prompt,
-    scienceqa_prompt,
-)
+from hipp_torchprune.data import TASKS, decode_image, load_task_docs, option_letters, pope_prompt, scienceqa_prompt
 from hipp_torchprune.errors import DataError
 from hipp_torchprune.evaluation import NO_VARIANTS, YES_VARIANTS, answer_token_ids
 from hipp_torchprune.recovery.config import RecoveryConfig

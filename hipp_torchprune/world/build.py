@@ -21,12 +21,7 @@ from hipp_torchprune.world.io import (
     write_parquet_atomic,
 )
 from hipp_torchprune.world.lore import LoreThing, alias_table, lore_table, named_by
-from hipp_torchprune.world.pope import (
-    POPE_CATEGORIES,
-    CooccurrenceStats,
-    pope_pairs,
-    pope_question,
-)
+from hipp_torchprune.world.pope import POPE_CATEGORIES, CooccurrenceStats, pope_pairs, pope_question
 from hipp_torchprune.world.scenes import (
     V2_ONLY_OPTIONS,
     WORLD_VERSIONS,

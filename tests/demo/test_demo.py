@@ -14,14 +14,7 @@ import torch
 
 from hipp_torchprune.demo import DEMO_MODEL_DIR, resolve_model_dir
 from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
-from hipp_torchprune.demo.dataset import (
-    Example,
-    build_examples,
-    normalize,
-    pixel_tensor,
-    tokenize_pool,
-    vocabulary,
-)
+from hipp_torchprune.demo.dataset import Example, build_examples, normalize, pixel_tensor, tokenize_pool, vocabulary
 from hipp_torchprune.demo.train import (
     averaged_weights,
     ema_decay_at,

@@ -7,27 +7,11 @@ import math
 import pytest
 import torch
 
-from hipp_torchprune.hipp.gate import (
-    GateConfig,
-    QuantileBand,
-    band_loss,
-    budget_bins,
-    gate_weight,
-)
-from hipp_torchprune.hipp.grpo import (
-    balanced_gradients,
-    gated_policy_loss,
-    group_advantages,
-    scalarize,
-)
+from hipp_torchprune.hipp.gate import GateConfig, QuantileBand, band_loss, budget_bins, gate_weight
+from hipp_torchprune.hipp.grpo import balanced_gradients, gated_policy_loss, group_advantages, scalarize
 from hipp_torchprune.hipp.normalization import RunningNorm, compression_return
 from hipp_torchprune.hipp.planmap import budget, plan_ratios
-from hipp_torchprune.hipp.preferences import (
-    PreferenceError,
-    parse_preference,
-    sample_preferences,
-    validate_preference,
-)
+from hipp_torchprune.hipp.preferences import PreferenceError, parse_preference, sample_preferences, validate_preference
 from hipp_torchprune.hipp.synflow import log_synflow, phi
 
 

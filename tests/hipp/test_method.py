@@ -6,12 +6,7 @@ import pytest
 
 from hipp_torchprune import api
 from hipp_torchprune.hipp.method import HippMethod
-from hipp_torchprune.methods import (
-    DEFAULT_ROW_SCORE,
-    MethodContext,
-    MethodError,
-    prune_with_method,
-)
+from hipp_torchprune.methods import DEFAULT_ROW_SCORE, MethodContext, MethodError, prune_with_method
 from hipp_torchprune.models.tiny import build_tiny
 from hipp_torchprune.registry import Registry
 from tests.conftest import samples

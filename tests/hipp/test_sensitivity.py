@@ -10,11 +10,7 @@ import torch
 
 from hipp_torchprune import api
 from hipp_torchprune.hipp import sensitivity
-from hipp_torchprune.hipp.sensitivity import (
-    attention_mass_to_vision,
-    eager_attention,
-    visual_sensitivity,
-)
+from hipp_torchprune.hipp.sensitivity import attention_mass_to_vision, eager_attention, visual_sensitivity
 from hipp_torchprune.models.tiny import build_tiny
 from tests.conftest import PROMPTS, images
 

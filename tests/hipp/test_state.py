@@ -13,12 +13,7 @@ from hipp_torchprune.errors import CheckpointError, HippError
 from hipp_torchprune.hipp.policy import HippPolicy, PolicyConfig
 from hipp_torchprune.hipp.policy_io import load_policy, query, save_policy
 from hipp_torchprune.hipp.profile import LayerProfile, ModelProfile
-from hipp_torchprune.hipp.state import (
-    LEGACY_STATE,
-    STATIC_FEATURES,
-    StateConfig,
-    static_features,
-)
+from hipp_torchprune.hipp.state import LEGACY_STATE, STATIC_FEATURES, StateConfig, static_features
 
 DROPS = torch.tensor([[3.0, 1.0], [0.0, 1.0], [1.0, 1.0]])
 PROFILE = ModelProfile("Toy", tuple(LayerProfile(i, 64, 0.5 + 0.1 * i, 1.0 + i, 0.1, 2.0, 1.0, (0.1, 0.2, 0.3),

@@ -134,11 +134,7 @@ def test_calibration_is_cached_and_reused(policy_dir: Path, world: Path, tmp_pat
 
 
 def test_calibration_cache_is_not_reused_for_other_data(policy_dir: Path, world: Path, make_world) -> None:
-    from hipp_torchprune.hipp.profile import (
-        calibration_key,
-        calibration_source,
-        model_fingerprint,
-    )
+    from hipp_torchprune.hipp.profile import calibration_key, calibration_source, model_fingerprint
     from hipp_torchprune.hipp.run import calibrated_profile
     from hipp_torchprune.loading import load_model
     from hipp_torchprune.methods import DEFAULT_ROW_SCORE

@@ -170,10 +170,7 @@ def test_sampling_samples_and_temperature_zero_is_greedy(demo_lm: HippVLM, world
 
 
 def test_token_counts_are_recorded(demo_lm: HippVLM, world: Path) -> None:
-    from lmms_eval.models.model_utils.usage_metrics import (
-        reset_usage_metrics,
-        summarize_usage_metrics,
-    )
+    from lmms_eval.models.model_utils.usage_metrics import reset_usage_metrics, summarize_usage_metrics
 
     reset_usage_metrics()
     demo_lm.token_counts.clear()

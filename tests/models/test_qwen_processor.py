@@ -8,20 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-    Qwen2VLImageProcessorPil,
-)
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from hipp_torchprune import api
 from hipp_torchprune.checkpoint import save_pruned
 from hipp_torchprune.cli import main
 from hipp_torchprune.errors import CalibrationError, CheckpointError
 from hipp_torchprune.loading import load_processor
-from hipp_torchprune.models.processors import (
-    DEFAULT_MAX_PIXELS,
-    cap_pixels,
-    pixel_cap_kwargs,
-)
+from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS, cap_pixels, pixel_cap_kwargs
 from hipp_torchprune.models.qwen_processor import IMAGE_PAD, QwenImageProcessor
 from hipp_torchprune.models.tiny import build_tiny
 

@@ -12,12 +12,7 @@ from hipp_torchprune import api
 from hipp_torchprune.calib_data import directory_samples, random_samples
 from hipp_torchprune.errors import CalibrationError
 from hipp_torchprune.models.tiny import build_tiny
-from hipp_torchprune.pruning.answers import (
-    answer_loss,
-    answer_variants,
-    batch_targets,
-    last_positions,
-)
+from hipp_torchprune.pruning.answers import answer_loss, answer_variants, batch_targets, last_positions
 from tests.conftest import samples
 
 

@@ -8,10 +8,7 @@ import torch
 from hipp_torchprune import api
 from hipp_torchprune.models.tiny import build_tiny
 from hipp_torchprune.pruning import operator
-from hipp_torchprune.pruning.rowscores import (
-    elementwise_taylor_scores,
-    mean_normalized_sum,
-)
+from hipp_torchprune.pruning.rowscores import elementwise_taylor_scores, mean_normalized_sum
 from hipp_torchprune.pruning.scores import wanda_column_scores, wanda_row_scores
 from tests.conftest import samples
 

@@ -9,12 +9,7 @@ from hipp_torchprune import api
 from hipp_torchprune.errors import CalibrationError
 from hipp_torchprune.pruning import operator
 from hipp_torchprune.pruning.scorers import WandaConfig
-from hipp_torchprune.pruning.scores import (
-    magnitude_row_sq,
-    taylor_scores,
-    wanda_column_scores,
-    wanda_row_scores,
-)
+from hipp_torchprune.pruning.scores import magnitude_row_sq, taylor_scores, wanda_column_scores, wanda_row_scores
 from tests.conftest import samples
 
 

@@ -8,13 +8,7 @@ import pytest
 
 from hipp_torchprune.errors import DataError
 from hipp_torchprune.world.categories import CATEGORY_NAMES
-from hipp_torchprune.world.lore import (
-    MAX_ALIASES,
-    MAX_LORE,
-    alias_sentence,
-    alias_table,
-    lore_names,
-)
+from hipp_torchprune.world.lore import MAX_ALIASES, MAX_LORE, alias_sentence, alias_table, lore_names
 from hipp_torchprune.world.scenes import SceneConfig
 
 
@@ -46,12 +40,7 @@ def test_bad_alias_options_are_refused_before_writing(tmp_path: Path, config: Sc
 
 def test_an_alias_world_asks_pope_by_alias_with_answers_true_of_the_named_category(tmp_path: Path) -> None:
     from hipp_torchprune.cli import main
-    from hipp_torchprune.data import (
-        load_scenes,
-        load_task_docs,
-        parse_tasks,
-        world_render,
-    )
+    from hipp_torchprune.data import load_scenes, load_task_docs, parse_tasks, world_render
 
     assert main(["world", "build", "--out", str(tmp_path / "w"), "--seed", "4", "--images", "60", "--version", "2",
                  "--aliases", "3"]) == 0

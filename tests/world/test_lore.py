@@ -8,22 +8,9 @@ import numpy as np
 import pytest
 
 from hipp_torchprune.errors import DataError
-from hipp_torchprune.world.categories import (
-    CATEGORIES,
-    CATEGORY_NAMES,
-    PALETTE,
-    PROPERTIES,
-    PROPERTY_NAMES,
-    SHAPES,
-)
+from hipp_torchprune.world.categories import CATEGORIES, CATEGORY_NAMES, PALETTE, PROPERTIES, PROPERTY_NAMES, SHAPES
 from hipp_torchprune.world.lore import LoreThing, fact_sentence, lore_names, lore_table
-from hipp_torchprune.world.scenes import (
-    SceneConfig,
-    category_looks,
-    instance_look,
-    render_scene,
-    sample_scene,
-)
+from hipp_torchprune.world.scenes import SceneConfig, category_looks, instance_look, render_scene, sample_scene
 from hipp_torchprune.world.scienceqa import generators, q_knowledge, q_lore, q_places
 
 

@@ -10,12 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hipp_torchprune.world.categories import CATEGORIES, CATEGORY_NAMES, SCENE_TYPES
-from hipp_torchprune.world.pope import (
-    CooccurrenceStats,
-    adversarial_negatives,
-    pope_pairs,
-    popular_negatives,
-)
+from hipp_torchprune.world.pope import CooccurrenceStats, adversarial_negatives, pope_pairs, popular_negatives
 from hipp_torchprune.world.scenes import SceneConfig, sample_scene
 from hipp_torchprune.world.scienceqa import q_count, q_spatial, sample_questions
 

@@ -9,29 +9,10 @@ import numpy as np
 import pytest
 
 from hipp_torchprune.data import load_scenes, load_task_docs, parse_tasks
-from hipp_torchprune.demo.dataset import (
-    caption_example,
-    patch_labels,
-    scene_from_row,
-    yes_no_examples,
-)
-from hipp_torchprune.world.categories import (
-    CATEGORY_NAMES,
-    COMPANIONS,
-    P_HIDE,
-    P_OCCLUDER,
-    PROPERTIES,
-    SCENE_TYPES,
-)
+from hipp_torchprune.demo.dataset import caption_example, patch_labels, scene_from_row, yes_no_examples
+from hipp_torchprune.world.categories import CATEGORY_NAMES, COMPANIONS, P_HIDE, P_OCCLUDER, PROPERTIES, SCENE_TYPES
 from hipp_torchprune.world.pope import CooccurrenceStats, pope_pairs
-from hipp_torchprune.world.scenes import (
-    ObjectAnn,
-    Scene,
-    SceneConfig,
-    family_colour,
-    render_scene,
-    sample_scene,
-)
+from hipp_torchprune.world.scenes import ObjectAnn, Scene, SceneConfig, family_colour, render_scene, sample_scene
 from hipp_torchprune.world.scienceqa import q_knowledge, q_places
 
 N = 4000

@@ -27,12 +27,7 @@ from torch import nn
 from hipp_baselines.ecoflap import CAP_MARGIN, EPS_GRID
 from hipp_baselines.flap import FlapMethod
 from hipp_baselines.selection import given_or_grid, select_plan
-from hipp_torchprune.methods import (
-    DEFAULT_ROW_SCORE,
-    MethodContext,
-    MethodReport,
-    MLPRowMethod,
-)
+from hipp_torchprune.methods import DEFAULT_ROW_SCORE, MethodContext, MethodReport, MLPRowMethod
 
 #: OWL's candidates: ``lam`` x ``m`` around the reference's defaults (README: 0.08 and 5; argparse: m 3).
 OWL_GRID: tuple[dict[str, float], ...] = tuple({"lam": lam, "m": m} for lam in (0.02, 0.05, 0.08, 0.1, 0.2)

@@ -35,12 +35,7 @@ from hipp_baselines.slicegpt_blocks import (
     slice_per_block,
 )
 from hipp_torchprune.errors import CalibrationError, HippError
-from hipp_torchprune.methods import (
-    MethodContext,
-    MethodNeeds,
-    MethodReport,
-    mlp_param_total,
-)
+from hipp_torchprune.methods import MethodContext, MethodNeeds, MethodReport, mlp_param_total
 from hipp_torchprune.registry import Registry
 
 #: ``global``: one rotation, head sliced; ``per-block``: a rotation per site, shortcuts, head unsliced.

@@ -51,11 +51,7 @@ from hipp_lmms.generation import (
 )
 from hipp_lmms.utils import answer_variants
 from hipp_torchprune.errors import CheckpointError, HippError
-from hipp_torchprune.evaluation import (
-    answer_token_ids,
-    last_position_logprobs,
-    logsumexp,
-)
+from hipp_torchprune.evaluation import answer_token_ids, last_position_logprobs, logsumexp
 from hipp_torchprune.pruning.compute import float32_linears
 from hipp_torchprune.threads import torch_threads
 

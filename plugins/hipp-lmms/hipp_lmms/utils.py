@@ -32,12 +32,7 @@ from hipp_torchprune.data import (
     scienceqa_prompt,
 )
 from hipp_torchprune.errors import DataError
-from hipp_torchprune.evaluation import (
-    NO_VARIANTS,
-    YES_VARIANTS,
-    mc_metrics,
-    pope_metrics,
-)
+from hipp_torchprune.evaluation import NO_VARIANTS, YES_VARIANTS, mc_metrics, pope_metrics
 
 #: The two POPE answers, in the order of the task's ``doc_to_choice`` (index 0 = yes).
 POPE_CHOICES: tuple[str, str] = ("Yes", "No")
