@@ -10,6 +10,7 @@ two held out. Session 21, L=4, scale 10: frozen 0.60; 128 rows 0.055 train / 0.3
 32 rows 0.137 / 0.215.
 
     python benchmarks/demo-probes/tools/lore_fit.py 4 10
+    python benchmarks/demo-probes/tools/lore_fit.py 0 1 unflagged   # InsertConfig.lore_rekey (session 22)
 """
 import copy
 import sys
@@ -17,11 +18,11 @@ import sys
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from hipp_torchprune.demo.vocab import new_word_embeddings
+from hipp_torchprune.demo.vocab import InsertConfig, rekeyed_lore_embeddings
 from hipp_torchprune.world.lore import lore_names
 
 torch.manual_seed(0)
-L = int(sys.argv[1]); scale = float(sys.argv[2])
+L = int(sys.argv[1]); scale = float(sys.argv[2]); rekey = sys.argv[3] if len(sys.argv) > 3 else "random"
 src = "benchmarks/demo-probes/teachers/p57"
 t = LlavaForConditionalGeneration.from_pretrained(src, torch_dtype=torch.float32).eval()
 tok = AutoProcessor.from_pretrained(src).tokenizer
@@ -29,7 +30,7 @@ names = list(lore_names(100)); ids = torch.tensor(tok.convert_tokens_to_ids(name
 s = copy.deepcopy(t)
 with torch.no_grad():
     e = s.get_input_embeddings().weight
-    e[ids] = new_word_embeddings(100, e.shape[1], float(e[ids].norm(dim=1).mean()) * scale, 1)
+    e[ids] = rekeyed_lore_embeddings(e[ids], InsertConfig(lore_rekey=rekey, lore_embedding_scale=scale, seed=0))
 qs = ["Which of these is an animal ?", "Which of these is usually found in a kitchen ?", "Which of these can be eaten ?",
       "Which of these has wheels ?", "Which of these is usually found in a street ?", "Which of these is a toy ?"]
 def collect(q, shift):
@@ -51,7 +52,7 @@ X = torch.cat([d[0] for d in data[:-2]]); Y = torch.cat([d[1] for d in data[:-2]
 Xt = torch.cat([d[0] for d in data[-2:]]); Yt = torch.cat([d[1] for d in data[-2:]]); Tt = torch.cat([d[2] for d in data[-2:]])
 St = torch.cat([d[3] for d in data[-2:]])
 rel = lambda p, y, t: ((p - y).pow(2).sum(-1).mean() / t.pow(2).sum(-1).mean()).item()
-print(f"layer {L} scale {scale}: train rows {len(X)}, test rows {len(Xt)}; frozen MLP's error (held-out) {rel(St, Tt, Tt):.3f}")
+print(f"layer {L} scale {scale} {rekey}: train rows {len(X)}, test rows {len(Xt)}; frozen MLP's error (held-out) {rel(St, Tt, Tt):.3f}")
 for width in (128, 32):
     mlp = copy.deepcopy(s.model.language_model.layers[L].mlp) if width == 128 else None
     if mlp is None:
