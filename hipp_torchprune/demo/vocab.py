@@ -132,6 +132,12 @@ class InsertConfig:
         lore_things: re-key only the first this many lore things (0 = all of the world's lore); a
             world built with a shorter ``--lore`` asks only about them (a shorter lore table is a
             prefix of a longer one), so a teacher of a larger lore can be probed on a smaller one.
+        keep_lore_weight: None: the keep loss is the mean of the hidden-state errors after
+            ``layer`` and after ``lore_layer`` (probes i30-i39); a number: the keep loss is the
+            error after ``layer`` alone, at ``keep_weight`` as without a lore layer, and the error
+            after ``lore_layer`` is its own loss ("keep_lore") at this weight. The mean halves what
+            holds the alias layer's own function; i38/i39's pruned layer 1 then cost every
+            multiple-choice kind 27-34 points (the teacher's: none).
         lore_isolated: route each loss's gradient to its own table: the lore losses reach only
             ``lore_layer``'s MLP, the alias losses everything trained but that MLP, the keep losses
             everything trained. The lore is then stored in that one MLP and nowhere else (not in
@@ -174,6 +180,7 @@ class InsertConfig:
     lore_embedding_scale: float = 1.0
     lore_rekey: Literal["random", "unflagged"] = "random"
     lore_things: int = 0
+    keep_lore_weight: float | None = None
     lore_isolated: bool = False
     seed: int = 0
     eval_every: int = 500
@@ -353,6 +360,8 @@ def _check_lore_fields(cfg: InsertConfig, n_layers: int) -> None:
         raise ConfigError("lore_batch must be >= 1 and the lore weights >= 0")
     if cfg.lore_isolated and cfg.lore_layer < 0:
         raise ConfigError("lore_isolated needs a lore_layer")
+    if cfg.keep_lore_weight is not None and (cfg.keep_lore_weight < 0 or cfg.lore_layer < 0):
+        raise ConfigError(f"keep_lore_weight {cfg.keep_lore_weight}: must be >= 0, with a lore_layer")
     if cfg.lore_embedding_scale <= 0:
         raise ConfigError(f"lore_embedding_scale {cfg.lore_embedding_scale}: must be > 0")
     if cfg.lore_rekey not in ("random", "unflagged"):
@@ -625,8 +634,11 @@ def _keep_losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> d
     with torch.no_grad():
         t_logits, t_hidden = _forward_all(run.teacher, keep, keep_ids)
     s_logits, s_hidden = _forward_all(run.student, keep, keep_ids)
-    layers = [cfg.layer] + ([cfg.lore_layer] if cfg.lore_layer >= 0 else [])
-    losses = {"keep": sum(relative_mse(s_hidden[i + 1][mask], t_hidden[i + 1][mask]) for i in layers) / len(layers)}
+    errors = {i: relative_mse(s_hidden[i + 1][mask], t_hidden[i + 1][mask]) for i in (cfg.layer, cfg.lore_layer) if i >= 0}
+    if cfg.keep_lore_weight is None:  # probes i30-i39: one mean over the two layers
+        losses = {"keep": sum(errors.values()) / len(errors)}
+    else:
+        losses = {"keep": errors[cfg.layer]} | ({"keep_lore": errors[cfg.lore_layer]} if cfg.lore_layer >= 0 else {})
     if cfg.keep_answer_weight > 0:
         losses["keep_answer"] = answer_kd(s_logits, t_logits, keep["labels"])
     return losses  # type: ignore[return-value]

@@ -193,7 +193,8 @@ def test_cosine_lr_runs_from_peak_to_floor() -> None:
     ({"lore_read_layers": 1}, "lore_read_layers"), ({"lore_layer": 0, "lore_batch": 0}, "lore_batch"),
     ({"lore_layer": 0, "lore_answer_weight": -1.0}, "lore weights"), ({"lore_isolated": True}, "lore_isolated"),
     ({"lore_things": -1}, "lore_things"), ({"lore_embedding_scale": 0.0}, "lore_embedding_scale"),
-    ({"lore_rekey": "zeros"}, "lore_rekey")])
+    ({"lore_rekey": "zeros"}, "lore_rekey"), ({"keep_lore_weight": 1.0}, "keep_lore_weight"),
+    ({"lore_layer": 0, "keep_lore_weight": -1.0}, "keep_lore_weight")])
 def test_bad_insert_configs_are_refused(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         check_insert_config(replace(InsertConfig(), **changes), n_layers=2)
@@ -305,6 +306,32 @@ def test_isolated_lore_losses_reach_only_the_lore_layers_mlp(lore_teacher: tuple
     assert reached["keep"] == everything
     assert reached["lore"] == (lore_mlp if isolated else everything)
     assert reached["table"] == (everything - lore_mlp if isolated else everything)
+
+
+def test_keep_lore_weight_splits_the_keep_loss_into_the_alias_layers_and_the_lore_layers(
+        lore_teacher: tuple[Path, Path]) -> None:
+    """Unset, the keep loss is the mean of the errors after the alias layer and the lore layer
+    (probes i30-i39); set, the alias layer's error is the keep loss alone and the lore layer's is
+    "keep_lore", so the alias layer's own function is held at the full keep weight."""
+    import numpy as np
+
+    from hipp_torchprune.demo.vocab import _keep_losses, _set_up
+
+    world, src = lore_teacher
+    cfg = replace(INSERT, layer=1, attention_upto=1, lore_layer=0, lore_batch=4)
+    run = _set_up(src, world, cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():  # off the teacher in both layers, by different amounts
+        for _, p in run.named:
+            p.add_(0.05 * torch.randn_like(p))
+    with torch.no_grad():
+        mean = _keep_losses(run, cfg, np.random.default_rng(0))
+        split = _keep_losses(run, replace(cfg, keep_lore_weight=2.0), np.random.default_rng(0))
+    assert set(mean) == {"keep"} and set(split) == {"keep", "keep_lore"}
+    assert float(split["keep"]) > 0 and float(split["keep_lore"]) > 0
+    assert abs(float(split["keep"]) - float(split["keep_lore"])) > 1e-4  # the two layers' errors differ
+    assert torch.allclose(mean["keep"], (split["keep"] + split["keep_lore"]) / 2)
+    assert loss_group("keep_lore") == "keep"
 
 
 def test_lore_things_rekeys_a_prefix_of_the_lore_at_the_lore_scale(lore_teacher: tuple[Path, Path]) -> None:
