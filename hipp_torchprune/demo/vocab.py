@@ -135,9 +135,12 @@ class InsertConfig:
         keep_lore_weight: None: the keep loss is the mean of the hidden-state errors after
             ``layer`` and after ``lore_layer`` (probes i30-i39); a number: the keep loss is the
             error after ``layer`` alone, at ``keep_weight`` as without a lore layer, and the error
-            after ``lore_layer`` is its own loss ("keep_lore") at this weight. The mean halves what
-            holds the alias layer's own function; i38/i39's pruned layer 1 then cost every
-            multiple-choice kind 27-34 points (the teacher's: none).
+            after ``lore_layer`` is its own loss ("keep_lore") at this weight, in the lore's group
+            (with ``lore_isolated`` it reaches only the lore layer's MLP: that MLP alone must
+            keep its output at every other word, since a keep loss after the lore layer that
+            reaches the layers below lets them learn to cancel its side effects, and pruning
+            them then breaks every kind: i38-i40's layer 1 at 75 % cost ScienceQA 25-34 points,
+            the teacher's and the no-lore control i41's nothing).
         lore_isolated: route each loss's gradient to its own table: the lore losses reach only
             ``lore_layer``'s MLP, the alias losses everything trained but that MLP, the keep losses
             everything trained. The lore is then stored in that one MLP and nowhere else (not in
@@ -660,8 +663,9 @@ def _lore_losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> d
 
 
 def loss_group(name: str) -> Literal["lore", "keep", "table"]:
-    """Which table a loss teaches: "lore" (``lore_*``), "keep" (``keep*``) or the alias "table"."""
-    return "lore" if name.startswith("lore_") else "keep" if name.startswith("keep") else "table"
+    """Which table a loss teaches: "lore" (``lore_*`` and ``keep_lore``), "keep" (the other
+    ``keep*``) or the alias "table"."""
+    return "lore" if name.startswith("lore_") or name == "keep_lore" else "keep" if name.startswith("keep") else "table"
 
 
 def backward_routed(run: _Insert, cfg: InsertConfig, weighted: dict[str, torch.Tensor]) -> None:
@@ -674,11 +678,11 @@ def backward_routed(run: _Insert, cfg: InsertConfig, weighted: dict[str, torch.T
     params = [p for _, p in run.named]
     reach = {"lore": [p for p in params if id(p) in lore_mlp], "table": [p for p in params if id(p) not in lore_mlp],
              "keep": params}
-    for group, targets in reach.items():
-        parts = [v for k, v in weighted.items() if loss_group(k) == group]
-        if not parts:
-            continue
-        grads = torch.autograd.grad(sum(parts), targets, allow_unused=True)  # type: ignore[arg-type]
+    groups = [(targets, [v for k, v in weighted.items() if loss_group(k) == group]) for group, targets in reach.items()]
+    groups = [(targets, parts) for targets, parts in groups if parts]
+    for i, (targets, parts) in enumerate(groups):  # groups may share a forward pass (keep and keep_lore)
+        grads = torch.autograd.grad(sum(parts), targets, allow_unused=True,  # type: ignore[arg-type]
+                                    retain_graph=i < len(groups) - 1)
         for p, g in zip(targets, grads):
             if g is not None:
                 p.grad = g if p.grad is None else p.grad + g

@@ -272,32 +272,36 @@ def test_lore_insertion_rekeys_the_lore_words_logs_its_losses_and_resumes(lore_t
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize(("name", "group"), [("lore_hidden", "lore"), ("lore_answer", "lore"), ("keep", "keep"),
+@pytest.mark.parametrize(("name", "group"), [("lore_hidden", "lore"), ("lore_answer", "lore"), ("keep_lore", "lore"), ("keep", "keep"),
                                              ("keep_answer", "keep"), ("answer", "table"), ("hidden", "table"),
                                              ("name", "table"), ("scene", "table")])
 def test_every_insertion_loss_belongs_to_one_table(name: str, group: str) -> None:
     assert loss_group(name) == group
 
 
-@pytest.mark.parametrize("isolated", [True, False])
-def test_isolated_lore_losses_reach_only_the_lore_layers_mlp(lore_teacher: tuple[Path, Path], isolated: bool) -> None:
-    """Routed, the lore losses train layer 0's MLP alone and the alias losses everything but it;
-    unrouted (the default), both reach every trained parameter."""
+@pytest.mark.parametrize(("isolated", "keep_lore"), [(True, None), (False, None), (True, 1.0)])
+def test_isolated_lore_losses_reach_only_the_lore_layers_mlp(lore_teacher: tuple[Path, Path], isolated: bool,
+                                                              keep_lore: float | None) -> None:
+    """Routed, the lore losses (with ``keep_lore_weight``, the keep loss after the lore layer too)
+    train layer 0's MLP alone and the alias losses everything but it; unrouted (the default), both
+    reach every trained parameter."""
     import numpy as np
 
     from hipp_torchprune.demo.vocab import _losses, _set_up
 
     world, src = lore_teacher
-    cfg = replace(INSERT, layer=1, attention_upto=1, lore_layer=0, lore_batch=4, lore_isolated=isolated)
+    cfg = replace(INSERT, layer=1, attention_upto=1, lore_layer=0, lore_batch=4, lore_isolated=isolated,
+                  keep_lore_weight=keep_lore)
     run = _set_up(src, world, cfg)
     lore_mlp = {n for n, _ in run.named if ".layers.0.mlp." in n}
     torch.manual_seed(0)
     with torch.no_grad():  # moved off the teacher, so that the keep losses have a gradient
         for _, p in run.named:
             p.add_(0.01 * torch.randn_like(p))
-    losses = _losses(run, cfg, np.random.default_rng(0))
     reached = {}
     for group in ("lore", "table", "keep"):
+        losses = _losses(run, cfg, np.random.default_rng(0))  # a fresh graph each (keep and keep_lore share one)
+        assert ("keep_lore" in losses) == (keep_lore is not None)
         for _, p in run.named:
             p.grad = None
         backward_routed(run, cfg, {k: v for k, v in losses.items() if loss_group(k) == group})
@@ -315,7 +319,7 @@ def test_keep_lore_weight_splits_the_keep_loss_into_the_alias_layers_and_the_lor
     "keep_lore", so the alias layer's own function is held at the full keep weight."""
     import numpy as np
 
-    from hipp_torchprune.demo.vocab import _keep_losses, _set_up
+    from hipp_torchprune.demo.vocab import _keep_losses, _set_up, _step
 
     world, src = lore_teacher
     cfg = replace(INSERT, layer=1, attention_upto=1, lore_layer=0, lore_batch=4)
@@ -331,7 +335,9 @@ def test_keep_lore_weight_splits_the_keep_loss_into_the_alias_layers_and_the_lor
     assert float(split["keep"]) > 0 and float(split["keep_lore"]) > 0
     assert abs(float(split["keep"]) - float(split["keep_lore"])) > 1e-4  # the two layers' errors differ
     assert torch.allclose(mean["keep"], (split["keep"] + split["keep_lore"]) / 2)
-    assert loss_group("keep_lore") == "keep"
+    assert loss_group("keep_lore") == "lore"  # routed with the lore: only its MLP keeps its side effects down
+    routed = replace(cfg, keep_lore_weight=2.0, lore_isolated=True)  # one step: every group from one graph
+    assert {"keep", "keep_lore", "lore_answer"} <= set(_step(run, routed, 1, np.random.default_rng(0)))
 
 
 def test_lore_things_rekeys_a_prefix_of_the_lore_at_the_lore_scale(lore_teacher: tuple[Path, Path]) -> None:
