@@ -141,6 +141,12 @@ class InsertConfig:
             reaches the layers below lets them learn to cancel its side effects, and pruning
             them then breaks every kind: i38-i40's layer 1 at 75 % cost ScienceQA 25-34 points,
             the teacher's and the no-lore control i41's nothing).
+        lore_only: the first of two insertions: only ``lore_layer``'s MLP trains, on the lore
+            and keep losses alone (no alias questions, nothing else trained), so no other layer
+            can learn to cancel what it changes; the aliases are inserted after, by a second
+            insertion with this model as the teacher and the lore MLP frozen. Beside the alias
+            table (one run), layers 0-1 and the lore MLP co-adapted: i38 with the teacher's
+            layer-4 MLP put back scores 63.8 dense, and its pruned layer 1 broke every kind.
         lore_isolated: route each loss's gradient to its own table: the lore losses reach only
             ``lore_layer``'s MLP, the alias losses everything trained but that MLP, the keep losses
             everything trained. The lore is then stored in that one MLP and nowhere else (not in
@@ -184,6 +190,7 @@ class InsertConfig:
     lore_rekey: Literal["random", "unflagged"] = "random"
     lore_things: int = 0
     keep_lore_weight: float | None = None
+    lore_only: bool = False
     lore_isolated: bool = False
     seed: int = 0
     eval_every: int = 500
@@ -363,6 +370,8 @@ def _check_lore_fields(cfg: InsertConfig, n_layers: int) -> None:
         raise ConfigError("lore_batch must be >= 1 and the lore weights >= 0")
     if cfg.lore_isolated and cfg.lore_layer < 0:
         raise ConfigError("lore_isolated needs a lore_layer")
+    if cfg.lore_only and (cfg.lore_layer < 0 or cfg.scene_batch or cfg.lore_read_layers):
+        raise ConfigError("lore_only needs a lore_layer and trains nothing else (no scene_batch, no lore_read_layers)")
     if cfg.keep_lore_weight is not None and (cfg.keep_lore_weight < 0 or cfg.lore_layer < 0):
         raise ConfigError(f"keep_lore_weight {cfg.keep_lore_weight}: must be >= 0, with a lore_layer")
     if cfg.lore_embedding_scale <= 0:
@@ -378,6 +387,9 @@ def trainable_parameters(model: Any, cfg: InsertConfig) -> list[tuple[str, torch
     and return those parameters with their names."""
     model.requires_grad_(False)
     layers = model.model.language_model.layers
+    if cfg.lore_only:
+        layers[cfg.lore_layer].mlp.requires_grad_(True)
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     modules = [layers[cfg.layer].mlp] + ([layers[cfg.lore_layer].mlp] if cfg.lore_layer >= 0 else [])
     for j in range(cfg.attention_upto + 1):
         attn = layers[j].self_attn
@@ -579,7 +591,9 @@ def _forward_all(model: Any, batch: dict[str, torch.Tensor], ids: torch.Tensor) 
 
 def _losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """The losses of one step (unweighted): alias questions against the teacher asked by name,
-    and the keep losses on questions asked by name."""
+    and the keep losses on questions asked by name (``lore_only``: the keep and lore losses alone)."""
+    if cfg.lore_only:
+        return _keep_losses(run, cfg, rng) | _lore_losses(run, cfg, rng)
     data = run.data
     batch = _pool_batch(data, "pope" if rng.random() < cfg.pope_share else "short", cfg.batch_size, rng)
     ids = batch["input_ids"]

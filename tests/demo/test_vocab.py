@@ -194,7 +194,8 @@ def test_cosine_lr_runs_from_peak_to_floor() -> None:
     ({"lore_layer": 0, "lore_answer_weight": -1.0}, "lore weights"), ({"lore_isolated": True}, "lore_isolated"),
     ({"lore_things": -1}, "lore_things"), ({"lore_embedding_scale": 0.0}, "lore_embedding_scale"),
     ({"lore_rekey": "zeros"}, "lore_rekey"), ({"keep_lore_weight": 1.0}, "keep_lore_weight"),
-    ({"lore_layer": 0, "keep_lore_weight": -1.0}, "keep_lore_weight")])
+    ({"lore_layer": 0, "keep_lore_weight": -1.0}, "keep_lore_weight"), ({"lore_only": True}, "lore_only"),
+    ({"lore_only": True, "lore_layer": 0, "lore_read_layers": 1}, "lore_only")])
 def test_bad_insert_configs_are_refused(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         check_insert_config(replace(InsertConfig(), **changes), n_layers=2)
@@ -338,6 +339,29 @@ def test_keep_lore_weight_splits_the_keep_loss_into_the_alias_layers_and_the_lor
     assert loss_group("keep_lore") == "lore"  # routed with the lore: only its MLP keeps its side effects down
     routed = replace(cfg, keep_lore_weight=2.0, lore_isolated=True)  # one step: every group from one graph
     assert {"keep", "keep_lore", "lore_answer"} <= set(_step(run, routed, 1, np.random.default_rng(0)))
+
+
+def test_lore_only_trains_the_lore_layers_mlp_alone_on_the_lore_and_keep_losses(lore_teacher: tuple[Path, Path],
+                                                                               tmp_path: Path) -> None:
+    """The first of two insertions: every weight but the lore layer's MLP (and the word embeddings
+    the insertion sets) stays the teacher's, and no alias question is asked."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from hipp_torchprune.demo.vocab import _losses, _set_up
+
+    world, src = lore_teacher
+    cfg = replace(INSERT, layer=1, lore_layer=0, lore_batch=4, lore_only=True, keep_lore_weight=1.0)
+    run = _set_up(src, world, cfg)
+    lore_mlp = {n for n, _ in run.student.named_parameters() if "language_model.layers.0.mlp." in n}
+    assert lore_mlp and {n for n, _ in run.named} == lore_mlp
+    assert set(_losses(run, cfg, np.random.default_rng(0))) == {"keep", "keep_lore", "lore_hidden", "lore_answer"}
+    insert_aliases(src, world, tmp_path / "lore", cfg, progress=False)
+    before, after = load_file(src / "model.safetensors"), load_file(tmp_path / "lore" / "model.safetensors")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    lore_keys = {k for k in before if "language_model" in k and ".layers.0.mlp." in k}
+    assert changed and all(k in lore_keys or "embed_tokens" in k for k in changed)
+    assert changed & lore_keys
 
 
 def test_lore_things_rekeys_a_prefix_of_the_lore_at_the_lore_scale(lore_teacher: tuple[Path, Path]) -> None:
