@@ -143,8 +143,9 @@ class InsertConfig:
             the teacher's and the no-lore control i41's nothing).
         lore_only: the first of two insertions: only ``lore_layer``'s MLP trains, on the lore
             and keep losses alone (no alias questions, nothing else trained), so no other layer
-            can learn to cancel what it changes; the aliases are inserted after, by a second
-            insertion with this model as the teacher and the lore MLP frozen. Beside the alias
+            can learn to cancel what it changes, and the teacher's alias embeddings are kept: the
+            aliases are inserted by another insertion, before (this one's teacher is then that
+            student) or after (with this model as the teacher). Beside the alias
             table (one run), layers 0-1 and the lore MLP co-adapted: i38 with the teacher's
             layer-4 MLP put back scores 63.8 dense, and its pruned layer 1 broke every kind.
         lore_isolated: route each loss's gradient to its own table: the lore losses reach only
@@ -465,7 +466,9 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
         anchors = names if cfg.related_to in ("names", "companion", "scene_names") else None
         group_anchors = group_word_embeddings(emb, data.processor.tokenizer, str(src)) \
             if cfg.related_to == "group_words" else None
-        emb[alias_ids] = _alias_embeddings(data.alias_of[alias_ids], emb.shape[1], norm, cfg, anchors, group_anchors)
+        if not cfg.lore_only:  # a lore-only insertion keeps the teacher's aliases (inserted before or after it)
+            emb[alias_ids] = _alias_embeddings(data.alias_of[alias_ids], emb.shape[1], norm, cfg, anchors,
+                                               group_anchors)
         scene_words = _scene_words(len(alias_ids), emb.shape[1], norm, cfg, anchors)
         if len(lore_ids):  # the lore words too
             emb[lore_ids] = rekeyed_lore_embeddings(emb[lore_ids], cfg)

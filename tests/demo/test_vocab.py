@@ -362,6 +362,10 @@ def test_lore_only_trains_the_lore_layers_mlp_alone_on_the_lore_and_keep_losses(
     lore_keys = {k for k in before if "language_model" in k and ".layers.0.mlp." in k}
     assert changed and all(k in lore_keys or "embed_tokens" in k for k in changed)
     assert changed & lore_keys
+    emb = next(k for k in before if "embed_tokens" in k)
+    aliases = (run.data.alias_of >= 0).nonzero().flatten()  # the teacher's aliases stay (inserted before or after)
+    assert len(aliases) and torch.equal(before[emb][aliases], after[emb][aliases])
+    assert not torch.equal(before[emb][run.lore_ids], after[emb][run.lore_ids])
 
 
 def test_lore_things_rekeys_a_prefix_of_the_lore_at_the_lore_scale(lore_teacher: tuple[Path, Path]) -> None:
