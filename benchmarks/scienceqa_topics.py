@@ -49,18 +49,23 @@ def main() -> None:
     print(json.dumps(by_topic(model, task, docs)))
     if not args.prune_layers:
         return
+    for layer, topics in single_layer_topics(model, processor, args.data, task, docs, args.prune_layers, args.ratio):
+        print(json.dumps({"layer": layer, "ratio": args.ratio, **topics}))
+
+
+def single_layer_topics(model, processor, data: str, task, docs, layers: list[int], ratio: float):
+    """``(layer, by_topic)`` with each of ``layers`` alone pruned at ``ratio`` (Wanda rows from 64
+    calibration samples, mask mode, undone after each)."""
     from hipp_torchprune.calib_data import calibration_samples
     from hipp_torchprune.hipp.grounding import single_layer_plans
 
-    scorer = hipp.importance("wanda", model, hipp.calibrate(model, processor, calibration_samples(args.data, 64)))
-    n_layers = len(hipp.get_adapter(model).intermediate_widths())
-    plans = single_layer_plans(n_layers, args.ratio)
-    for layer in args.prune_layers:
-        ratios = plans[layer]
-        plan = hipp.api.plan_from_ratios(model, ratios, round_to=32, r_max=max(args.ratio, 0.8))
+    scorer = hipp.importance("wanda", model, hipp.calibrate(model, processor, calibration_samples(data, 64)))
+    plans = single_layer_plans(len(hipp.get_adapter(model).intermediate_widths()), ratio)
+    for layer in layers:
+        plan = hipp.api.plan_from_ratios(model, plans[layer], round_to=32, r_max=max(ratio, 0.8))
         masks = hipp.prune_model(model, plan, scorer, mode="mask").masks
         try:
-            print(json.dumps({"layer": layer, "ratio": args.ratio, **by_topic(model, task, docs)}))
+            yield layer, by_topic(model, task, docs)
         finally:
             masks.remove()
 

@@ -388,17 +388,19 @@ def trainable_parameters(model: Any, cfg: InsertConfig) -> list[tuple[str, torch
     and return those parameters with their names."""
     model.requires_grad_(False)
     layers = model.model.language_model.layers
-    if cfg.lore_only:
-        layers[cfg.lore_layer].mlp.requires_grad_(True)
-        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    modules = [layers[cfg.lore_layer].mlp] if cfg.lore_only else _alias_modules(layers, cfg)
+    for m in modules:
+        m.requires_grad_(True)
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _alias_modules(layers: Any, cfg: InsertConfig) -> list[Any]:
+    """What an insertion that is not ``lore_only`` trains: the table layers' MLPs and the chosen attention."""
     modules = [layers[cfg.layer].mlp] + ([layers[cfg.lore_layer].mlp] if cfg.lore_layer >= 0 else [])
     for j in range(cfg.attention_upto + 1):
         attn = layers[j].self_attn
         modules += [attn.q_proj, attn.k_proj] if cfg.attention_parts == "qk" else [attn]
-    modules += [layers[cfg.lore_layer + 1 + j].self_attn for j in range(cfg.lore_read_layers)]
-    for m in modules:
-        m.requires_grad_(True)
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return modules + [layers[cfg.lore_layer + 1 + j].self_attn for j in range(cfg.lore_read_layers)]
 
 
 # ---------------------------------------------------------------- orchestration
@@ -658,7 +660,7 @@ def _keep_losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> d
     if cfg.keep_lore_weight is None:  # probes i30-i39: one mean over the two layers
         losses = {"keep": sum(errors.values()) / len(errors)}
     else:
-        losses = {"keep": errors[cfg.layer]} | ({"keep_lore": errors[cfg.lore_layer]} if cfg.lore_layer >= 0 else {})
+        losses = {"keep": errors[cfg.layer], "keep_lore": errors[cfg.lore_layer]}  # a lore_layer is checked
     if cfg.keep_answer_weight > 0:
         losses["keep_answer"] = answer_kd(s_logits, t_logits, keep["labels"])
     return losses  # type: ignore[return-value]

@@ -12,11 +12,9 @@ import torch
 
 sys.path.insert(0, "benchmarks")
 import hipp_torchprune as hipp  # noqa: E402
-from hipp_torchprune.calib_data import calibration_samples  # noqa: E402
 from hipp_torchprune.data import load_task_docs, parse_tasks  # noqa: E402
 from hipp_torchprune.evaluation import prepare_eval  # noqa: E402
-from hipp_torchprune.hipp.grounding import single_layer_plans  # noqa: E402
-from scienceqa_topics import by_topic  # noqa: E402
+from scienceqa_topics import by_topic, single_layer_topics  # noqa: E402
 
 student, donor, world, swap, prune = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 limit = int(sys.argv[6]) if len(sys.argv) > 6 else 600
@@ -30,15 +28,8 @@ other = hipp.load_model(donor)[0].model.language_model.layers[swap].mlp.state_di
 
 
 def report(name: str) -> None:
-    scorer = hipp.importance("wanda", model, hipp.calibrate(model, processor, calibration_samples(world, 64)))
-    plan = hipp.api.plan_from_ratios(model, single_layer_plans(len(model.model.language_model.layers), 0.75)[prune],
-                                     round_to=32, r_max=0.8)
     dense = by_topic(model, task, docs)
-    masks = hipp.prune_model(model, plan, scorer, mode="mask").masks
-    try:
-        pruned = by_topic(model, task, docs)
-    finally:
-        masks.remove()
+    (_, pruned), = single_layer_topics(model, processor, world, task, docs, [prune], 0.75)
     print(json.dumps({"state": name, "dense": {k: round(v["accuracy"] * 100, 1) for k, v in dense.items()},
                       f"layer {prune} at 75 %": {k: round(v["accuracy"] * 100, 1) for k, v in pruned.items()}}))
 
