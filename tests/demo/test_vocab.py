@@ -195,7 +195,8 @@ def test_cosine_lr_runs_from_peak_to_floor() -> None:
     ({"lore_things": -1}, "lore_things"), ({"lore_embedding_scale": 0.0}, "lore_embedding_scale"),
     ({"lore_rekey": "zeros"}, "lore_rekey"), ({"keep_lore_weight": 1.0}, "keep_lore_weight"),
     ({"lore_layer": 0, "keep_lore_weight": -1.0}, "keep_lore_weight"), ({"lore_only": True}, "lore_only"),
-    ({"lore_only": True, "lore_layer": 0, "lore_read_layers": 1}, "lore_only")])
+    ({"lore_only": True, "lore_layer": 0, "lore_read_layers": 1}, "lore_only"),
+    ({"keep_asked": "written"}, "keep_asked"), ({"keep_asked": "alias"}, "keep_asked")])
 def test_bad_insert_configs_are_refused(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         check_insert_config(replace(InsertConfig(), **changes), n_layers=2)
@@ -366,6 +367,31 @@ def test_lore_only_trains_the_lore_layers_mlp_alone_on_the_lore_and_keep_losses(
     aliases = (run.data.alias_of >= 0).nonzero().flatten()  # the teacher's aliases stay (inserted before or after)
     assert len(aliases) and torch.equal(before[emb][aliases], after[emb][aliases])
     assert not torch.equal(before[emb][run.lore_ids], after[emb][run.lore_ids])
+
+
+def test_keep_asked_written_holds_the_alias_questions_too(lore_teacher: tuple[Path, Path]) -> None:
+    """Asked by name, the keep loss never reads an alias embedding; asked as written, it does: a
+    change to the aliases' embeddings moves it (so a lore-only insertion can hold alias questions)."""
+    import numpy as np
+
+    from hipp_torchprune.demo.vocab import _keep_losses, _set_up
+
+    world, src = lore_teacher
+    cfg = replace(INSERT, layer=1, lore_layer=0, lore_batch=4, lore_only=True, keep_lore_weight=1.0, keep_batch=64)
+    run = _set_up(src, world, cfg)
+    aliases = (run.data.alias_of >= 0).nonzero().flatten()
+
+    def keep(asked: str) -> dict[str, float]:
+        with torch.no_grad():
+            return {k: float(v) for k, v in _keep_losses(run, replace(cfg, keep_asked=asked),
+                                                         np.random.default_rng(0)).items()}
+
+    before = {asked: keep(asked) for asked in ("name", "written")}
+    with torch.no_grad():
+        run.student.get_input_embeddings().weight[aliases] *= 3.0
+    after = {asked: keep(asked) for asked in ("name", "written")}
+    assert after["name"] == before["name"]
+    assert after["written"]["keep_lore"] > before["written"]["keep_lore"] + 1e-3
 
 
 def test_lore_things_rekeys_a_prefix_of_the_lore_at_the_lore_scale(lore_teacher: tuple[Path, Path]) -> None:
