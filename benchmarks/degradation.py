@@ -66,7 +66,7 @@ def sweep(args: argparse.Namespace) -> list[dict]:
     model, processor = hipp.load_model(args.model)
     stats = hipp.calibrate(model, processor, calibration_samples(args.data, args.calib_n))
     scorer = hipp.importance("wanda", model, stats)
-    prepared = prepare_eval(processor, args.data, TASKS, limit=args.limit)
+    prepared = prepare_eval(processor, args.data, TASKS, limit=args.limit or None)
     rows = [{"sparsity": 0.0, "method": "dense", "realized": 0.0,
              **{t: [v] for t, v in headline(evaluate(model, processor, prepared)).items()}}]
     profile = json.loads(Path(args.sensitivity).read_text()) if args.sensitivity else None
@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--round-to", type=int, default=8,
                         help="kept widths are multiples of this (default 8: 1/16 of the v2 demo model's 128-row MLPs)")
     parser.add_argument("--r-max", type=float, default=0.95)
-    parser.add_argument("--limit", type=int, default=300)
+    parser.add_argument("--limit", type=int, default=300, help="test rows per task (0 = the whole test split)")
     parser.add_argument("--calib-n", type=int, default=64)
     parser.add_argument("--sensitivity", default=None,
                         help="layer_sensitivity.py --out JSON (measured on the calibration split)")

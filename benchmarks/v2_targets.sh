@@ -7,9 +7,10 @@
 #                    allocation of target 5 is derived from; sessions 17-20 read target 4 here too)
 #   ls-test.json     the same on the whole test split (target 4 as the issue words it: most critical
 #                    layers and Spearman of the POPE-adversarial and ScienceQA profiles; session 21 on)
-#   degradation.md   uniform / sensitivity / 8 random allocations at SPARS on 600 test rows (targets 2, 5)
+#   degradation.md   uniform / sensitivity / 8 random allocations at SPARS on LIMIT test rows a task
+#                    (targets 2, 5; LIMIT=600 by default, 0 = the whole test split, session 23's rule)
 # Every figure is --round-to 8 (session 16: 32 allows only 0/25/50/75 % of a 128-row MLP).
-# Usage (repository root): [WORLD=out/world8-s2] [SPARS=0.3,0.4,0.5] [SPARS_ERR=0.5] \
+# Usage (repository root): [WORLD=out/world8-s2] [SPARS=0.3,0.4,0.5] [SPARS_ERR=0.5] [LIMIT=600] \
 #     bash benchmarks/v2_targets.sh MODEL_DIR OUT_DIR
 set -euo pipefail
 M=$(realpath "$1"); O=$(realpath -m "$2"); W=$(realpath "${WORLD:-out/world8-s2}")
@@ -22,5 +23,5 @@ $PY layer_sensitivity.py --model "$M" --data "$W" --split calibration --limit 30
     --out "$O/ls-cal.json" > "$O/ls-cal.log"
 $PY layer_sensitivity.py --model "$M" --data "$W" --split test --ratios 0.75 \
     --out "$O/ls-test.json" > "$O/ls-test.log"
-$PY degradation.py --model "$M" --data "$W" --limit 600 --sparsities "${SPARS:-0.3,0.4,0.5}" --seeds 8 \
+$PY degradation.py --model "$M" --data "$W" --limit "${LIMIT:-600}" --sparsities "${SPARS:-0.3,0.4,0.5}" --seeds 8 \
     --round-to 8 --sensitivity "$O/ls-cal.json" --out "$O/degradation" > "$O/degradation.md"
