@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -17,13 +18,14 @@ def _train(args: argparse.Namespace) -> int:
 
     from hipp_torchprune.data import world_version
     from hipp_torchprune.demo.config import RECIPE_WORLD_VERSION, RECIPES
-    from hipp_torchprune.demo.recipe import RECIPE_INSERT, train_recipe
+    from hipp_torchprune.demo.recipe import RECIPE_INSERTS, train_recipe
+    from hipp_torchprune.demo.vocab import insert_records
     from hipp_torchprune.errors import DataError
 
     model_cfg, defaults = RECIPES[args.recipe]
-    insert_cfg = RECIPE_INSERT[args.recipe]
+    inserts = RECIPE_INSERTS[args.recipe]
     if args.config is not None:
-        model_cfg, defaults, insert_cfg = recipe_overrides(args.config, model_cfg, defaults, insert_cfg)
+        model_cfg, defaults, inserts = recipe_overrides(args.config, model_cfg, defaults, inserts)
     if world_version(args.data) != RECIPE_WORLD_VERSION[args.recipe]:
         raise DataError(f"{args.data} is a version-{world_version(args.data)} world; recipe {args.recipe} trains on "
                         f"version {RECIPE_WORLD_VERSION[args.recipe]} (hipp world build --version "
@@ -32,11 +34,11 @@ def _train(args: argparse.Namespace) -> int:
                   batch_size=args.batch_size or defaults.batch_size,
                   eval_every=defaults.eval_every if args.eval_every is None else args.eval_every,
                   threads=args.threads or defaults.threads)
-    if insert_cfg is not None:  # the seed and thread flags hold for both stages
-        insert_cfg = replace(insert_cfg, seed=args.seed, threads=args.threads or insert_cfg.threads)
-    summary = train_recipe(args.data, args.out, model_cfg, cfg, insert_cfg, resume=not args.no_resume,
+    # the seed and thread flags hold for every stage
+    inserts = tuple(replace(c, seed=args.seed, threads=args.threads or c.threads) for c in inserts)
+    summary = train_recipe(args.data, args.out, model_cfg, cfg, inserts, resume=not args.no_resume,
                            progress=not args.no_progress, device=args.device)
-    seconds = summary["train_seconds"] + summary.get("insert", {}).get("seconds", 0.0)
+    seconds = summary["train_seconds"] + sum(r["seconds"] for r in insert_records(summary))
     print(json.dumps({"steps": summary["steps"], "train_seconds": round(seconds, 1),
                       "parameters": summary["parameters"], "out": str(args.out)}, indent=2))
     return 0
@@ -58,31 +60,50 @@ def _insert(args: argparse.Namespace) -> int:
     return 0
 
 
-def recipe_overrides(path: str, model_cfg: DemoModelConfig, cfg: TrainConfig,
-                     insert_cfg: InsertConfig | None = None) -> tuple[DemoModelConfig, TrainConfig, InsertConfig | None]:
-    """A recipe with the fields of a YAML file's ``model:``, ``train:`` and ``insert:`` mappings
-    replaced (``insert:`` only for a recipe with an insertion stage, ``insert_cfg``).
+def recipe_overrides(path: str, model_cfg: DemoModelConfig, cfg: TrainConfig, inserts: Sequence[InsertConfig] = (),
+                     ) -> tuple[DemoModelConfig, TrainConfig, tuple[InsertConfig, ...]]:
+    """A recipe with the fields of a YAML file's ``model:``, ``train:`` and ``insert:`` sections
+    replaced. ``insert:`` is a mapping (its fields replace those of every insertion stage) or a
+    list of mappings, the stages themselves (:func:`_insert_overrides`); only for a recipe with
+    insertion stages (``inserts``).
 
-    Unknown sections or fields and values outside a field's choices raise ``ConfigError`` before
-    anything is trained or written.
+    Unknown sections or fields, values outside a field's choices and an empty list raise
+    ``ConfigError`` before anything is trained or written.
     """
     from hipp_torchprune.config import ConfigError, from_mapping, read_yaml_mapping
     from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
-    from hipp_torchprune.demo.vocab import InsertConfig
 
     expected = "a mapping with 'model:', 'train:' and/or 'insert:' sections"
     data = read_yaml_mapping(path, expected)
     if set(data) - {"model", "train", "insert"}:
         raise ConfigError(f"{path}: expected {expected}")
-    for section in ("model", "train", "insert"):
+    for section in ("model", "train"):
         if not isinstance(data.get(section, {}), dict):
             raise ConfigError(f"{path}: '{section}:' must be a mapping of fields")
-    if "insert" in data and insert_cfg is None:
+    if "insert" in data and not inserts:
         raise ConfigError(f"{path}: 'insert:' given, but this recipe has no vocabulary-insertion stage")
-    if insert_cfg is not None:
-        insert_cfg = from_mapping(InsertConfig, {**asdict(insert_cfg), **data.get("insert", {})}, f"{path}:insert")
     return (from_mapping(DemoModelConfig, {**asdict(model_cfg), **data.get("model", {})}, f"{path}:model"),
-            from_mapping(TrainConfig, {**asdict(cfg), **data.get("train", {})}, f"{path}:train"), insert_cfg)
+            from_mapping(TrainConfig, {**asdict(cfg), **data.get("train", {})}, f"{path}:train"),
+            _insert_overrides(path, data.get("insert", {}), tuple(inserts)))
+
+
+def _insert_overrides(path: str, section: Any, inserts: tuple[InsertConfig, ...]) -> tuple[InsertConfig, ...]:
+    """The ``insert:`` section of :func:`recipe_overrides` applied to the recipe's stages: a mapping
+    changes every stage; a list gives the stages themselves, stage k starting from the recipe's
+    stage k (from the defaults past its last), so a probe can run more stages than the recipe."""
+    from hipp_torchprune.config import ConfigError, from_mapping
+    from hipp_torchprune.demo.vocab import InsertConfig
+
+    if isinstance(section, dict):
+        parts = [section] * len(inserts)
+    elif isinstance(section, list) and section and all(isinstance(p, dict) for p in section):
+        parts = section
+    else:
+        raise ConfigError(f"{path}: 'insert:' must be a mapping of fields, or a non-empty list of such mappings "
+                          "(one per insertion stage)")
+    bases = [inserts[k] if k < len(inserts) else InsertConfig() for k in range(len(parts))]
+    return tuple(from_mapping(InsertConfig, {**asdict(c), **p}, f"{path}:insert[{k}]")
+                 for k, (c, p) in enumerate(zip(bases, parts)))
 
 
 def register(subparsers: Any) -> None:

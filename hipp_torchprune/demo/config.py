@@ -304,8 +304,7 @@ RecipeName = Literal["v1", "v2"]
 #: world with aliases): 8 decoder layers with narrow MLPs (128), object recognition read at layer
 #: 1, a world-knowledge probe at layer 5, the option judge at layer 6, a trainable vision tower,
 #: every yes/no question asked by the object's name, 12,000 steps on one thread (probe 54 in
-#: ``docs/demo-model.md``). Its second stage, vocabulary insertion, is
-#: :data:`hipp_torchprune.demo.recipe.RECIPE_INSERT`.
+#: ``docs/demo-model.md``). Its insertion stages are :data:`hipp_torchprune.demo.recipe.RECIPE_INSERTS`.
 RECIPES: dict[str, tuple[DemoModelConfig, TrainConfig]] = {
     "v1": (DemoModelConfig(), TrainConfig()),
     "v2": (DemoModelConfig(text_layers=8, text_intermediate=128),

@@ -777,7 +777,9 @@ def insert_aliases(src: str | Path, data_dir: str | Path, out_dir: str | Path, c
 
     ``out_dir`` also gets ``insert_checkpoint.pt`` (resumable), ``runs/`` (TensorBoard) and a
     ``train_summary.json``: the teacher's, plus an ``insert`` record (config, seconds, the
-    teacher's calibration accuracy asked by name, the student's history asked by alias).
+    teacher's calibration accuracy asked by name, the student's history asked by alias), which
+    also ends the ``inserts`` list (the records of every insertion since the first stage, so a
+    model inserted into twice keeps both).
     ``stop_at`` ends the run after that step (state saved, no model), as an interruption would.
     """
     with torch_threads(cfg.threads):
@@ -837,12 +839,22 @@ def _finish(run: _Insert, cfg: InsertConfig, out_dir: Path, step: int, seconds: 
     ordinary_file_modes(out_dir, (MODEL_FILE,))
     run.data.processor.save_pretrained(out_dir)
     summary = dict(run.source)
-    summary["insert"] = {"config": asdict(cfg), "steps": step, "seconds": round(seconds, 1),
-                         "teacher_by_name": reference, "history": history}
+    record = {"config": asdict(cfg), "steps": step, "seconds": round(seconds, 1), "teacher_by_name": reference,
+              "history": history}
+    summary["inserts"] = [*insert_records(run.source), record]  # every insertion since the first stage
+    summary["insert"] = record  # this one
     tmp = out_dir / "train_summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     tmp.replace(out_dir / "train_summary.json")
     return summary
+
+
+def insert_records(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The insertion records of a training summary, first stage first (``[]`` for a model trained
+    by ``hipp demo-model train`` alone; a summary written before ``inserts`` existed has one)."""
+    if "inserts" in summary:
+        return list(summary["inserts"])
+    return [summary["insert"]] if "insert" in summary else []
 
 
 def read_insert_config(path: str | Path, base: InsertConfig = InsertConfig()) -> InsertConfig:
@@ -863,6 +875,7 @@ __all__: Sequence[str] = (
     "cosine_lr",
     "group_directions",
     "insert_aliases",
+    "insert_records",
     "mixed_answer_logits",
     "name_direction_loss",
     "new_word_embeddings",

@@ -156,16 +156,15 @@ def test_shipped_checkpoint() -> None:
 @pytest.mark.skipif(not (DEMO_MODEL_DIR / "train_summary.json").is_file(), reason="demo checkpoint not shipped")
 def test_shipped_checkpoint_was_trained_with_the_recipe_defaults() -> None:
     """The model card's commands (the world build, then the v2 recipe with its ``--seed``)
-    reproduce the shipped run's configuration: both stages and the world."""
+    reproduce the shipped run's configuration: the teacher, every insertion stage and the world."""
     from hipp_torchprune.demo.config import RECIPES
-    from hipp_torchprune.demo.recipe import RECIPE_INSERT
-    from hipp_torchprune.demo.vocab import InsertConfig
+    from hipp_torchprune.demo.recipe import RECIPE_INSERTS
+    from hipp_torchprune.demo.vocab import InsertConfig, insert_records
 
     summary = json.loads((DEMO_MODEL_DIR / "train_summary.json").read_text())
     seed = summary["train"]["seed"]
     model_cfg, train_cfg = RECIPES["v2"]
-    insert_cfg = RECIPE_INSERT["v2"]
-    assert insert_cfg is not None
+    inserts = RECIPE_INSERTS["v2"]
 
     def as_json(cfg: Any) -> Any:
         return json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as in the JSON
@@ -174,14 +173,14 @@ def test_shipped_checkpoint_was_trained_with_the_recipe_defaults() -> None:
     assert as_json(DemoModelConfig(**summary["model"])) == as_json(model_cfg)
     assert as_json(TrainConfig(**summary["train"])) == as_json(replace(train_cfg, seed=seed))
     assert summary["steps"] == train_cfg.steps
-    insert = summary["insert"]
-    assert as_json(InsertConfig(**insert["config"])) == as_json(replace(insert_cfg, seed=seed))
-    assert insert["steps"] == insert_cfg.steps
+    records = insert_records(summary)
+    assert [as_json(InsertConfig(**r["config"])) for r in records] == [as_json(replace(c, seed=seed)) for c in inserts]
+    assert [r["steps"] for r in records] == [c.steps for c in inserts]
     card = (Path(__file__).parents[2] / "docs" / "demo-model.md").read_text()
     assert f"demo-model train --recipe v2 --data out/world7-s1 --out out/demo-v2 --seed {seed}" in card
     world = summary["world"]
     flags = " ".join(f"--{k} {world[k]:g}" for k in ("jitter", "faint", "noise", "lore", "aliases", "companion",
-                                                    "occluder"))
+                                                    "occluder", "family") if k in world)
     assert f"world build --out out/world7-s1 --seed 1 --images 6000 --version {world['version']} {flags}" in card
 
 
@@ -310,37 +309,49 @@ def test_option_head_loss_is_binary_cross_entropy_over_real_slots() -> None:
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_cli_v2_recipe_trains_a_teacher_then_inserts_and_refuses_worlds_it_cannot_use(
+def test_cli_v2_recipe_trains_a_teacher_then_each_insertion_and_refuses_worlds_it_cannot_use(
         world: Path, make_world, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from hipp_torchprune.cli import main
     from hipp_torchprune.demo.config import RECIPES
-    from hipp_torchprune.demo.recipe import RECIPE_INSERT
+    from hipp_torchprune.demo.recipe import RECIPE_INSERTS
+    from hipp_torchprune.demo.vocab import InsertConfig
     from hipp_torchprune.world.build import build_world
 
-    (tmp_path / "quick.yaml").write_text("insert:\n  steps: 2\n  batch_size: 4\n  keep_batch: 4\n  eval_every: 0\n"
-                                         "  eval_limit: 8\n")
+    quick = "steps: 2, batch_size: 4, keep_batch: 4, lore_batch: 4, eval_every: 0, eval_limit: 8"
+    (tmp_path / "quick.yaml").write_text(  # the recipe's stage, then a second one: the lore alone
+        f"insert:\n  - {{{quick}}}\n  - {{{quick}, attention_upto: -1, lore_layer: 4, lore_only: true, "
+        "keep_lore_weight: 1.0, keep_asked: written}\n")
     args = ["demo-model", "train", "--recipe", "v2", "--steps", "2", "--batch-size", "4", "--eval-every", "0",
             "--no-progress", "--seed", "3", "--config", str(tmp_path / "quick.yaml")]
     assert main([*args, "--data", str(world), "--out", str(tmp_path / "bad")]) == 2
     assert "version 2" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    (tmp_path / "none.yaml").write_text("insert: []\n")
+    assert main([*args[:-1], str(tmp_path / "none.yaml"), "--data", str(world), "--out", str(tmp_path / "bad")]) == 2
+    assert "non-empty list" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main([*args, "--data", str(make_world(5, 60, version=2)), "--out", str(tmp_path / "bad")]) == 2
     assert "--aliases" in capsys.readouterr().err and not (tmp_path / "bad").exists()  # before the teacher's hour
-    build_world(tmp_path / "w", seed=5, n_images=40, config=SceneConfig(aliases=3), version=2)
-    (tmp_path / "deep.yaml").write_text("insert:\n  layer: 8\n")  # the v2 model has layers 0..7
+    build_world(tmp_path / "w", seed=5, n_images=40, config=SceneConfig(aliases=3, lore=12), version=2)
+    (tmp_path / "deep.yaml").write_text("insert:\n  - {layer: 1}\n  - {lore_layer: 8}\n")  # layers 0..7
     assert main([*args[:-1], str(tmp_path / "deep.yaml"), "--data", str(tmp_path / "w"), "--out", str(tmp_path / "bad")]) == 2
-    assert "layer 8" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert "lore_layer 8" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main([*args, "--data", str(tmp_path / "w"), "--out", str(tmp_path / "v2")]) == 0
     run = json.loads((tmp_path / "v2" / "teacher" / "run_config.json").read_text())
     model_cfg, cfg = RECIPES["v2"]
     assert run["model"] == model_cfg.to_dict() and run["model"]["text_layers"] == 8
     assert run["train"]["knowledge_weight"] == cfg.knowledge_weight > 0 and run["train"]["name_share"] == 1.0
     assert (run["train"]["aux_layer"], run["train"]["knowledge_layer"]) == (cfg.aux_layer, cfg.knowledge_layer) == (1, 5)
-    summary = json.loads((tmp_path / "v2" / "train_summary.json").read_text())  # the model is the student
-    expected = replace(RECIPE_INSERT["v2"], steps=2, batch_size=4, keep_batch=4, eval_every=0, eval_limit=8, seed=3)
-    assert summary["insert"]["config"] == json.loads(json.dumps(asdict(expected))) and summary["train"]["seed"] == 3
-    teacher_summary = (tmp_path / "v2" / "teacher" / "train_summary.json").stat().st_mtime_ns
+    summary = json.loads((tmp_path / "v2" / "train_summary.json").read_text())  # the model is the last stage's
+    first = replace(RECIPE_INSERTS["v2"][0], steps=2, batch_size=4, keep_batch=4, lore_batch=4, eval_every=0,
+                    eval_limit=8, seed=3)
+    expected = [first, replace(InsertConfig(), steps=2, batch_size=4, keep_batch=4, lore_batch=4, eval_every=0,
+                               eval_limit=8, attention_upto=-1, lore_layer=4, lore_only=True, keep_lore_weight=1.0,
+                               keep_asked="written", seed=3)]  # past the recipe's stages: from the defaults
+    assert [r["config"] for r in summary["inserts"]] == [json.loads(json.dumps(asdict(c))) for c in expected]
+    assert summary["insert"] == summary["inserts"][-1] and summary["train"]["seed"] == 3
+    assert json.loads((tmp_path / "v2" / "stage1" / "train_summary.json").read_text())["insert"] == summary["inserts"][0]
+    mtimes = {d: (tmp_path / "v2" / d / "train_summary.json").stat().st_mtime_ns for d in ("teacher", "stage1")}
     assert main([*args, "--data", str(tmp_path / "w"), "--out", str(tmp_path / "v2")]) == 0  # finished: reused
-    assert (tmp_path / "v2" / "teacher" / "train_summary.json").stat().st_mtime_ns == teacher_summary
+    assert {d: (tmp_path / "v2" / d / "train_summary.json").stat().st_mtime_ns for d in mtimes} == mtimes
     longer = [a if a != "2" else "3" for a in args]  # --steps 3: another recipe, so the teacher trains on
     assert main([*longer, "--data", str(tmp_path / "w"), "--out", str(tmp_path / "v2")]) == 0
     assert json.loads((tmp_path / "v2" / "teacher" / "train_summary.json").read_text())["steps"] == 3
@@ -348,10 +359,37 @@ def test_cli_v2_recipe_trains_a_teacher_then_inserts_and_refuses_worlds_it_canno
 
     from hipp_torchprune.demo.vocab import insert_aliases
 
-    # the student of the new teacher alone: the old insertion state was not resumed onto it
-    insert_aliases(tmp_path / "v2" / "teacher", tmp_path / "w", tmp_path / "fresh", expected, progress=False)
-    fresh, kept = (load_file(tmp_path / d / "model.safetensors") for d in ("fresh", "v2"))
+    # each stage of the new teacher afresh: no insertion state was resumed onto another model
+    insert_aliases(tmp_path / "v2" / "teacher", tmp_path / "w", tmp_path / "fresh1", expected[0], progress=False)
+    insert_aliases(tmp_path / "fresh1", tmp_path / "w", tmp_path / "fresh2", expected[1], progress=False)
+    fresh, kept = (load_file(tmp_path / d / "model.safetensors") for d in ("fresh2", "v2"))
     assert all(torch.equal(fresh[k], kept[k]) for k in fresh)
+
+
+def test_a_recipe_resumes_at_its_first_unfinished_stage(tmp_path: Path) -> None:
+    """A recipe interrupted in an intermediate insertion, run again, picks up there (the teacher is
+    reused) and ends at the same model as an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from hipp_torchprune.demo.recipe import train_recipe
+    from hipp_torchprune.demo.vocab import InsertConfig, insert_aliases
+    from hipp_torchprune.world.build import build_world
+
+    build_world(tmp_path / "w", seed=5, n_images=40, config=SceneConfig(aliases=3, lore=12), version=2)
+    model_cfg = replace(TINY, text_layers=2)
+    cfg = TrainConfig(steps=2, batch_size=4, eval_every=0, pool_rounds=1, threads=1, aux_layer=0, option_weight=0.0)
+    stage = InsertConfig(layer=0, attention_upto=-1, steps=4, batch_size=4, keep_batch=4, eval_every=0,
+                         eval_limit=8, checkpoint_every=2)
+    stages = (stage, replace(stage, layer=1, seed=1))
+    whole = train_recipe(tmp_path / "w", tmp_path / "whole", model_cfg, cfg, stages, progress=False)
+    train_demo_model(tmp_path / "w", tmp_path / "cut" / "teacher", model_cfg, cfg, progress=False)
+    insert_aliases(tmp_path / "cut" / "teacher", tmp_path / "w", tmp_path / "cut" / "stage1", stage, progress=False,
+                   stop_at=2)  # stage 1 interrupted after step 2
+    resumed = train_recipe(tmp_path / "w", tmp_path / "cut", model_cfg, cfg, stages, progress=False)
+    assert [r["steps"] for r in resumed["inserts"]] == [4, 4]
+    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert whole["inserts"][0]["config"] == resumed["inserts"][0]["config"]
 
 
 def test_cli_recipe_config_replaces_fields_and_flags_win(world: Path, tmp_path: Path) -> None:
@@ -377,6 +415,7 @@ def test_cli_recipe_config_replaces_fields_and_flags_win(world: Path, tmp_path: 
     ("train:\n  home_dropot: 0.5\n", "unknown field(s) home_dropot"),
     ("trian:\n  steps: 3\n", "'train:' and/or 'insert:'"),
     ("insert:\n  steps: 3\n", "no vocabulary-insertion stage"),  # recipe v1 is one stage
+    ("insert:\n  - {steps: 3}\n", "no vocabulary-insertion stage"),
     ("train:\n  home_dropout_draw: sometimes\n", "is not one of"),
     ("train: 3\n", "must be a mapping"),
     ("- 1\n- 2\n", "'train:' and/or 'insert:'"),
