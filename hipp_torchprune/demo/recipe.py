@@ -19,7 +19,7 @@ from typing import Any
 from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
 from hipp_torchprune.demo.vocab import InsertConfig
 
-#: The teacher of a two-stage recipe, under its output directory.
+#: The teacher of a staged recipe, under its output directory.
 TEACHER_DIR = "teacher"
 
 #: Each recipe's insertion stages, run in order on its teacher (empty = one stage). ``v2``'s one
