@@ -41,30 +41,33 @@ def stage_dir(out_dir: Path, k: int, n: int) -> Path:
     return out_dir if k == n - 1 else out_dir / f"stage{k + 1}"
 
 
+def _finished_summary(out: Path) -> dict[str, Any]:
+    """The training summary of a finished stage in ``out`` ({} when its summary or saved model is
+    missing or the summary is unreadable: that stage runs again and resumes from its checkpoint)."""
+    path = out / "train_summary.json"
+    if not (path.is_file() and (out / "model.safetensors").is_file()):
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+
+
 def _teacher_done(teacher: Path, model_cfg: DemoModelConfig, cfg: TrainConfig) -> bool:
     """Whether ``teacher`` holds a finished run of exactly this recipe (summary and saved model)."""
-    path = teacher / "train_summary.json"
-    if not (path.is_file() and (teacher / "model.safetensors").is_file()):
-        return False
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return False  # the teacher stage runs again and resumes from its checkpoint
+    summary = _finished_summary(teacher)
     same = json.loads(json.dumps({"model": model_cfg.to_dict(), "train": cfg.to_dict()}))  # tuples -> lists
     return summary.get("steps") == cfg.steps and {k: summary.get(k) for k in same} == same
 
 
 def _insert_done(out: Path, cfg: InsertConfig) -> bool:
     """Whether ``out`` holds a finished insertion of exactly ``cfg`` (summary and saved model)."""
-    path = out / "train_summary.json"
-    if not (path.is_file() and (out / "model.safetensors").is_file()):
-        return False
+    record = _finished_summary(out).get("insert", {})
     try:
-        record = json.loads(path.read_text()).get("insert", {})
         done = InsertConfig(**record.get("config", {}))  # a field added after the run: its default (off)
-    except (json.JSONDecodeError, TypeError):
+    except TypeError:
         return False
-    return asdict(done) == json.loads(json.dumps(asdict(cfg))) and record.get("steps") == cfg.steps
+    return record.get("steps") == cfg.steps and asdict(done) == json.loads(json.dumps(asdict(cfg)))
 
 
 def train_recipe(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoModelConfig, cfg: TrainConfig,
