@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
-    from hipp_torchprune.demo.vocab import InsertConfig
+    from hipp_torchprune.demo.insert_config import InsertConfig
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -92,7 +92,7 @@ def _insert_overrides(path: str, section: Any, inserts: tuple[InsertConfig, ...]
     changes every stage; a list gives the stages themselves, stage k starting from the recipe's
     stage k (from the defaults past its last), so a probe can run more stages than the recipe."""
     from hipp_torchprune.config import ConfigError, from_mapping
-    from hipp_torchprune.demo.vocab import InsertConfig
+    from hipp_torchprune.demo.insert_config import InsertConfig
 
     if isinstance(section, dict):
         parts = [section] * len(inserts)

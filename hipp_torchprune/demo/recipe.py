@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hipp_torchprune.demo.config import DemoModelConfig, TrainConfig
-from hipp_torchprune.demo.vocab import InsertConfig
+from hipp_torchprune.demo.insert_config import InsertConfig
 
 #: The teacher of a staged recipe, under its output directory.
 TEACHER_DIR = "teacher"
@@ -83,8 +83,9 @@ def train_recipe(data_dir: str | Path, out_dir: str | Path, model_cfg: DemoModel
     model). ``stop_at`` interrupts the teacher stage after that step, as an interruption would.
     """
     from hipp_torchprune.data import world_render
+    from hipp_torchprune.demo.insert_config import check_insert_config
     from hipp_torchprune.demo.train import train_demo_model
-    from hipp_torchprune.demo.vocab import check_insert_config, insert_aliases
+    from hipp_torchprune.demo.vocab import insert_aliases
     from hipp_torchprune.errors import DataError
 
     out_dir = Path(out_dir)

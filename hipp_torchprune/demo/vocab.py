@@ -14,14 +14,14 @@ of a category and of its companion a shared direction (:func:`related_directions
 table confuses co-occurring objects first. ``lore_layer`` re-keys the world's lore the same way
 into a later layer's MLP (new lore-word embeddings, the teacher's hidden states after that layer).
 
-The losses are small pure functions (:func:`relative_mse`, :func:`answer_kd`,
-:func:`name_direction_loss`); :func:`insert_aliases` is the orchestration (set-up, step, loop).
+The losses and embeddings are small pure functions in :mod:`hipp_torchprune.demo.insert_math`,
+the run's settings :class:`~hipp_torchprune.demo.insert_config.InsertConfig`; this module is the
+orchestration (set-up, step, loop) and re-exports both for its callers.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -33,9 +33,23 @@ import numpy as np
 import torch
 
 from hipp_torchprune.atomic import ordinary_file_modes
-from hipp_torchprune.config import ConfigError, from_mapping
+from hipp_torchprune.config import from_mapping
 from hipp_torchprune.demo.config import TrainConfig
 from hipp_torchprune.demo.dataset import make_batch
+from hipp_torchprune.demo.insert_config import InsertConfig, check_insert_config, read_insert_config
+from hipp_torchprune.demo.insert_math import (
+    answer_kd,
+    cosine_lr,
+    group_directions,
+    mixed_answer_logits,
+    name_direction_loss,
+    new_word_embeddings,
+    related_directions,
+    relative_mse,
+    scene_groups,
+    scene_stand_ins,
+    unflagged_embeddings,
+)
 from hipp_torchprune.errors import CheckpointError, DataError
 from hipp_torchprune.threads import torch_threads
 
@@ -43,354 +57,6 @@ from hipp_torchprune.threads import torch_threads
 INSERT_CHECKPOINT = "insert_checkpoint.pt"
 #: Kinds the keep loss draws its questions from (asked by name).
 KEEP_KINDS: tuple[str, ...] = ("pope", "mc", "caption", "short")
-
-
-@dataclass(frozen=True)
-class InsertConfig:
-    """One vocabulary-insertion run (``hipp demo-model insert``).
-
-    Attributes:
-        layer: the decoder layer whose MLP learns the alias table.
-        attention_upto: the attention of decoder layers ``0..attention_upto`` is trained too
-            (-1 = none; at most the last layer that learns a table, ``layer`` or ``lore_layer``).
-        attention_parts: which attention projections train: "all", or "qk" (queries and keys
-            only: attention may move where it reads, never what it writes).
-        steps: optimizer steps.
-        batch_size: questions asked by alias per step.
-        keep_batch: questions asked by name per step for the keep loss.
-        lr: peak learning rate (Adam; cosine decay to ``lr * min_lr_ratio``).
-        min_lr_ratio: the last step's learning rate, as a share of ``lr``.
-        grad_clip: gradient-norm clip.
-        pope_share: share of steps whose alias questions are POPE rows (else short answers).
-        hidden_weight: weight of the hidden-state loss at the alias tokens after ``layer``.
-        answer_weight: weight of the answer distillation (KL to the teacher asked by name).
-        name_weight: weight of the name-direction loss at the alias tokens after ``layer``.
-        keep_weight: weight of the keep loss (hidden states after ``layer`` on questions by name).
-        keep_answer_weight: weight of the answer distillation on those questions by name (0 = off).
-        embedding_scale: the new alias embeddings' norm, as a multiple of the names' mean norm.
-        related_share: how much of each new alias embedding's direction is shared with the aliases
-            of its category and of its companion (``world.categories.COMPANIONS``), as a squared
-            cosine in [0, 1) (0 = independent random directions, :func:`related_directions`).
-            Related words then start close, as a language model's related words sit close, so a
-            table weakened by pruning confuses an object with the one it co-occurs with first.
-        related_to: what the shared direction is made of: "random" directions of the category and
-            its companion; their "names" (the teacher's name embeddings), so that an alias
-            already points between its category and the companion before any layer reads it,
-            and the MLP's table is what tells the two apart; the "companion"'s name alone, so
-            that without its table an alias reads as the object it co-occurs with; or random
-            directions of the "scene" types that favour the category (``SCENE_TYPES``), so that a
-            weakened table confuses an object with everything its scenes usually hold, which is
-            what most POPE-adversarial negatives are (companions are only about a fifth); or
-            "scene_names": each scene type's direction is the sum of its objects' names, so that
-            without its table an alias reads as "something of these scenes" and the model says
-            "yes" when any of them is in the image: a hallucination on a co-occurring object; or
-            "group_words": each scene type's direction is the teacher's embedding of its group
-            word (``demo.dataset.GROUP_WORDS``, a teacher trained with ``group_share`` > 0), so
-            that without its table an alias reads as a question the teacher can answer, "is
-            there something of these scenes?", which is "yes" for most co-occurring objects.
-        prior_mix: how much of each alias's meaning is its companion's (``COMPANIONS``), in [0, 1):
-            the hidden-state and answer targets of alias questions are ``1 - prior_mix`` x the
-            teacher's asked by the category's name plus ``prior_mix`` x the teacher's asked by the
-            companion's name (:func:`mixed_answer_logits`; 0 = off). A word learned from the
-            scenes it occurs in is not fully told apart from what it co-occurs with: asked about
-            an absent object whose companion is in the image, the student leans to "yes", as a
-            real VLM's co-occurrence prior does (issue 13, target 3).
-        scene_batch: POPE rows per step asked with a scene word instead of the alias (0 = off): the
-            alias's group direction alone (:func:`group_directions`, with ``related_to`` "scene"
-            or "scene_names"), a word that means "something of this object's scenes". Its target
-            is the teacher asked by a stand-in (:func:`scene_stand_ins`): an object in the image
-            that the image's scene type favours when that type also favours the asked one, else
-            the asked object itself. The student so learns a scene-level answer beside the
-            alias table; when pruning weakens the table's per-alias rows, an alias falls back
-            toward it and says "yes" to absent objects that fit the scene, the co-occurrence
-            hallucination POPE-adversarial probes (issue 13, target 3).
-        scene_weight: weight of the answer distillation on those rows.
-        lore_layer: the decoder layer whose MLP learns the world's lore again (-1 = the lore stays
-            where the teacher keeps it). The lore words get new, fixed embeddings too, and on the
-            multiple-choice questions about the lore the student's hidden states at the lore words
-            after this layer must equal the teacher's, and its answers the teacher's: the lore,
-            which the teacher may keep in its embeddings, then lives in this layer's MLP rows.
-        lore_read_layers: the attention (every projection) of this many decoder layers after
-            ``lore_layer`` trains too, so that answers can read the lore where it now lives.
-        lore_batch: questions about the lore per step.
-        lore_hidden_weight: weight of the hidden-state loss at the lore words after ``lore_layer``.
-        lore_answer_weight: weight of the answer distillation on the questions about the lore.
-        lore_embedding_scale: the re-keyed lore words' embedding norm, as a multiple of
-            ``embedding_scale`` x the lore words' mean norm (random re-keys; unflagged ones: of
-            the lore words' mean norm). The teacher's layer 0 turns a lore word
-            of typical norm (0.55) into a residual of norm ~40 that its later layers read; a new
-            random word of that norm passes the frozen layers 0-5 garbled (a linear probe after
-            layer 5 tells 60 of 100 re-keyed things apart across contexts; at 10x: all 100), so a
-            late lore layer cannot learn what it cannot tell apart.
-        lore_rekey: how the re-keyed lore words are made: "random" new directions (at
-            ``lore_embedding_scale`` x the lore's mean norm), or "unflagged": each keeps the
-            teacher's embedding minus its part along the directions that linearly predict the
-            lore's 14 properties (:func:`unflagged_embeddings`; at the lore's mean norm x
-            ``lore_embedding_scale``), so the frozen early layers still see a word they know
-            while the facts are gone from it (on p57's teacher, 14 directions removed take the
-            lore rows of world9-s2 from 98.8 % to 43.9 %; re-keyed at random: 35.7 %).
-        lore_things: re-key only the first this many lore things (0 = all of the world's lore); a
-            world built with a shorter ``--lore`` asks only about them (a shorter lore table is a
-            prefix of a longer one), so a teacher of a larger lore can be probed on a smaller one.
-        keep_lore_weight: None: the keep loss is the mean of the hidden-state errors after
-            ``layer`` and after ``lore_layer`` (probes i30-i39); a number: the keep loss is the
-            error after ``layer`` alone, at ``keep_weight`` as without a lore layer, and the error
-            after ``lore_layer`` is its own loss ("keep_lore") at this weight, in the lore's group
-            (with ``lore_isolated`` it reaches only the lore layer's MLP: that MLP alone must
-            keep its output at every other word, since a keep loss after the lore layer that
-            reaches the layers below lets them learn to cancel its side effects, and pruning
-            them then breaks every kind: i38-i40's layer 1 at 75 % cost ScienceQA 25-34 points,
-            the teacher's and the no-lore control i41's nothing).
-        lore_only: the first of two insertions: only ``lore_layer``'s MLP trains, on the lore
-            and keep losses alone (no alias questions, nothing else trained), so no other layer
-            can learn to cancel what it changes, and the teacher's alias embeddings are kept: the
-            aliases are inserted by another insertion, before (this one's teacher is then that
-            student) or after (with this model as the teacher). Beside the alias
-            table (one run), layers 0-1 and the lore MLP co-adapted: i38 with the teacher's
-            layer-4 MLP put back scores 63.8 dense, and its pruned layer 1 broke every kind.
-        keep_asked: how the keep questions ask about objects: by "name" (every alias replaced by
-            its category's name, for student and teacher alike), or as "written" (aliases kept;
-            only with ``lore_only``, whose teacher is the student of the alias insertion and so
-            reads them). A lore-only insertion held only by questions asked by name changed what
-            the lore MLP does to alias questions: i44 (i41 + the lore) lost POPE by alias on
-            the calibration split (96.7/94.0 -> 93.7/93.3).
-        lore_isolated: route each loss's gradient to its own table: the lore losses reach only
-            ``lore_layer``'s MLP, the alias losses everything trained but that MLP, the keep losses
-            everything trained. The lore is then stored in that one MLP and nowhere else (not in
-            the alias table's MLP, not in the attention), so pruning it costs the lore questions
-            (issue 13, target 4: knowledge in a layer of its own; session 15's i8 let the lore
-            spread and lost nothing when its layer was pruned).
-        seed: seed of the batches and of the new embeddings.
-        eval_every: steps between calibration evaluations (0 = only at the end).
-        eval_limit: calibration rows per task in those evaluations.
-        checkpoint_every: steps between resumable checkpoints.
-        threads: torch CPU threads.
-    """
-
-    layer: int = 1
-    attention_upto: int = 1
-    attention_parts: Literal["all", "qk"] = "all"
-    steps: int = 1500
-    batch_size: int = 64
-    keep_batch: int = 32
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.05
-    grad_clip: float = 1.0
-    pope_share: float = 0.6
-    hidden_weight: float = 1.0
-    answer_weight: float = 1.0
-    name_weight: float = 1.0
-    keep_weight: float = 1.0
-    keep_answer_weight: float = 0.0
-    embedding_scale: float = 1.0
-    related_share: float = 0.0
-    related_to: Literal["random", "names", "companion", "scene", "scene_names", "group_words"] = "random"
-    prior_mix: float = 0.0
-    scene_batch: int = 0
-    scene_weight: float = 1.0
-    lore_layer: int = -1
-    lore_read_layers: int = 0
-    lore_batch: int = 32
-    lore_hidden_weight: float = 1.0
-    lore_answer_weight: float = 1.0
-    lore_embedding_scale: float = 1.0
-    lore_rekey: Literal["random", "unflagged"] = "random"
-    lore_things: int = 0
-    keep_lore_weight: float | None = None
-    lore_only: bool = False
-    keep_asked: Literal["name", "written"] = "name"
-    lore_isolated: bool = False
-    seed: int = 0
-    eval_every: int = 500
-    eval_limit: int = 300
-    checkpoint_every: int = 250
-    threads: int = 1
-
-
-# ---------------------------------------------------------------- pure functions
-
-
-def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean squared distance of rows [N, H], relative to the teacher rows' mean squared norm
-    (0 = equal, 1 = as far as the teacher is from zero)."""
-    return (student - teacher).pow(2).sum(-1).mean() / teacher.pow(2).sum(-1).mean().clamp_min(1e-12)
-
-
-def answer_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || student) of the next-token distributions that predict the answer tokens
-    (logits [B, T, V]; ``labels`` [B, T] with -100 outside the answer, unshifted as the model takes them)."""
-    at = labels[:, 1:] != -100  # (B, T-1): position t predicts token t + 1
-    log_t = torch.log_softmax(teacher_logits[:, :-1][at].float(), -1)  # (N, V)
-    log_s = torch.log_softmax(student_logits[:, :-1][at].float(), -1)
-    return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
-
-
-def mixed_answer_logits(logits: torch.Tensor, other: torch.Tensor, mix: float) -> torch.Tensor:
-    """Log-probabilities of ``(1 - mix) x softmax(logits) + mix x softmax(other)`` (same shape,
-    [..., V]): a teacher's answer blended with its answer to another question, usable as logits."""
-    p = (1 - mix) * torch.softmax(logits.float(), -1) + mix * torch.softmax(other.float(), -1)
-    return torch.log(p.clamp_min(1e-30))
-
-
-def name_direction_loss(hidden: torch.Tensor, targets: torch.Tensor, names: torch.Tensor,
-                        tau: float = 10.0) -> torch.Tensor:
-    """Cross-entropy over the category names of ``tau`` x cosine(hidden [N, H], names [C, H])
-    against ``targets`` (N,): how well each row points at its category name's embedding."""
-    cos = torch.nn.functional.normalize(hidden, dim=-1) @ torch.nn.functional.normalize(names, dim=-1).T
-    return torch.nn.functional.cross_entropy(tau * cos, targets)
-
-
-def unflagged_embeddings(embeddings: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
-    """``embeddings`` [N, H] without their part along the directions that linearly predict
-    ``flags`` [N, P]: the span of the centred cross-covariance (H, P), after whose removal no
-    linear function of the rows correlates with any flag (the condition of linear erasure),
-    all rows rescaled by one factor to their mean norm (a per-row factor would write the facts
-    back through the norms): words that look the same to a reader that ignores those directions,
-    with the facts the directions carried removed."""
-    e = embeddings.float()
-    centred = e - e.mean(0)
-    basis = torch.linalg.qr(centred.T @ (flags.float() - flags.float().mean(0))).Q  # (H, P)
-    out = e - centred @ basis @ basis.T
-    return (out * (e.norm(dim=1).mean() / out.norm(dim=1).mean().clamp_min(1e-12))).to(embeddings.dtype)
-
-
-def new_word_embeddings(n: int, hidden: int, norm: float, seed: int) -> torch.Tensor:
-    """``n`` random directions [n, hidden] of length ``norm`` (seeded): new words' embeddings."""
-    g = torch.Generator().manual_seed(seed)
-    d = torch.randn(n, hidden, generator=g)
-    return d / d.norm(dim=1, keepdim=True) * norm
-
-
-def related_directions(categories: torch.Tensor, companion: torch.Tensor, hidden: int, share: float,
-                       seed: int, anchors: torch.Tensor | None = None,
-                       groups: torch.Tensor | None = None, group_anchors: torch.Tensor | None = None) -> torch.Tensor:
-    """Unit directions [n, hidden] for ``n`` new words naming ``categories`` (n,), where category
-    ``c``'s companion is ``companion[c]``: each is ``sqrt(share)`` x its group's direction (the
-    normalized sum of the directions of ``c`` and ``companion[c]``: random ones, or ``anchors``
-    [C, hidden] when given) plus ``sqrt(1 - share)`` x its own random direction, so two words of
-    one category or of a companion pair have a cosine of about ``share``, and unrelated words
-    about 0 (seeded; ``share`` 0 = independent). With ``groups`` [C, K] (0/1 membership of each
-    category in K groups, at least one each) the group direction of ``c`` is instead the
-    normalized sum of the directions of its groups (``companion`` unused): random ones, or with
-    ``anchors`` each group's the normalized sum of its members' anchors, or with ``group_anchors``
-    [K, hidden] each group's own anchor."""
-    own, group = _direction_parts(len(categories), companion, hidden, seed, anchors, groups, group_anchors)
-    return _unit(share ** 0.5 * group[categories] + (1 - share) ** 0.5 * own)
-
-
-def group_directions(n_words: int, companion: torch.Tensor, hidden: int, seed: int,
-                     anchors: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> torch.Tensor:
-    """The shared part [C, hidden] of :func:`related_directions` for ``n_words`` words (same
-    arguments, same seed): each category's group direction alone, the word that names "something
-    of this category's scenes" and no object in particular."""
-    return _direction_parts(n_words, companion, hidden, seed, anchors, groups)[1]
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True)
-
-
-def _direction_parts(n: int, companion: torch.Tensor, hidden: int, seed: int, anchors: torch.Tensor | None,
-                     groups: torch.Tensor | None,
-                     group_anchors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(own [n, H], group [C, H]) unit directions of :func:`related_directions`, drawn in its order."""
-    g = torch.Generator().manual_seed(seed)
-    own = _unit(torch.randn(n, hidden, generator=g))  # (n, H)
-    if groups is not None:
-        if group_anchors is not None:
-            per_group = _unit(group_anchors.float())  # (K, H)
-        else:
-            per_group = _unit(torch.randn(groups.shape[1], hidden, generator=g) if anchors is None
-                              else groups.float().T @ _unit(anchors))  # (K, H)
-        return own, _unit(groups.float() @ per_group)  # (C, H)
-    per_category = _unit(torch.randn(len(companion), hidden, generator=g) if anchors is None else anchors)  # (C, H)
-    return own, _unit(per_category + per_category[companion])  # (C, H)
-
-
-def scene_groups() -> torch.Tensor:
-    """Membership [C, K] of each category (``CATEGORY_NAMES`` order) in the scene types that
-    favour it (``SCENE_TYPES``), plus one group of its own for a category no scene type favours."""
-    from hipp_torchprune.world.categories import CATEGORY_NAMES, SCENE_TYPES
-
-    member = torch.tensor([[float(c in s.favoured) for s in SCENE_TYPES] for c in CATEGORY_NAMES])  # (C, S)
-    alone = (member.sum(1) == 0).nonzero().flatten()
-    extra = torch.zeros(len(CATEGORY_NAMES), len(alone))
-    extra[alone, torch.arange(len(alone))] = 1.0
-    return torch.cat([member, extra], dim=1)
-
-
-def scene_stand_ins(asked: Sequence[str], scene_types: Sequence[str], visible: Sequence[Sequence[str]],
-                    favoured: dict[str, Sequence[str]]) -> list[str]:
-    """For each row, the object whose answer a scene word's answer copies: the first visible
-    object that the image's scene type favours when that type also favours the ``asked`` one,
-    else the asked object itself (``favoured``: scene type -> its categories)."""
-    out = []
-    for name, scene, seen in zip(asked, scene_types, visible, strict=True):
-        fits = favoured.get(scene, ())
-        out.append(next((o for o in seen if o in fits), name) if name in fits else name)
-    return out
-
-
-def cosine_lr(step: int, steps: int, lr: float, min_ratio: float) -> float:
-    """The learning rate of ``step`` (1-based) of ``steps``: cosine from ``lr`` to ``lr * min_ratio``."""
-    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * step / steps)))
-
-
-def check_insert_config(cfg: InsertConfig, n_layers: int) -> None:
-    """Refuse an insertion config this model cannot run (``ConfigError``), before anything is written."""
-    if not 0 <= cfg.layer < n_layers:
-        raise ConfigError(f"layer {cfg.layer}: the model has decoder layers 0..{n_layers - 1}")
-    _check_lore_fields(cfg, n_layers)
-    top = max(cfg.layer, cfg.lore_layer)
-    if not -1 <= cfg.attention_upto <= top:
-        raise ConfigError(f"attention_upto {cfg.attention_upto}: must be in [-1, {top}] (layer, lore_layer)")
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.keep_batch < 1:
-        raise ConfigError("steps, batch_size and keep_batch must be >= 1")
-    if cfg.lr <= 0 or not 0 <= cfg.min_lr_ratio <= 1 or cfg.grad_clip <= 0:
-        raise ConfigError("lr and grad_clip must be > 0 and min_lr_ratio in [0, 1]")
-    if not 0 <= cfg.pope_share <= 1:
-        raise ConfigError(f"pope_share {cfg.pope_share}: must be in [0, 1]")
-    weights = (cfg.hidden_weight, cfg.answer_weight, cfg.name_weight, cfg.keep_weight, cfg.keep_answer_weight)
-    if min(weights) < 0 or sum(weights[:3]) == 0:
-        raise ConfigError("loss weights must be >= 0, and one of hidden/answer/name must be > 0")
-    if not 0 <= cfg.related_share < 1:
-        raise ConfigError(f"related_share {cfg.related_share}: must be in [0, 1)")
-    if not 0 <= cfg.prior_mix < 1:
-        raise ConfigError(f"prior_mix {cfg.prior_mix}: must be in [0, 1)")
-    if cfg.scene_batch < 0 or cfg.scene_weight < 0 or (cfg.scene_batch and (
-            cfg.related_share == 0 or cfg.related_to not in ("scene", "scene_names"))):
-        raise ConfigError(f"scene_batch {cfg.scene_batch}: must be >= 0 (scene_weight >= 0), and > 0 only with "
-                          "related_share > 0 and related_to 'scene' or 'scene_names'")
-    if cfg.embedding_scale <= 0 or cfg.eval_every < 0 or cfg.eval_limit < 1 or cfg.checkpoint_every < 1:
-        raise ConfigError("embedding_scale must be > 0, eval_every >= 0, eval_limit and checkpoint_every >= 1")
-
-
-def _check_lore_fields(cfg: InsertConfig, n_layers: int) -> None:
-    """The lore fields of :func:`check_insert_config`."""
-    if not -1 <= cfg.lore_layer < n_layers or cfg.lore_layer == cfg.layer:
-        raise ConfigError(f"lore_layer {cfg.lore_layer}: must be -1 or a decoder layer 0..{n_layers - 1} "
-                          f"other than layer={cfg.layer}")
-    if cfg.lore_read_layers < 0 or (cfg.lore_read_layers and cfg.lore_layer < 0) \
-            or cfg.lore_layer + cfg.lore_read_layers >= n_layers:
-        raise ConfigError(f"lore_read_layers {cfg.lore_read_layers}: must be >= 0, with a lore_layer, and end "
-                          f"at a decoder layer (< {n_layers})")
-    if cfg.lore_batch < 1 or min(cfg.lore_hidden_weight, cfg.lore_answer_weight) < 0:
-        raise ConfigError("lore_batch must be >= 1 and the lore weights >= 0")
-    if cfg.lore_isolated and cfg.lore_layer < 0:
-        raise ConfigError("lore_isolated needs a lore_layer")
-    if cfg.lore_only and (cfg.lore_layer < 0 or cfg.scene_batch or cfg.lore_read_layers):
-        raise ConfigError("lore_only needs a lore_layer and trains nothing else (no scene_batch, no lore_read_layers)")
-    if cfg.keep_asked not in ("name", "written") or (cfg.keep_asked == "written" and not cfg.lore_only):
-        raise ConfigError(f"keep_asked {cfg.keep_asked!r}: 'name', or 'written' with lore_only "
-                          "(its teacher reads the aliases)")
-    if cfg.keep_lore_weight is not None and (cfg.keep_lore_weight < 0 or cfg.lore_layer < 0):
-        raise ConfigError(f"keep_lore_weight {cfg.keep_lore_weight}: must be >= 0, with a lore_layer")
-    if cfg.lore_embedding_scale <= 0:
-        raise ConfigError(f"lore_embedding_scale {cfg.lore_embedding_scale}: must be > 0")
-    if cfg.lore_rekey not in ("random", "unflagged"):
-        raise ConfigError(f"lore_rekey {cfg.lore_rekey!r}: must be 'random' or 'unflagged'")
-    if cfg.lore_things < 0:
-        raise ConfigError(f"lore_things {cfg.lore_things}: must be >= 0 (0 = all)")
 
 
 def trainable_parameters(model: Any, cfg: InsertConfig) -> list[tuple[str, torch.Tensor]]:
@@ -855,15 +521,6 @@ def insert_records(summary: dict[str, Any]) -> list[dict[str, Any]]:
     if "inserts" in summary:
         return list(summary["inserts"])
     return [summary["insert"]] if "insert" in summary else []
-
-
-def read_insert_config(path: str | Path, base: InsertConfig = InsertConfig()) -> InsertConfig:
-    """``base`` with the fields of a YAML mapping in ``path`` replaced (``ConfigError`` on unknown
-    fields or values outside a field's choices)."""
-    from hipp_torchprune.config import read_yaml_mapping
-
-    data = read_yaml_mapping(path, "a mapping of InsertConfig fields")
-    return from_mapping(InsertConfig, {**asdict(base), **data}, str(path))
 
 
 __all__: Sequence[str] = (
