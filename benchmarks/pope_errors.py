@@ -57,9 +57,11 @@ def missing_companions(scene: Scene) -> set[str]:
 
 
 def row_class(scene: Scene, asked: str, present: bool) -> str:
-    """The class of one POPE row: ``present``, or ``absent comp=0|1 pool=N occl=0|1 hid=0|1``."""
+    """The class of one POPE row: ``present companion=0|1`` (whether the asked object's companion
+    is in the image too: a prior that leans on the companion misses objects seen without it), or
+    ``absent comp=0|1 pool=N occl=0|1 hid=0|1``."""
     if present:
-        return "present"
+        return f"present companion={int(COMPANIONS[asked] in set(scene.categories))}"
     pool = missing_companions(scene)
     comp = asked in pool
     return (f"absent comp={int(comp)} pool={len(pool) if comp else 0} occl={int(bool(scene.occluders))} "
@@ -155,7 +157,7 @@ def summary(tables: dict[str, dict[str, list[int]]]) -> dict[str, Any]:
         rows = sum(n for n, _ in table.values())
         count = {"present": 0, "comp": 0, "other": 0}
         for cls, (_, errors) in table.items():
-            count["present" if cls == "present" else "comp" if "comp=1" in cls else "other"] += errors
+            count["present" if cls.startswith("present") else "comp" if "comp=1" in cls else "other"] += errors
         out[task] = {"accuracy": 100 * (1 - sum(count.values()) / rows),
                      "false_yes": 100 * (count["comp"] + count["other"]) / rows,
                      "false_yes_companions": 100 * count["comp"] / rows, "misses": 100 * count["present"] / rows}

@@ -25,7 +25,8 @@ def test_row_classes_by_hand() -> None:
     # cup <-> plate, knife <-> apple, dog <-> ball: the cup and the knife are missing their companions
     scene = _scene(["cup", "knife"], occluded=True)
     assert script.missing_companions(scene) == {"plate", "apple"}
-    assert script.row_class(scene, "cup", present=True) == "present"
+    assert script.row_class(scene, "cup", present=True) == "present companion=0"  # its plate is absent
+    assert script.row_class(_scene(["dog", "ball"]), "ball", present=True) == "present companion=1"
     assert script.row_class(scene, "plate", present=False) == "absent comp=1 pool=2 occl=1 hid=0"
     assert script.row_class(scene, "dog", present=False) == "absent comp=0 pool=0 occl=1 hid=0"
     hidden = _scene(["cup", "plate", "knife"], hidden=["apple"], occluded=True)
@@ -79,8 +80,11 @@ def test_runs_on_tiny_llava(make_world) -> None:
                            "--sparsity", "0.5", "--round-to", "16", "--prior")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "### dense" in proc.stdout and "### uniform Wanda" in proc.stdout and '"occluder": true' in proc.stdout
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| present")]
-    assert len(rows) == 2  # dense and pruned
+    tables = [s for s in proc.stdout.split("\n### ") if s.startswith(("dense", "uniform Wanda"))]
+    assert len(tables) == 2
+    for table in tables:  # half of the 6 rows a split are present
+        present = [line.split("|") for line in table.splitlines() if line.startswith("| present companion=")]
+        assert present and sum(int(cells[2]) for cells in present) == 3
     assert "| dense |" in proc.stdout and "The gap widens by" in proc.stdout
 
 
@@ -102,9 +106,9 @@ def test_a_version_1_world_is_refused_with_a_clear_message(make_world) -> None:
 
 
 def test_summary_by_hand() -> None:
-    tables = {"pope_random": {"present": [4, 1], "absent comp=0 pool=0 occl=0 hid=0": [3, 0],
-                              "absent comp=1 pool=1 occl=0 hid=0": [1, 0]},
-              "pope_adversarial": {"present": [4, 1], "absent comp=0 pool=0 occl=0 hid=0": [2, 1],
+    tables = {"pope_random": {"present companion=0": [2, 1], "present companion=1": [2, 0],
+                              "absent comp=0 pool=0 occl=0 hid=0": [3, 0], "absent comp=1 pool=1 occl=0 hid=0": [1, 0]},
+              "pope_adversarial": {"present companion=0": [1, 0], "present companion=1": [3, 1], "absent comp=0 pool=0 occl=0 hid=0": [2, 1],
                                    "absent comp=1 pool=2 occl=1 hid=0": [2, 1]}}
     sm = _script().summary(tables)
     # random: 1 miss in 8 rows; adversarial: 1 miss + 1 false yes on a companion + 1 on another object

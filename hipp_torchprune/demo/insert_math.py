@@ -33,6 +33,14 @@ def mixed_answer_logits(logits: torch.Tensor, other: torch.Tensor, mix: float) -
     return torch.log(p.clamp_min(1e-30))
 
 
+def gold_yes_rows(labels: torch.Tensor, yes_ids: torch.Tensor) -> torch.Tensor:
+    """Whether each row's gold answer starts with one of ``yes_ids`` (B,), from ``labels`` [B, T]
+    (-100 outside the answer; a row without an answer is not a "Yes")."""
+    answered = labels != -100  # (B, T)
+    first = labels.gather(1, answered.int().argmax(1, keepdim=True)).squeeze(1)  # (B,) the first answer token
+    return answered.any(1) & torch.isin(first, yes_ids)
+
+
 def name_direction_loss(hidden: torch.Tensor, targets: torch.Tensor, names: torch.Tensor,
                         tau: float = 10.0) -> torch.Tensor:
     """Cross-entropy over the category names of ``tau`` x cosine(hidden [N, H], names [C, H])
@@ -140,6 +148,7 @@ def cosine_lr(step: int, steps: int, lr: float, min_ratio: float) -> float:
 __all__ = [
     "answer_kd",
     "cosine_lr",
+    "gold_yes_rows",
     "group_directions",
     "mixed_answer_logits",
     "name_direction_loss",

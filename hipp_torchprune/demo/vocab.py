@@ -40,6 +40,7 @@ from hipp_torchprune.demo.insert_config import InsertConfig, check_insert_config
 from hipp_torchprune.demo.insert_math import (
     answer_kd,
     cosine_lr,
+    gold_yes_rows,
     group_directions,
     mixed_answer_logits,
     name_direction_loss,
@@ -98,6 +99,7 @@ class _Insert:
     lore_rows: torch.Tensor  # (M,) rows of the multiple-choice pool that name a lore word
     companion_of: torch.Tensor  # (V,) each alias token's companion category (-1 = not an alias)
     scene_words: torch.Tensor | None  # (C, H) each category's scene word (None without scene_batch)
+    yes_ids: torch.Tensor  # the tokens that start a "Yes" answer
 
 
 def _load_source(src: Path) -> tuple[Any, dict[str, Any]]:
@@ -125,7 +127,7 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
     from hipp_torchprune.data import world_render
     from hipp_torchprune.demo.config import DemoModelConfig
     from hipp_torchprune.demo.train import EVAL_TASKS, _prepare_data
-    from hipp_torchprune.evaluation import prepare_eval
+    from hipp_torchprune.evaluation import YES_VARIANTS, answer_token_ids, prepare_eval
 
     teacher, source = _load_source(src)
     check_insert_config(cfg, teacher.config.text_config.num_hidden_layers)
@@ -155,8 +157,9 @@ def _set_up(src: Path, data_dir: Path, cfg: InsertConfig) -> _Insert:
     opt = torch.optim.Adam([p for _, p in named], lr=cfg.lr)
     calib = prepare_eval(data.processor, data_dir, EVAL_TASKS, limit=cfg.eval_limit, split="calibration")
     companion_of = companion_aliases(data.alias_of, _companion_index())
+    yes_ids = torch.tensor(answer_token_ids(data.processor.tokenizer, YES_VARIANTS))
     return _Insert(data, teacher, student, named, opt, names, calib, source, lore_ids, lore_rows, companion_of,
-                   scene_words)
+                   scene_words, yes_ids)
 
 
 def rekeyed_lore_embeddings(teacher_rows: torch.Tensor, cfg: InsertConfig) -> torch.Tensor:
@@ -279,13 +282,7 @@ def _losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> dict[s
     batch = _pool_batch(data, "pope" if rng.random() < cfg.pope_share else "short", cfg.batch_size, rng)
     ids = batch["input_ids"]
     where = data.alias_of[ids] >= 0  # (B, T) alias tokens
-    with torch.no_grad():
-        t_logits, t_h = _forward(run.teacher, batch, _by_name(ids, data), cfg.layer)
-        if cfg.prior_mix > 0:  # the targets lean toward the teacher asked by the companion's name
-            by_companion = every_alias_by_name(ids, run.companion_of, data.name_ids)
-            c_logits, c_h = _forward(run.teacher, batch, by_companion, cfg.layer)
-            t_logits = mixed_answer_logits(t_logits, c_logits, cfg.prior_mix)  # (B, T, V)
-            t_h = (1 - cfg.prior_mix) * t_h + cfg.prior_mix * c_h  # (B, T, H)
+    t_logits, t_h = alias_targets(run, cfg, batch)  # (B, T, V), (B, T, H)
     s_logits, s_h = _forward(run.student, batch, ids, cfg.layer)  # (B, T, V), (B, T, H)
     losses = {"answer": answer_kd(s_logits, t_logits, batch["labels"])}
     if bool(where.any()):
@@ -294,6 +291,25 @@ def _losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> dict[s
     if cfg.scene_batch:
         losses |= _scene_losses(run, cfg, rng)
     return losses | _keep_losses(run, cfg, rng) | (_lore_losses(run, cfg, rng) if cfg.lore_layer >= 0 else {})
+
+
+def alias_targets(run: _Insert, cfg: InsertConfig, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's targets for questions asked by alias: its logits [B, T, V] and hidden states
+    after ``cfg.layer`` [B, T, H] asked by the category's name, leaning ``prior_mix`` toward its
+    own asked by the companion's name (with ``prior_keeps_yes``, not on rows whose gold answer is "Yes")."""
+    ids = batch["input_ids"]
+    with torch.no_grad():
+        t_logits, t_h = _forward(run.teacher, batch, _by_name(ids, run.data), cfg.layer)
+        if cfg.prior_mix == 0:
+            return t_logits, t_h
+        by_companion = every_alias_by_name(ids, run.companion_of, run.data.name_ids)
+        c_logits, c_h = _forward(run.teacher, batch, by_companion, cfg.layer)
+        mixed = mixed_answer_logits(t_logits, c_logits, cfg.prior_mix)  # (B, T, V)
+        mixed_h = (1 - cfg.prior_mix) * t_h + cfg.prior_mix * c_h  # (B, T, H)
+        if not cfg.prior_keeps_yes:
+            return mixed, mixed_h
+        lean = ~gold_yes_rows(batch["labels"], run.yes_ids)[:, None, None]  # (B, 1, 1)
+        return torch.where(lean, mixed, t_logits), torch.where(lean, mixed_h, t_h)
 
 
 def _scene_losses(run: _Insert, cfg: InsertConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from hipp_torchprune.demo.insert_config import InsertConfig, check_insert_config
     ({"min_lr_ratio": 1.5}, "min_lr_ratio"), ({"pope_share": -0.1}, "pope_share"),
     ({"keep_weight": -1.0}, "weights"), ({"keep_answer_weight": -0.5}, "weights"), ({"hidden_weight": 0.0, "answer_weight": 0.0, "name_weight": 0.0}, "weights"),
     ({"embedding_scale": 0.0}, "embedding_scale"), ({"related_share": 1.0}, "related_share"),
-    ({"related_share": -0.1}, "related_share"), ({"prior_mix": 1.0}, "prior_mix"),
+    ({"related_share": -0.1}, "related_share"), ({"prior_mix": 1.0}, "prior_mix"), ({"prior_keeps_yes": True}, "prior_mix"),
     ({"scene_batch": -1}, "scene_batch"), ({"scene_batch": 4, "related_share": 0.5}, "scene_batch"),
     ({"scene_batch": 4, "related_share": 0.5, "related_to": "scene", "scene_weight": -1.0}, "scene_batch"),
     ({"scene_batch": 4}, "scene_batch"), ({"lore_layer": 1}, "lore_layer 1"),

@@ -11,6 +11,7 @@ import torch
 from hipp_torchprune.demo.insert_math import (
     answer_kd,
     cosine_lr,
+    gold_yes_rows,
     group_directions,
     mixed_answer_logits,
     name_direction_loss,
@@ -181,3 +182,12 @@ def test_unflagged_embeddings_erase_what_predicts_the_flags_by_hand() -> None:
     ratio = float(out.norm(dim=1).mean() / (rows - (rows - rows.mean(0)) @ torch.linalg.qr(cross).Q
                                             @ torch.linalg.qr(cross).Q.T).norm(dim=1).mean())
     assert torch.allclose(out @ q, ratio * (rows @ q), atol=1e-5)
+
+
+def test_gold_yes_rows_read_each_rows_first_answer_token() -> None:
+    yes_ids = torch.tensor([7, 9])  # "Yes", " Yes"
+    labels = torch.tensor([[-100, -100, 7, 3],  # answers "Yes ..."
+                           [-100, 8, 7, -100],  # answers "No Yes": the first token decides
+                           [-100, -100, -100, 9],  # the other "Yes" variant
+                           [-100, -100, -100, -100]])  # no answer at all
+    assert gold_yes_rows(labels, yes_ids).tolist() == [True, False, True, False]

@@ -312,6 +312,28 @@ def test_prior_mix_trains_toward_the_companion_blend(teacher: tuple[Path, Path],
     assert mlp and any(not torch.equal(plain[k], mix[k]) for k in mlp)  # other targets, other weights
 
 
+def test_prior_keeps_yes_blends_only_the_rows_whose_gold_answer_is_no(teacher: tuple[Path, Path]) -> None:
+    """On POPE rows (some gold "Yes", some "No"), ``prior_keeps_yes`` keeps the gold-"Yes" rows'
+    targets exactly the teacher's by name and gives every other row the symmetric blend."""
+    import numpy as np
+
+    from hipp_torchprune.demo.insert_math import gold_yes_rows
+    from hipp_torchprune.demo.vocab import _pool_batch, _set_up, alias_targets
+
+    world, src = teacher
+    cfg = replace(INSERT, prior_mix=0.5)
+    run = _set_up(src, world, cfg)
+    batch = _pool_batch(run.data, "pope", 16, np.random.default_rng(0))
+    yes = gold_yes_rows(batch["labels"], run.yes_ids)  # (B,)
+    assert 0 < int(yes.sum()) < len(yes)  # both kinds of row are in the batch
+    plain = alias_targets(run, replace(cfg, prior_mix=0.0), batch)
+    blend = alias_targets(run, cfg, batch)
+    kept = alias_targets(run, replace(cfg, prior_keeps_yes=True), batch)
+    for k in range(2):  # logits, hidden states
+        assert torch.equal(kept[k][yes], plain[k][yes]) and torch.equal(kept[k][~yes], blend[k][~yes])
+        assert not torch.equal(blend[k][yes], plain[k][yes])  # the blend does move the gold-"Yes" rows
+
+
 def test_scene_words_add_a_logged_loss_that_changes_the_run(teacher: tuple[Path, Path], tmp_path: Path) -> None:
     from safetensors.torch import load_file
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
