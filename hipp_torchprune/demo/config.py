@@ -303,13 +303,14 @@ RecipeName = Literal["v1", "v2"]
 #: ``v2`` is proving ground v2's teacher (issue "Proving ground v2"; train on a ``--version 2``
 #: world with aliases): 8 decoder layers with narrow MLPs (128), object recognition read at layer
 #: 1, a world-knowledge probe at layer 5, the option judge at layer 6, a trainable vision tower,
-#: every yes/no question asked by the object's name, 12,000 steps on one thread (probe 54 in
-#: ``docs/demo-model.md``). Its insertion stages are :data:`hipp_torchprune.demo.recipe.RECIPE_INSERTS`.
+#: every yes/no question asked by the object's name, a fifth of them about a kind of scene
+#: ("group" questions), 12,000 steps on one thread (teacher p58 in ``docs/demo-model.md``). Its
+#: insertion stages are :data:`hipp_torchprune.demo.recipe.RECIPE_INSERTS`.
 RECIPES: dict[str, tuple[DemoModelConfig, TrainConfig]] = {
     "v1": (DemoModelConfig(), TrainConfig()),
     "v2": (DemoModelConfig(text_layers=8, text_intermediate=128),
            TrainConfig(steps=12000, aux_layer=1, option_layer=6, knowledge_weight=1.0, knowledge_layer=5, threads=1,
-                       name_share=1.0, vision_lr_scale=1.0)),
+                       name_share=1.0, vision_lr_scale=1.0, group_share=0.2)),
 }
 #: The world generator version each recipe trains on.
 RECIPE_WORLD_VERSION: dict[str, int] = {"v1": 1, "v2": 2}

@@ -22,17 +22,24 @@ from hipp_torchprune.demo.insert_config import InsertConfig
 #: The teacher of a staged recipe, under its output directory.
 TEACHER_DIR = "teacher"
 
-#: Each recipe's insertion stages, run in order on its teacher (empty = one stage). ``v2``'s one
-#: (probe i18 in ``docs/demo-model.md``, the shipped model) puts the alias table in layer 1's MLP,
-#: lets layers 0-1 learn to read the new words (queries and keys), holds everything else with a
-#: keep loss, gives each alias 70 % of a direction shared by the aliases of its scene types, and
-#: leans its targets 20 % toward the teacher asked by its companion's name (a co-occurrence prior).
-#: A probe's YAML may give more stages (``insert:`` as a list, ``hipp demo-model train --config``):
-#: ``benchmarks/demo-probes/c45b-three-stages.yaml`` is session 23's aliases-then-lore candidate.
+#: Each recipe's insertion stages, run in order on its teacher (empty = one stage). ``v2``'s two
+#: (probe i57 in ``docs/demo-model.md``, the shipped model): first the alias table in layer 1's MLP,
+#: with layers 0-1 learning to read the new words (queries and keys), everything else held by a keep
+#: loss, each alias given 70 % of a direction shared by the aliases of the scene kinds it belongs to
+#: (``group_words``), and its "no" targets leaned 27.5 % toward the teacher asked by its missing
+#: companion's name (a co-occurrence prior that only ever adds a "yes": ``prior_keeps_yes``); then
+#: the lore moved alone into layer 5's MLP (re-keyed options, the rest held as written), so that
+#: grounding (layer 1) and knowledge (layer 5) live in different layers.
+#: A probe's YAML may give other stages (``insert:`` as a list, ``hipp demo-model train --config``).
 RECIPE_INSERTS: dict[str, tuple[InsertConfig, ...]] = {
     "v1": (),
-    "v2": (InsertConfig(layer=1, attention_upto=1, attention_parts="qk", steps=3000, keep_weight=5.0,
-                        keep_answer_weight=1.0, related_share=0.7, related_to="scene", prior_mix=0.2),),
+    "v2": (InsertConfig(layer=1, attention_upto=1, attention_parts="qk", steps=4500, keep_weight=5.0,
+                        keep_answer_weight=1.0, related_share=0.7, related_to="group_words", prior_mix=0.275,
+                        prior_keeps_yes=True),
+           InsertConfig(layer=1, attention_upto=-1, steps=3000, keep_weight=5.0, keep_lore_weight=5.0,
+                        keep_answer_weight=5.0, keep_asked="written", lore_layer=5, lore_only=True,
+                        lore_isolated=True, lore_rekey="unflagged", lore_hidden_weight=5.0,
+                        lore_answer_weight=5.0)),
 }
 
 

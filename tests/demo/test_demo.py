@@ -177,11 +177,11 @@ def test_shipped_checkpoint_was_trained_with_the_recipe_defaults() -> None:
     assert [as_json(InsertConfig(**r["config"])) for r in records] == [as_json(replace(c, seed=seed)) for c in inserts]
     assert [r["steps"] for r in records] == [c.steps for c in inserts]
     card = (Path(__file__).parents[2] / "docs" / "demo-model.md").read_text()
-    assert f"demo-model train --recipe v2 --data out/world7-s1 --out out/demo-v2 --seed {seed}" in card
+    assert f"demo-model train --recipe v2 --data out/world9-s1 --out out/demo-v2 --seed {seed}" in card
     world = summary["world"]
     flags = " ".join(f"--{k} {world[k]:g}" for k in ("jitter", "faint", "noise", "lore", "aliases", "companion",
                                                     "occluder", "family") if k in world)
-    assert f"world build --out out/world7-s1 --seed 1 --images 6000 --version {world['version']} {flags}" in card
+    assert f"world build --out out/world9-s1 --seed 1 --images 6000 --version {world['version']} {flags}" in card
 
 
 def test_weight_ema_is_what_is_saved_and_exported(world: Path, tmp_path: Path) -> None:
@@ -314,7 +314,6 @@ def test_cli_v2_recipe_trains_a_teacher_then_each_insertion_and_refuses_worlds_i
     from hipp_torchprune.cli import main
     from hipp_torchprune.demo.config import RECIPES
     from hipp_torchprune.demo.recipe import RECIPE_INSERTS
-    from hipp_torchprune.demo.vocab import InsertConfig
     from hipp_torchprune.world.build import build_world
 
     quick = "steps: 2, batch_size: 4, keep_batch: 4, lore_batch: 4, eval_every: 0, eval_limit: 8"
@@ -343,9 +342,9 @@ def test_cli_v2_recipe_trains_a_teacher_then_each_insertion_and_refuses_worlds_i
     summary = json.loads((tmp_path / "v2" / "train_summary.json").read_text())  # the model is the last stage's
     first = replace(RECIPE_INSERTS["v2"][0], steps=2, batch_size=4, keep_batch=4, lore_batch=4, eval_every=0,
                     eval_limit=8, seed=3)
-    expected = [first, replace(InsertConfig(), steps=2, batch_size=4, keep_batch=4, lore_batch=4, eval_every=0,
-                               eval_limit=8, attention_upto=-1, lore_layer=4, lore_only=True, keep_lore_weight=1.0,
-                               keep_asked="written", seed=3)]  # past the recipe's stages: from the defaults
+    expected = [first, replace(RECIPE_INSERTS["v2"][1], steps=2, batch_size=4, keep_batch=4, lore_batch=4,
+                               eval_every=0, eval_limit=8, attention_upto=-1, lore_layer=4, lore_only=True,
+                               keep_lore_weight=1.0, keep_asked="written", seed=3)]  # the recipe's stage, overridden
     assert [r["config"] for r in summary["inserts"]] == [json.loads(json.dumps(asdict(c))) for c in expected]
     assert summary["insert"] == summary["inserts"][-1] and summary["train"]["seed"] == 3
     assert json.loads((tmp_path / "v2" / "stage1" / "train_summary.json").read_text())["insert"] == summary["inserts"][0]
