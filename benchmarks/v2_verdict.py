@@ -15,7 +15,9 @@ The rule (declared in ``docs/demo-model.md``, session 25, before the worlds it d
 
     python benchmarks/v2_verdict.py EVAL_DIR [EVAL_DIR ...]
 
-Prints one line per folder and exits 1 unless every folder meets every target.
+Prints one line per folder and exits 1 unless every folder meets every target, 2 (with a
+:class:`~hipp_torchprune.errors.DataError` message) when a folder lacks a file or a file is not
+what the scripts write.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import statistics
 import sys
 from pathlib import Path
 from typing import NamedTuple
+
+from hipp_torchprune.errors import DataError
 
 ERROR_FILES = {0.3: "errors-0.3.md", 0.4: "errors-0.4.md", 0.5: "errors.md"}
 
@@ -52,10 +56,10 @@ def read_error_summary(text: str) -> ErrorSummary:
     rows = [line.split("|") for line in text.splitlines()
             if line.startswith(("| dense |", "| uniform Wanda"))]
     if len(rows) != 2:
-        raise ValueError("no dense and uniform-Wanda summary rows")
+        raise DataError("no dense and uniform-Wanda summary rows (not pope_errors.py output)")
     widening = re.search(r"widens by ([-0-9.]+)", text)
     if widening is None:
-        raise ValueError("no 'widens by' line")
+        raise DataError("no 'widens by' line (not pope_errors.py output)")
     def adv(cell: str) -> float:  # "rand / adv" cells
         return float(cell.split("/")[1])
 
@@ -63,9 +67,14 @@ def read_error_summary(text: str) -> ErrorSummary:
                         (adv(rows[0][5]), adv(rows[1][5])), (adv(rows[0][7]), adv(rows[1][7])))
 
 
+def _dense(rows: list[dict]) -> dict:
+    """The dense row of ``degradation.json``."""
+    return next(r for r in rows if r["method"] == "dense")
+
+
 def target5_sparsities(rows: list[dict]) -> list[float]:
     """The sparsities <= 50 % of ``degradation.json`` rows where target 5 holds, ascending."""
-    dense = 100 * next(r for r in rows if r["method"] == "dense")["pope_adversarial"][0]
+    dense = 100 * _dense(rows)["pope_adversarial"][0]
     by = {(r["sparsity"], r["method"]): [100 * v for v in r["pope_adversarial"]] for r in rows}
     held = []
     for s in sorted({r["sparsity"] for r in rows if 0 < r["sparsity"] <= 0.5}):
@@ -79,7 +88,7 @@ def target5_sparsities(rows: list[dict]) -> list[float]:
 
 def dense_met(rows: list[dict]) -> tuple[bool, tuple[float, float, float]]:
     """Target 2 on the dense row, with its three figures in points."""
-    d = next(r for r in rows if r["method"] == "dense")
+    d = _dense(rows)
     figs = (100 * d["pope_random"][0], 100 * d["pope_adversarial"][0], 100 * d["scienceqa"][0])
     return figs[0] >= 95 and figs[1] >= 92 and figs[2] >= 85, figs
 
@@ -90,19 +99,27 @@ def layer_split(log_text: str) -> tuple[float, int, int]:
         if line.startswith('{"ratio": 0.75, "spearman'):
             rec = json.loads(line)
             return rec["spearman_pope_adv_vs_sqa"], rec["most_critical_pope_adv"], rec["most_critical_sqa"]
-    raise ValueError("no 75 % Spearman record")
+    raise DataError("no 75 % Spearman record (not layer_sensitivity.py --ratios 0.75 output)")
+
+
+def _read(folder: Path, name: str) -> str:
+    """``folder/name``'s text, or :class:`DataError` naming what is missing."""
+    path = folder / name
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run benchmarks/v2_targets.sh (and pope_errors.py at 30 / 40 %) first")
+    return path.read_text()
 
 
 def verdict(folder: Path) -> tuple[bool, str]:
     """Every target 2-5 for one evaluation folder, and a one-line account of each."""
-    rows = json.loads((folder / "degradation.json").read_text())
+    rows = json.loads(_read(folder, "degradation.json"))
     t2, (rand, adv, sqa) = dense_met(rows)
     t5 = target5_sparsities(rows)
-    gap = read_error_summary((folder / "errors.md").read_text()).dense_gap
-    widen = {s: read_error_summary((folder / ERROR_FILES[s]).read_text()) for s in t5 if s in ERROR_FILES}
+    gap = read_error_summary(_read(folder, "errors.md")).dense_gap
+    widen = {s: read_error_summary(_read(folder, ERROR_FILES[s])) for s in t5 if s in ERROR_FILES}
     t3_at = [s for s, e in widen.items() if e.widening >= 2 and e.false_yes_leads]
     t3 = gap >= 2 and bool(t3_at)
-    spearman, crit_adv, crit_sqa = layer_split((folder / "ls-test.log").read_text())
+    spearman, crit_adv, crit_sqa = layer_split(_read(folder, "ls-test.log"))
     t4 = spearman <= 0.5 and crit_adv != crit_sqa
     line = (f"{folder.name}: T2 {'met' if t2 else 'NO'} ({rand:.1f}/{adv:.1f}/{sqa:.1f}); "
             f"T5 {'met at ' + ','.join(f'{s:.0%}' for s in t5) if t5 else 'NO'}; "
@@ -116,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     """Print each folder's verdict; 0 only if every folder meets every target."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
-    results = [verdict(f) for f in parser.parse_args(argv).folders]
+    try:
+        results = [verdict(f) for f in parser.parse_args(argv).folders]
+    except DataError as err:
+        print(f"v2_verdict: {err}", file=sys.stderr)
+        return 2
     for _, line in results:
         print(line)
     return 0 if all(ok for ok, _ in results) else 1

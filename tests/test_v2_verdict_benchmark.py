@@ -75,3 +75,21 @@ def test_main_exits_one_unless_every_folder_meets_every_target(tmp_path: Path, c
     assert script.main([str(good)]) == 0
     assert script.main([str(good), str(bad)]) == 1
     assert capsys.readouterr().out.count("\n") == 3
+
+
+def test_missing_or_foreign_files_are_a_data_error(tmp_path: Path, capsys) -> None:
+    from hipp_torchprune.errors import DataError
+
+    script = _script()
+    folder = _folder(tmp_path / "eval")
+    (folder / "errors-0.4.md").unlink()
+    with pytest.raises(DataError, match="errors-0.4.md: missing"):
+        script.verdict(folder)
+    assert script.main([str(folder)]) == 2 and "errors-0.4.md" in capsys.readouterr().err
+    (folder / "errors-0.4.md").write_text("| dense | 1 |\n")
+    with pytest.raises(DataError, match="summary rows"):
+        script.verdict(folder)
+    (folder / "errors-0.4.md").write_text(_errors(2.2, 2.5, (4.0, 14.0), (1.5, 2.0)))
+    (folder / "ls-test.log").write_text("{}\n")
+    with pytest.raises(DataError, match="Spearman"):
+        script.verdict(folder)
