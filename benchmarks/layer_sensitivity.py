@@ -54,7 +54,8 @@ def margin_feature(model, processor, scorer, data: str, ratio: float, round_to: 
 
     adapter = hipp.get_adapter(model)
     scores = hipp.api.layer_scores(adapter, scorer)
-    env = PlanEnvironment(model, adapter, scores, default_objectives(processor, data, "calibration", limit),
+    env = PlanEnvironment(model, adapter, scores, default_objectives(processor, data, "calibration", limit,
+                                                                      statistic="margin"),
                           round_to=round_to, r_max=max(ratio, 0.8), compression_range=(0.2, 0.5),
                           row_params=hipp.api.row_params(adapter))
     try:

@@ -8,7 +8,7 @@ is what falls short; if the policy's earn the most and it still loses on the tes
 reward does not measure what the test does.
 
 Prints one row per (preference, allocation): realized sparsity, robustness and utility returns
-(mean margins on the reward rows), the SynFlow change phi, and the preference's trade-off
+(the ``--reward-stat`` statistic on the reward rows), the SynFlow change phi, and the preference's trade-off
 ``(w_rob * rob + w_util * util) / (w_rob + w_util)``.
 
     python benchmarks/plan_reward.py --data WORLD_DIR --out out/plan-reward [--policy DIR] \
@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--calib-n", type=int, default=64)
     parser.add_argument("--reward-limit", type=int, default=128)
     parser.add_argument("--reward-split", default="calibration")
+    parser.add_argument("--reward-stat", choices=("loglik", "margin"), default="loglik",
+                        help="the rewards' statistic of the gold margins (as hipp train --reward-stat)")
     args = parser.parse_args()
     registry = default_registry()
     model, processor = load_model(args.model)
@@ -79,7 +81,8 @@ def main() -> None:
     samples = calibration_samples(args.data, args.calib_n)
     stats = api.calibrate(model, processor, samples, with_grads=True, registry=registry)
     context = MethodContext(processor, samples, stats, round_to=policy.round_to, r_max=cfg.r_max, registry=registry)
-    objectives = default_objectives(processor, args.data, args.reward_split, args.reward_limit, registry=registry)
+    objectives = default_objectives(processor, args.data, args.reward_split, args.reward_limit, registry=registry,
+                                    statistic=args.reward_stat)
     env = PlanEnvironment(model, api.get_adapter(model, registry), scores, objectives, round_to=policy.round_to,
                           r_max=cfg.r_max, compression_range=(cfg.rho_min, cfg.rho_max), row_params=profile.row_params)
     rows = []

@@ -10,8 +10,8 @@ prompts left-padded) with one forward pass per batch:
   log-sum of the other options' letters; the prediction is the option letter with the highest
   log-probability.
 
-The math lives in small pure functions (:func:`log_margin`, :func:`pope_metrics`,
-:func:`mc_metrics`); :func:`prepare_eval` builds the batched inputs once so that repeated
+The math lives in small pure functions (:func:`log_margin`, :func:`gold_loglik`,
+:func:`pope_metrics`, :func:`mc_metrics`); :func:`prepare_eval` builds the batched inputs once so that repeated
 :func:`evaluate` calls (thousands, during pruning) only run forward passes.
 """
 
@@ -59,11 +59,31 @@ def log_margin(logprobs: Sequence[float], pos_ids: Sequence[int], neg_ids: Seque
     return logsumexp([logprobs[i] for i in pos_ids]) - logsumexp([logprobs[j] for j in neg_ids])
 
 
+def log_sigmoid(x: float) -> float:
+    """Numerically stable ``log(1 / (1 + exp(-x)))``.
+
+    Example: ``log_sigmoid(0.0) == -log(2)``; a large ``x`` gives about ``-exp(-x)``.
+    """
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+def gold_loglik(gold_margins: Sequence[float]) -> float:
+    """Mean log-probability of the gold answer among the answer options, from gold margins.
+
+    A gold margin ``m = log p(gold) - log sum p(others)`` (eq. 11) gives
+    ``log(p(gold) / sum_options p) = log_sigmoid(m)``. Unlike the mean margin it saturates on
+    rows the model already answers confidently and grows without bound on wrong ones, so it
+    ranks models as accuracy does (a proper scoring rule). 0.0 for no rows.
+    """
+    return sum(log_sigmoid(m) for m in gold_margins) / len(gold_margins) if gold_margins else 0.0
+
+
 def pope_metrics(yes_margins: Sequence[float], gold_yes: Sequence[bool]) -> dict[str, float | int]:
     """POPE metrics from yes-vs-no margins (``log p(yes) - log p(no)``) and gold labels.
 
     Returns accuracy, balanced_accuracy ((TPR+TNR)/2), precision, recall, f1, yes_ratio (the
-    PREDICTED yes ratio), margin (mean gold-answer log-margin) and n. Undefined ratios are 0.
+    PREDICTED yes ratio), margin (mean gold-answer log-margin), loglik (:func:`gold_loglik`) and n.
+    Undefined ratios are 0.
     """
     if len(yes_margins) != len(gold_yes):
         raise ValueError("yes_margins and gold_yes differ in length")
@@ -87,6 +107,7 @@ def pope_metrics(yes_margins: Sequence[float], gold_yes: Sequence[bool]) -> dict
         "f1": f1,
         "yes_ratio": (tp + fp) / n if n else 0.0,
         "margin": sum(gold_margins) / n if n else 0.0,
+        "loglik": gold_loglik(gold_margins),
         "n": n,
     }
 
@@ -97,7 +118,7 @@ def mc_prediction(logprobs: Sequence[float]) -> int:
 
 
 def mc_metrics(option_logprobs: Sequence[Sequence[float]], gold: Sequence[int]) -> dict[str, float | int]:
-    """Multiple-choice accuracy and mean margin from per-option log-probabilities.
+    """Multiple-choice accuracy, mean margin and :func:`gold_loglik` from per-option log-probabilities.
 
     The margin of one question is ``lp[gold] - logsumexp(lp[others])``; the prediction is the
     first option with the highest log-probability.
@@ -109,7 +130,8 @@ def mc_metrics(option_logprobs: Sequence[Sequence[float]], gold: Sequence[int]) 
     for lps, g in zip(option_logprobs, gold):
         correct += mc_prediction(lps) == g
         margins.append(lps[g] - logsumexp([v for i, v in enumerate(lps) if i != g]))
-    return {"accuracy": correct / n if n else 0.0, "margin": sum(margins) / n if n else 0.0, "n": n}
+    return {"accuracy": correct / n if n else 0.0, "margin": sum(margins) / n if n else 0.0,
+            "loglik": gold_loglik(margins), "n": n}
 
 
 # ---------------------------------------------------------------- token variants

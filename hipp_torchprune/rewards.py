@@ -1,4 +1,9 @@
-"""Reward tasks for policy search: POPE and ScienceQA mean log-margins, scored on the hot path.
+"""Reward tasks for policy search: POPE and ScienceQA gold-answer statistics, scored on the hot path.
+
+Each reward is one statistic of the per-row gold margins (eq. 11): ``"margin"``, their mean (the
+paper's), or ``"loglik"``, the mean log-probability of the gold answer among the options
+(:func:`~hipp_torchprune.evaluation.gold_loglik`), which ranks pruned models as test accuracy
+does where the mean margin does not (``docs/method.md``, "Reward statistic").
 
 A reward and the lmms-eval tasks ``hipp_pope_*`` / ``hipp_scienceqa_img`` (``plugins/hipp-lmms``)
 and ``hipp eval`` share every step, so a reward equals the ``margin`` those report on the same
@@ -24,7 +29,7 @@ up with ``default_registry().get("reward task", "pope")``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from torch import nn
 
@@ -32,11 +37,16 @@ from hipp_torchprune.data import TASKS
 from hipp_torchprune.errors import DataError
 from hipp_torchprune.evaluation import PreparedEval, PreparedTask, evaluate, prepare_eval
 
-__all__ = ["MarginReward", "PopeMarginReward", "ScienceQAMarginReward"]
+__all__ = ["MarginReward", "PopeMarginReward", "RewardStatistic", "ScienceQAMarginReward", "STATISTICS"]
+
+#: Which statistic of the gold margins a reward returns.
+RewardStatistic = Literal["margin", "loglik"]
+#: The valid :data:`RewardStatistic` values.
+STATISTICS: tuple[str, ...] = ("margin", "loglik")
 
 
 class MarginReward:
-    """Mean gold-answer log-margin of one task on prepared batches (subclasses set ``name``).
+    """A gold-answer statistic of one task on prepared batches (subclasses set ``name``).
 
     Args:
         processor: the model's processor (chat template, tokenizer, image processor).
@@ -44,6 +54,8 @@ class MarginReward:
         split: split of a world directory (``calibration`` for search, ``test`` for reports).
         limit: keep the first ``limit`` rows (None: all).
         batch_size: examples per forward pass.
+        statistic: ``"margin"`` (mean gold log-margin, the paper's) or ``"loglik"`` (mean gold
+            log-probability among the options).
     """
 
     #: Registry name of the reward task.
@@ -52,8 +64,10 @@ class MarginReward:
     task: ClassVar[str] = ""
 
     def __init__(self, processor: Any, data_dir: str | Path, split: str = "calibration",
-                 limit: int | None = 128, batch_size: int = 64) -> None:
-        self.processor = processor
+                 limit: int | None = 128, batch_size: int = 64, statistic: RewardStatistic = "margin") -> None:
+        if statistic not in STATISTICS:
+            raise DataError(f"unknown reward statistic {statistic!r}; valid: {', '.join(STATISTICS)}")
+        self.processor, self.statistic = processor, statistic
         self.prepared: PreparedTask = self._prepare(processor, data_dir, self.task_name(), split, limit, batch_size)
 
     def task_name(self) -> str:
@@ -77,8 +91,8 @@ class MarginReward:
         return evaluate(model, self.processor, PreparedEval([self.prepared]))[self.prepared.name]
 
     def __call__(self, model: nn.Module) -> float:
-        """The mean gold-answer log-margin under ``model``."""
-        return float(self.metrics(model)["margin"])
+        """The chosen statistic (``self.statistic``) under ``model``."""
+        return float(self.metrics(model)[self.statistic])
 
 
 class PopeMarginReward(MarginReward):
@@ -88,11 +102,12 @@ class PopeMarginReward(MarginReward):
     task: ClassVar[str] = "pope_adversarial"
 
     def __init__(self, processor: Any, data_dir: str | Path, split: str = "calibration",
-                 limit: int | None = 128, batch_size: int = 64, category: str = "adversarial") -> None:
+                 limit: int | None = 128, batch_size: int = 64, statistic: RewardStatistic = "margin",
+                 category: str = "adversarial") -> None:
         if f"pope_{category}" not in TASKS:
             raise DataError(f"unknown POPE category {category!r}; valid: random, popular, adversarial")
         self.category = category
-        super().__init__(processor, data_dir, split, limit, batch_size)
+        super().__init__(processor, data_dir, split, limit, batch_size, statistic)
 
     def task_name(self) -> str:
         """``pope_<category>``."""

@@ -15,7 +15,9 @@ from hipp_torchprune.errors import DataError
 from hipp_torchprune.evaluation import (
     answer_token_ids,
     evaluate,
+    gold_loglik,
     log_margin,
+    log_sigmoid,
     logsumexp,
     mc_metrics,
     pope_metrics,
@@ -46,7 +48,25 @@ def test_pope_metrics_hand_checked() -> None:
     assert m["f1"] == pytest.approx(1 / 2)
     assert m["yes_ratio"] == pytest.approx(2 / 5)  # PREDICTED yes, not gold yes (also 2/5 here)
     assert m["margin"] == pytest.approx((2.0 - 1.0 - 0.5 + 3.0 + 0.5) / 5)
+    # p(gold) among yes/no for gold margins 2, -1, -0.5, 3, 0.5
+    probs = [1 / (1 + math.exp(-g)) for g in (2.0, -1.0, -0.5, 3.0, 0.5)]
+    assert m["loglik"] == pytest.approx(sum(math.log(p) for p in probs) / 5)
     assert m["n"] == 5
+
+
+def test_log_sigmoid_is_stable_and_exact() -> None:
+    assert log_sigmoid(0.0) == pytest.approx(-math.log(2.0))
+    assert log_sigmoid(1.5) == pytest.approx(math.log(1 / (1 + math.exp(-1.5))))
+    assert log_sigmoid(-800.0) == pytest.approx(-800.0)  # exp(800) would overflow
+    assert log_sigmoid(800.0) == 0.0
+    assert gold_loglik([]) == 0.0
+
+
+def test_loglik_ranks_as_accuracy_where_the_margin_does_not() -> None:
+    # model A: one row very confidently right, one wrong; model B: both right, modestly
+    a, b = [9.0, -1.0], [1.0, 1.0]
+    assert sum(a) / 2 > sum(b) / 2  # the mean margin prefers A (4.0 against 1.0)
+    assert gold_loglik(b) > gold_loglik(a)  # the gold log-likelihood prefers B, as accuracy does
 
 
 def test_pope_yes_ratio_is_predicted() -> None:
@@ -59,6 +79,7 @@ def test_mc_metrics_hand_checked() -> None:
     m = mc_metrics(lps, [0, 0])
     assert m["accuracy"] == 0.5 and m["n"] == 2
     assert m["margin"] == pytest.approx((math.log(0.7 / 0.3) + math.log(0.4 / 0.6)) / 2)
+    assert m["loglik"] == pytest.approx((math.log(0.7) + math.log(0.4)) / 2)  # gold's share of the options
 
 
 WORDS = sorted(set(CATEGORY_NAMES) | set(OWNERS) | set(
@@ -147,8 +168,8 @@ def test_cli_eval_json(setup: tuple, capsys: pytest.CaptureFixture[str]) -> None
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"pope_adversarial", "scienceqa"}
     assert set(out["pope_adversarial"]) == {"accuracy", "balanced_accuracy", "precision", "recall", "f1",
-                                            "yes_ratio", "margin", "n"}
-    assert set(out["scienceqa"]) == {"accuracy", "margin", "n"}
+                                            "yes_ratio", "margin", "loglik", "n"}
+    assert set(out["scienceqa"]) == {"accuracy", "margin", "loglik", "n"}
 
 
 def test_cli_eval_unknown_task(setup: tuple, capsys: pytest.CaptureFixture[str]) -> None:

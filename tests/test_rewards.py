@@ -33,14 +33,28 @@ def test_rewards_are_registered(registry: Registry) -> None:
         registry.get("reward task", "popee")
 
 
+@pytest.mark.parametrize("statistic", ["margin", "loglik"])
 @pytest.mark.parametrize("cls,task", [(PopeMarginReward, "pope_adversarial"), (ScienceQAMarginReward, "scienceqa_img")])
-def test_reward_equals_hipp_eval_margin(llava, world: Path, cls: type, task: str) -> None:
+def test_reward_equals_hipp_eval_statistic(llava, world: Path, cls: type, task: str, statistic: str) -> None:
     model, processor = llava
-    reward = cls(processor, world, split="test", limit=None, batch_size=5)
+    reward = cls(processor, world, split="test", limit=None, batch_size=5, statistic=statistic)
     want = evaluate(model, processor, world, task, split="test", batch_size=5)[task]
     assert reward.size == want["n"] > 0
-    assert reward(model) == pytest.approx(want["margin"], abs=1e-9)
+    assert reward(model) == pytest.approx(want[statistic], abs=1e-9)
+    assert want["loglik"] < 0 and want["loglik"] != pytest.approx(want["margin"])  # two different numbers
     assert reward.metrics(model) == pytest.approx(want)
+
+
+def test_default_objectives_pass_the_statistic(llava, world: Path, registry: Registry) -> None:
+    from hipp_torchprune.hipp.objectives import default_objectives
+
+    model, processor = llava
+    objectives = default_objectives(processor, world, "test", 6, batch_size=3, registry=registry)
+    assert {o.statistic for o in objectives.values()} == {"loglik"}
+    margin = default_objectives(processor, world, "test", 6, batch_size=3, registry=registry, statistic="margin")
+    assert margin["rob"](model) == pytest.approx(margin["rob"].metrics(model)["margin"])
+    with pytest.raises(DataError, match="statistic"):
+        default_objectives(processor, world, "test", 6, registry=registry, statistic="median")
 
 
 def test_reward_follows_the_model_and_restores_train_mode(llava, world: Path) -> None:

@@ -34,6 +34,9 @@ def register(subparsers: Any) -> None:
                    help="cap on each calibration image's pixel count (Qwen2.5-VL resizes to fit; default 1280*28*28)")
     p.add_argument("--calibration", default=None, help="calibration cache from hipp calibrate --cache (default OUT/calibration)")
     p.add_argument("--reward-limit", type=int, default=128, help="examples per objective per plan")
+    p.add_argument("--reward-stat", choices=("loglik", "margin"), default="loglik",
+                   help="reward statistic of the gold margins: mean gold log-probability among the options, "
+                        "or the mean margin (the paper's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-gate", action="store_true", help="ablation: no SynFlow stability gate (every weight 1)")
     p.add_argument("--gate-band", choices=("budget", "pooled"), default="budget",
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     state = _distributed_state()
     result = train_from_data(args.model, args.data, args.out, config, round_to=args.round_to, calib_n=args.calib_n,
                              max_pixels=args.max_pixels,
-                             reward_limit=args.reward_limit, calibration=args.calibration,
+                             reward_limit=args.reward_limit, reward_statistic=args.reward_stat,
+                             calibration=args.calibration,
                              resume=not args.no_resume, state=state, dtype=args.dtype,
                              progress=not args.no_progress)
     if state is not None and not state.is_main_process:

@@ -24,6 +24,7 @@ from hipp_torchprune.hipp.trainer import TrainConfig, best_step, config_dict, tr
 from hipp_torchprune.loading import load_model
 from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS, cap_pixels
 from hipp_torchprune.registry import Registry
+from hipp_torchprune.rewards import RewardStatistic
 
 
 def calibrated_profile(model: Any, processor: Any, data_dir: str | Path, calib_n: int, cache: Path,
@@ -48,6 +49,7 @@ def calibrated_profile(model: Any, processor: Any, data_dir: str | Path, calib_n
 
 def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, config: TrainConfig, *,
                     round_to: int = 64, calib_n: int = 64, reward_limit: int = 128, reward_split: str = "calibration",
+                    reward_statistic: RewardStatistic = "loglik",
                     calibration: str | Path | None = None, resume: bool = True, state: Any = None,
                     progress: bool = True, dtype: str | None = None,
                     max_pixels: int | None = DEFAULT_MAX_PIXELS, registry: Registry | None = None) -> dict[str, Any]:
@@ -55,7 +57,8 @@ def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, conf
 
     ``calibration`` is a cache from ``hipp calibrate --cache`` (default: ``out/calibration``);
     ``dtype`` is the model's (default: the checkpoint's own, see :func:`~hipp_torchprune.loading.parse_dtype`);
-    calibration images are capped at ``max_pixels`` pixels. ``registry`` is where the adapter,
+    calibration images are capped at ``max_pixels`` pixels; the rewards return ``reward_statistic``
+    of the gold margins (:mod:`hipp_torchprune.rewards`). ``registry`` is where the adapter,
     the row scorer and the reward tasks are looked up (default: the default registry).
     """
     model, processor = load_model(model_spec, dtype=dtype)
@@ -63,7 +66,8 @@ def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, conf
     profile, scores = calibrated_profile(model, processor, data_dir, calib_n, cache, state, max_pixels, registry)
     adapter = api.get_adapter(model, registry)
     cfg = config.policy
-    objectives = default_objectives(processor, data_dir, reward_split, reward_limit, registry=registry)
+    objectives = default_objectives(processor, data_dir, reward_split, reward_limit, registry=registry,
+                                    statistic=reward_statistic)
     env = PlanEnvironment(model, adapter, scores, objectives,
                           round_to=round_to, r_max=cfg.r_max, compression_range=(cfg.rho_min, cfg.rho_max),
                           row_params=profile.row_params, state=state)
@@ -76,6 +80,8 @@ def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, conf
     if state is None or state.is_main_process:
         save_policy(out, policy, profile, round_to, extra={"train": config_dict(config), "model": str(model_spec),
                                                           "data": str(data_dir), "steps_done": len(history),
+                                                          "reward": {"statistic": reward_statistic, "limit": reward_limit,
+                                                                     "split": reward_split},
                                                           "deployed_step": best_step(history) if config.deploy == "best"
                                                           else history[-1]["step"],
                                                           "processes": 1 if state is None else state.num_processes},
