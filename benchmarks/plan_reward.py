@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from hipp_torchprune import api
 from hipp_torchprune.calib_data import calibration_samples
 from hipp_torchprune.demo_job import DEMO_POLICY_DIR, PREFERENCES
 from hipp_torchprune.hipp.env import PlanEnvironment
-from hipp_torchprune.hipp.objectives import default_objectives
+from hipp_torchprune.hipp.objectives import DEFAULT_STATISTICS, default_objectives, statistic_pair
 from hipp_torchprune.hipp.policy_io import load_policy
 from hipp_torchprune.hipp.run import calibrated_profile
 from hipp_torchprune.loading import load_model
@@ -58,6 +59,36 @@ def allocations(model: Any, policy: Any, context: MethodContext, preference: tup
     return out
 
 
+@dataclass
+class Setup:
+    """What every plan-scoring benchmark shares: the model, the policy, the baselines' method
+    context and the plan environment built as ``hipp train`` builds it (close ``env`` after use)."""
+
+    model: Any
+    processor: Any
+    policy: Any
+    context: MethodContext
+    env: PlanEnvironment
+
+
+def build_setup(model_spec: str, policy_dir: str, data: str, out: str, calib_n: int, reward_limit: int,
+                reward_split: str = "calibration", statistic: str | tuple[str, str] = DEFAULT_STATISTICS) -> Setup:
+    """Load the model and policy, calibrate on ``data`` (cache under ``out``) and build the environment
+    whose rewards read ``reward_limit`` rows a task of ``reward_split``, returning ``statistic``."""
+    registry = default_registry()
+    model, processor = load_model(model_spec)
+    policy = load_policy(policy_dir)
+    cfg = policy.policy.config
+    profile, scores = calibrated_profile(model, processor, data, calib_n, Path(out) / "calibration", registry=registry)
+    samples = calibration_samples(data, calib_n)
+    stats = api.calibrate(model, processor, samples, with_grads=True, registry=registry)
+    context = MethodContext(processor, samples, stats, round_to=policy.round_to, r_max=cfg.r_max, registry=registry)
+    objectives = default_objectives(processor, data, reward_split, reward_limit, registry=registry, statistic=statistic)
+    env = PlanEnvironment(model, api.get_adapter(model, registry), scores, objectives, round_to=policy.round_to,
+                          r_max=cfg.r_max, compression_range=(cfg.rho_min, cfg.rho_max), row_params=profile.row_params)
+    return Setup(model, processor, policy, context, env)
+
+
 def main() -> None:
     """Parse the flags, build the environment, print the table (and ``--out``/plan_reward.json)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,28 +100,19 @@ def main() -> None:
     parser.add_argument("--calib-n", type=int, default=64)
     parser.add_argument("--reward-limit", type=int, default=128)
     parser.add_argument("--reward-split", default="calibration")
-    parser.add_argument("--reward-stat", choices=("loglik", "margin"), default="loglik",
-                        help="the rewards' statistic of the gold margins (as hipp train --reward-stat)")
+    parser.add_argument("--reward-stat", default="loglik,margin",
+                        help="the rewards' statistics of the gold margins, ROB[,UTIL] (as hipp train --reward-stat)")
     args = parser.parse_args()
-    registry = default_registry()
-    model, processor = load_model(args.model)
-    policy = load_policy(args.policy)
-    cfg = policy.policy.config
-    profile, scores = calibrated_profile(model, processor, args.data, args.calib_n, Path(args.out) / "calibration",
-                                         registry=registry)
-    samples = calibration_samples(args.data, args.calib_n)
-    stats = api.calibrate(model, processor, samples, with_grads=True, registry=registry)
-    context = MethodContext(processor, samples, stats, round_to=policy.round_to, r_max=cfg.r_max, registry=registry)
-    objectives = default_objectives(processor, args.data, args.reward_split, args.reward_limit, registry=registry,
-                                    statistic=args.reward_stat)
-    env = PlanEnvironment(model, api.get_adapter(model, registry), scores, objectives, round_to=policy.round_to,
-                          r_max=cfg.r_max, compression_range=(cfg.rho_min, cfg.rho_max), row_params=profile.row_params)
+    names = args.reward_stat.split(",")
+    setup = build_setup(args.model, args.policy, args.data, args.out, args.calib_n, args.reward_limit,
+                        args.reward_split, statistic_pair(names[0] if len(names) == 1 else tuple(names)))
     rows = []
     try:
         print("| preference | allocation | sparsity | rob | util | phi | trade-off |\n|---|---|---|---|---|---|---|")
         for pref_name, pref in PREFERENCES.items():
-            named = allocations(model, policy, context, pref, [m for m in args.methods.split(",") if m])
-            outcome = env.score_widths([w for _, w in named])
+            named = allocations(setup.model, setup.policy, setup.context, pref,
+                                [m for m in args.methods.split(",") if m])
+            outcome = setup.env.score_widths([w for _, w in named])
             for (name, widths), raw, phi, realized in zip(named, outcome.raw, outcome.phi, outcome.realized):
                 row = {"preference": pref_name, "allocation": name, "widths": list(widths), "sparsity": float(realized),
                        "rob": float(raw[0]), "util": float(raw[1]), "phi": float(phi),
@@ -99,10 +121,9 @@ def main() -> None:
                 print(f"| {pref_name} | {name} | {row['sparsity']:.3f} | {row['rob']:.4f} | {row['util']:.4f} | "
                       f"{row['phi']:.2f} | {row['trade_off']:.4f} |")
     finally:
-        env.close()
+        setup.env.close()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "plan_reward.json").write_text(json.dumps(rows, indent=1))
-
 
 if __name__ == "__main__":
     main()

@@ -18,6 +18,7 @@ def load_benchmark(name: str) -> ModuleType:
     try:
         spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the class is built
         spec.loader.exec_module(module)
         return module
     finally:

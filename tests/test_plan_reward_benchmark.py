@@ -57,3 +57,30 @@ def test_a_method_without_mlp_widths_is_refused(policy: tuple[Path, Path], tmp_p
     pytest.importorskip("hipp_baselines")
     proc = _run(*policy, tmp_path, "slicegpt")
     assert proc.returncode != 0 and "has no MLP widths" in proc.stderr
+
+
+def test_rank_agreement_by_hand() -> None:
+    rank_agreement = load_benchmark("reward_ranking").rank_agreement
+    rows = [{"s": 1.0, "acc": 10.0}, {"s": 2.0, "acc": 30.0}, {"s": 3.0, "acc": 20.0}]
+    assert rank_agreement(rows, "s", "acc") == pytest.approx(0.5)  # ranks (1,2,3) vs (1,3,2)
+    assert rank_agreement(rows, "s", "s") == pytest.approx(1.0)
+    assert rank_agreement(rows[:2], "s", "acc") != rank_agreement(rows[:2], "s", "acc")  # nan under 3 rows
+
+
+def test_reward_ranking_scores_every_allocation_on_both_splits(policy: tuple[Path, Path], tmp_path: Path) -> None:
+    pytest.importorskip("hipp_baselines")
+    world, pol = policy
+    env = {k: v for k, v in os.environ.items() if k != "HIPP_DISABLE_PLUGIN_AUTOLOAD"}
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reward_ranking.py"), "--model", "tiny-llava",
+                           "--policy", str(pol), "--data", str(world), "--out", str(tmp_path), "--methods", "wanda",
+                           "--preference", "pope-heavy", "--calib-n", "2", "--reward-limit", "4"],
+                          cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "reward_ranking.json").read_text())
+    names = [r["allocation"] for r in rows]
+    assert names[0] == "dense" and names[1] == "HiPP (pope-heavy)" and names[-1].startswith("sensitivity @")
+    assert rows[0]["sparsity"] == 0.0 and all(r["sparsity"] > 0 for r in rows[1:])
+    for r in rows:  # a log-likelihood is <= 0; accuracies are percentages
+        assert r["rob_loglik"] <= 0 and r["util_loglik"] <= 0 and 0 <= r["rob_test"] <= 100
+    assert '"objective": "rob"' in proc.stdout and '"objective": "util"' in proc.stdout

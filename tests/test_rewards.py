@@ -50,9 +50,12 @@ def test_default_objectives_pass_the_statistic(llava, world: Path, registry: Reg
 
     model, processor = llava
     objectives = default_objectives(processor, world, "test", 6, batch_size=3, registry=registry)
-    assert {o.statistic for o in objectives.values()} == {"loglik"}
+    assert (objectives["rob"].statistic, objectives["util"].statistic) == ("loglik", "margin")
     margin = default_objectives(processor, world, "test", 6, batch_size=3, registry=registry, statistic="margin")
     assert margin["rob"](model) == pytest.approx(margin["rob"].metrics(model)["margin"])
+    pair = default_objectives(processor, world, "test", 6, batch_size=3, registry=registry,
+                              statistic=("margin", "loglik"))
+    assert pair["util"](model) == pytest.approx(pair["util"].metrics(model)["loglik"])
     with pytest.raises(DataError, match="statistic"):
         default_objectives(processor, world, "test", 6, registry=registry, statistic="median")
 

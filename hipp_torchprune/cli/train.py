@@ -15,6 +15,14 @@ def _budget(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _statistics(text: str) -> tuple[str, str]:
+    """``ROB[,UTIL]`` reward statistics, each ``loglik`` or ``margin``."""
+    names = tuple(text.split(","))
+    if len(names) not in (1, 2) or any(n not in ("loglik", "margin") for n in names):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected loglik or margin, or ROB,UTIL of those")
+    return (names[0], names[-1])
+
+
 def register(subparsers: Any) -> None:
     """Add the ``train`` subcommand."""
     p = subparsers.add_parser("train", help="train a preference-conditioned pruning policy")
@@ -34,9 +42,10 @@ def register(subparsers: Any) -> None:
                    help="cap on each calibration image's pixel count (Qwen2.5-VL resizes to fit; default 1280*28*28)")
     p.add_argument("--calibration", default=None, help="calibration cache from hipp calibrate --cache (default OUT/calibration)")
     p.add_argument("--reward-limit", type=int, default=128, help="examples per objective per plan")
-    p.add_argument("--reward-stat", choices=("loglik", "margin"), default="loglik",
-                   help="reward statistic of the gold margins: mean gold log-probability among the options, "
-                        "or the mean margin (the paper's)")
+    p.add_argument("--reward-stat", type=_statistics, default=("loglik", "margin"), metavar="ROB[,UTIL]",
+                   help="reward statistics of the gold margins, 'loglik' (mean gold log-probability among the "
+                        "options) or 'margin' (the paper's mean margin): one for both objectives or ROB,UTIL "
+                        "(default loglik,margin)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-gate", action="store_true", help="ablation: no SynFlow stability gate (every weight 1)")
     p.add_argument("--gate-band", choices=("budget", "pooled"), default="budget",

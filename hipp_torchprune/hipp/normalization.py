@@ -10,6 +10,16 @@ def compression_return(sparsity: torch.Tensor, s_lo: float, s_hi: float) -> torc
     return ((sparsity - s_lo) / max(s_hi - s_lo, 1e-12)).clamp(0.0, 1.0)
 
 
+def reference_scales(dense: torch.Tensor, pruned: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
+    """Per-objective scales ``(3,)``: ``|dense - pruned|`` (floored), the raw objectives of the dense
+    plan and of a reference pruned plan (uniform at the budget's upper end). Dividing raw
+    objectives by them makes a preference-weighted sum independent of each reward's units.
+
+    Example: ``reference_scales(tensor([4.0, -0.2, 0.0]), tensor([3.0, -0.4, 1.0]))`` is ``[1.0, 0.2, 1.0]``.
+    """
+    return (dense - pruned).abs().clamp_min(floor)
+
+
 class RunningNorm:
     """Online mean/std per objective, updated from each group's raw scores, then clip to ``[-c, c]``.
 

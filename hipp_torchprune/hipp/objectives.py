@@ -1,9 +1,10 @@
 """Robustness and utility objectives for policy search, taken from the registered reward tasks.
 
 ``rob`` is the ``pope`` reward task (POPE-adversarial) and ``util`` the ``scienceqa`` one, each
-returning the chosen statistic of the gold margins (``"loglik"`` by default, ``"margin"`` the
-paper's: :mod:`hipp_torchprune.rewards`); both share documents, prompts and margins with ``hipp eval`` and the
-lmms-eval tasks (see :mod:`hipp_torchprune.rewards`).
+returning one statistic of the gold margins (:mod:`hipp_torchprune.rewards`); both share
+documents, prompts and margins with ``hipp eval`` and the lmms-eval tasks. The default
+statistics, :data:`DEFAULT_STATISTICS`, are the ones that rank pruned models as test accuracy
+does on the proving ground (``benchmarks/reward_ranking.py``, ``docs/method.md``).
 """
 
 from __future__ import annotations
@@ -15,16 +16,30 @@ from hipp_torchprune.errors import DataError
 from hipp_torchprune.registry import Registry, default_registry
 from hipp_torchprune.rewards import RewardStatistic
 
+#: (robustness, utility) statistics: POPE's gold log-likelihood, ScienceQA's mean margin.
+DEFAULT_STATISTICS: tuple[RewardStatistic, RewardStatistic] = ("loglik", "margin")
+
+
+def statistic_pair(statistic: str | tuple[str, str]) -> tuple[str, str]:
+    """``(rob, util)`` statistics from one name (both objectives) or a pair.
+
+    Example: ``statistic_pair("margin") == ("margin", "margin")``.
+    """
+    pair = (statistic, statistic) if isinstance(statistic, str) else tuple(statistic)
+    if len(pair) != 2:
+        raise DataError(f"reward statistics must be one name or a (rob, util) pair, got {statistic!r}")
+    return pair  # type: ignore[return-value]
+
 
 def default_objectives(processor: Any, data_dir: str | Path, split: str = "calibration", limit: int | None = 128,
                        batch_size: int = 64, registry: Registry | None = None,
-                       statistic: RewardStatistic = "loglik") -> dict[str, Any]:
-    """``{"rob": pope reward, "util": scienceqa reward}``, each returning ``statistic``, prepared
-    once; empty tasks are refused."""
+                       statistic: str | tuple[str, str] = DEFAULT_STATISTICS) -> dict[str, Any]:
+    """``{"rob": pope reward, "util": scienceqa reward}``, returning ``statistic`` (one name for
+    both, or a ``(rob, util)`` pair), prepared once; empty tasks are refused."""
     registry = registry or default_registry()
     objectives = {key: registry.get("reward task", name)(processor, data_dir, split, limit, batch_size,
-                                                         statistic=statistic)
-                  for key, name in (("rob", "pope"), ("util", "scienceqa"))}
+                                                         statistic=stat)
+                  for (key, name), stat in zip((("rob", "pope"), ("util", "scienceqa")), statistic_pair(statistic))}
     for key, objective in objectives.items():
         if objective.size == 0:
             raise DataError(f"no {objective.task_name()} examples in the {split!r} split of {data_dir}; "

@@ -11,7 +11,7 @@ from hipp_torchprune.calib_data import calibration_samples
 from hipp_torchprune.hipp.calibrate import profile_model, row_scores
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.grounding import single_layer_drops
-from hipp_torchprune.hipp.objectives import default_objectives
+from hipp_torchprune.hipp.objectives import DEFAULT_STATISTICS, default_objectives, statistic_pair
 from hipp_torchprune.hipp.policy_io import save_policy
 from hipp_torchprune.hipp.profile import (
     ModelProfile,
@@ -24,7 +24,6 @@ from hipp_torchprune.hipp.trainer import TrainConfig, best_step, config_dict, tr
 from hipp_torchprune.loading import load_model
 from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS, cap_pixels
 from hipp_torchprune.registry import Registry
-from hipp_torchprune.rewards import RewardStatistic
 
 
 def calibrated_profile(model: Any, processor: Any, data_dir: str | Path, calib_n: int, cache: Path,
@@ -49,7 +48,7 @@ def calibrated_profile(model: Any, processor: Any, data_dir: str | Path, calib_n
 
 def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, config: TrainConfig, *,
                     round_to: int = 64, calib_n: int = 64, reward_limit: int = 128, reward_split: str = "calibration",
-                    reward_statistic: RewardStatistic = "loglik",
+                    reward_statistic: str | tuple[str, str] = DEFAULT_STATISTICS,
                     calibration: str | Path | None = None, resume: bool = True, state: Any = None,
                     progress: bool = True, dtype: str | None = None,
                     max_pixels: int | None = DEFAULT_MAX_PIXELS, registry: Registry | None = None) -> dict[str, Any]:
@@ -58,7 +57,7 @@ def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, conf
     ``calibration`` is a cache from ``hipp calibrate --cache`` (default: ``out/calibration``);
     ``dtype`` is the model's (default: the checkpoint's own, see :func:`~hipp_torchprune.loading.parse_dtype`);
     calibration images are capped at ``max_pixels`` pixels; the rewards return ``reward_statistic``
-    of the gold margins (:mod:`hipp_torchprune.rewards`). ``registry`` is where the adapter,
+    of the gold margins (one name, or a ``(rob, util)`` pair: :mod:`hipp_torchprune.hipp.objectives`). ``registry`` is where the adapter,
     the row scorer and the reward tasks are looked up (default: the default registry).
     """
     model, processor = load_model(model_spec, dtype=dtype)
@@ -80,7 +79,7 @@ def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, conf
     if state is None or state.is_main_process:
         save_policy(out, policy, profile, round_to, extra={"train": config_dict(config), "model": str(model_spec),
                                                           "data": str(data_dir), "steps_done": len(history),
-                                                          "reward": {"statistic": reward_statistic, "limit": reward_limit,
+                                                          "reward": {"statistic": list(statistic_pair(reward_statistic)), "limit": reward_limit,
                                                                      "split": reward_split},
                                                           "deployed_step": best_step(history) if config.deploy == "best"
                                                           else history[-1]["step"],

@@ -23,7 +23,7 @@ from hipp_torchprune.atomic import write_text_atomic
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.gate import GateConfig, QuantileBand
 from hipp_torchprune.hipp.grpo import balanced_gradients, gated_policy_loss, group_advantages, scalarize
-from hipp_torchprune.hipp.normalization import RunningNorm
+from hipp_torchprune.hipp.normalization import RunningNorm, reference_scales
 from hipp_torchprune.hipp.policy import Policy, PolicyConfig, PolicyKind, make_policy
 from hipp_torchprune.hipp.preferences import ANCHORS, SamplerMode, sample_preferences
 from hipp_torchprune.hipp.profile import ModelProfile
@@ -170,13 +170,22 @@ def seeded_global_rng(seed: int) -> Iterator[None]:
         yield
 
 
-def anchor_reward(policy: Policy, env: PlanEnvironment, static: torch.Tensor, sizes: list[float]) -> float:
-    """Mean over the anchor preferences of ``w . raw`` for the policy's deterministic plans:
-    the training-progress signal that is comparable across steps."""
+def anchor_scales(env: PlanEnvironment, n_layers: int, rho_max: float) -> torch.Tensor:
+    """``(3,)`` units of the anchor reward: how far each raw objective moves from the dense plan
+    to the uniform plan at ``rho_max`` (:func:`~hipp_torchprune.hipp.normalization.reference_scales`)."""
+    raw = env.score([[0.0] * n_layers, [rho_max] * n_layers]).raw  # (2, 3)
+    return reference_scales(raw[0], raw[1])
+
+
+def anchor_reward(policy: Policy, env: PlanEnvironment, static: torch.Tensor, sizes: list[float],
+                  scales: torch.Tensor) -> float:
+    """Mean over the anchor preferences of ``w . raw / scales`` for the policy's deterministic
+    plans: the training-progress signal that is comparable across steps, with each objective in
+    the units of ``scales`` (:func:`anchor_scales`), so no reward's units dominate it."""
     cfg = policy.config
     prefs = torch.tensor(ANCHORS)  # (4, 3)
     plans = policy.plans(policy.mean_action(layer_states(static, prefs, (cfg.rho_min, cfg.rho_max))), sizes)
-    return float((env.score(plans).raw * prefs).sum(-1).mean())
+    return float((env.score(plans).raw / scales * prefs).sum(-1).mean())
 
 
 def head_losses(parts: tuple[torch.Tensor, ...], old_parts: tuple[torch.Tensor, ...],
@@ -239,8 +248,9 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
     is_main = state is None or state.is_main_process
     writer = SummaryWriter(str(out_dir / "runs")) if is_main else None
     P, G = config.prefs_per_step, config.group
+    scales = anchor_scales(env, len(sizes), pcfg.rho_max)  # (3,), deterministic: recomputed on resume
     if learner.start == 0:  # every rank scores (plan scoring is collective across processes)
-        history.append({"step": 0, "anchor_reward": anchor_reward(policy, env, static, sizes)})
+        history.append({"step": 0, "anchor_reward": anchor_reward(policy, env, static, sizes, scales)})
         best.offer(policy, history[0])
 
     for step in trange(learner.start, config.steps, desc="hipp train", disable=not (progress and is_main)):
@@ -266,7 +276,7 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
         # 4. log and checkpoint
         record = _step_record(step + 1, prefs, outcome, gate, loss, entropy)
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            record["anchor_reward"] = anchor_reward(policy, env, static, sizes)
+            record["anchor_reward"] = anchor_reward(policy, env, static, sizes, scales)
         history.append(record)
         best.offer(policy, record)
         if writer is not None:

@@ -9,7 +9,7 @@ import torch
 
 from hipp_torchprune.hipp.gate import GateConfig, QuantileBand, band_loss, budget_bins, gate_weight
 from hipp_torchprune.hipp.grpo import balanced_gradients, gated_policy_loss, group_advantages, scalarize
-from hipp_torchprune.hipp.normalization import RunningNorm, compression_return
+from hipp_torchprune.hipp.normalization import RunningNorm, compression_return, reference_scales
 from hipp_torchprune.hipp.planmap import budget, plan_ratios
 from hipp_torchprune.hipp.preferences import PreferenceError, parse_preference, sample_preferences, validate_preference
 from hipp_torchprune.hipp.synflow import log_synflow, phi
@@ -118,6 +118,15 @@ def test_running_norm_matches_batch_statistics() -> None:
 def test_compression_ramp() -> None:
     s = torch.tensor([0.1, 0.2, 0.25, 0.3, 0.5])
     assert torch.allclose(compression_return(s, 0.2, 0.3), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+
+
+def test_reference_scales_by_hand() -> None:
+    dense, pruned = torch.tensor([4.0, -0.2, 0.0]), torch.tensor([3.0, -0.4, 1.0])
+    assert reference_scales(dense, pruned).tolist() == pytest.approx([1.0, 0.2, 1.0])
+    # an objective the reference plan does not move gets the floor, not a division by zero
+    assert reference_scales(torch.tensor([1.0]), torch.tensor([1.0]), floor=1e-3).tolist() == pytest.approx([1e-3])
+    # in those units a 0.1 loss of a log-likelihood weighs as a 0.5 loss of a margin of twice its range
+    assert float(torch.tensor([0.0, 0.1, 0.0]).div(reference_scales(dense, pruned))[1]) == pytest.approx(0.5)
 
 
 def test_plan_map_budget_and_cap() -> None:

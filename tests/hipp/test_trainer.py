@@ -152,16 +152,18 @@ def test_deployed_policy_is_the_best_evaluated_one(tmp_path: Path) -> None:
     """``deploy="best"`` returns the weights of the evaluation with the highest anchor reward (the
     paper's ``best_agent``), also after a resume; ``"last"`` the final weights."""
     from hipp_torchprune.hipp.state import static_features
-    from hipp_torchprune.hipp.trainer import anchor_reward, best_step
+    from hipp_torchprune.hipp.trainer import anchor_reward, anchor_scales, best_step
 
     short = TrainConfig(**{**CONFIG.__dict__, "steps": 24, "eval_every": 3, "lr": 5e-2})
     best, history = train_policy(ToyEnv(), PROFILE, short, tmp_path / "best", progress=False)
     last, _ = train_policy(ToyEnv(), PROFILE, TrainConfig(**{**short.__dict__, "deploy": "last"}), tmp_path / "last",
                            progress=False)
     static, sizes = static_features(PROFILE, short.state), [1.0] * 4
+    scales = anchor_scales(ToyEnv(), 4, 0.4)
+    assert scales.tolist() == pytest.approx([1.2, 1.2, 1.0])  # ToyEnv loses 3 * 0.4 of each return at rho_max
     evals = {h["step"]: h["anchor_reward"] for h in history if "anchor_reward" in h}
-    assert anchor_reward(best, ToyEnv(), static, sizes) == max(evals.values()) == evals[best_step(history)]
-    assert anchor_reward(last, ToyEnv(), static, sizes) == evals[24]
+    assert anchor_reward(best, ToyEnv(), static, sizes, scales) == max(evals.values()) == evals[best_step(history)]
+    assert anchor_reward(last, ToyEnv(), static, sizes, scales) == evals[24]
     half = TrainConfig(**{**short.__dict__, "steps": 12})
     train_policy(ToyEnv(), PROFILE, half, tmp_path / "resumed", progress=False)
     resumed, _ = train_policy(ToyEnv(), PROFILE, short, tmp_path / "resumed", progress=False)

@@ -1,0 +1,124 @@
+"""Which reward statistic ranks plans as test accuracy does? The margin against the log-likelihood.
+
+Builds the plan environment as ``hipp train`` does (same calibration, shared row score) and
+collects allocations at the policy's operating points: the policy's plan at each ``--preference``,
+then uniform's, each MLP-row method's and the single-layer-sensitivity allocation (water-filled
+from the environment's robustness drops, ``pruning.allocators.sensitivity_ratios``) at that plan's
+realized sparsity, rows by the environment's row score, so only the widths differ. Each
+allocation is scored in mask mode on the calibration reward rows (``--reward-limit`` a task: the
+mean gold margin, the paper's reward, and the mean gold log-likelihood) and on the whole test
+split (POPE-adversarial balanced accuracy, ScienceQA accuracy). Prints one row per allocation
+and, per task, the Spearman correlation of each statistic with test accuracy over the pruned
+allocations.
+
+    python benchmarks/reward_ranking.py --data WORLD_DIR --out out/reward-ranking [--policy DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from plan_reward import allocations, build_setup
+from scipy.stats import spearmanr
+
+from hipp_torchprune.demo_job import DEMO_POLICY_DIR, PREFERENCES
+from hipp_torchprune.hipp.env import PlanEnvironment
+from hipp_torchprune.hipp.grounding import single_layer_drops
+from hipp_torchprune.methods import MethodContext
+from hipp_torchprune.pruning.allocators import sensitivity_ratios
+from hipp_torchprune.rewards import PopeMarginReward, ScienceQAMarginReward
+
+#: (task key, metric of the test split) per objective.
+TASKS: dict[str, tuple[str, str]] = {"rob": ("pope", "balanced_accuracy"), "util": ("scienceqa", "accuracy")}
+
+
+def rank_agreement(rows: list[dict[str, Any]], statistic: str, accuracy: str) -> float:
+    """Spearman correlation over ``rows`` of ``row[statistic]`` with ``row[accuracy]`` (nan for < 3 rows)."""
+    if len(rows) < 3:
+        return float("nan")
+    return float(spearmanr([r[statistic] for r in rows], [r[accuracy] for r in rows]).statistic)
+
+
+def measure(env: PlanEnvironment, model: Any, name: str, widths: tuple[int, ...],
+            tasks: dict[str, Any]) -> dict[str, Any]:
+    """One allocation's row: sparsity, and each statistic of each reward task in ``tasks``."""
+    env.masks.set_ranked(env.ranks, widths)
+    try:
+        metrics = {key: task.metrics(model) for key, task in tasks.items()}
+    finally:
+        env.masks.set_keep(None)
+    row: dict[str, Any] = {"allocation": name, "widths": list(widths),
+                           "sparsity": float(env.score_widths([widths]).realized[0])}
+    for key, objective in TASKS.items():
+        cal, test = metrics[f"cal_{key}"], metrics[f"test_{key}"]
+        row |= {f"{key}_margin": float(cal["margin"]), f"{key}_loglik": float(cal["loglik"]),
+                f"{key}_test": 100 * float(test[objective[1]])}
+    return row
+
+
+def named_widths(model: Any, env: PlanEnvironment, policy: Any, context: MethodContext, methods: list[str],
+                 preferences: list[str]) -> list[tuple[str, tuple[int, ...]]]:
+    """Every allocation to score: per preference, :func:`plan_reward.allocations` and the
+    sensitivity allocation at the policy plan's sparsity (duplicates dropped, dense first)."""
+    drops = [float(d) for d in single_layer_drops(env)[:, 0]]
+    sizes = [w * p for w, p in zip(env.widths, env.row_params)]
+    out = [("dense", tuple(env.widths))]
+    for pref in preferences:
+        named = allocations(model, policy, context, PREFERENCES[pref], methods)
+        sparsity = float(env.score_widths([named[0][1]]).realized[0])
+        named.append(("sensitivity", env.widths_for(sensitivity_ratios(drops, sizes, sparsity, env.r_max, 0.1))))
+        out += [(f"{name} ({pref})" if name == "HiPP" else f"{name} @{sparsity:.3f}", w) for name, w in named]
+    seen: set[str] = set()
+    return [(n, w) for n, w in out if not (n in seen or seen.add(n))]
+
+
+def main() -> None:
+    """Parse the flags, score every allocation, print the table and the rank agreement."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--policy", default=str(DEMO_POLICY_DIR))
+    parser.add_argument("--data", required=True, help="world: calibration split for rewards, test split for accuracy")
+    parser.add_argument("--out", required=True, help="calibration cache and reward_ranking.json")
+    parser.add_argument("--methods", default="flap,owl,ecoflap")
+    parser.add_argument("--preference", default="pope-heavy,scienceqa-heavy", help="names in demo_job.PREFERENCES")
+    parser.add_argument("--calib-n", type=int, default=64)
+    parser.add_argument("--reward-limit", type=int, default=128)
+    args = parser.parse_args()
+    setup = build_setup(args.model, args.policy, args.data, args.out, args.calib_n, args.reward_limit)
+    objectives = setup.env.objectives
+    tasks = {"cal_rob": objectives["rob"], "cal_util": objectives["util"],
+             "test_rob": PopeMarginReward(setup.processor, args.data, "test", None),
+             "test_util": ScienceQAMarginReward(setup.processor, args.data, "test", None)}
+    try:
+        named = named_widths(setup.model, setup.env, setup.policy, setup.context,
+                             [m for m in args.methods.split(",") if m], args.preference.split(","))
+        rows = [measure(setup.env, setup.model, name, widths, tasks) for name, widths in named]
+    finally:
+        setup.env.close()
+    print_table(rows)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "reward_ranking.json").write_text(json.dumps(rows, indent=1))
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """The markdown table, then the Spearman agreement of each statistic with test accuracy (pruned rows)."""
+    print("| allocation | sparsity | POPE margin | POPE loglik | POPE-adv test | SQA margin | SQA loglik | SQA test |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['allocation']} | {r['sparsity']:.3f} | {r['rob_margin']:.3f} | {r['rob_loglik']:.3f} | "
+              f"{r['rob_test']:.1f} | {r['util_margin']:.3f} | {r['util_loglik']:.3f} | {r['util_test']:.1f} |")
+    pruned = [r for r in rows if r["sparsity"] > 0]
+    for key in TASKS:
+        agreement = {stat: rank_agreement(pruned, f"{key}_{stat}", f"{key}_test") for stat in ("margin", "loglik")}
+        print(json.dumps({"objective": key, "n_allocations": len(pruned),
+                          **{f"spearman_{k}_vs_test": round(v, 3) for k, v in agreement.items()}}))
+
+
+if __name__ == "__main__":
+    main()
