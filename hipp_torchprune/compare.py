@@ -446,26 +446,45 @@ def _pooled_rows(cells: list[dict[str, Any]], task: str, seeds: Sequence[int]) -
     return np.array([int(ch) for seed in seeds for ch in by_seed[seed]], dtype=np.int8)
 
 
+def _hipp_rows(results: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """``(label, cells)`` of every HiPP query at Table 1's sparsity: Table 1's preference, then each
+    Table-3 preference whose cells all prune to within the tolerance of it (matched to the baselines)."""
+    t1 = [c for (m, _), cells in _group(results, "table1").items() if m == "hipp" for c in cells if "rows" in c]
+    if not t1:
+        return []
+    target, tol = t1[0]["realized_sparsity"], results["config"].get("tolerance", 0.0) + 1e-12
+    out = [(f"HiPP {tuple(t1[0]['preference'])}", t1)]
+    for (_, pref), cells in sorted(_group(results, "table3").items()):
+        kept = [c for c in cells if "rows" in c]
+        if kept and all(abs(c["realized_sparsity"] - target) <= tol for c in kept) \
+                and tuple(kept[0]["preference"]) != tuple(t1[0]["preference"]):
+            out.append((f"HiPP {tuple(kept[0]['preference'])}", kept))
+    return out
+
+
 def bootstrap_lines(results: dict[str, Any], resamples: int = 2000) -> list[str]:
-    """Table 1's HiPP minus the best baseline on each bootstrapped metric (the baseline with the
-    highest mean after recovery), with a paired bootstrap 95 % interval over test rows pooled over
-    the seeds both have (:func:`~hipp_torchprune.bootstrap.paired_bootstrap`)."""
+    """Each HiPP query at Table 1's sparsity (:func:`_hipp_rows`) minus the best baseline on each
+    bootstrapped metric (the baseline with the highest mean after recovery), with a paired bootstrap
+    95 % interval over test rows pooled over the seeds both have
+    (:func:`~hipp_torchprune.bootstrap.paired_bootstrap`)."""
     from hipp_torchprune.bootstrap import paired_bootstrap
 
-    t1 = {m: [c for c in cells if "rows" in c] for (m, _), cells in _group(results, "table1").items()}
-    hipp, strata = t1.pop("hipp", []), results.get("strata")
-    if not hipp or not strata or not any(t1.values()):
+    t1 = {m: [c for c in cells if "rows" in c] for (m, _), cells in _group(results, "table1").items() if m != "hipp"}
+    queries, strata = _hipp_rows(results), results.get("strata")
+    if not queries or not strata or not any(t1.values()):
         return ["", "No paired bootstrap: the cells keep no per-row answers (run again with --fresh)."]
     lines = [""]
-    for task, metric in BOOTSTRAP_TASKS.items():
-        best = max((m for m in t1 if t1[m]), key=lambda m: mean_std([c["post_recovery"][metric] for c in t1[m]])[0])
-        seeds = sorted({c["seed"] for c in hipp} & {c["seed"] for c in t1[best]})
-        ci = paired_bootstrap(_pooled_rows(hipp, task, seeds), _pooled_rows(t1[best], task, seeds),
-                              np.array([int(ch) for ch in strata[task] * len(seeds)]), resamples=resamples)
-        lines.append(f"HiPP minus the best baseline on {metric} ({best}): {100 * ci.difference:+.1f} points, 95 % "
-                     f"interval [{100 * ci.low:+.1f}, {100 * ci.high:+.1f}]"
-                     f"{'' if ci.excludes_zero else ' (includes 0)'} (paired bootstrap over {len(strata[task])} "
-                     f"test rows x {len(seeds)} seeds, {resamples} resamples).")
+    for label, hipp in queries:
+        for task, metric in BOOTSTRAP_TASKS.items():
+            best = max((m for m in t1 if t1[m]),
+                       key=lambda m: mean_std([c["post_recovery"][metric] for c in t1[m]])[0])
+            seeds = sorted({c["seed"] for c in hipp} & {c["seed"] for c in t1[best]})
+            ci = paired_bootstrap(_pooled_rows(hipp, task, seeds), _pooled_rows(t1[best], task, seeds),
+                                  np.array([int(ch) for ch in strata[task] * len(seeds)]), resamples=resamples)
+            lines.append(f"{label} minus the best baseline on {metric} ({best}): {100 * ci.difference:+.1f} points, "
+                         f"95 % interval [{100 * ci.low:+.1f}, {100 * ci.high:+.1f}]"
+                         f"{'' if ci.excludes_zero else ' (includes 0)'} (paired bootstrap over {len(strata[task])} "
+                         f"test rows x {len(seeds)} seeds, {resamples} resamples).")
     return lines
 
 

@@ -92,7 +92,7 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monk
         assert {t: len(r) for t, r in cell["rows"].items()} == n_rows
         assert cell["rows"]["scienceqa"].count("1") / 8 == pytest.approx(cell["post_recovery"]["sqa_acc"])
     text = (tmp_path / "tables.md").read_text()
-    assert "HiPP minus the best baseline on pope_adv_bal_acc" in text and "x 1 seeds" in text
+    assert "minus the best baseline on pope_adv_bal_acc" in text and "x 1 seeds" in text
     assert "Table 1" in text and "| wanda |" in text and "Table 4" in text and "mixed @" in text
     assert "Table 5" in text and "| full HiPP |" in text and "| no-gate |" in text
     control = results["compression_control"]
@@ -138,17 +138,19 @@ def test_pearson_and_controllability_by_hand() -> None:
 def test_bootstrap_lines_pick_the_best_baseline_and_pair_the_rows_by_hand() -> None:
     from hipp_torchprune.compare import bootstrap_lines
 
-    def cell(method: str, seed: int, pope: str, sqa: str) -> dict:
+    def cell(method: str, seed: int, pope: str, sqa: str, table: str = "table1", pref: tuple = (0.6, 0.3, 0.1),
+             sparsity: float = 0.32) -> dict:
         acc = {"pope_adv_bal_acc": pope.count("1") / len(pope), "sqa_acc": sqa.count("1") / len(sqa)}
-        return {"table": "table1", "method": method, "preference": [0.6, 0.3, 0.1], "seed": seed,
+        return {"table": table, "method": method, "preference": list(pref), "seed": seed, "realized_sparsity": sparsity,
                 "post_recovery": acc, "rows": {"pope_adversarial": pope, "scienceqa": sqa}}
 
     cells = [cell("hipp", 0, "1111", "1100"), cell("hipp", 1, "1111", "1100"),
              cell("owl", 0, "1100", "1111"), cell("owl", 1, "1100", "1111"),
              cell("wanda", 0, "1000", "0000"), cell("wanda", 1, "1000", "0000"), cell("wanda", 2, "0000", "0000")]
-    results = {"cells": {str(i): c for i, c in enumerate(cells)},
+    results = {"cells": {str(i): c for i, c in enumerate(cells)}, "config": {"tolerance": 0.005},
                "strata": {"pope_adversarial": "1100", "scienceqa": "0000"}}
     pope, sqa = bootstrap_lines(results, resamples=200)[1:]
+    assert pope.startswith("HiPP (0.6, 0.3, 0.1) minus the best baseline on pope_adv_bal_acc")
     # POPE: owl is best (0.5 vs 0.25); HiPP is right on every row, owl on the gold-yes ones only:
     # balanced accuracy 1.0 vs 0.5, and every resample of the "no" stratum gives the same +1.0
     assert "(owl): +50.0 points, 95 % interval [+50.0, +50.0]" in pope and "4 test rows x 2 seeds" in pope
@@ -156,6 +158,13 @@ def test_bootstrap_lines_pick_the_best_baseline_and_pair_the_rows_by_hand() -> N
     no_rows = {"cells": {k: {kk: vv for kk, vv in c.items() if kk != "rows"} for k, c in results["cells"].items()},
                "strata": results["strata"]}
     assert "No paired bootstrap" in bootstrap_lines(no_rows)[1]
+    # Table-3 queries at Table 1's sparsity (within the tolerance) get their own lines; others do not
+    table3 = [cell("hipp", s, "1111", "1111", "table3", (0.1, 0.8, 0.1), 0.324) for s in (0, 1)]
+    table3 += [cell("hipp", s, "1111", "1111", "table3", (0.3, 0.3, 0.4), 0.45) for s in (0, 1)]
+    results["cells"] |= {f"t3-{i}": c for i, c in enumerate(table3)}
+    lines = bootstrap_lines(results, resamples=200)[1:]
+    assert len(lines) == 4 and lines[2].startswith("HiPP (0.1, 0.8, 0.1) minus the best baseline on pope_adv_bal_acc")
+    assert "(owl): +0.0 points" in lines[3]  # right on every ScienceQA row, as owl is
 
 
 def test_render_tables_without_table4() -> None:
