@@ -374,11 +374,16 @@ def _run_cells(config: CompareConfig, shared: _Shared, results: dict[str, Any], 
 # ---------------------------------------------------------------- tables and figure
 
 
+def _pref_label(preference: Sequence[float]) -> str:
+    """``(0.30, 0.60, 0.10)``: a preference as the tables print it."""
+    return "(" + ", ".join(f"{w:.2f}" for w in preference) + ")"
+
+
 def _group(results: dict[str, Any], table: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for cell in results["cells"].values():
         if cell["table"] == table:
-            pref = "-" if cell["preference"] is None else "(" + ", ".join(f"{p:.2f}" for p in cell["preference"]) + ")"
+            pref = "-" if cell["preference"] is None else _pref_label(cell["preference"])
             groups.setdefault((cell["method"], pref), []).append(cell)
     return groups
 
@@ -453,12 +458,12 @@ def _hipp_rows(results: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]
     if not t1:
         return []
     target, tol = t1[0]["realized_sparsity"], results["config"].get("tolerance", 0.0) + 1e-12
-    out = [(f"HiPP {tuple(t1[0]['preference'])}", t1)]
+    out = [(f"HiPP {_pref_label(t1[0]['preference'])}", t1)]
     for (_, pref), cells in sorted(_group(results, "table3").items()):
         kept = [c for c in cells if "rows" in c]
         if kept and all(abs(c["realized_sparsity"] - target) <= tol for c in kept) \
                 and tuple(kept[0]["preference"]) != tuple(t1[0]["preference"]):
-            out.append((f"HiPP {tuple(kept[0]['preference'])}", kept))
+            out.append((f"HiPP {_pref_label(kept[0]['preference'])}", kept))
     return out
 
 

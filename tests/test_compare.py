@@ -150,7 +150,7 @@ def test_bootstrap_lines_pick_the_best_baseline_and_pair_the_rows_by_hand() -> N
     results = {"cells": {str(i): c for i, c in enumerate(cells)}, "config": {"tolerance": 0.005},
                "strata": {"pope_adversarial": "1100", "scienceqa": "0000"}}
     pope, sqa = bootstrap_lines(results, resamples=200)[1:]
-    assert pope.startswith("HiPP (0.6, 0.3, 0.1) minus the best baseline on pope_adv_bal_acc")
+    assert pope.startswith("HiPP (0.60, 0.30, 0.10) minus the best baseline on pope_adv_bal_acc")
     # POPE: owl is best (0.5 vs 0.25); HiPP is right on every row, owl on the gold-yes ones only:
     # balanced accuracy 1.0 vs 0.5, and every resample of the "no" stratum gives the same +1.0
     assert "(owl): +50.0 points, 95 % interval [+50.0, +50.0]" in pope and "4 test rows x 2 seeds" in pope
@@ -163,7 +163,7 @@ def test_bootstrap_lines_pick_the_best_baseline_and_pair_the_rows_by_hand() -> N
     table3 += [cell("hipp", s, "1111", "1111", "table3", (0.3, 0.3, 0.4), 0.45) for s in (0, 1)]
     results["cells"] |= {f"t3-{i}": c for i, c in enumerate(table3)}
     lines = bootstrap_lines(results, resamples=200)[1:]
-    assert len(lines) == 4 and lines[2].startswith("HiPP (0.1, 0.8, 0.1) minus the best baseline on pope_adv_bal_acc")
+    assert len(lines) == 4 and lines[2].startswith("HiPP (0.10, 0.80, 0.10) minus the best baseline on pope_adv_bal_acc")
     assert "(owl): +0.0 points" in lines[3]  # right on every ScienceQA row, as owl is
 
 
