@@ -37,7 +37,7 @@ from hipp_torchprune.data import TASKS
 from hipp_torchprune.errors import DataError
 from hipp_torchprune.evaluation import PreparedEval, PreparedTask, evaluate, prepare_eval
 
-__all__ = ["MarginReward", "PopeMarginReward", "RewardStatistic", "ScienceQAMarginReward", "STATISTICS"]
+__all__ = ["STATISTICS", "MarginReward", "PopeMarginReward", "RewardStatistic", "ScienceQAMarginReward"]
 
 #: Which statistic of the gold margins a reward returns.
 RewardStatistic = Literal["margin", "loglik"]

@@ -40,7 +40,7 @@ def default_objectives(processor: Any, data_dir: str | Path, split: str = "calib
     objectives = {key: registry.get("reward task", name)(processor, data_dir, split, limit, batch_size,
                                                          statistic=stat)
                   for (key, name), stat in zip((("rob", "pope"), ("util", "scienceqa")), statistic_pair(statistic))}
-    for key, objective in objectives.items():
+    for objective in objectives.values():
         if objective.size == 0:
             raise DataError(f"no {objective.task_name()} examples in the {split!r} split of {data_dir}; "
                             "build a larger world or choose another split")

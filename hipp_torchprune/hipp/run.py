@@ -57,8 +57,9 @@ def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, conf
     ``calibration`` is a cache from ``hipp calibrate --cache`` (default: ``out/calibration``);
     ``dtype`` is the model's (default: the checkpoint's own, see :func:`~hipp_torchprune.loading.parse_dtype`);
     calibration images are capped at ``max_pixels`` pixels; the rewards return ``reward_statistic``
-    of the gold margins (one name, or a ``(rob, util)`` pair: :mod:`hipp_torchprune.hipp.objectives`). ``registry`` is where the adapter,
-    the row scorer and the reward tasks are looked up (default: the default registry).
+    of the gold margins (one name, or a ``(rob, util)`` pair: :mod:`hipp_torchprune.hipp.objectives`).
+    ``registry`` is where the adapter, the row scorer and the reward tasks are looked up (default:
+    the default registry).
     """
     model, processor = load_model(model_spec, dtype=dtype)
     cache = Path(calibration) if calibration is not None else Path(out) / "calibration"
@@ -76,11 +77,11 @@ def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, conf
         policy, history = train_policy(env, profile, config, out, resume=resume, state=state, progress=progress)
     finally:
         env.close()
+    reward_meta = {"statistic": list(statistic_pair(reward_statistic)), "limit": reward_limit, "split": reward_split}
     if state is None or state.is_main_process:
         save_policy(out, policy, profile, round_to, extra={"train": config_dict(config), "model": str(model_spec),
                                                           "data": str(data_dir), "steps_done": len(history),
-                                                          "reward": {"statistic": list(statistic_pair(reward_statistic)), "limit": reward_limit,
-                                                                     "split": reward_split},
+                                                          "reward": reward_meta,
                                                           "deployed_step": best_step(history) if config.deploy == "best"
                                                           else history[-1]["step"],
                                                           "processes": 1 if state is None else state.num_processes},
