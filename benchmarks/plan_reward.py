@@ -89,16 +89,24 @@ def build_setup(model_spec: str, policy_dir: str, data: str, out: str, calib_n: 
     return Setup(model, processor, policy, context, env)
 
 
-def main() -> None:
-    """Parse the flags, build the environment, print the table (and ``--out``/plan_reward.json)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def setup_parser(doc: str, data_help: str, out_help: str, methods: str) -> argparse.ArgumentParser:
+    """The flags :func:`build_setup` needs (``--model --policy --data --out --methods --calib-n
+    --reward-limit``), for this script and the ones that reuse its set-up."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="demo")
     parser.add_argument("--policy", default=str(DEMO_POLICY_DIR))
-    parser.add_argument("--data", required=True, help="the world whose calibration split the rewards read")
-    parser.add_argument("--out", required=True, help="calibration cache and plan_reward.json")
-    parser.add_argument("--methods", default="flap,owl,llm-pruner,wanda")
+    parser.add_argument("--data", required=True, help=data_help)
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--methods", default=methods)
     parser.add_argument("--calib-n", type=int, default=64)
     parser.add_argument("--reward-limit", type=int, default=128)
+    return parser
+
+
+def main() -> None:
+    """Parse the flags, build the environment, print the table (and ``--out``/plan_reward.json)."""
+    parser = setup_parser(__doc__, "the world whose calibration split the rewards read",
+                          "calibration cache and plan_reward.json", "flap,owl,llm-pruner,wanda")
     parser.add_argument("--reward-split", default="calibration")
     parser.add_argument("--reward-stat", default="loglik,margin",
                         help="the rewards' statistics of the gold margins, ROB[,UTIL] (as hipp train --reward-stat)")

@@ -16,7 +16,6 @@ allocations.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -24,10 +23,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from plan_reward import allocations, build_setup
+from plan_reward import allocations, build_setup, setup_parser
 from scipy.stats import spearmanr
 
-from hipp_torchprune.demo_job import DEMO_POLICY_DIR, PREFERENCES
+from hipp_torchprune.demo_job import PREFERENCES
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.grounding import single_layer_drops
 from hipp_torchprune.methods import MethodContext
@@ -80,15 +79,9 @@ def named_widths(model: Any, env: PlanEnvironment, policy: Any, context: MethodC
 
 def main() -> None:
     """Parse the flags, score every allocation, print the table and the rank agreement."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="demo")
-    parser.add_argument("--policy", default=str(DEMO_POLICY_DIR))
-    parser.add_argument("--data", required=True, help="world: calibration split for rewards, test split for accuracy")
-    parser.add_argument("--out", required=True, help="calibration cache and reward_ranking.json")
-    parser.add_argument("--methods", default="flap,owl,ecoflap")
+    parser = setup_parser(__doc__, "world: calibration split for rewards, test split for accuracy",
+                          "calibration cache and reward_ranking.json", "flap,owl,ecoflap")
     parser.add_argument("--preference", default="pope-heavy,scienceqa-heavy", help="names in demo_job.PREFERENCES")
-    parser.add_argument("--calib-n", type=int, default=64)
-    parser.add_argument("--reward-limit", type=int, default=128)
     args = parser.parse_args()
     setup = build_setup(args.model, args.policy, args.data, args.out, args.calib_n, args.reward_limit)
     objectives = setup.env.objectives
