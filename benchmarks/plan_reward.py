@@ -111,9 +111,8 @@ def main() -> None:
     parser.add_argument("--reward-stat", default="loglik,margin",
                         help="the rewards' statistics of the gold margins, ROB[,UTIL] (as hipp train --reward-stat)")
     args = parser.parse_args()
-    names = args.reward_stat.split(",")
     setup = build_setup(args.model, args.policy, args.data, args.out, args.calib_n, args.reward_limit,
-                        args.reward_split, statistic_pair(names[0] if len(names) == 1 else tuple(names)))
+                        args.reward_split, statistic_pair(args.reward_stat))
     rows = []
     try:
         print("| preference | allocation | sparsity | rob | util | phi | trade-off |\n|---|---|---|---|---|---|---|")

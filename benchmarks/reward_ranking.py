@@ -31,10 +31,11 @@ from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.grounding import single_layer_drops
 from hipp_torchprune.methods import MethodContext
 from hipp_torchprune.pruning.allocators import sensitivity_ratios
+from hipp_torchprune.pruning.plan import realized_sparsity
 from hipp_torchprune.rewards import PopeMarginReward, ScienceQAMarginReward
 
-#: (task key, metric of the test split) per objective.
-TASKS: dict[str, tuple[str, str]] = {"rob": ("pope", "balanced_accuracy"), "util": ("scienceqa", "accuracy")}
+#: The test-split metric of each objective.
+TEST_METRIC: dict[str, str] = {"rob": "balanced_accuracy", "util": "accuracy"}
 
 
 def rank_agreement(rows: list[dict[str, Any]], statistic: str, accuracy: str) -> float:
@@ -53,11 +54,11 @@ def measure(env: PlanEnvironment, model: Any, name: str, widths: tuple[int, ...]
     finally:
         env.masks.set_keep(None)
     row: dict[str, Any] = {"allocation": name, "widths": list(widths),
-                           "sparsity": float(env.score_widths([widths]).realized[0])}
-    for key, objective in TASKS.items():
+                           "sparsity": realized_sparsity(env.widths, widths, env.row_params)}
+    for key, metric in TEST_METRIC.items():
         cal, test = metrics[f"cal_{key}"], metrics[f"test_{key}"]
         row |= {f"{key}_margin": float(cal["margin"]), f"{key}_loglik": float(cal["loglik"]),
-                f"{key}_test": 100 * float(test[objective[1]])}
+                f"{key}_test": 100 * float(test[metric])}
     return row
 
 
@@ -70,7 +71,7 @@ def named_widths(model: Any, env: PlanEnvironment, policy: Any, context: MethodC
     out = [("dense", tuple(env.widths))]
     for pref in preferences:
         named = allocations(model, policy, context, PREFERENCES[pref], methods)
-        sparsity = float(env.score_widths([named[0][1]]).realized[0])
+        sparsity = realized_sparsity(env.widths, named[0][1], env.row_params)
         named.append(("sensitivity", env.widths_for(sensitivity_ratios(drops, sizes, sparsity, env.r_max, 0.1))))
         out += [(f"{name} ({pref})" if name == "HiPP" else f"{name} @{sparsity:.3f}", w) for name, w in named]
     seen: set[str] = set()
@@ -107,7 +108,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(f"| {r['allocation']} | {r['sparsity']:.3f} | {r['rob_margin']:.3f} | {r['rob_loglik']:.3f} | "
               f"{r['rob_test']:.1f} | {r['util_margin']:.3f} | {r['util_loglik']:.3f} | {r['util_test']:.1f} |")
     pruned = [r for r in rows if r["sparsity"] > 0]
-    for key in TASKS:
+    for key in TEST_METRIC:
         agreement = {stat: rank_agreement(pruned, f"{key}_{stat}", f"{key}_test") for stat in ("margin", "loglik")}
         print(json.dumps({"objective": key, "n_allocations": len(pruned),
                           **{f"spearman_{k}_vs_test": round(v, 3) for k, v in agreement.items()}}))

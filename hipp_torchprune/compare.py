@@ -478,11 +478,13 @@ def bootstrap_lines(results: dict[str, Any], resamples: int = 2000) -> list[str]
     queries, strata = _hipp_rows(results), results.get("strata")
     if not queries or not strata or not any(t1.values()):
         return ["", "No paired bootstrap: the cells keep no per-row answers (run again with --fresh)."]
+    best_of = {metric: max((m for m in t1 if t1[m]),
+                           key=lambda m: mean_std([c["post_recovery"][metric] for c in t1[m]])[0])
+               for metric in BOOTSTRAP_TASKS.values()}
     lines = [""]
     for label, hipp in queries:
         for task, metric in BOOTSTRAP_TASKS.items():
-            best = max((m for m in t1 if t1[m]),
-                       key=lambda m: mean_std([c["post_recovery"][metric] for c in t1[m]])[0])
+            best = best_of[metric]
             seeds = sorted({c["seed"] for c in hipp} & {c["seed"] for c in t1[best]})
             ci = paired_bootstrap(_pooled_rows(hipp, task, seeds), _pooled_rows(t1[best], task, seeds),
                                   np.array([int(ch) for ch in strata[task] * len(seeds)]), resamples=resamples)

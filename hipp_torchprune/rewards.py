@@ -6,8 +6,8 @@ paper's), or ``"loglik"``, the mean log-probability of the gold answer among the
 does where the mean margin does not (``docs/method.md``, "Reward statistic").
 
 A reward and the lmms-eval tasks ``hipp_pope_*`` / ``hipp_scienceqa_img`` (``plugins/hipp-lmms``)
-and ``hipp eval`` share every step, so a reward equals the ``margin`` those report on the same
-rows:
+and ``hipp eval`` share every step, so a reward equals the ``margin`` or ``loglik`` those report
+on the same rows:
 
 1. rows: :func:`hipp_torchprune.data.load_task_docs` (POPE filtered by category, ScienceQA rows
    with an image), read once at construction;
@@ -17,7 +17,7 @@ rows:
 4. each call: :func:`hipp_torchprune.evaluation.score_task` runs one forward pass per batch,
    reads the answer-variant log-probabilities at the answer position and computes
    :func:`~hipp_torchprune.evaluation.pope_metrics` / ``mc_metrics``; the reward is their
-   ``margin``.
+   ``statistic`` entry.
 
 No lmms-eval code runs on this path (no task building, no request objects, no result strings),
 so a call costs the forward passes and a few list operations.
@@ -64,7 +64,7 @@ class MarginReward:
     task: ClassVar[str] = ""
 
     def __init__(self, processor: Any, data_dir: str | Path, split: str = "calibration",
-                 limit: int | None = 128, batch_size: int = 64, statistic: RewardStatistic = "margin") -> None:
+                 limit: int | None = 128, batch_size: int = 64, *, statistic: RewardStatistic = "margin") -> None:
         if statistic not in STATISTICS:
             raise DataError(f"unknown reward statistic {statistic!r}; valid: {', '.join(STATISTICS)}")
         self.processor, self.statistic = processor, statistic
@@ -102,12 +102,12 @@ class PopeMarginReward(MarginReward):
     task: ClassVar[str] = "pope_adversarial"
 
     def __init__(self, processor: Any, data_dir: str | Path, split: str = "calibration",
-                 limit: int | None = 128, batch_size: int = 64, statistic: RewardStatistic = "margin",
-                 category: str = "adversarial") -> None:
+                 limit: int | None = 128, batch_size: int = 64, category: str = "adversarial", *,
+                 statistic: RewardStatistic = "margin") -> None:
         if f"pope_{category}" not in TASKS:
             raise DataError(f"unknown POPE category {category!r}; valid: random, popular, adversarial")
         self.category = category
-        super().__init__(processor, data_dir, split, limit, batch_size, statistic)
+        super().__init__(processor, data_dir, split, limit, batch_size, statistic=statistic)
 
     def task_name(self) -> str:
         """``pope_<category>``."""

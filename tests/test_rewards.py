@@ -89,3 +89,21 @@ def test_pope_category_and_bad_input(llava, world: Path, tmp_path: Path) -> None
         PopeMarginReward(processor, tmp_path / "nowhere")
     with pytest.raises(DataError, match="limit"):
         PopeMarginReward(processor, world, split="test", limit=0)
+
+
+def test_statistic_pair_reads_one_name_a_pair_or_text() -> None:
+    from hipp_torchprune.hipp.objectives import statistic_pair
+
+    assert statistic_pair("margin") == ("margin", "margin")
+    assert statistic_pair("loglik,margin") == statistic_pair(("loglik", "margin")) == ("loglik", "margin")
+    for bad in ("median", "loglik,margin,margin", ("loglik", "mode"), ""):
+        with pytest.raises(DataError, match="reward statistics"):
+            statistic_pair(bad)
+
+
+def test_train_cli_refuses_an_unknown_statistic(capsys: pytest.CaptureFixture[str]) -> None:
+    from hipp_torchprune.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "tiny-llava", "--data", "nowhere", "--out", "nowhere", "--reward-stat", "median"])
+    assert exit_info.value.code == 2 and "reward statistics must be one of" in capsys.readouterr().err

@@ -16,11 +16,14 @@ def _budget(text: str) -> tuple[float, float]:
 
 
 def _statistics(text: str) -> tuple[str, str]:
-    """``ROB[,UTIL]`` reward statistics, each ``loglik`` or ``margin``."""
-    names = tuple(text.split(","))
-    if len(names) not in (1, 2) or any(n not in ("loglik", "margin") for n in names):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected loglik or margin, or ROB,UTIL of those")
-    return (names[0], names[-1])
+    """``ROB[,UTIL]`` reward statistics (:func:`~hipp_torchprune.hipp.objectives.statistic_pair`)."""
+    from hipp_torchprune.errors import DataError
+    from hipp_torchprune.hipp.objectives import statistic_pair
+
+    try:
+        return statistic_pair(text)
+    except DataError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def register(subparsers: Any) -> None:

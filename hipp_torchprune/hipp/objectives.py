@@ -14,20 +14,23 @@ from typing import Any
 
 from hipp_torchprune.errors import DataError
 from hipp_torchprune.registry import Registry, default_registry
-from hipp_torchprune.rewards import RewardStatistic
+from hipp_torchprune.rewards import STATISTICS, RewardStatistic
 
 #: (robustness, utility) statistics: POPE's gold log-likelihood, ScienceQA's mean margin.
 DEFAULT_STATISTICS: tuple[RewardStatistic, RewardStatistic] = ("loglik", "margin")
 
 
 def statistic_pair(statistic: str | tuple[str, str]) -> tuple[str, str]:
-    """``(rob, util)`` statistics from one name (both objectives) or a pair.
+    """``(rob, util)`` statistics from one name (both objectives), ``"ROB,UTIL"`` or a pair; each
+    must be in :data:`~hipp_torchprune.rewards.STATISTICS`, else :class:`DataError`.
 
-    Example: ``statistic_pair("margin") == ("margin", "margin")``.
+    Example: ``statistic_pair("margin") == statistic_pair("margin,margin") == ("margin", "margin")``.
     """
-    pair = (statistic, statistic) if isinstance(statistic, str) else tuple(statistic)
-    if len(pair) != 2:
-        raise DataError(f"reward statistics must be one name or a (rob, util) pair, got {statistic!r}")
+    names = tuple(statistic.split(",")) if isinstance(statistic, str) else tuple(statistic)
+    pair = names * 2 if len(names) == 1 else names
+    if len(pair) != 2 or any(n not in STATISTICS for n in pair):
+        raise DataError(f"reward statistics must be one of {', '.join(STATISTICS)} or a ROB,UTIL pair of them, "
+                        f"got {statistic!r}")
     return pair  # type: ignore[return-value]
 
 
