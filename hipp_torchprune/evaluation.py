@@ -264,15 +264,36 @@ def prepare_eval(processor: Any, data_dir: str | Path, tasks: str | Sequence[str
 # ---------------------------------------------------------------- scoring
 
 
+def padded_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` position of each token among its row's real tokens (``cumsum - 1``; padding gets
+    0), so a left-padded row has the positions it has alone, whatever its batch's longest row.
+
+    Example: mask ``[[0, 0, 1, 1], [1, 1, 1, 1]]`` gives ``[[0, 0, 0, 1], [0, 1, 2, 3]]``.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def with_position_ids(model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """``inputs`` plus ``position_ids`` from the attention mask (:func:`padded_position_ids`), so a
+    row scores the same alone and in a padded batch. Models that derive their own positions from
+    the mask (M-RoPE models such as Qwen2.5-VL, which have ``get_rope_index``) and inputs that
+    already carry positions or have no mask are returned unchanged."""
+    inner = getattr(model, "model", model)
+    if "position_ids" in inputs or "attention_mask" not in inputs or hasattr(inner, "get_rope_index"):
+        return inputs
+    return {**inputs, "position_ids": padded_position_ids(inputs["attention_mask"])}
+
+
 def last_position_logprobs(model: Any, batch: dict[str, Any]) -> torch.Tensor:
-    """Log-softmax of the next-token logits at the last position, one forward pass (float32)."""
+    """Log-softmax of the next-token logits at the last position, one forward pass (float32),
+    with positions from the attention mask (:func:`with_position_ids`)."""
     import torch
 
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     inputs = {k: (v.to(device=device, dtype=dtype) if k == "pixel_values" else v.to(device))
               for k, v in batch.items() if hasattr(v, "to")}
-    out = model(**inputs, use_cache=False, logits_to_keep=1)
+    out = model(**with_position_ids(model, inputs), use_cache=False, logits_to_keep=1)
     return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
 
 

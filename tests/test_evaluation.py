@@ -20,8 +20,11 @@ from hipp_torchprune.evaluation import (
     log_sigmoid,
     logsumexp,
     mc_metrics,
+    option_logprobs,
+    padded_position_ids,
     pope_metrics,
     prepare_eval,
+    with_position_ids,
 )
 from hipp_torchprune.models.processors import build_llava_processor
 from hipp_torchprune.world.build import build_world
@@ -122,6 +125,39 @@ def test_evaluate_batch_size_invariant(setup: tuple) -> None:
     for t in a:
         assert a[t]["margin"] == pytest.approx(b[t]["margin"], abs=1e-4)
         assert a[t]["accuracy"] == b[t]["accuracy"]
+
+
+def test_padded_position_ids_hand_checked() -> None:
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 0]])
+    assert padded_position_ids(mask).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3], [0, 0, 1, 1]]
+
+
+def test_with_position_ids_leaves_mrope_models_and_given_positions() -> None:
+    mask = torch.tensor([[0, 1, 1]])
+    plain = torch.nn.Module()
+    assert with_position_ids(plain, {"attention_mask": mask})["position_ids"].tolist() == [[0, 0, 1]]
+    given = {"attention_mask": mask, "position_ids": torch.tensor([[5, 6, 7]])}
+    assert with_position_ids(plain, given) is given
+    mrope = torch.nn.Module()
+    mrope.model = torch.nn.Module()
+    mrope.model.get_rope_index = lambda *a: None  # Qwen2.5-VL derives its 3-D positions itself
+    assert "position_ids" not in with_position_ids(mrope, {"attention_mask": mask})
+
+
+def test_row_scores_alone_as_in_a_padded_batch(setup: tuple) -> None:
+    """Left padding must not move a row's positions: float64 log-probabilities of every row are
+    the same at one row a batch and in batches padded to their longest row. The shipped demo
+    model, loaded as ``hipp eval --dtype float64`` loads it (its rotary angles stay float32),
+    moved them by 1e-5 before positions came from the mask."""
+    from hipp_torchprune.loading import load_model
+
+    world = setup[0]
+    model, processor = load_model("demo", dtype=torch.float64)
+    alone = prepare_eval(processor, world, "scienceqa", limit=12, batch_size=1).tasks[0]
+    batched = prepare_eval(processor, world, "scienceqa", limit=12, batch_size=12).tasks[0]
+    assert (batched.batches[0]["attention_mask"] == 0).any()  # the batch really is padded
+    for a, b in zip(option_logprobs(model, alone), option_logprobs(model, batched), strict=True):
+        assert a == pytest.approx(b, abs=1e-10)
 
 
 def test_always_yes_model(setup: tuple) -> None:

@@ -51,7 +51,7 @@ from hipp_lmms.generation import (
 )
 from hipp_lmms.utils import answer_variants
 from hipp_torchprune.errors import CheckpointError, HippError
-from hipp_torchprune.evaluation import answer_token_ids, last_position_logprobs, logsumexp
+from hipp_torchprune.evaluation import answer_token_ids, last_position_logprobs, logsumexp, with_position_ids
 from hipp_torchprune.pruning.compute import float32_linears
 from hipp_torchprune.threads import torch_threads
 
@@ -358,7 +358,8 @@ class HippVLM(lmms):
             if key in batch:
                 batch[key] = torch.cat([batch[key], torch.zeros_like(cont_ids)], dim=1)
         with torch.inference_mode():
-            logits = self._model(**self._on_device(batch), use_cache=False, logits_to_keep=width + 1).logits
+            inputs = with_position_ids(self._model, self._on_device(batch))
+            logits = self._model(**inputs, use_cache=False, logits_to_keep=width + 1).logits
             logprobs = torch.log_softmax(logits[:, :width].float(), dim=-1).cpu()
         for r, n_in in zip(reqs, batch["attention_mask"].sum(dim=1).tolist()):
             self._record(r.args[4], r.args[3], "loglikelihood", n_in, 0)
