@@ -11,7 +11,11 @@ split (POPE-adversarial balanced accuracy, ScienceQA accuracy). Prints one row p
 and, per task, the Spearman correlation of each statistic with test accuracy over the pruned
 allocations.
 
-    python benchmarks/reward_ranking.py --data WORLD_DIR --out out/reward-ranking [--policy DIR]
+    python benchmarks/reward_ranking.py --data WORLD_DIR --out out/reward-ranking [--policy DIR] [--moves 32]
+
+With ``--moves ROWS`` it also scores the first preference's plan with rows moved between every
+ordered pair of layers: the neighbourhood a trained policy searches, where the statistics must
+rank too (with ``--methods ''`` and one preference, that neighbourhood alone).
 """
 
 from __future__ import annotations
@@ -78,11 +82,33 @@ def named_widths(model: Any, env: PlanEnvironment, policy: Any, context: MethodC
     return [(n, w) for n, w in out if not (n in seen or seen.add(n))]
 
 
+def moved_widths(widths: tuple[int, ...], rows: int, floor: int) -> list[tuple[str, tuple[int, ...]]]:
+    """The plan's neighbours at (about) its sparsity: for every ordered layer pair ``(src, dst)``,
+    up to ``rows`` rows moved from ``src`` (keeping at least ``floor``) to ``dst`` (at most its
+    width, ``max(widths)`` for a uniform model); pairs that can move nothing are skipped.
+
+    Example: ``moved_widths((64, 128), 32, 8) == [("1->0 x32", (96, 96))]``: layer 1 is full, so
+    nothing moves into it.
+    """
+    top, out = max(widths), []
+    for src in range(len(widths)):
+        for dst in range(len(widths)):
+            n = min(rows, widths[src] - floor, top - widths[dst]) if src != dst else 0
+            if n > 0:
+                moved = list(widths)
+                moved[src], moved[dst] = moved[src] - n, moved[dst] + n
+                out.append((f"{src}->{dst} x{n}", tuple(moved)))
+    return out
+
+
 def main() -> None:
     """Parse the flags, score every allocation, print the table and the rank agreement."""
     parser = setup_parser(__doc__, "world: calibration split for rewards, test split for accuracy",
                           "calibration cache and reward_ranking.json", "flap,owl,ecoflap")
     parser.add_argument("--preference", default="pope-heavy,scienceqa-heavy", help="names in demo_job.PREFERENCES")
+    parser.add_argument("--moves", type=int, default=0,
+                        help="also score the first preference's plan with up to this many rows moved between "
+                             "every ordered layer pair (the neighbourhood the policy searches; 0: off)")
     args = parser.parse_args()
     setup = build_setup(args.model, args.policy, args.data, args.out, args.calib_n, args.reward_limit)
     objectives = setup.env.objectives
@@ -92,6 +118,9 @@ def main() -> None:
     try:
         named = named_widths(setup.model, setup.env, setup.policy, setup.context,
                              [m for m in args.methods.split(",") if m], args.preference.split(","))
+        if args.moves:
+            plan = next(w for n, w in named if n.startswith("HiPP"))
+            named += [(f"HiPP {name}", w) for name, w in moved_widths(plan, args.moves, setup.policy.round_to)]
         rows = [measure(setup.env, setup.model, name, widths, tasks) for name, widths in named]
     finally:
         setup.env.close()
@@ -108,10 +137,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(f"| {r['allocation']} | {r['sparsity']:.3f} | {r['rob_margin']:.3f} | {r['rob_loglik']:.3f} | "
               f"{r['rob_test']:.1f} | {r['util_margin']:.3f} | {r['util_loglik']:.3f} | {r['util_test']:.1f} |")
     pruned = [r for r in rows if r["sparsity"] > 0]
-    for key in TEST_METRIC:
-        agreement = {stat: rank_agreement(pruned, f"{key}_{stat}", f"{key}_test") for stat in ("margin", "loglik")}
-        print(json.dumps({"objective": key, "n_allocations": len(pruned),
-                          **{f"spearman_{k}_vs_test": round(v, 3) for k, v in agreement.items()}}))
+    moved = [r for r in pruned if "->" in r["allocation"]]
+    for subset, chosen in (("all", pruned), ("moves", moved)):
+        for key in TEST_METRIC:
+            if subset == "moves" and not moved:
+                continue
+            agreement = {stat: rank_agreement(chosen, f"{key}_{stat}", f"{key}_test") for stat in ("margin", "loglik")}
+            print(json.dumps({"objective": key, "allocations": subset, "n_allocations": len(chosen),
+                              **{f"spearman_{k}_vs_test": round(v, 3) for k, v in agreement.items()}}))
 
 
 if __name__ == "__main__":

@@ -67,6 +67,15 @@ def test_rank_agreement_by_hand() -> None:
     assert rank_agreement(rows[:2], "s", "acc") != rank_agreement(rows[:2], "s", "acc")  # nan under 3 rows
 
 
+def test_moved_widths_by_hand() -> None:
+    moved_widths = load_benchmark("reward_ranking").moved_widths
+    assert moved_widths((64, 128), 32, 8) == [("1->0 x32", (96, 96))]  # nothing moves into a full layer
+    assert moved_widths((16, 64, 128), 32, 8) == [("0->1 x8", (8, 72, 128)), ("1->0 x32", (48, 32, 128)),
+                                                  ("2->0 x32", (48, 64, 96)), ("2->1 x32", (16, 96, 96))]
+    for _, widths in moved_widths((40, 80, 120), 24, 8):
+        assert sum(widths) == 240 and min(widths) >= 8 and max(widths) <= 120
+
+
 def test_reward_ranking_scores_every_allocation_on_both_splits(policy: tuple[Path, Path], tmp_path: Path) -> None:
     pytest.importorskip("hipp_baselines")
     world, pol = policy

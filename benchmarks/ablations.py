@@ -1,0 +1,184 @@
+"""Which parts of HiPP earn their place: Table 5 over policy seeds, at one pinned sparsity.
+
+Trains one policy per (ablation row, seed) on ``--data``'s calibration split, every row with the
+same training budget (``--steps``, ``--group``, ``--prefs``, ``--reward-limit``) and the same recipe
+flags (budget interval, ``r_max``, rounding, budget input), each row changing one part
+(:data:`ROWS`). Each policy is then queried at ``--preference``, its plan is pinned to
+``--sparsity`` (its ratios scaled by one factor, water-filled under ``r_max``:
+:func:`pinned_widths`), so rows differ only in where the rows go, and scored in mask mode, before
+recovery, on the whole test split of ``--test-data`` (a world no policy saw): POPE-adversarial
+balanced accuracy and ScienceQA accuracy, rows by the shared row score calibrated on that world.
+Prints mean ± std over the seeds per row, with the sparsity each budget head chose before
+pinning, and writes ``ablations.json``. Resumable: a finished policy directory is reused, an
+interrupted one resumes from its checkpoint; two processes may train disjoint ``--rows`` or
+``--seeds`` side by side, and a last run over all of them only evaluates.
+
+    python benchmarks/ablations.py --data POLICY_WORLD --test-data TEST_WORLD --out out/ablations \
+        --seeds 0,1,2,3,4 --steps 200 --sparsity 0.281 [--rows full,no-gate,flat,no-vs,anchors,dirichlet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from hipp_torchprune import api
+from hipp_torchprune.hipp.env import PlanEnvironment
+from hipp_torchprune.hipp.gate import GateConfig
+from hipp_torchprune.hipp.policy import PolicyConfig
+from hipp_torchprune.hipp.policy_io import load_policy, query
+from hipp_torchprune.hipp.run import calibrated_profile, train_from_data
+from hipp_torchprune.hipp.state import StateConfig
+from hipp_torchprune.hipp.trainer import TrainConfig
+from hipp_torchprune.loading import load_model
+from hipp_torchprune.pruning.plan import waterfill
+from hipp_torchprune.rewards import PopeMarginReward, ScienceQAMarginReward
+
+#: Each row's change to the full method's :class:`TrainConfig` (``"margin"`` changes the rewards).
+ROWS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
+    "full": lambda c: c,
+    "no-gate": lambda c: dataclasses.replace(c, gate=dataclasses.replace(c.gate, enabled=False)),
+    "paper-gate": lambda c: dataclasses.replace(c, gate=dataclasses.replace(c.gate, binning="pooled", side="both")),
+    "flat": lambda c: dataclasses.replace(c, policy_kind="flat",
+                                          policy=dataclasses.replace(c.policy, budget_input="backbone")),
+    "no-vs": lambda c: dataclasses.replace(c, state=dataclasses.replace(c.state, visual_sensitivity=False)),
+    "anchors": lambda c: dataclasses.replace(c, sampler="anchors"),
+    "dirichlet": lambda c: dataclasses.replace(c, sampler="dirichlet"),
+    "margin": lambda c: c,
+}
+
+
+def row_config(row: str, base: TrainConfig, seed: int) -> TrainConfig:
+    """``base`` with ``row``'s part changed, at ``seed``."""
+    return dataclasses.replace(ROWS[row](base), seed=seed)
+
+
+def pinned_widths(env: PlanEnvironment, ratios: tuple[float, ...], sparsity: float | None) -> tuple[int, ...]:
+    """Kept widths of a plan with its ratios scaled by one factor until the plan removes
+    ``sparsity`` (water-filled under the environment's ``r_max``), rounded as the environment
+    rounds; ``None`` keeps the plan's own sparsity."""
+    if sparsity is None:
+        return env.widths_for(ratios)
+    sizes = [w * p for w, p in zip(env.widths, env.row_params)]
+    return env.widths_for(waterfill([max(r, 1e-6) for r in ratios], sizes, sparsity, env.r_max))
+
+
+def train_all(args: argparse.Namespace, base: TrainConfig) -> None:
+    """Train every (row, seed) policy not finished yet under ``--out``/ROW/seed-S."""
+    todo = [(row, seed) for row in args.rows for seed in args.seeds
+            if not (Path(args.out) / row / f"seed-{seed}" / "policy.json").exists()]
+    for row, seed in tqdm(todo, desc="ablation policies"):
+        stat = "margin" if row == "margin" else args.reward_stat
+        train_from_data(args.model, args.data, Path(args.out) / row / f"seed-{seed}", row_config(row, base, seed),
+                        round_to=args.round_to, calib_n=args.calib_n, reward_limit=args.reward_limit,
+                        reward_statistic=stat, calibration=Path(args.out) / "calibration", progress=False)
+
+
+def test_environment(args: argparse.Namespace) -> PlanEnvironment:
+    """Plan environment on ``--test-data`` whose two objectives are test-split accuracies."""
+    model, processor = load_model(args.model)
+    profile, scores = calibrated_profile(model, processor, args.test_data, args.calib_n,
+                                         Path(args.out) / "test-calibration")
+    pope = PopeMarginReward(processor, args.test_data, "test", None)
+    sqa = ScienceQAMarginReward(processor, args.test_data, "test", None)
+    objectives = {"rob": lambda m: 100 * float(pope.metrics(m)["balanced_accuracy"]),
+                  "util": lambda m: 100 * float(sqa.metrics(m)["accuracy"])}
+    lo, hi = args.budget
+    return PlanEnvironment(model, api.get_adapter(model), scores, objectives, round_to=args.round_to,
+                           r_max=args.r_max, compression_range=(lo, hi), row_params=profile.row_params)
+
+
+def evaluate_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One record per (row, seed): the plan's own sparsity, the pinned widths and their test accuracies."""
+    env = test_environment(args)
+    records = []
+    try:
+        for row in args.rows:
+            for seed in args.seeds:
+                answer = query(load_policy(Path(args.out) / row / f"seed-{seed}"), args.preference)
+                widths = pinned_widths(env, answer.plan, args.sparsity)
+                outcome = env.score_widths([widths])
+                records.append({"row": row, "seed": seed, "own_sparsity": answer.realized_sparsity,
+                                "sparsity": float(outcome.realized[0]), "widths": list(widths),
+                                "pope_adv": float(outcome.raw[0, 0]), "sqa": float(outcome.raw[0, 1])})
+    finally:
+        env.close()
+    return records
+
+
+def mean_std(values: list[float]) -> str:
+    """``mean ± std`` (population std over seeds), one decimal."""
+    return f"{statistics.fmean(values):.1f} ± {statistics.pstdev(values):.1f}"
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    """Markdown table: per row, seeds, own and pinned sparsity, POPE-adversarial and ScienceQA,
+    and the difference of each mean from the full method's."""
+    rows = list(dict.fromkeys(r["row"] for r in records))
+    full = {k: statistics.fmean(r[k] for r in records if r["row"] == "full") for k in ("pope_adv", "sqa")} \
+        if "full" in rows else None
+    lines = ["| row | seeds | own sparsity % | pinned sparsity % | POPE-adv BalAcc | ScienceQA acc | Δ POPE | Δ SQA |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        cells = [r for r in records if r["row"] == row]
+        pope, sqa = [r["pope_adv"] for r in cells], [r["sqa"] for r in cells]
+        delta = (f"{statistics.fmean(pope) - full['pope_adv']:+.1f} | {statistics.fmean(sqa) - full['sqa']:+.1f}"
+                 if full else " | ")
+        lines.append(f"| {row} | {len(cells)} | {mean_std([100 * r['own_sparsity'] for r in cells])} | "
+                     f"{mean_std([100 * r['sparsity'] for r in cells])} | {mean_std(pope)} | {mean_std(sqa)} | {delta} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="demo")
+    p.add_argument("--data", required=True, help="world whose calibration split trains the policies")
+    p.add_argument("--test-data", required=True, help="world no policy saw: its test split scores the plans")
+    p.add_argument("--out", required=True)
+    p.add_argument("--rows", type=lambda s: s.split(","), default=list(ROWS), help=f"of {', '.join(ROWS)}")
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2, 3, 4])
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--group", type=int, default=6)
+    p.add_argument("--prefs", type=int, default=2)
+    p.add_argument("--budget", type=lambda s: tuple(float(x) for x in s.split(",")), default=(0.2, 0.6))
+    p.add_argument("--r-max", type=float, default=0.95)
+    p.add_argument("--round-to", type=int, default=8)
+    p.add_argument("--calib-n", type=int, default=64)
+    p.add_argument("--reward-limit", type=int, default=128)
+    p.add_argument("--reward-stat", default="loglik", help="the full method's reward statistics (hipp train --reward-stat)")
+    p.add_argument("--preference", type=lambda s: tuple(float(x) for x in s.split(",")), default=(0.8, 0.1, 0.1))
+    p.add_argument("--sparsity", type=float, default=None, help="pin every plan to this sparsity (default: its own)")
+    p.add_argument("--train-only", action="store_true", help="train the missing policies and stop")
+    args = p.parse_args(argv)
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown:
+        p.error(f"unknown rows {unknown}; valid: {', '.join(ROWS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train the missing policies, then (unless ``--train-only``) score them and print the table."""
+    args = parse_args(argv)
+    lo, hi = args.budget
+    base = TrainConfig(steps=args.steps, group=args.group, prefs_per_step=args.prefs, gate=GateConfig(),
+                       state=StateConfig(), policy=PolicyConfig(rho_min=lo, rho_max=hi, r_max=args.r_max,
+                                                                budget_input="compression"))
+    train_all(args, base)
+    if args.train_only:
+        return
+    records = evaluate_all(args)
+    print(table(records))
+    Path(args.out, "ablations.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items()},
+                                                            "records": records}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
