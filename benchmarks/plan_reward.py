@@ -108,7 +108,7 @@ def main() -> None:
     parser = setup_parser(__doc__, "the world whose calibration split the rewards read",
                           "calibration cache and plan_reward.json", "flap,owl,llm-pruner,wanda")
     parser.add_argument("--reward-split", default="calibration")
-    parser.add_argument("--reward-stat", default="loglik,margin",
+    parser.add_argument("--reward-stat", default="loglik",
                         help="the rewards' statistics of the gold margins, ROB[,UTIL] (as hipp train --reward-stat)")
     args = parser.parse_args()
     setup = build_setup(args.model, args.policy, args.data, args.out, args.calib_n, args.reward_limit,

@@ -50,7 +50,7 @@ def test_default_objectives_pass_the_statistic(llava, world: Path, registry: Reg
 
     model, processor = llava
     objectives = default_objectives(processor, world, "test", 6, batch_size=3, registry=registry)
-    assert (objectives["rob"].statistic, objectives["util"].statistic) == ("loglik", "margin")
+    assert (objectives["rob"].statistic, objectives["util"].statistic) == ("loglik", "loglik")
     margin = default_objectives(processor, world, "test", 6, batch_size=3, registry=registry, statistic="margin")
     assert margin["rob"](model) == pytest.approx(margin["rob"].metrics(model)["margin"])
     pair = default_objectives(processor, world, "test", 6, batch_size=3, registry=registry,

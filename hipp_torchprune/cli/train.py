@@ -45,10 +45,10 @@ def register(subparsers: Any) -> None:
                    help="cap on each calibration image's pixel count (Qwen2.5-VL resizes to fit; default 1280*28*28)")
     p.add_argument("--calibration", default=None, help="calibration cache from hipp calibrate --cache (default OUT/calibration)")
     p.add_argument("--reward-limit", type=int, default=128, help="examples per objective per plan")
-    p.add_argument("--reward-stat", type=_statistics, default=("loglik", "margin"), metavar="ROB[,UTIL]",
+    p.add_argument("--reward-stat", type=_statistics, default=("loglik", "loglik"), metavar="ROB[,UTIL]",
                    help="reward statistics of the gold margins, 'loglik' (mean gold log-probability among the "
                         "options) or 'margin' (the paper's mean margin): one for both objectives or ROB,UTIL "
-                        "(default loglik,margin)")
+                        "(default loglik for both)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-gate", action="store_true", help="ablation: no SynFlow stability gate (every weight 1)")
     p.add_argument("--gate-band", choices=("budget", "pooled"), default="budget",

@@ -16,8 +16,8 @@ from hipp_torchprune.errors import DataError
 from hipp_torchprune.registry import Registry, default_registry
 from hipp_torchprune.rewards import STATISTICS, RewardStatistic
 
-#: (robustness, utility) statistics: POPE's gold log-likelihood, ScienceQA's mean margin.
-DEFAULT_STATISTICS: tuple[RewardStatistic, RewardStatistic] = ("loglik", "margin")
+#: (robustness, utility) statistics: the gold log-likelihood for both (``docs/method.md``, "Reward statistic").
+DEFAULT_STATISTICS: tuple[RewardStatistic, RewardStatistic] = ("loglik", "loglik")
 
 
 def statistic_pair(statistic: str | tuple[str, str]) -> tuple[str, str]:

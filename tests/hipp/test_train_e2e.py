@@ -38,7 +38,7 @@ def test_train_writes_policy_logs_and_rising_reward(policy_dir: Path) -> None:
     assert all(0.0 < h["gate"] <= 1.0 for h in log[1:])
     meta = json.loads((policy_dir / "policy.json").read_text())
     assert meta["state"] == {"visual_sensitivity": True, "grounding_drops": True, "drop_ratio": 0.75}
-    assert meta["reward"] == {"statistic": ["loglik", "margin"], "limit": 8, "split": "calibration"}
+    assert meta["reward"] == {"statistic": ["loglik", "loglik"], "limit": 8, "split": "calibration"}
     drops = [layer["grounding_drop"] for layer in meta["profile"]["layers"]]
     assert len(drops) == 4 and all(len(d) == 2 for d in drops) and any(d[1] != 0.0 for d in drops)
     assert meta["n_features"] == 16 + 5
