@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     records = evaluate_all(args)
     print(table(records))
-    Path(args.out, "ablations.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items()},
+    Path(args.out, "ablations.json").write_text(json.dumps({"args": vars(args),
                                                             "records": records}, indent=1))
 
 
