@@ -30,6 +30,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from hipp_torchprune import api
+from hipp_torchprune.atomic import write_text_atomic
+from hipp_torchprune.compare import fmt_pm
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.gate import GateConfig
 from hipp_torchprune.hipp.policy import PolicyConfig
@@ -113,14 +115,9 @@ def evaluate_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     return records
 
 
-def mean_std(values: list[float]) -> str:
-    """``mean ± std`` (population std over seeds), one decimal."""
-    return f"{statistics.fmean(values):.1f} ± {statistics.pstdev(values):.1f}"
-
-
 def table(records: list[dict[str, Any]]) -> str:
-    """Markdown table: per row, seeds, own and pinned sparsity, POPE-adversarial and ScienceQA,
-    and the difference of each mean from the full method's."""
+    """Markdown table: per row, seeds, own and pinned sparsity, POPE-adversarial and ScienceQA
+    (``mean ± std`` as ``hipp compare`` prints them), and the difference of each mean from the full method's."""
     rows = list(dict.fromkeys(r["row"] for r in records))
     full = {k: statistics.fmean(r[k] for r in records if r["row"] == "full") for k in ("pope_adv", "sqa")} \
         if "full" in rows else None
@@ -131,8 +128,8 @@ def table(records: list[dict[str, Any]]) -> str:
         pope, sqa = [r["pope_adv"] for r in cells], [r["sqa"] for r in cells]
         delta = (f"{statistics.fmean(pope) - full['pope_adv']:+.1f} | {statistics.fmean(sqa) - full['sqa']:+.1f}"
                  if full else " | ")
-        lines.append(f"| {row} | {len(cells)} | {mean_std([100 * r['own_sparsity'] for r in cells])} | "
-                     f"{mean_std([100 * r['sparsity'] for r in cells])} | {mean_std(pope)} | {mean_std(sqa)} | {delta} |")
+        lines.append(f"| {row} | {len(cells)} | {fmt_pm([r['own_sparsity'] for r in cells])} | "
+                     f"{fmt_pm([r['sparsity'] for r in cells])} | {fmt_pm(pope, 1.0)} | {fmt_pm(sqa, 1.0)} | {delta} |")
     return "\n".join(lines)
 
 
@@ -176,8 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     records = evaluate_all(args)
     print(table(records))
-    Path(args.out, "ablations.json").write_text(json.dumps({"args": vars(args),
-                                                            "records": records}, indent=1))
+    write_text_atomic(Path(args.out, "ablations.json"), json.dumps({"args": vars(args), "records": records}, indent=1))
 
 
 if __name__ == "__main__":
