@@ -82,18 +82,20 @@ def named_widths(model: Any, env: PlanEnvironment, policy: Any, context: MethodC
     return [(n, w) for n, w in out if not (n in seen or seen.add(n))]
 
 
-def moved_widths(widths: tuple[int, ...], rows: int, floor: int) -> list[tuple[str, tuple[int, ...]]]:
+def moved_widths(widths: tuple[int, ...], rows: int, floor: int,
+                 caps: tuple[int, ...] | None = None) -> list[tuple[str, tuple[int, ...]]]:
     """The plan's neighbours at (about) its sparsity: for every ordered layer pair ``(src, dst)``,
     up to ``rows`` rows moved from ``src`` (keeping at least ``floor``) to ``dst`` (at most its
-    width, ``max(widths)`` for a uniform model); pairs that can move nothing are skipped.
+    dense width ``caps[dst]``; default ``max(widths)`` in every layer); pairs that can move
+    nothing are skipped.
 
     Example: ``moved_widths((64, 128), 32, 8) == [("1->0 x32", (96, 96))]``: layer 1 is full, so
     nothing moves into it.
     """
-    top, out = max(widths), []
+    caps, out = caps or (max(widths),) * len(widths), []
     for src in range(len(widths)):
         for dst in range(len(widths)):
-            n = min(rows, widths[src] - floor, top - widths[dst]) if src != dst else 0
+            n = min(rows, widths[src] - floor, caps[dst] - widths[dst]) if src != dst else 0
             if n > 0:
                 moved = list(widths)
                 moved[src], moved[dst] = moved[src] - n, moved[dst] + n
@@ -120,7 +122,7 @@ def main() -> None:
                              [m for m in args.methods.split(",") if m], args.preference.split(","))
         if args.moves:
             plan = next(w for n, w in named if n.startswith("HiPP"))
-            named += [(f"HiPP {name}", w) for name, w in moved_widths(plan, args.moves, setup.policy.round_to)]
+            named += [(f"HiPP {name}", w) for name, w in moved_widths(plan, args.moves, setup.policy.round_to, setup.env.widths)]
         rows = [measure(setup.env, setup.model, name, widths, tasks) for name, widths in named]
     finally:
         setup.env.close()

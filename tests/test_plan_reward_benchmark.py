@@ -74,6 +74,7 @@ def test_moved_widths_by_hand() -> None:
                                                   ("2->0 x32", (48, 64, 96)), ("2->1 x32", (16, 96, 96))]
     for _, widths in moved_widths((40, 80, 120), 24, 8):
         assert sum(widths) == 240 and min(widths) >= 8 and max(widths) <= 120
+    assert moved_widths((64, 64), 32, 8, caps=(128, 128)) == [("0->1 x32", (32, 96)), ("1->0 x32", (96, 32))]
 
 
 def test_reward_ranking_scores_every_allocation_on_both_splits(policy: tuple[Path, Path], tmp_path: Path) -> None:
