@@ -14,7 +14,7 @@ interrupted one resumes from its checkpoint; two processes may train disjoint ``
 ``--seeds`` side by side, and a last run over all of them only evaluates.
 
     python benchmarks/ablations.py --data POLICY_WORLD --test-data TEST_WORLD --out out/ablations \
-        --seeds 0,1,2,3,4 --steps 200 --sparsity 0.281 [--rows full,no-gate,flat,no-vs,anchors,dirichlet]
+        --seeds 0,1,2,3,4 --steps 200 --sparsity 0.281 [--rows full,no-gate,flat,no-vs,anchors,dirichlet,no-cap]
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ ROWS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
     "anchors": lambda c: dataclasses.replace(c, sampler="anchors"),
     "dirichlet": lambda c: dataclasses.replace(c, sampler="dirichlet"),
     "margin": lambda c: c,
+    "no-cap": lambda c: dataclasses.replace(c, objective_cap="none"),
 }
 
 
@@ -151,6 +152,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib-n", type=int, default=64)
     p.add_argument("--reward-limit", type=int, default=128)
     p.add_argument("--reward-stat", default="loglik", help="the full method's reward statistics (hipp train --reward-stat)")
+    p.add_argument("--objective-cap", choices=("dense", "none"), default="dense",
+                   help="the full method's cap on the returns (hipp train --objective-cap)")
     p.add_argument("--preference", type=lambda s: tuple(float(x) for x in s.split(",")), default=(0.8, 0.1, 0.1))
     p.add_argument("--sparsity", type=float, default=None, help="pin every plan to this sparsity (default: its own)")
     p.add_argument("--train-only", action="store_true", help="train the missing policies and stop")
@@ -166,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     lo, hi = args.budget
     base = TrainConfig(steps=args.steps, group=args.group, prefs_per_step=args.prefs, gate=GateConfig(),
+                       objective_cap=args.objective_cap,
                        state=StateConfig(), policy=PolicyConfig(rho_min=lo, rho_max=hi, r_max=args.r_max,
                                                                 budget_input="compression"))
     train_all(args, base)

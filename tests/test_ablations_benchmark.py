@@ -23,6 +23,7 @@ def test_each_row_changes_one_part() -> None:
     assert changed["flat"].policy_kind == "flat" and changed["flat"].policy.budget_input == "backbone"
     assert not changed["no-vs"].state.visual_sensitivity and changed["no-vs"].state.grounding_drops
     assert (changed["anchors"].sampler, changed["dirichlet"].sampler) == ("anchors", "dirichlet")
+    assert (changed["no-cap"].objective_cap, changed["full"].objective_cap) == ("none", "dense")
 
 
 class _Env:

@@ -62,6 +62,9 @@ def register(subparsers: Any) -> None:
                         "paper's), or only w_comp and the budget interval")
     p.add_argument("--head-balance", choices=("per_head", "joint"), default="per_head",
                    help="clip the budget and allocation heads' gradients each, or jointly (the paper's)")
+    p.add_argument("--objective-cap", choices=("dense", "none"), default="dense",
+                   help="cap the robustness and utility returns at the dense model's (no reward for beating "
+                        "it on the reward rows), or use them raw (the paper's)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="print the final log record as JSON")
@@ -98,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     gate = GateConfig(enabled=not args.no_gate, binning=args.gate_band, side=args.gate_side)
     config = TrainConfig(steps=args.steps, prefs_per_step=args.prefs, group=args.group, lr=args.lr,
                          sampler=args.sampler, seed=args.seed, head_balance=args.head_balance, gate=gate,
+                         objective_cap=args.objective_cap,
                          policy_kind="flat" if args.flat_policy else "hierarchical",
                          policy=PolicyConfig(rho_min=lo, rho_max=hi, r_max=args.r_max,
                                              budget_input=args.budget_input))

@@ -20,6 +20,22 @@ def reference_scales(dense: torch.Tensor, pruned: torch.Tensor, floor: float = 1
     return (dense - pruned).abs().clamp_min(floor)
 
 
+def cap_at_dense(raw: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """Robustness and utility returns (columns 0 and 1 of ``raw (N, 3)``) capped at the dense
+    plan's (``dense (3,)``); compression (column 2) unchanged.
+
+    A pruned plan that scores above the dense model on the reward rows has found something about
+    those rows (a sharper yes/no, say), not robustness it did not have: with the cap such plans
+    tie, and the other objectives decide between them (``docs/method.md``, "Dense cap").
+
+    Example: ``cap_at_dense(tensor([[-0.2, -0.5, 0.3]]), tensor([-0.25, -0.3, 0.0]))`` is
+    ``[[-0.25, -0.5, 0.3]]``.
+    """
+    capped = raw.clone()
+    capped[:, :2] = torch.minimum(raw[:, :2], dense[:2].to(raw.dtype))
+    return capped
+
+
 class RunningNorm:
     """Online mean/std per objective, updated from each group's raw scores, then clip to ``[-c, c]``.
 

@@ -23,7 +23,7 @@ from hipp_torchprune.atomic import write_text_atomic
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.gate import GateConfig, QuantileBand
 from hipp_torchprune.hipp.grpo import balanced_gradients, gated_policy_loss, group_advantages, scalarize
-from hipp_torchprune.hipp.normalization import RunningNorm, reference_scales
+from hipp_torchprune.hipp.normalization import RunningNorm, cap_at_dense, reference_scales
 from hipp_torchprune.hipp.policy import Policy, PolicyConfig, PolicyKind, make_policy
 from hipp_torchprune.hipp.preferences import ANCHORS, SamplerMode, sample_preferences
 from hipp_torchprune.hipp.profile import ModelProfile
@@ -64,6 +64,10 @@ class TrainConfig:
     checkpoint_every: int = 10
     #: Clip of normalized objectives.
     norm_clip: float = 3.0
+    #: ``"dense"``: robustness and utility returns are capped at the dense plan's before
+    #: normalization (:func:`~hipp_torchprune.hipp.normalization.cap_at_dense`), so no plan is paid
+    #: for beating the unpruned model on the reward rows; ``"none"``: raw returns (the paper's).
+    objective_cap: Literal["dense", "none"] = "dense"
     #: Steps between evaluations of the deterministic plans at the anchor preferences.
     eval_every: int = 5
     #: Policy network and budget interval.
@@ -170,22 +174,32 @@ def seeded_global_rng(seed: int) -> Iterator[None]:
         yield
 
 
-def anchor_scales(env: PlanEnvironment, n_layers: int, rho_max: float) -> torch.Tensor:
-    """``(3,)`` units of the anchor reward: how far each raw objective moves from the dense plan
-    to the uniform plan at ``rho_max`` (:func:`~hipp_torchprune.hipp.normalization.reference_scales`)."""
+def anchor_scales(env: PlanEnvironment, n_layers: int, rho_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dense plan's raw objectives ``(3,)`` and the units of the anchor reward ``(3,)``: how
+    far each raw objective moves from the dense plan to the uniform plan at ``rho_max``
+    (:func:`~hipp_torchprune.hipp.normalization.reference_scales`)."""
     raw = env.score([[0.0] * n_layers, [rho_max] * n_layers]).raw  # (2, 3)
-    return reference_scales(raw[0], raw[1])
+    return raw[0], reference_scales(raw[0], raw[1])
+
+
+def shaped_returns(raw: torch.Tensor, dense: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """``raw (N, 3)`` as the rewards see them: capped at ``dense`` unless ``objective_cap="none"``."""
+    return cap_at_dense(raw, dense) if config.objective_cap == "dense" else raw
 
 
 def anchor_reward(policy: Policy, env: PlanEnvironment, static: torch.Tensor, sizes: list[float],
-                  scales: torch.Tensor) -> float:
+                  scales: torch.Tensor, dense: torch.Tensor | None = None) -> float:
     """Mean over the anchor preferences of ``w . raw / scales`` for the policy's deterministic
     plans: the training-progress signal that is comparable across steps, with each objective in
-    the units of ``scales`` (:func:`anchor_scales`), so no reward's units dominate it."""
+    the units of ``scales`` (:func:`anchor_scales`), so no reward's units dominate it. With
+    ``dense`` the returns are first capped at the dense plan's, as the training rewards are."""
     cfg = policy.config
     prefs = torch.tensor(ANCHORS)  # (4, 3)
     plans = policy.plans(policy.mean_action(layer_states(static, prefs, (cfg.rho_min, cfg.rho_max))), sizes)
-    return float((env.score(plans).raw / scales * prefs).sum(-1).mean())
+    raw = env.score(plans).raw  # (4, 3)
+    if dense is not None:
+        raw = cap_at_dense(raw, dense)
+    return float((raw / scales * prefs).sum(-1).mean())
 
 
 def head_losses(parts: tuple[torch.Tensor, ...], old_parts: tuple[torch.Tensor, ...],
@@ -248,9 +262,10 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
     is_main = state is None or state.is_main_process
     writer = SummaryWriter(str(out_dir / "runs")) if is_main else None
     P, G = config.prefs_per_step, config.group
-    scales = anchor_scales(env, len(sizes), pcfg.rho_max)  # (3,), deterministic: recomputed on resume
+    dense, scales = anchor_scales(env, len(sizes), pcfg.rho_max)  # (3,) each, deterministic: recomputed on resume
+    cap = dense if config.objective_cap == "dense" else None
     if learner.start == 0:  # every rank scores (plan scoring is collective across processes)
-        history.append({"step": 0, "anchor_reward": anchor_reward(policy, env, static, sizes, scales)})
+        history.append({"step": 0, "anchor_reward": anchor_reward(policy, env, static, sizes, scales, cap)})
         best.offer(policy, history[0])
 
     for step in trange(learner.start, config.steps, desc="hipp train", disable=not (progress and is_main)):
@@ -263,8 +278,9 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
 
         # 2. score every plan: raw objectives (P*G, 3), stability phi (P*G,)
         outcome = env.score(plans)
-        norm.update(outcome.raw)
-        normalized = norm.normalize(outcome.raw).view(P, G, 3)  # (P, G, 3)
+        returns = shaped_returns(outcome.raw, dense, config)  # (P*G, 3)
+        norm.update(returns)
+        normalized = norm.normalize(returns).view(P, G, 3)  # (P, G, 3)
         rewards = torch.stack([scalarize(normalized[i], prefs[i]) for i in range(P)])  # (P, G)
         advantages = group_advantages(rewards).flatten()  # (P*G,)
         gate = band.weights(outcome.phi.float(), outcome.realized)  # (P*G,)
@@ -276,7 +292,7 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
         # 4. log and checkpoint
         record = _step_record(step + 1, prefs, outcome, gate, loss, entropy)
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            record["anchor_reward"] = anchor_reward(policy, env, static, sizes, scales)
+            record["anchor_reward"] = anchor_reward(policy, env, static, sizes, scales, cap)
         history.append(record)
         best.offer(policy, record)
         if writer is not None:

@@ -24,3 +24,24 @@ def test_no_progress_hides_the_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(run, "train_from_data", trainer)
     assert main(["train", "--model", "tiny-llava", "--data", str(tmp_path), "--out", str(tmp_path / "p"), *flag]) == 0
     assert [kw["progress"] for kw in seen] == [progress]
+
+
+@pytest.mark.parametrize(("flag", "field", "value"), [
+    ([], "objective_cap", "dense"),
+    (["--objective-cap", "none"], "objective_cap", "none"),
+    (["--sampler", "anchors"], "sampler", "anchors"),
+    (["--flat-policy"], "policy_kind", "flat"),
+])
+def test_ablation_flags_reach_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: list[str],
+                                         field: str, value: str) -> None:
+    from hipp_torchprune.hipp import run
+
+    seen: list[Any] = []
+
+    def trainer(model: Any, data: Any, out: Any, config: Any, **kwargs: Any) -> dict[str, Any]:
+        seen.append(config)
+        return {"out": str(tmp_path), "history": []}
+
+    monkeypatch.setattr(run, "train_from_data", trainer)
+    assert main(["train", "--model", "tiny-llava", "--data", str(tmp_path), "--out", str(tmp_path / "p"), *flag]) == 0
+    assert [getattr(c, field) for c in seen] == [value]

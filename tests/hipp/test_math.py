@@ -9,7 +9,7 @@ import torch
 
 from hipp_torchprune.hipp.gate import GateConfig, QuantileBand, band_loss, budget_bins, gate_weight
 from hipp_torchprune.hipp.grpo import balanced_gradients, gated_policy_loss, group_advantages, scalarize
-from hipp_torchprune.hipp.normalization import RunningNorm, compression_return, reference_scales
+from hipp_torchprune.hipp.normalization import RunningNorm, cap_at_dense, compression_return, reference_scales
 from hipp_torchprune.hipp.planmap import budget, plan_ratios
 from hipp_torchprune.hipp.preferences import PreferenceError, parse_preference, sample_preferences, validate_preference
 from hipp_torchprune.hipp.synflow import log_synflow, phi
@@ -118,6 +118,15 @@ def test_running_norm_matches_batch_statistics() -> None:
 def test_compression_ramp() -> None:
     s = torch.tensor([0.1, 0.2, 0.25, 0.3, 0.5])
     assert torch.allclose(compression_return(s, 0.2, 0.3), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+
+
+def test_cap_at_dense_by_hand() -> None:
+    """Robustness and utility above the dense plan's are cut to it; below it, and compression, untouched."""
+    raw = torch.tensor([[-0.2, -0.5, 0.3], [-0.3, -0.1, 1.0], [-0.25, -0.3, 0.0]])
+    dense = torch.tensor([-0.25, -0.3, 0.0])
+    assert cap_at_dense(raw, dense).tolist() == pytest.approx([[-0.25, -0.5, 0.3], [-0.3, -0.3, 1.0],
+                                                               [-0.25, -0.3, 0.0]])
+    assert raw[0, 0] == pytest.approx(-0.2)  # the input is not modified
 
 
 def test_reference_scales_by_hand() -> None:

@@ -57,6 +57,37 @@ def test_policy_learns_to_spare_the_layer_the_preference_needs(tmp_path: Path) -
     assert sum(comp) > sum(rob) and sum(comp) > sum(util)  # compression asks for the larger budget
 
 
+class OvershootEnv(ToyEnv):
+    """ToyEnv whose robustness return rises above the dense plan's when layer 3 is pruned (as a
+    yes/no made sharper on the reward rows would), while utility falls with it."""
+
+    def score(self, plans: list[list[float]]) -> PlanOutcome:
+        out = super().score(plans)
+        r = torch.tensor(plans, dtype=torch.float32)  # (N, L)
+        out.raw[:, 0] = -3 * r[:, 0] + 2 * r[:, 3]
+        return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dense_cap_stops_a_robustness_heavy_plan_trading_utility_for_gains_above_dense(tmp_path: Path,
+                                                                                       seed: int) -> None:
+    """Uncapped, a (0.8, 0.2, 0) query prunes layer 3, whose cut lifts robustness above the dense
+    plan's (0.8 * 2 > 0.2 * 3); with ``objective_cap="dense"`` that gain is worth nothing and the
+    utility weight spares layer 3."""
+    from hipp_torchprune.hipp.planmap import plan_ratios
+    from hipp_torchprune.hipp.state import layer_states, static_features
+
+    def layer3(cap: str) -> float:
+        config = TrainConfig(**{**CONFIG.__dict__, "sampler": "mixed", "objective_cap": cap, "seed": seed})
+        policy, _ = train_policy(OvershootEnv(), PROFILE, config, tmp_path / cap, progress=False)
+        u, alpha = policy.mean_action(layer_states(static_features(PROFILE, config.state),
+                                                   torch.tensor([0.8, 0.2, 0.0]), (0.2, 0.4)))
+        return plan_ratios(float(u[0]), alpha[0].tolist(), [1.0] * 4, 0.2, 0.4, 0.8)[3]
+
+    capped, raw = layer3("dense"), layer3("none")
+    assert capped < 0.1 and raw > 0.4
+
+
 def test_resume_equals_uninterrupted_and_seed_is_deterministic(tmp_path: Path) -> None:
     short = TrainConfig(**{**CONFIG.__dict__, "steps": 20})
     straight, h1 = train_policy(ToyEnv(), PROFILE, short, tmp_path / "a", progress=False)
@@ -159,11 +190,12 @@ def test_deployed_policy_is_the_best_evaluated_one(tmp_path: Path) -> None:
     last, _ = train_policy(ToyEnv(), PROFILE, TrainConfig(**{**short.__dict__, "deploy": "last"}), tmp_path / "last",
                            progress=False)
     static, sizes = static_features(PROFILE, short.state), [1.0] * 4
-    scales = anchor_scales(ToyEnv(), 4, 0.4)
+    dense, scales = anchor_scales(ToyEnv(), 4, 0.4)
     assert scales.tolist() == pytest.approx([1.2, 1.2, 1.0])  # ToyEnv loses 3 * 0.4 of each return at rho_max
+    assert dense.tolist() == pytest.approx([0.0, 0.0, 0.0])
     evals = {h["step"]: h["anchor_reward"] for h in history if "anchor_reward" in h}
-    assert anchor_reward(best, ToyEnv(), static, sizes, scales) == max(evals.values()) == evals[best_step(history)]
-    assert anchor_reward(last, ToyEnv(), static, sizes, scales) == evals[24]
+    assert anchor_reward(best, ToyEnv(), static, sizes, scales, dense) == max(evals.values()) == evals[best_step(history)]
+    assert anchor_reward(last, ToyEnv(), static, sizes, scales, dense) == evals[24]
     half = TrainConfig(**{**short.__dict__, "steps": 12})
     train_policy(ToyEnv(), PROFILE, half, tmp_path / "resumed", progress=False)
     resumed, _ = train_policy(ToyEnv(), PROFILE, short, tmp_path / "resumed", progress=False)
