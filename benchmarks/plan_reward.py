@@ -7,12 +7,13 @@ MLP-row baseline's allocation at that plan's realized sparsity, all with the env
 is what falls short; if the policy's earn the most and it still loses on the test split, the
 reward does not measure what the test does.
 
-Prints one row per (preference, allocation): realized sparsity, robustness and utility returns
-(the ``--reward-stat`` statistic on the reward rows), the SynFlow change phi, and the preference's trade-off
+Prints one row per (preference, allocation), the dense model last: realized sparsity, robustness and
+utility returns (the ``--reward-stat`` statistic on the reward rows), the same rows' accuracies
+(POPE balanced accuracy, ScienceQA accuracy), the SynFlow change phi, and the preference's trade-off
 ``(w_rob * rob + w_util * util) / (w_rob + w_util)``.
 
     python benchmarks/plan_reward.py --data WORLD_DIR --out out/plan-reward [--policy DIR] \
-        [--methods flap,owl,llm-pruner,wanda]
+        [--methods flap,owl,llm-pruner,wanda] [--preferences "0.1,0.9,0;0.9,0.1,0"]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from hipp_torchprune.demo_job import DEMO_POLICY_DIR, PREFERENCES
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.objectives import DEFAULT_STATISTICS, default_objectives, statistic_pair
 from hipp_torchprune.hipp.policy_io import load_policy
+from hipp_torchprune.hipp.preferences import parse_preference
 from hipp_torchprune.hipp.run import calibrated_profile
 from hipp_torchprune.loading import load_model
 from hipp_torchprune.methods import MethodContext, MethodError
@@ -71,6 +73,25 @@ class Setup:
     env: PlanEnvironment
 
 
+def reward_accuracies(env: PlanEnvironment, widths: tuple[int, ...]) -> tuple[float, float]:
+    """POPE balanced accuracy and ScienceQA accuracy (in %) of ``widths`` on the environment's
+    reward rows (its objectives are :class:`~hipp_torchprune.rewards.MarginReward` tasks)."""
+    env.masks.set_ranked(env.ranks, widths)
+    try:
+        rob, util = env.objectives["rob"].metrics(env.model), env.objectives["util"].metrics(env.model)
+    finally:
+        env.masks.set_keep(None)
+    return 100 * float(rob["balanced_accuracy"]), 100 * float(util["accuracy"])
+
+
+def parse_preferences(text: str | None) -> dict[str, tuple[float, float, float]]:
+    """``"a,b,c;d,e,f"`` as named preferences (the demo's three when ``None``)."""
+    if text is None:
+        return dict(PREFERENCES)
+    prefs = [parse_preference(part) for part in text.split(";") if part]
+    return {"({})".format(", ".join(f"{w:g}" for w in p)): p for p in prefs}
+
+
 def build_setup(model_spec: str, policy_dir: str, data: str, out: str, calib_n: int, reward_limit: int,
                 reward_split: str = "calibration", statistic: str | tuple[str, str] = DEFAULT_STATISTICS) -> Setup:
     """Load the model and policy, calibrate on ``data`` (cache under ``out``) and build the environment
@@ -110,23 +131,28 @@ def main() -> None:
     parser.add_argument("--reward-split", default="calibration")
     parser.add_argument("--reward-stat", default="loglik",
                         help="the rewards' statistics of the gold margins, ROB[,UTIL] (as hipp train --reward-stat)")
+    parser.add_argument("--preferences", default=None, help="W_ROB,W_UTIL,W_COMP;... (default: the demo's three)")
     args = parser.parse_args()
+    preferences = parse_preferences(args.preferences)
     setup = build_setup(args.model, args.policy, args.data, args.out, args.calib_n, args.reward_limit,
                         args.reward_split, statistic_pair(args.reward_stat))
     rows = []
     try:
-        print("| preference | allocation | sparsity | rob | util | phi | trade-off |\n|---|---|---|---|---|---|---|")
-        for pref_name, pref in PREFERENCES.items():
+        print("| preference | allocation | sparsity | rob | util | POPE bal. acc | SQA acc | phi | trade-off |\n"
+              "|---|---|---|---|---|---|---|---|---|")
+        for pref_name, pref in preferences.items():
             named = allocations(setup.model, setup.policy, setup.context, pref,
                                 [m for m in args.methods.split(",") if m])
+            named.append(("dense", setup.env.widths))
             outcome = setup.env.score_widths([w for _, w in named])
             for (name, widths), raw, phi, realized in zip(named, outcome.raw, outcome.phi, outcome.realized):
+                rob_acc, util_acc = reward_accuracies(setup.env, widths)
                 row = {"preference": pref_name, "allocation": name, "widths": list(widths), "sparsity": float(realized),
-                       "rob": float(raw[0]), "util": float(raw[1]), "phi": float(phi),
-                       "trade_off": trade_off(float(raw[0]), float(raw[1]), pref)}
+                       "rob": float(raw[0]), "util": float(raw[1]), "rob_acc": rob_acc, "util_acc": util_acc,
+                       "phi": float(phi), "trade_off": trade_off(float(raw[0]), float(raw[1]), pref)}
                 rows.append(row)
                 print(f"| {pref_name} | {name} | {row['sparsity']:.3f} | {row['rob']:.4f} | {row['util']:.4f} | "
-                      f"{row['phi']:.2f} | {row['trade_off']:.4f} |")
+                      f"{rob_acc:.1f} | {util_acc:.1f} | {row['phi']:.2f} | {row['trade_off']:.4f} |", flush=True)
     finally:
         setup.env.close()
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -45,12 +45,23 @@ def test_scores_each_allocation_with_the_environments_rows(policy: tuple[Path, P
     proc = _run(*policy, tmp_path, "wanda")
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((tmp_path / "plan_reward.json").read_text())
-    assert [r["allocation"] for r in rows] == ["HiPP", "uniform", "wanda"] * 3
+    assert [r["allocation"] for r in rows] == ["HiPP", "uniform", "wanda", "dense"] * 3
     for pref in {r["preference"] for r in rows}:
-        hipp, uniform, wanda = (r for r in rows if r["preference"] == pref)
+        hipp, uniform, wanda, dense = (r for r in rows if r["preference"] == pref)
+        assert dense["sparsity"] == 0.0 and all(0.0 <= r[k] <= 100.0 for r in (hipp, dense) for k in ("rob_acc", "util_acc"))
         assert abs(uniform["sparsity"] - hipp["sparsity"]) < 0.05
         # Wanda's plan is uniform: with the environment's rows it is the same plan, scored the same
         assert wanda["widths"] == uniform["widths"] and wanda["rob"] == uniform["rob"]
+
+
+def test_preferences_by_hand() -> None:
+    parse = load_benchmark("plan_reward").parse_preferences
+    assert parse("0.1,0.9,0;0.9,0.1,0") == {"(0.1, 0.9, 0)": (0.1, 0.9, 0.0), "(0.9, 0.1, 0)": (0.9, 0.1, 0.0)}
+    assert len(parse(None)) == 3
+    from hipp_torchprune.errors import HippError
+
+    with pytest.raises(HippError, match="3 weights"):
+        parse("0.5,0.5")
 
 
 def test_a_method_without_mlp_widths_is_refused(policy: tuple[Path, Path], tmp_path: Path) -> None:
