@@ -14,7 +14,7 @@ interrupted one resumes from its checkpoint; two processes may train disjoint ``
 ``--seeds`` side by side, and a last run over all of them only evaluates.
 
     python benchmarks/ablations.py --data POLICY_WORLD --test-data TEST_WORLD --out out/ablations \
-        --seeds 0,1,2,3,4 --steps 200 --sparsity 0.281 [--rows full,no-gate,flat,no-vs,anchors,dirichlet,no-cap]
+        --seeds 0,1,2,3,4 --steps 200 --sparsity 0.281 [--rows full,no-gate,flat,no-vs,anchors,dirichlet,no-cap,dense-cap]
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ ROWS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
     "dirichlet": lambda c: dataclasses.replace(c, sampler="dirichlet"),
     "margin": lambda c: c,
     "no-cap": lambda c: dataclasses.replace(c, objective_cap="none"),
+    "dense-cap": lambda c: dataclasses.replace(c, objective_cap="dense"),
 }
 
 

@@ -24,6 +24,8 @@ def test_each_row_changes_one_part() -> None:
     assert not changed["no-vs"].state.visual_sensitivity and changed["no-vs"].state.grounding_drops
     assert (changed["anchors"].sampler, changed["dirichlet"].sampler) == ("anchors", "dirichlet")
     assert (changed["no-cap"].objective_cap, changed["full"].objective_cap) == ("none", "dense")
+    uncapped = TrainConfig(objective_cap="none")  # a table whose full method has no cap prices adding it
+    assert bench.row_config("dense-cap", uncapped, 0).objective_cap == "dense"
 
 
 class _Env:
