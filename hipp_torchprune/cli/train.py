@@ -55,6 +55,8 @@ def register(subparsers: Any) -> None:
                    help="stability band per realized-sparsity bin, or pooled over all plans (the paper's)")
     p.add_argument("--gate-side", choices=("lower", "both"), default="lower",
                    help="penalize phi below the band only, or on both sides (the paper's)")
+    p.add_argument("--no-visual-sensitivity", action="store_true",
+                   help="ablation: leave visual sensitivity out of the policy's per-layer state")
     p.add_argument("--flat-policy", action="store_true",
                    help="ablation: one Beta per layer and no budget head instead of the hierarchical policy")
     p.add_argument("--budget-input", choices=("backbone", "compression"), default="backbone",
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from hipp_torchprune.hipp.gate import GateConfig
     from hipp_torchprune.hipp.policy import PolicyConfig
     from hipp_torchprune.hipp.run import train_from_data
+    from hipp_torchprune.hipp.state import StateConfig
     from hipp_torchprune.hipp.trainer import TrainConfig
     from hipp_torchprune.pruning.plan import PlanError
 
@@ -102,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(steps=args.steps, prefs_per_step=args.prefs, group=args.group, lr=args.lr,
                          sampler=args.sampler, seed=args.seed, head_balance=args.head_balance, gate=gate,
                          objective_cap=args.objective_cap,
+                         state=StateConfig(visual_sensitivity=not args.no_visual_sensitivity),
                          policy_kind="flat" if args.flat_policy else "hierarchical",
                          policy=PolicyConfig(rho_min=lo, rho_max=hi, r_max=args.r_max,
                                              budget_input=args.budget_input))

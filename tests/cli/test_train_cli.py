@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,12 @@ def test_no_progress_hides_the_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     (["--objective-cap", "none"], "objective_cap", "none"),
     (["--sampler", "anchors"], "sampler", "anchors"),
     (["--flat-policy"], "policy_kind", "flat"),
+    (["--no-gate"], "gate.enabled", False),
+    ([], "state.visual_sensitivity", True),
+    (["--no-visual-sensitivity"], "state.visual_sensitivity", False),
 ])
 def test_ablation_flags_reach_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: list[str],
-                                         field: str, value: str) -> None:
+                                         field: str, value: object) -> None:
     from hipp_torchprune.hipp import run
 
     seen: list[Any] = []
@@ -44,4 +48,4 @@ def test_ablation_flags_reach_the_config(tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(run, "train_from_data", trainer)
     assert main(["train", "--model", "tiny-llava", "--data", str(tmp_path), "--out", str(tmp_path / "p"), *flag]) == 0
-    assert [getattr(c, field) for c in seen] == [value]
+    assert [operator.attrgetter(field)(c) for c in seen] == [value]
