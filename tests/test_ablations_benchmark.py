@@ -23,9 +23,9 @@ def test_each_row_changes_one_part() -> None:
     assert changed["flat"].policy_kind == "flat" and changed["flat"].policy.budget_input == "backbone"
     assert not changed["no-vs"].state.visual_sensitivity and changed["no-vs"].state.grounding_drops
     assert (changed["anchors"].sampler, changed["dirichlet"].sampler) == ("anchors", "dirichlet")
-    assert (changed["no-cap"].objective_cap, changed["full"].objective_cap) == ("none", "dense")
-    uncapped = TrainConfig(objective_cap="none")  # a table whose full method has no cap prices adding it
-    assert bench.row_config("dense-cap", uncapped, 0).objective_cap == "dense"
+    assert (changed["dense-cap"].objective_cap, changed["full"].objective_cap) == ("dense", "none")
+    capped = TrainConfig(objective_cap="dense")  # a table whose full method has the cap prices removing it
+    assert bench.row_config("no-cap", capped, 0).objective_cap == "none"
 
 
 class _Env:

@@ -64,10 +64,11 @@ class TrainConfig:
     checkpoint_every: int = 10
     #: Clip of normalized objectives.
     norm_clip: float = 3.0
-    #: ``"dense"``: robustness and utility returns are capped at the dense plan's before
-    #: normalization (:func:`~hipp_torchprune.hipp.normalization.cap_at_dense`), so no plan is paid
-    #: for beating the unpruned model on the reward rows; ``"none"``: raw returns (the paper's).
-    objective_cap: Literal["dense", "none"] = "dense"
+    #: ``"none"``: raw returns (the paper's); ``"dense"``: robustness and utility returns are
+    #: capped at the dense plan's before normalization
+    #: (:func:`~hipp_torchprune.hipp.normalization.cap_at_dense`), so no plan is paid for beating
+    #: the unpruned model on the reward rows (measured in ``docs/method.md``, "Dense cap").
+    objective_cap: Literal["none", "dense"] = "none"
     #: Steps between evaluations of the deterministic plans at the anchor preferences.
     eval_every: int = 5
     #: Policy network and budget interval.
