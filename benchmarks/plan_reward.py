@@ -76,11 +76,8 @@ class Setup:
 def reward_accuracies(env: PlanEnvironment, widths: tuple[int, ...]) -> tuple[float, float]:
     """POPE balanced accuracy and ScienceQA accuracy (in %) of ``widths`` on the environment's
     reward rows (its objectives are :class:`~hipp_torchprune.rewards.MarginReward` tasks)."""
-    env.masks.set_ranked(env.ranks, widths)
-    try:
-        rob, util = env.objectives["rob"].metrics(env.model), env.objectives["util"].metrics(env.model)
-    finally:
-        env.masks.set_keep(None)
+    with env.applied(widths) as model:
+        rob, util = env.objectives["rob"].metrics(model), env.objectives["util"].metrics(model)
     return 100 * float(rob["balanced_accuracy"]), 100 * float(util["accuracy"])
 
 

@@ -7,7 +7,8 @@ computes the SynFlow ``phi`` from cached ``|W|``. Plans of a group are spread ov
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,13 +61,20 @@ class PlanEnvironment:
         """Rounded, budget-matched kept widths of a plan."""
         return budget_matched_widths(ratios, self.widths, self.round_to, self.r_max, self.row_params)
 
-    def _score_one(self, widths: tuple[int, ...]) -> tuple[float, float, float]:
+    @contextmanager
+    def applied(self, widths: tuple[int, ...]) -> Iterator[nn.Module]:
+        """The model with ``widths``' masks on (rows by the environment's row scores) for the
+        block, dense again after it, also on error."""
         self.masks.set_ranked(self.ranks, widths)
         try:
-            rob = self.objectives["rob"](self.model)
-            util = self.objectives["util"](self.model)
+            yield self.model
         finally:
             self.masks.set_keep(None)
+
+    def _score_one(self, widths: tuple[int, ...]) -> tuple[float, float, float]:
+        with self.applied(widths) as model:
+            rob = self.objectives["rob"](model)
+            util = self.objectives["util"](model)
         flow_masks = [(r < k).to(torch.float32) for r, k in zip(self.ranks, widths)]
         phi = (log_synflow(self.abs_up, self.abs_down, flow_masks) - self.dense_log_flow).item()
         return rob, util, phi
