@@ -56,6 +56,7 @@ ROWS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
     "margin": lambda c: c,
     "no-cap": lambda c: dataclasses.replace(c, objective_cap="none"),
     "dense-cap": lambda c: dataclasses.replace(c, objective_cap="dense"),
+    "robustness-cap": lambda c: dataclasses.replace(c, objective_cap="robustness"),
 }
 
 
@@ -153,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib-n", type=int, default=64)
     p.add_argument("--reward-limit", type=int, default=128)
     p.add_argument("--reward-stat", default="loglik", help="the full method's reward statistics (hipp train --reward-stat)")
-    p.add_argument("--objective-cap", choices=("none", "dense"), default="none",
+    p.add_argument("--objective-cap", choices=("none", "dense", "robustness"), default="none",
                    help="the full method's cap on the returns (hipp train --objective-cap)")
     p.add_argument("--preference", type=lambda s: tuple(float(x) for x in s.split(",")), default=(0.8, 0.1, 0.1))
     p.add_argument("--sparsity", type=float, default=None, help="pin every plan to this sparsity (default: its own)")

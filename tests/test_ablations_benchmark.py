@@ -24,6 +24,7 @@ def test_each_row_changes_one_part() -> None:
     assert not changed["no-vs"].state.visual_sensitivity and changed["no-vs"].state.grounding_drops
     assert (changed["anchors"].sampler, changed["dirichlet"].sampler) == ("anchors", "dirichlet")
     assert (changed["dense-cap"].objective_cap, changed["full"].objective_cap) == ("dense", "none")
+    assert changed["robustness-cap"].objective_cap == "robustness"
     capped = TrainConfig(objective_cap="dense")  # a table whose full method has the cap prices removing it
     assert bench.row_config("no-cap", capped, 0).objective_cap == "none"
 

@@ -64,9 +64,9 @@ def register(subparsers: Any) -> None:
                         "paper's), or only w_comp and the budget interval")
     p.add_argument("--head-balance", choices=("per_head", "joint"), default="per_head",
                    help="clip the budget and allocation heads' gradients each, or jointly (the paper's)")
-    p.add_argument("--objective-cap", choices=("none", "dense"), default="none",
-                   help="use the robustness and utility returns raw (the paper's), or cap them at the dense "
-                        "model's (no reward for beating it on the reward rows)")
+    p.add_argument("--objective-cap", choices=("none", "dense", "robustness"), default="none",
+                   help="use the robustness and utility returns raw (the paper's), cap both at the dense "
+                        "model's (no reward for beating it on the reward rows), or cap robustness alone")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="print the final log record as JSON")

@@ -20,9 +20,10 @@ def reference_scales(dense: torch.Tensor, pruned: torch.Tensor, floor: float = 1
     return (dense - pruned).abs().clamp_min(floor)
 
 
-def cap_at_dense(raw: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-    """Robustness and utility returns (columns 0 and 1 of ``raw (N, 3)``) capped at the dense
-    plan's (``dense (3,)``); compression (column 2) unchanged.
+def cap_at_dense(raw: torch.Tensor, dense: torch.Tensor, columns: int = 2) -> torch.Tensor:
+    """The first ``columns`` returns of ``raw (N, 3)`` capped at the dense plan's (``dense (3,)``):
+    robustness and utility with ``columns=2``, robustness alone with ``columns=1``; compression
+    (column 2) is never capped.
 
     A pruned plan that scores above the dense model on the reward rows has found something about
     those rows (a sharper yes/no, say), not robustness it did not have: with the cap such plans
@@ -31,8 +32,10 @@ def cap_at_dense(raw: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
     Example: ``cap_at_dense(tensor([[-0.2, -0.5, 0.3]]), tensor([-0.25, -0.3, 0.0]))`` is
     ``[[-0.25, -0.5, 0.3]]``.
     """
+    if columns not in (1, 2):
+        raise ValueError(f"columns must be 1 or 2, got {columns}")
     capped = raw.clone()
-    capped[:, :2] = torch.minimum(raw[:, :2], dense[:2].to(raw.dtype))
+    capped[:, :columns] = torch.minimum(raw[:, :columns], dense[:columns].to(raw.dtype))
     return capped
 
 

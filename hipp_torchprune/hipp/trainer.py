@@ -67,8 +67,9 @@ class TrainConfig:
     #: ``"none"``: raw returns (the paper's); ``"dense"``: robustness and utility returns are
     #: capped at the dense plan's before normalization
     #: (:func:`~hipp_torchprune.hipp.normalization.cap_at_dense`), so no plan is paid for beating
-    #: the unpruned model on the reward rows (measured in ``docs/method.md``, "Dense cap").
-    objective_cap: Literal["none", "dense"] = "none"
+    #: the unpruned model on the reward rows (measured in ``docs/method.md``, "Dense cap");
+    #: ``"robustness"``: the robustness return alone is capped, utility stays raw.
+    objective_cap: Literal["none", "dense", "robustness"] = "none"
     #: Steps between evaluations of the deterministic plans at the anchor preferences.
     eval_every: int = 5
     #: Policy network and budget interval.
@@ -183,13 +184,19 @@ def anchor_scales(env: PlanEnvironment, n_layers: int, rho_max: float) -> tuple[
     return raw[0], reference_scales(raw[0], raw[1])
 
 
-def shaped_returns(raw: torch.Tensor, dense: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-    """``raw (N, 3)`` as the rewards see them: capped at ``dense`` unless ``objective_cap="none"``."""
-    return cap_at_dense(raw, dense) if config.objective_cap == "dense" else raw
+CAPPED_COLUMNS = {"none": 0, "dense": 2, "robustness": 1}
+"""How many leading returns (robustness, then utility) each ``TrainConfig.objective_cap`` caps."""
+
+
+def shaped_returns(raw: torch.Tensor, dense: torch.Tensor, cap: str) -> torch.Tensor:
+    """``raw (N, 3)`` as the rewards see them: the returns that ``objective_cap`` names capped at
+    ``dense``, the rest raw."""
+    columns = CAPPED_COLUMNS[cap]
+    return cap_at_dense(raw, dense, columns) if columns else raw
 
 
 def anchor_reward(policy: Policy, env: PlanEnvironment, static: torch.Tensor, sizes: list[float],
-                  scales: torch.Tensor, dense: torch.Tensor | None = None) -> float:
+                  scales: torch.Tensor, dense: torch.Tensor | None = None, cap: str = "dense") -> float:
     """Mean over the anchor preferences of ``w . raw / scales`` for the policy's deterministic
     plans: the training-progress signal that is comparable across steps, with each objective in
     the units of ``scales`` (:func:`anchor_scales`), so no reward's units dominate it. With
@@ -199,7 +206,7 @@ def anchor_reward(policy: Policy, env: PlanEnvironment, static: torch.Tensor, si
     plans = policy.plans(policy.mean_action(layer_states(static, prefs, (cfg.rho_min, cfg.rho_max))), sizes)
     raw = env.score(plans).raw  # (4, 3)
     if dense is not None:
-        raw = cap_at_dense(raw, dense)
+        raw = shaped_returns(raw, dense, cap)
     return float((raw / scales * prefs).sum(-1).mean())
 
 
@@ -264,9 +271,9 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
     writer = SummaryWriter(str(out_dir / "runs")) if is_main else None
     P, G = config.prefs_per_step, config.group
     dense, scales = anchor_scales(env, len(sizes), pcfg.rho_max)  # (3,) each, deterministic: recomputed on resume
-    cap = dense if config.objective_cap == "dense" else None
+    cap = (None if config.objective_cap == "none" else dense, config.objective_cap)  # as the rewards are shaped
     if learner.start == 0:  # every rank scores (plan scoring is collective across processes)
-        history.append({"step": 0, "anchor_reward": anchor_reward(policy, env, static, sizes, scales, cap)})
+        history.append({"step": 0, "anchor_reward": anchor_reward(policy, env, static, sizes, scales, *cap)})
         best.offer(policy, history[0])
 
     for step in trange(learner.start, config.steps, desc="hipp train", disable=not (progress and is_main)):
@@ -279,7 +286,7 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
 
         # 2. score every plan: raw objectives (P*G, 3), stability phi (P*G,)
         outcome = env.score(plans)
-        returns = shaped_returns(outcome.raw, dense, config)  # (P*G, 3)
+        returns = shaped_returns(outcome.raw, dense, config.objective_cap)  # (P*G, 3)
         norm.update(returns)
         normalized = norm.normalize(returns).view(P, G, 3)  # (P, G, 3)
         rewards = torch.stack([scalarize(normalized[i], prefs[i]) for i in range(P)])  # (P, G)
@@ -293,7 +300,7 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
         # 4. log and checkpoint
         record = _step_record(step + 1, prefs, outcome, gate, loss, entropy)
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            record["anchor_reward"] = anchor_reward(policy, env, static, sizes, scales, cap)
+            record["anchor_reward"] = anchor_reward(policy, env, static, sizes, scales, *cap)
         history.append(record)
         best.offer(policy, record)
         if writer is not None:

@@ -30,6 +30,7 @@ def test_no_progress_hides_the_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize(("flag", "field", "value"), [
     ([], "objective_cap", "none"),
     (["--objective-cap", "dense"], "objective_cap", "dense"),
+    (["--objective-cap", "robustness"], "objective_cap", "robustness"),
     (["--sampler", "anchors"], "sampler", "anchors"),
     (["--flat-policy"], "policy_kind", "flat"),
     (["--no-gate"], "gate.enabled", False),

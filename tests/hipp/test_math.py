@@ -127,6 +127,10 @@ def test_cap_at_dense_by_hand() -> None:
     expected = torch.tensor([[-0.25, -0.5, 0.3], [-0.3, -0.3, 1.0], [-0.25, -0.3, 0.0]])
     torch.testing.assert_close(cap_at_dense(raw, dense), expected)
     assert raw[0, 0] == pytest.approx(-0.2)  # the input is not modified
+    robustness_only = torch.tensor([[-0.25, -0.5, 0.3], [-0.3, -0.1, 1.0], [-0.25, -0.3, 0.0]])
+    torch.testing.assert_close(cap_at_dense(raw, dense, columns=1), robustness_only)
+    with pytest.raises(ValueError):
+        cap_at_dense(raw, dense, columns=3)
 
 
 def test_reference_scales_by_hand() -> None:

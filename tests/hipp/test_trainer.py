@@ -72,8 +72,8 @@ class OvershootEnv(ToyEnv):
 def test_dense_cap_stops_a_robustness_heavy_plan_trading_utility_for_gains_above_dense(tmp_path: Path,
                                                                                        seed: int) -> None:
     """Uncapped, a (0.8, 0.2, 0) query prunes layer 3, whose cut lifts robustness above the dense
-    plan's (0.8 * 2 > 0.2 * 3); with ``objective_cap="dense"`` that gain is worth nothing and the
-    utility weight spares layer 3."""
+    plan's (0.8 * 2 > 0.2 * 3); with ``objective_cap="dense"``, or ``"robustness"`` (which caps
+    only the return that overshoots), that gain is worth nothing and the utility weight spares layer 3."""
     from hipp_torchprune.hipp.planmap import plan_ratios
     from hipp_torchprune.hipp.state import layer_states, static_features
 
@@ -84,8 +84,8 @@ def test_dense_cap_stops_a_robustness_heavy_plan_trading_utility_for_gains_above
                                                    torch.tensor([0.8, 0.2, 0.0]), (0.2, 0.4)))
         return plan_ratios(float(u[0]), alpha[0].tolist(), [1.0] * 4, 0.2, 0.4, 0.8)[3]
 
-    capped, raw = layer3("dense"), layer3("none")
-    assert capped < 0.1 and raw > 0.4
+    capped, robustness_capped, raw = layer3("dense"), layer3("robustness"), layer3("none")
+    assert capped < 0.1 and robustness_capped < 0.1 and raw > 0.4
 
 
 def test_resume_equals_uninterrupted_and_seed_is_deterministic(tmp_path: Path) -> None:
