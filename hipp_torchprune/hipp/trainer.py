@@ -195,6 +195,17 @@ def shaped_returns(raw: torch.Tensor, dense: torch.Tensor, cap: str) -> torch.Te
     return cap_at_dense(raw, dense, columns) if columns else raw
 
 
+def plan_advantages(returns: torch.Tensor, prefs: torch.Tensor, norm: RunningNorm) -> torch.Tensor:
+    """Group-relative advantages ``(P*G,)`` of ``returns (P*G, 3)``, grouped by preference
+    (``prefs (P, 3)``): ``norm`` is updated with the returns, normalizes them, and each group's
+    scalarized rewards are centred and scaled within the group (eqs. 11-14)."""
+    P = prefs.shape[0]
+    norm.update(returns)
+    normalized = norm.normalize(returns).view(P, -1, 3)  # (P, G, 3)
+    rewards = torch.stack([scalarize(normalized[i], prefs[i]) for i in range(P)])  # (P, G)
+    return group_advantages(rewards).flatten()  # (P*G,)
+
+
 def anchor_reward(policy: Policy, env: PlanEnvironment, static: torch.Tensor, sizes: list[float],
                   scales: torch.Tensor, dense: torch.Tensor | None = None, cap: str = "dense") -> float:
     """Mean over the anchor preferences of ``w . raw / scales`` for the policy's deterministic
@@ -286,11 +297,7 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
 
         # 2. score every plan: raw objectives (P*G, 3), stability phi (P*G,)
         outcome = env.score(plans)
-        returns = shaped_returns(outcome.raw, dense, config.objective_cap)  # (P*G, 3)
-        norm.update(returns)
-        normalized = norm.normalize(returns).view(P, G, 3)  # (P, G, 3)
-        rewards = torch.stack([scalarize(normalized[i], prefs[i]) for i in range(P)])  # (P, G)
-        advantages = group_advantages(rewards).flatten()  # (P*G,)
+        advantages = plan_advantages(shaped_returns(outcome.raw, dense, config.objective_cap), prefs, norm)  # (P*G,)
         gate = band.weights(outcome.phi.float(), outcome.realized)  # (P*G,)
         band.update(outcome.phi, outcome.realized)
 

@@ -223,3 +223,16 @@ def test_budget_read_from_compression_alone_is_shared_by_one_w_comp_and_still_st
     assert query(loaded, (0.8, 0.1, 0.1)).plan[0] < 0.05 and query(loaded, (0.1, 0.8, 0.1)).plan[3] < 0.05
     saved_rob = loaded.policy.mean_action(layer_states_for(cfg, [0.8, 0.1, 0.1]))
     assert torch.equal(saved_rob[0], rob[0]) and torch.allclose(saved_rob[1], rob[1])  # the saved policy is it
+
+
+def test_plan_advantages_are_relative_within_each_preference_group() -> None:
+    """Advantages are centred per preference group, and a group ranks its plans by that group's
+    preference: robustness first for (1, 0, 0), utility first for (0, 1, 0)."""
+    from hipp_torchprune.hipp.normalization import RunningNorm
+    from hipp_torchprune.hipp.trainer import plan_advantages
+
+    returns = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]] * 2)  # (P*G, 3), P = G = 2
+    prefs = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # (P, 3)
+    adv = plan_advantages(returns, prefs, RunningNorm(3)).view(2, 2)  # (P, G)
+    assert torch.allclose(adv.sum(-1), torch.zeros(2), atol=1e-5)
+    assert adv[0, 0] > adv[0, 1] and adv[1, 1] > adv[1, 0]
