@@ -10,8 +10,9 @@ recovery, on the whole test split of ``--test-data`` (a world no policy saw): PO
 balanced accuracy and ScienceQA accuracy, rows by the shared row score calibrated on that world.
 Prints mean ± std over the seeds per row, with the sparsity each budget head chose before
 pinning, and writes ``ablations.json``. Resumable: a finished policy directory is reused, an
-interrupted one resumes from its checkpoint; two processes may train disjoint ``--rows`` or
-``--seeds`` side by side, and a last run over all of them only evaluates.
+interrupted one resumes from its checkpoint; processes may run side by side over the same rows
+(each policy directory is claimed with a lock file while it trains, so no two train the same
+policy), and a last run over all of them only evaluates.
 
     python benchmarks/ablations.py --data POLICY_WORLD --test-data TEST_WORLD --out out/ablations \
         --seeds 0,1,2,3,4 --steps 200 --sparsity 0.281 [--rows full,no-gate,flat,no-vs,anchors,dirichlet,no-cap,dense-cap]
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -75,15 +77,43 @@ def pinned_widths(env: PlanEnvironment, ratios: tuple[float, ...], sparsity: flo
     return env.widths_for(waterfill([max(r, 1e-6) for r in ratios], sizes, sparsity, env.r_max))
 
 
+def claim(policy_dir: Path) -> bool:
+    """Take ``policy_dir/.training`` for this process, or return False if a live process holds it.
+
+    A lock left by a process that has died (its pid no longer runs) is taken over."""
+    policy_dir.mkdir(parents=True, exist_ok=True)
+    lock = policy_dir / ".training"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(lock.read_text() or -1), 0)
+            return False
+        except (ProcessLookupError, ValueError):
+            lock.write_text(str(os.getpid()))
+            return True
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
 def train_all(args: argparse.Namespace, base: TrainConfig) -> None:
-    """Train every (row, seed) policy not finished yet under ``--out``/ROW/seed-S."""
-    todo = [(row, seed) for row in args.rows for seed in args.seeds
-            if not (Path(args.out) / row / f"seed-{seed}" / "policy.json").exists()]
+    """Train every (row, seed) policy not finished, nor claimed by another process, under
+    ``--out``/ROW/seed-S."""
+    todo = [(row, seed) for row in args.rows for seed in args.seeds]
     for row, seed in tqdm(todo, desc="ablation policies"):
-        stat = "margin" if row == "margin" else args.reward_stat
-        train_from_data(args.model, args.data, Path(args.out) / row / f"seed-{seed}", row_config(row, base, seed),
-                        round_to=args.round_to, calib_n=args.calib_n, reward_limit=args.reward_limit,
-                        reward_statistic=stat, calibration=Path(args.out) / "calibration", progress=False)
+        out = Path(args.out) / row / f"seed-{seed}"
+        if (out / "policy.json").exists() or not claim(out):
+            continue
+        try:
+            if (out / "policy.json").exists():  # finished by another process since the check above
+                continue
+            stat = "margin" if row == "margin" else args.reward_stat
+            train_from_data(args.model, args.data, out, row_config(row, base, seed), round_to=args.round_to,
+                            calib_n=args.calib_n, reward_limit=args.reward_limit, reward_statistic=stat,
+                            calibration=Path(args.out) / "calibration", progress=False)
+        finally:
+            (out / ".training").unlink(missing_ok=True)
 
 
 def test_environment(args: argparse.Namespace) -> PlanEnvironment:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,17 @@ def test_each_row_changes_one_part() -> None:
     assert changed["robustness-cap"].objective_cap == "robustness"
     capped = TrainConfig(objective_cap="dense")  # a table whose full method has the cap prices removing it
     assert bench.row_config("no-cap", capped, 0).objective_cap == "none"
+
+
+def test_claim_keeps_a_policy_directory_to_one_live_process(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bench = load_benchmark("ablations")
+    assert bench.claim(tmp_path / "p") and not bench.claim(tmp_path / "p")  # this process holds it now
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "p" / ".training").write_text(done.stdout.strip())  # a lock left by a process that died
+    assert bench.claim(tmp_path / "p") and (tmp_path / "p" / ".training").read_text() == str(os.getpid())
 
 
 class _Env:
