@@ -36,7 +36,7 @@ def test_claim_keeps_a_policy_directory_to_one_live_process(tmp_path: Path) -> N
 
     bench = load_benchmark("ablations")
     assert bench.claim(tmp_path / "p") and not bench.claim(tmp_path / "p")  # this process holds it now
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     (tmp_path / "p" / ".training").write_text(done.stdout.strip())  # a lock left by a process that died
     assert bench.claim(tmp_path / "p") and (tmp_path / "p" / ".training").read_text() == str(os.getpid())
 
