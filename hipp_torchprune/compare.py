@@ -264,10 +264,44 @@ def _run_cell(config: CompareConfig, shared: _Shared, table: str, method: str,
             "recovery_step_kept": result.best_step}
 
 
+#: Config fields a baseline's Table-1 cell does not depend on: it sees the policy and the queries
+#: only through its target sparsity, which :func:`reused_cell` checks cell by cell.
+_REUSE_FREE = ("policy", "preference", "seeds", "methods", "table3", "samplers", "table4", "ablations", "device")
+
+
+def donor_cells(config: CompareConfig, donor_dir: str | Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """The finished baseline Table-1 cells of the comparison in ``donor_dir``, by ``(method, seed)``,
+    after checking it ran with ``config`` up to the policy and the queries (:class:`CompareError` if not)."""
+    path = Path(donor_dir) / "results.json"
+    if not path.is_file():
+        raise CompareError(f"--baselines-from: {path} does not exist")
+    donor = json.loads(path.read_text())
+    mine = json.loads(json.dumps(asdict(config), default=str))
+    differ = sorted(k for k in mine if k not in _REUSE_FREE and mine[k] != donor.get("config", {}).get(k))
+    if differ:
+        raise CompareError(f"--baselines-from: {path} ran with a different {', '.join(differ)}")
+    return {(c["method"], c["seed"]): c for c in donor.get("cells", {}).values()
+            if c["table"] == "table1" and c["method"] != "hipp" and "rows" in c}
+
+
+def reused_cell(donors: dict[tuple[str, int], dict[str, Any]], results: dict[str, Any], method: str,
+                preference: Sequence[float], seed: int, source: str) -> dict[str, Any] | None:
+    """The donor's cell of this baseline and seed, relabelled with ``preference`` and marked
+    ``reused_from``, when it was pruned to the sparsity of this comparison's HiPP cell of the seed
+    (so it is the cell this run would compute); else None."""
+    cell = donors.get((method, seed))
+    hipp = results["cells"].get(cell_key("table1", "hipp", preference, seed))
+    if cell is None or hipp is None or abs(cell["target_sparsity"] - hipp["realized_sparsity"]) > 1e-9:
+        return None
+    return {**cell, "preference": list(preference), "reused_from": source}
+
+
 def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = True, fresh: bool = False,
-                registry: Any = None) -> dict[str, Any]:
+                registry: Any = None, baselines_from: str | Path | None = None) -> dict[str, Any]:
     """Run (or resume) the comparison; returns the results dict also written to ``out_dir/results.json``
-    and renders ``tables.md`` and ``operating_points.png`` there."""
+    and renders ``tables.md`` and ``operating_points.png`` there. With ``baselines_from`` (another
+    comparison's directory, same config but the policy and queries), each baseline Table-1 cell
+    whose target sparsity matches is copied from it instead of run (:func:`reused_cell`)."""
     from hipp_torchprune.hipp.policy_io import load_policy
     from hipp_torchprune.registry import default_registry
 
@@ -276,10 +310,12 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
+    donors = {} if baselines_from is None else donor_cells(config, baselines_from)
     results = _start_results(config, path, fresh)
     todo = [c for c in _cells(config) if cell_key(c[0], c[1], c[2], c[3]) not in results["cells"]]
     if todo or results.get("dense") is None:
-        _run_cells(config, _load_shared(config, registry), results, todo, out, progress)
+        _run_cells(config, _load_shared(config, registry), results, todo, out, progress,
+                   (donors, str(baselines_from)))
     realized, r_comp = compression_control(load_policy(config.policy))  # queries only: no model
     control = {"w_comp": list(COMPRESSION_SWEEP), "realized_sparsity": realized, "r_comp_sparsity": r_comp}
     if results.get("compression_control") != control:
@@ -343,8 +379,9 @@ def _load_shared(config: CompareConfig, registry: Any) -> _Shared:
 
 
 def _run_cells(config: CompareConfig, shared: _Shared, results: dict[str, Any], todo: list[Any], out: Path,
-               progress: bool) -> None:
-    """Evaluate dense (once) and every cell in ``todo``, saving ``results.json`` after each."""
+               progress: bool, donated: tuple[dict[tuple[str, int], dict[str, Any]], str] = ({}, "")) -> None:
+    """Evaluate dense (once) and every cell in ``todo`` (a baseline Table-1 cell is taken from
+    ``donated``'s cells when :func:`reused_cell` allows), saving ``results.json`` after each."""
     import shutil
 
     from torch.utils.tensorboard import SummaryWriter
@@ -353,6 +390,7 @@ def _run_cells(config: CompareConfig, shared: _Shared, results: dict[str, Any], 
     from hipp_torchprune.evaluation import evaluate
 
     path, writer = out / "results.json", SummaryWriter(str(out / "tensorboard"))
+    donors, source = donated
     if results.get("dense") is None:
         results["dense"] = _metrics(evaluate(shared.model, shared.processor, shared.prepared))
     results["strata"] = bootstrap_strata(shared.prepared)
@@ -362,7 +400,9 @@ def _run_cells(config: CompareConfig, shared: _Shared, results: dict[str, Any], 
         key = cell_key(table, method, pref, seed)
         bar.set_postfix_str(key)
         work = out / "work" / hashlib.sha1(key.encode()).hexdigest()[:12]
-        results["cells"][key] = cell = _run_cell(config, shared, table, method, pref, seed, pol, work)
+        cell = reused_cell(donors, results, method, pref, seed, source) \
+            if table == "table1" and method != "hipp" else None
+        results["cells"][key] = cell = cell or _run_cell(config, shared, table, method, pref, seed, pol, work)
         _write_json_atomic(path, results)
         shutil.rmtree(work, ignore_errors=True)
         for k, v in cell["post_recovery"].items():
@@ -416,6 +456,9 @@ def render_tables(results: dict[str, Any]) -> str:
     for (method, _), cells in sorted(t1.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order
                                                                  else 99, kv[0][0])):
         lines.append(f"| {'HiPP' if method == 'hipp' else method} | " + " | ".join(_row(cells)) + " |")
+    reused = sorted({c["reused_from"] for c in results["cells"].values() if c.get("reused_from")})
+    if reused:
+        lines += ["", f"Baseline cells reused from {', '.join(reused)} (same config and target sparsity)."]
     lines += bootstrap_lines(results)
     lines += ["", "### Table 3: one HiPP policy queried at several preferences (w_rob, w_util, w_comp)", "",
               HEADER.format(first="preference")]

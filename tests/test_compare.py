@@ -108,6 +108,17 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monk
         run_compare(changed, tmp_path, progress=False, registry=reg)
     with pytest.raises(CompareError, match="unknown method"):
         run_compare(CompareConfig(**{**config.__dict__, "methods": ("nope",)}), tmp_path / "x", registry=reg)
+    # another query of the same policy at the same sparsity reuses the baseline cells, and runs only HiPP's
+    pruned_with.clear()
+    other = CompareConfig(**{**config.__dict__, "table3": (), "samplers": (), "ablations": ()})
+    reused = run_compare(other, tmp_path / "reuse", progress=False, registry=reg, baselines_from=tmp_path)["cells"]
+    assert pruned_with == ["hipp"]
+    for m in ("wanda", "ecoflap"):
+        key = cell_key("table1", m, config.preference, 0)
+        assert reused[key]["reused_from"] == str(tmp_path) and reused[key]["rows"] == cells[key]["rows"]
+    assert "Baseline cells reused from" in (tmp_path / "reuse" / "tables.md").read_text()
+    with pytest.raises(CompareError, match="different calib_n"):
+        run_compare(changed, tmp_path / "y", progress=False, registry=reg, baselines_from=tmp_path)
 
 
 def hipp_widths(cells: dict, config: CompareConfig) -> list[int]:

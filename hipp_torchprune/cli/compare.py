@@ -52,6 +52,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tolerance", type=float, default=0.005, help="allowed realized-sparsity gap")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing results.json")
+    p.add_argument("--baselines-from", default=None, metavar="DIR",
+                   help="another comparison's --out with the same settings but the policy and queries: "
+                        "baseline cells pruned to the same target sparsity are copied from it, not rerun")
     p.add_argument("--no-progress", action="store_true")
     add_dtype_argument(p)
     p.set_defaults(func=run)
@@ -97,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
                                 select_every=quarter if args.select_every is None else args.select_every),
         calib_n=args.calib_n, limit=args.limit, tolerance=args.tolerance,
         device=args.device, dtype=args.dtype, row_score=args.row_score)
-    run_compare(config, args.out, progress=not args.no_progress, fresh=args.fresh)
+    run_compare(config, args.out, progress=not args.no_progress, fresh=args.fresh,
+                baselines_from=args.baselines_from)
     from pathlib import Path
 
     print((Path(args.out) / "tables.md").read_text())
