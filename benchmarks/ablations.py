@@ -87,9 +87,14 @@ def claim(policy_dir: Path) -> bool:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         try:
-            os.kill(int(lock.read_text() or -1), 0)
+            pid = int(lock.read_text())
+            if pid <= 0:  # os.kill(0 or -1, 0) would ask about a process group, not one process
+                raise ValueError(pid)
+            os.kill(pid, 0)
             return False
-        except (ProcessLookupError, ValueError):
+        except PermissionError:  # a live process of another user
+            return False
+        except (ProcessLookupError, ValueError):  # died, or died before writing its pid
             lock.write_text(str(os.getpid()))
             return True
     with os.fdopen(fd, "w") as f:

@@ -275,7 +275,10 @@ def donor_cells(config: CompareConfig, donor_dir: str | Path) -> dict[tuple[str,
     path = Path(donor_dir) / "results.json"
     if not path.is_file():
         raise CompareError(f"--baselines-from: {path} does not exist")
-    donor = json.loads(path.read_text())
+    try:
+        donor = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CompareError(f"--baselines-from: {path} is not a results file ({exc})") from exc
     mine = json.loads(json.dumps(asdict(config), default=str))
     differ = sorted(k for k in mine if k not in _REUSE_FREE and mine[k] != donor.get("config", {}).get(k))
     if differ:
@@ -307,10 +310,10 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
 
     registry = registry or default_registry()
     _check_config(config, registry)
+    donors = {} if baselines_from is None else donor_cells(config, baselines_from)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    donors = {} if baselines_from is None else donor_cells(config, baselines_from)
     results = _start_results(config, path, fresh)
     todo = [c for c in _cells(config) if cell_key(c[0], c[1], c[2], c[3]) not in results["cells"]]
     if todo or results.get("dense") is None:

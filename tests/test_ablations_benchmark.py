@@ -39,6 +39,8 @@ def test_claim_keeps_a_policy_directory_to_one_live_process(tmp_path: Path) -> N
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     (tmp_path / "p" / ".training").write_text(done.stdout.strip())  # a lock left by a process that died
     assert bench.claim(tmp_path / "p") and (tmp_path / "p" / ".training").read_text() == str(os.getpid())
+    (tmp_path / "p" / ".training").write_text("")  # a process that died before writing its pid
+    assert bench.claim(tmp_path / "p")
 
 
 class _Env:

@@ -119,6 +119,12 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monk
     assert "Baseline cells reused from" in (tmp_path / "reuse" / "tables.md").read_text()
     with pytest.raises(CompareError, match="different calib_n"):
         run_compare(changed, tmp_path / "y", progress=False, registry=reg, baselines_from=tmp_path)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("{not json")
+    for donor, message in ((tmp_path / "bad", "not a results file"), (tmp_path / "none", "does not exist")):
+        with pytest.raises(CompareError, match=message):
+            run_compare(other, tmp_path / "z", progress=False, registry=reg, baselines_from=donor)
+    assert not (tmp_path / "z").exists()  # refused before anything is written
 
 
 def hipp_widths(cells: dict, config: CompareConfig) -> list[int]:
