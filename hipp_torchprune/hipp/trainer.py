@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -282,9 +283,9 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
     writer = SummaryWriter(str(out_dir / "runs")) if is_main else None
     P, G = config.prefs_per_step, config.group
     dense, scales = anchor_scales(env, len(sizes), pcfg.rho_max)  # (3,) each, deterministic: recomputed on resume
-    cap = (None if config.objective_cap == "none" else dense, config.objective_cap)  # as the rewards are shaped
+    progress_reward = partial(anchor_reward, policy, env, static, sizes, scales, dense, config.objective_cap)
     if learner.start == 0:  # every rank scores (plan scoring is collective across processes)
-        history.append({"step": 0, "anchor_reward": anchor_reward(policy, env, static, sizes, scales, *cap)})
+        history.append({"step": 0, "anchor_reward": progress_reward()})
         best.offer(policy, history[0])
 
     for step in trange(learner.start, config.steps, desc="hipp train", disable=not (progress and is_main)):
@@ -307,7 +308,7 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
         # 4. log and checkpoint
         record = _step_record(step + 1, prefs, outcome, gate, loss, entropy)
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            record["anchor_reward"] = anchor_reward(policy, env, static, sizes, scales, *cap)
+            record["anchor_reward"] = progress_reward()
         history.append(record)
         best.offer(policy, record)
         if writer is not None:
