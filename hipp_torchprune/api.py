@@ -23,6 +23,7 @@ from hipp_torchprune.pruning.operator import (
     scores_directly,
 )
 from hipp_torchprune.pruning.plan import Plan, budget_matched_widths, torch_pruning_ratio, validate_ratios
+from hipp_torchprune.pruning.reconstruct import solve_downs, write_downs
 from hipp_torchprune.registry import Registry, default_registry
 
 #: Default multiple that kept widths round to (fast GEMM shapes on GPUs).
@@ -138,18 +139,23 @@ class PruneResult:
 
 
 def prune_model(model: nn.Module, plan: Plan, scorer: tp.importance.Importance, *,
-                mode: Literal["physical", "mask"] = "physical", registry: Registry | None = None) -> PruneResult:
+                mode: Literal["physical", "mask"] = "physical", registry: Registry | None = None,
+                grams: Sequence[torch.Tensor] | None = None) -> PruneResult:
     """Apply ``plan`` to ``model``, keeping the highest-scoring channels of each layer.
 
     ``physical`` removes rows through Torch-Pruning; ``mask`` installs reversible masks (call
-    ``result.masks.remove()`` to undo). Everything is validated and scored before the model is
-    touched.
+    ``result.masks.remove()`` to undo). With ``grams`` (the dense model's augmented ``down_proj``
+    input Grams, :func:`~hipp_torchprune.pruning.reconstruct.collect_down_grams`), each pruned
+    ``down_proj``'s kept columns and a bias are refitted by least squares (physical mode only).
+    Everything is validated, scored and solved before the model is touched.
     """
     adapter = get_adapter(model, registry)
     if tuple(adapter.intermediate_widths()) != plan.widths_before:
         raise PlanError(f"plan was made for widths {plan.widths_before}, model has {adapter.intermediate_widths()}")
     if mode not in ("physical", "mask"):
         raise PlanError(f"mode must be 'physical' or 'mask', got {mode!r}")
+    if grams is not None and mode == "mask":
+        raise PlanError("least-squares reconstruction rewrites down_proj: it needs mode='physical'")
     # a scorer that needs Torch-Pruning groups gets the real graph, traced once and reused below
     graph = None if scores_directly(scorer) else build_mlp_graph(adapter)
     scores = layer_scores(adapter, scorer, graph)
@@ -158,6 +164,9 @@ def prune_model(model: nn.Module, plan: Plan, scorer: tp.importance.Importance, 
         masks = PlanMasks(adapter)
         masks.set_keep(keep)
         return PruneResult(plan=plan, masks=masks)
+    solutions = None if grams is None else solve_downs(adapter, grams, keep)
     prune_physical(adapter, keep, graph)
+    if solutions is not None:
+        write_downs(adapter, solutions)
     adapter.text_config().hipp_plan = list(plan.ratios)
     return PruneResult(plan=plan)

@@ -31,6 +31,7 @@ import numpy as np
 from hipp_torchprune.atomic import write_text_atomic
 from hipp_torchprune.errors import HippError
 from hipp_torchprune.methods import DEFAULT_ROW_SCORE, ROW_SCORES
+from hipp_torchprune.pruning.reconstruct import RECONSTRUCTIONS
 from hipp_torchprune.recovery.config import RecoveryConfig
 
 #: Evaluation tasks of every cell.
@@ -98,6 +99,10 @@ class CompareConfig:
     #: The shared row score of HiPP and the baselines that take it (one of
     #: :data:`~hipp_torchprune.methods.ROW_SCORES`).
     row_score: str = DEFAULT_ROW_SCORE
+    #: How every MLP-row method, HiPP included, refits each pruned down_proj on the calibration
+    #: samples (``none`` or ``lstsq``; :mod:`~hipp_torchprune.pruning.reconstruct`). Slicing
+    #: methods (SliceGPT) refit by their own rotation and ignore it.
+    reconstruct: str = "none"
 
     def signature(self) -> str:
         """Hash of everything that changes results (not ``seeds``/``methods``: those only add cells)."""
@@ -204,6 +209,7 @@ class _Shared:
     policies: dict[str, Any]
     registry: Any
     row_score: str = DEFAULT_ROW_SCORE
+    reconstruct: str = "none"
 
 
 def _cells(config: CompareConfig) -> list[tuple[str, str, tuple[float, float, float] | None, int, str]]:
@@ -228,7 +234,7 @@ def _context(shared: _Shared, policy: Any, seed: int, preference: Sequence[float
     options = {} if preference is None else {"policy": policy, "preference": tuple(preference)}
     return MethodContext(shared.processor, shared.samples, shared.stats, round_to=policy.round_to,
                          r_max=policy.policy.config.r_max, seed=seed, registry=shared.registry, options=options,
-                         row_score=shared.row_score)
+                         row_score=shared.row_score, reconstruct=shared.reconstruct)
 
 
 def _run_cell(config: CompareConfig, shared: _Shared, table: str, method: str,
@@ -346,6 +352,8 @@ def _check_config(config: CompareConfig, registry: Any) -> None:
         raise CompareError("give at least one seed")
     if config.row_score not in ROW_SCORES:
         raise CompareError(f"row score {config.row_score!r} is not one of {', '.join(ROW_SCORES)}")
+    if config.reconstruct not in RECONSTRUCTIONS:
+        raise CompareError(f"reconstruction {config.reconstruct!r} is not one of {', '.join(RECONSTRUCTIONS)}")
     parse_dtype(config.dtype)
 
 
@@ -378,7 +386,8 @@ def _load_shared(config: CompareConfig, registry: Any) -> _Shared:
     samples = calibration_samples(config.data, config.calib_n)
     stats = api.calibrate(model, processor, samples, with_grads=True, registry=registry)
     prepared = prepare_eval(processor, config.data, TASKS, limit=config.limit)
-    return _Shared(model, processor, prepared, samples, stats, policies, registry, config.row_score)
+    return _Shared(model, processor, prepared, samples, stats, policies, registry, config.row_score,
+                   config.reconstruct)
 
 
 def _run_cells(config: CompareConfig, shared: _Shared, results: dict[str, Any], todo: list[Any], out: Path,

@@ -41,6 +41,9 @@ class PruneConfig:
     seed: int = 0
     #: Physical removal, or reversible masks.
     mode: Literal["physical", "mask"] = "physical"
+    #: How an MLP-row method refits each pruned down_proj on the calibration samples
+    #: (``lstsq``: kept columns and a bias by least squares; ``hipp_torchprune.pruning.reconstruct``).
+    reconstruct: Literal["none", "lstsq"] = "none"
 
 
 T = TypeVar("T")

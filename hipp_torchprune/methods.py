@@ -18,11 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+import torch
 from torch import nn
 
 from hipp_torchprune.errors import HippError
 from hipp_torchprune.pruning.calibration import CalibrationStats
 from hipp_torchprune.pruning.plan import Plan
+from hipp_torchprune.pruning.reconstruct import RECONSTRUCTIONS, Reconstruction, collect_down_grams
 from hipp_torchprune.registry import Registry, default_registry
 
 MethodKind = Literal["mlp-rows", "slicing"]
@@ -77,11 +79,17 @@ class MethodContext:
     #: The shared row score (an importance name, one of :data:`ROW_SCORES`) of the methods that
     #: choose rows by it (``MLPRowMethod.shared_row_score``); the others keep their own ``importance``.
     row_score: str = DEFAULT_ROW_SCORE
+    #: How every MLP-row method refits each pruned ``down_proj`` on the calibration samples
+    #: (:mod:`hipp_torchprune.pruning.reconstruct`): ``none`` or ``lstsq``.
+    reconstruct: Reconstruction = "none"
 
     def __post_init__(self) -> None:
-        """Refuse a row score outside :data:`ROW_SCORES` (each of those needs statistics, no gradients)."""
+        """Refuse a row score outside :data:`ROW_SCORES` (each of those needs statistics, no gradients)
+        and an unknown reconstruction."""
         if self.row_score not in ROW_SCORES:
             raise MethodError(f"row score {self.row_score!r} is not one of {', '.join(ROW_SCORES)}")
+        if self.reconstruct not in RECONSTRUCTIONS:
+            raise MethodError(f"reconstruction {self.reconstruct!r} is not one of {', '.join(RECONSTRUCTIONS)}")
 
 
 @dataclass(frozen=True)
@@ -159,11 +167,23 @@ class MLPRowMethod:
         from hipp_torchprune.api import importance, prune_model
 
         name = self.row_importance(context)
+        grams = down_grams(model, context) if context.reconstruct == "lstsq" else None
         prune_model(model, plan, importance(name, model, context.stats, registry=context.registry),
-                    registry=context.registry)
+                    registry=context.registry, grams=grams)
         return MethodReport(self.name, self.kind, plan.realized_sparsity, plan.widths_after,
-                            {"strategy": self.strategy, "importance": name,
+                            {"strategy": self.strategy, "importance": name, "reconstruct": context.reconstruct,
                              "ratios": list(plan.realized_ratios), **(details or {})}, plan)
+
+
+def down_grams(model: nn.Module, context: MethodContext) -> list[torch.Tensor]:
+    """The dense model's augmented ``down_proj`` input Grams over ``context.samples``
+    (:func:`~hipp_torchprune.pruning.reconstruct.collect_down_grams`), for the least-squares refit."""
+    from hipp_torchprune.api import calibration_batches, get_adapter
+
+    if not context.samples:
+        raise MethodError("least-squares reconstruction needs calibration samples: the context has none")
+    adapter = get_adapter(model, context.registry)
+    return collect_down_grams(model, adapter, calibration_batches(adapter, context.processor, context.samples))
 
 
 def pair_method(strategy: str, importance: str) -> MLPRowMethod:

@@ -202,6 +202,9 @@ def test_row_score_reaches_every_cells_context() -> None:
         assert _context(shared, policy, 0).row_score == score
         assert _context(shared, policy, 0, (0.6, 0.3, 0.1)).row_score == score
     assert _context(_Shared(None, None, None, [], None, {}, None), policy, 0).row_score == DEFAULT_ROW_SCORE
+    refit = _Shared(None, None, None, [], None, {}, None, DEFAULT_ROW_SCORE, "lstsq")
+    assert _context(refit, policy, 0).reconstruct == _context(refit, policy, 0, (0.6, 0.3, 0.1)).reconstruct == "lstsq"
+    assert _context(_Shared(None, None, None, [], None, {}, None), policy, 0).reconstruct == "none"
 
 
 def test_compare_cli_passes_the_row_score(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -221,6 +224,8 @@ def test_compare_cli_passes_the_row_score(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert main(base) == 0 and main([*base, "--row-score", other]) == 0
     assert [c.row_score for c in seen] == [DEFAULT_ROW_SCORE, other]
     assert seen[0].signature() != seen[1].signature()
+    assert main([*base, "--reconstruct", "lstsq"]) == 0
+    assert seen.pop().reconstruct == "lstsq" and seen[0].reconstruct == "none"
     assert main([*base, "--ablation-policy", "no-gate=G", "--ablation-policy", "flat=F"]) == 0
     assert seen[-1].ablations == (("no-gate", "G"), ("flat", "F")) and seen[-1].signature() == seen[0].signature()
     for bad in (["--ablation-policy", "no-gate"], ["--ablation-policy", "a=X", "--sampler-policy", "a=Y"],
@@ -229,9 +234,11 @@ def test_compare_cli_passes_the_row_score(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert len(seen) == 3  # refused before running
 
 
-def test_unknown_row_score_is_refused_before_loading(tmp_path: Path) -> None:
-    config = CompareConfig(model="nope", data="W", policy="P", methods=(), row_score="taylor")
-    with pytest.raises(CompareError, match="row score 'taylor' is not one of"):
+@pytest.mark.parametrize(("setting", "message"), [({"row_score": "taylor"}, "row score 'taylor' is not one of"),
+                                                  ({"reconstruct": "obs"}, "reconstruction 'obs' is not one of")])
+def test_unknown_row_score_or_refit_is_refused_before_loading(setting: dict, message: str, tmp_path: Path) -> None:
+    config = CompareConfig(model="nope", data="W", policy="P", methods=(), **setting)
+    with pytest.raises(CompareError, match=message):
         run_compare(config, tmp_path, progress=False, registry=Registry(make_plugin_manager(autoload=False)))
     assert not list(tmp_path.iterdir())
 

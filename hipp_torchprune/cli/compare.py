@@ -18,6 +18,7 @@ def register(subparsers: Any) -> None:
     """Add the ``compare`` subcommand."""
     from hipp_torchprune.compare import BASELINES
     from hipp_torchprune.methods import DEFAULT_ROW_SCORE, ROW_SCORES
+    from hipp_torchprune.pruning.reconstruct import RECONSTRUCTIONS
     from hipp_torchprune.recovery.config import RecoveryConfig, lora_layers  # light: dataclass only
 
     p = subparsers.add_parser("compare", help="matched comparison of HiPP against the baselines (Tables 1, 3, 4)")
@@ -48,6 +49,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--row-score", choices=ROW_SCORES, default=DEFAULT_ROW_SCORE,
                    help="the shared row score of HiPP, random, owl and ecoflap (the rows removed inside a layer; "
                         f"default: {DEFAULT_ROW_SCORE}, chosen on the calibration split, docs/baselines.md)")
+    p.add_argument("--reconstruct", choices=RECONSTRUCTIONS, default="none",
+                   help="refit each pruned down_proj on the calibration samples, for every MLP-row method "
+                        "(lstsq: kept columns and a bias by least squares; default: none)")
     p.add_argument("--limit", type=int, default=None, help="test rows per task (default: all)")
     p.add_argument("--tolerance", type=float, default=0.005, help="allowed realized-sparsity gap")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
@@ -99,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
                                 lora_layers=args.lora_layers, save_every=quarter,
                                 select_every=quarter if args.select_every is None else args.select_every),
         calib_n=args.calib_n, limit=args.limit, tolerance=args.tolerance,
-        device=args.device, dtype=args.dtype, row_score=args.row_score)
+        device=args.device, dtype=args.dtype, row_score=args.row_score,
+        reconstruct=args.reconstruct)
     run_compare(config, args.out, progress=not args.no_progress, fresh=args.fresh,
                 baselines_from=args.baselines_from)
     from pathlib import Path

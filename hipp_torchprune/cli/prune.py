@@ -12,7 +12,10 @@ from hipp_torchprune.loading import add_dtype_argument
 from hipp_torchprune.methods import DEFAULT_ROW_SCORE, ROW_SCORES
 from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS
 from hipp_torchprune.pruning.plan import Plan
+from hipp_torchprune.pruning.reconstruct import RECONSTRUCTIONS
 
+#: The method report's details that ``plan.json`` records beside the layers.
+RECORDED_DETAILS: tuple[str, ...] = ("strategy", "importance", "reconstruct")
 #: ``--strategy`` / ``--importance`` defaults (``--method`` replaces both).
 DEFAULT_STRATEGY, DEFAULT_IMPORTANCE = "uniform", "wanda"
 
@@ -29,6 +32,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--row-score", choices=ROW_SCORES, default=DEFAULT_ROW_SCORE,
                    help="the shared row score of --method random, owl, ecoflap and hipp (the rows removed inside a "
                         f"layer; default: {DEFAULT_ROW_SCORE}, chosen on the calibration split, docs/baselines.md)")
+    p.add_argument("--reconstruct", choices=RECONSTRUCTIONS, default="none",
+                   help="refit each pruned down_proj on the calibration samples (lstsq: kept columns and a bias "
+                        "by least squares; MLP-row methods only; default: none)")
     p.add_argument("--sparsity", type=float, default=0.225,
                    help="target fraction of MLP parameters removed (slicegpt: the same parameter count; hipp: "
                         "set by --preference instead)")
@@ -135,6 +141,15 @@ def _check_row_score(args: argparse.Namespace, method: Any, what: str, registry:
                           f"({', '.join(takers)}), not {what}{hint}")
 
 
+def _check_reconstruct(args: argparse.Namespace, method: Any, what: str) -> None:
+    """Refuse ``--reconstruct`` for a method that does not remove MLP rows (SliceGPT refits by its rotation)."""
+    from hipp_torchprune.methods import MethodError
+
+    kind = getattr(method, "kind", "mlp-rows")
+    if args.reconstruct != "none" and kind != "mlp-rows":
+        raise MethodError(f"--reconstruct refits pruned MLP rows: {what} is a {kind} method")
+
+
 def _layers(widths_before: Sequence[int], report: Any) -> dict[str, Any]:
     """``plan.to_dict()`` of an MLP-row method; unchanged widths (ratio 0) for other kinds."""
     if report.plan is not None:
@@ -166,12 +181,13 @@ def _context(args: argparse.Namespace, method: Any, what: str, model: Any, proce
     from hipp_torchprune.models.tiny import TINY_MODELS
 
     needs = method_needs(method, registry)
-    spec = _calibration_spec(args, args.model in TINY_MODELS, needs.samples or needs.stats, what)
+    refit = args.reconstruct != "none"
+    spec = _calibration_spec(args, args.model in TINY_MODELS, needs.samples or needs.stats or refit, what)
     samples = calibration_samples(spec, args.calib_n, seed=args.seed) if spec is not None else []
     stats = (api.calibrate(model, processor, samples, with_grads=needs.grads, registry=registry)
              if spec is not None and needs.stats else None)
     return MethodContext(processor, samples, stats, round_to=args.round_to, r_max=args.r_max, seed=args.seed,
-                         registry=registry, options=options, row_score=args.row_score)
+                         registry=registry, options=options, row_score=args.row_score, reconstruct=args.reconstruct)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -188,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
     registry = default_registry()
     method, what = _resolve_method(args, registry)
     _check_row_score(args, method, what, registry)
+    _check_reconstruct(args, method, what)
     options = _method_options(args, method, what)
     model, processor = load_model(args.model, seed=args.seed, dtype=args.dtype)
     check_method(method, model)  # e.g. slicegpt refuses Qwen2.5-VL before any calibration
@@ -195,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     capped = cap_pixels(processor, args.max_pixels)  # calibration only: the checkpoint keeps its own
     context = _context(args, method, what, model, capped, registry, options)
     report = prune_with_method(model, method, args.sparsity, context)
-    record = {**_layers(widths_before, report), **{k: report.details[k] for k in ("strategy", "importance")
+    record = {**_layers(widths_before, report), **{k: report.details[k] for k in RECORDED_DETAILS
                                                    if k in report.details},
               "target_sparsity": args.sparsity, "round_to": args.round_to}
     if args.method is not None:

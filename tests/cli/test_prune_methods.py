@@ -93,6 +93,26 @@ def test_method_checkpoint_reloads_exactly_and_evaluates(method: str, world: Pat
     assert set(results) == EVAL_TASKS and all(r["n"] > 0 for r in results.values())
 
 
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "slicegpt"])
+def test_refitted_checkpoint_reloads_exactly(method: str, world: Path, policy: Path, plugins: Registry,
+                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """``--reconstruct lstsq``: every MLP-row method's checkpoint records the refit, carries a bias on
+    each pruned down_proj, and reloads to the logits of the model it saved."""
+    saved = []
+    real_save = checkpoint.save_pruned
+    monkeypatch.setattr(checkpoint, "save_pruned",
+                        lambda model, *a, **k: saved.append(model) or real_save(model, *a, **k))
+    out = tmp_path / "ck"
+    assert main([*_prune(method, world, policy, out, "--reconstruct", "lstsq"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert json.loads((out / "plan.json").read_text())["reconstruct"] == "lstsq"
+    loaded, processor = load_pruned(out), build_tiny("tiny-llava")[1]
+    for layer, mlp in zip(report["layers"], api.get_adapter(loaded).mlps()):
+        assert (mlp.down.bias is not None) == (layer["width_after"] < layer["width_before"])
+    assert torch.equal(_logits(saved[0], processor), _logits(loaded, processor))
+
+
 def test_sliced_checkpoint_recovers_and_reloads(world: Path, policy: Path, plugins: Registry, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_prune("slicegpt", world, policy, tmp_path / "sliced")) == 0
@@ -129,6 +149,8 @@ def test_qwen_slicegpt_is_refused_before_calibration(plugins: Registry, tmp_path
      "unknown method 'nope'; valid names: ecoflap, flap, hipp, llm-pruner, owl, random, slicegpt, wanda"),
     (["--method", "hipp"], "--method hipp needs a trained policy and a preference (--policy DIR"),
     (["--method", "wanda", "--policy", "POLICY", "--preference", "1,1,1"], "go with --method hipp or --strategy hipp"),
+    (["--method", "slicegpt", "--reconstruct", "lstsq"],
+     "--reconstruct refits pruned MLP rows: --method slicegpt is a slicing method"),
 ])
 def test_bad_method_options_exit_2(args: list[str], message: str, policy: Path, plugins: Registry, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,6 +32,7 @@ from hipp_torchprune.errors import CalibrationError
 from hipp_torchprune.methods import MethodContext, MethodReport, MLPRowMethod
 from hipp_torchprune.pruning.allocators import AllocationRequest, calibrated_inputs
 from hipp_torchprune.pruning.calibration import CalibrationStats
+from hipp_torchprune.pruning.reconstruct import add_bias
 from hipp_torchprune.pruning.scorers import ModuleNamedImportance
 
 
@@ -134,11 +135,14 @@ class FlapMethod(MLPRowMethod):
     importance: ClassVar[str] = "flap"
 
     def prune(self, model: nn.Module, sparsity: float, context: MethodContext) -> MethodReport:
-        """Prune to the FLAP plan, then fold the removed channels' mean output into down_proj biases."""
+        """Prune to the FLAP plan, then fold the removed channels' mean output into down_proj biases
+        (under ``context.reconstruct == "lstsq"`` the shared least-squares refit replaces that step)."""
         from hipp_torchprune.api import get_adapter, importance
         from hipp_torchprune.pruning.operator import keep_indices, layer_scores
 
         plan = self.plan(model, sparsity, context)
+        if context.reconstruct == "lstsq":  # the least-squares refit subsumes the mean-bias compensation
+            return self.prune_plan(model, plan, context, {"bias_compensation": False})
         adapter = get_adapter(model, context.registry)
         scorer = importance(self.importance, model, context.stats, registry=context.registry)
         keep = [keep_indices(s, k) for s, k in zip(layer_scores(adapter, scorer), plan.widths_after)]
@@ -150,14 +154,3 @@ class FlapMethod(MLPRowMethod):
         for mlp, bias in zip(adapter.mlps(), biases):
             add_bias(mlp.down, bias)
         return report
-
-
-def add_bias(linear: nn.Linear, bias: torch.Tensor) -> None:
-    """Add ``bias`` to ``linear``'s output, creating the bias parameter (model dtype) if it has none."""
-    weight = linear.weight
-    if linear.bias is None:
-        linear.bias = nn.Parameter(bias.to(device=weight.device, dtype=weight.dtype),
-                                   requires_grad=weight.requires_grad)
-    else:
-        with torch.no_grad():
-            linear.bias.add_(bias.to(device=linear.bias.device, dtype=linear.bias.dtype))
