@@ -23,7 +23,7 @@ from hipp_torchprune.pruning.operator import (
     scores_directly,
 )
 from hipp_torchprune.pruning.plan import Plan, budget_matched_widths, torch_pruning_ratio, validate_ratios
-from hipp_torchprune.pruning.reconstruct import solve_downs, write_downs
+from hipp_torchprune.pruning.reconstruct import GramSource, solve_downs, write_downs
 from hipp_torchprune.registry import Registry, default_registry
 
 #: Default multiple that kept widths round to (fast GEMM shapes on GPUs).
@@ -140,12 +140,12 @@ class PruneResult:
 
 def prune_model(model: nn.Module, plan: Plan, scorer: tp.importance.Importance, *,
                 mode: Literal["physical", "mask"] = "physical", registry: Registry | None = None,
-                grams: Sequence[torch.Tensor] | None = None) -> PruneResult:
+                grams: GramSource | None = None) -> PruneResult:
     """Apply ``plan`` to ``model``, keeping the highest-scoring channels of each layer.
 
     ``physical`` removes rows through Torch-Pruning; ``mask`` installs reversible masks (call
-    ``result.masks.remove()`` to undo). With ``grams`` (the dense model's augmented ``down_proj``
-    input Grams, :func:`~hipp_torchprune.pruning.reconstruct.collect_down_grams`), each pruned
+    ``result.masks.remove()`` to undo). With ``grams`` (a source of the dense model's augmented
+    ``down_proj`` input Grams, :data:`~hipp_torchprune.pruning.reconstruct.GramSource`), each pruned
     ``down_proj``'s kept columns and a bias are refitted by least squares (physical mode only).
     Everything is validated, scored and solved before the model is touched.
     """
@@ -164,7 +164,7 @@ def prune_model(model: nn.Module, plan: Plan, scorer: tp.importance.Importance, 
         masks = PlanMasks(adapter)
         masks.set_keep(keep)
         return PruneResult(plan=plan, masks=masks)
-    solutions = None if grams is None else solve_downs(adapter, grams, keep)
+    solutions = None if grams is None else solve_downs(adapter, keep, grams)
     prune_physical(adapter, keep, graph)
     if solutions is not None:
         write_downs(adapter, solutions)

@@ -24,7 +24,7 @@ from torch import nn
 from hipp_torchprune.errors import HippError
 from hipp_torchprune.pruning.calibration import CalibrationStats
 from hipp_torchprune.pruning.plan import Plan
-from hipp_torchprune.pruning.reconstruct import RECONSTRUCTIONS, Reconstruction, collect_down_grams
+from hipp_torchprune.pruning.reconstruct import RECONSTRUCTIONS, GramSource, Reconstruction, collect_down_grams
 from hipp_torchprune.registry import Registry, default_registry
 
 MethodKind = Literal["mlp-rows", "slicing"]
@@ -175,15 +175,20 @@ class MLPRowMethod:
                              "ratios": list(plan.realized_ratios), **(details or {})}, plan)
 
 
-def down_grams(model: nn.Module, context: MethodContext) -> list[torch.Tensor]:
-    """The dense model's augmented ``down_proj`` input Grams over ``context.samples``
-    (:func:`~hipp_torchprune.pruning.reconstruct.collect_down_grams`), for the least-squares refit."""
+def down_grams(model: nn.Module, context: MethodContext) -> GramSource:
+    """A source of the dense model's augmented ``down_proj`` input Grams over ``context.samples``
+    (:func:`~hipp_torchprune.pruning.reconstruct.collect_down_grams`, one pass per call), for the
+    least-squares refit."""
     from hipp_torchprune.api import calibration_batches, get_adapter
 
     if not context.samples:
         raise MethodError("least-squares reconstruction needs calibration samples: the context has none")
     adapter = get_adapter(model, context.registry)
-    return collect_down_grams(model, adapter, calibration_batches(adapter, context.processor, context.samples))
+
+    def grams(layers: Sequence[int]) -> list[torch.Tensor]:
+        return collect_down_grams(model, adapter, calibration_batches(adapter, context.processor, context.samples),
+                                  layers)
+    return grams
 
 
 def pair_method(strategy: str, importance: str) -> MLPRowMethod:

@@ -14,9 +14,12 @@ augmented Gram ``sum_t [h_t; 1][h_t; 1]^T``; ``lambda`` is the damping, as Spars
 refitted, to the removed channels' mean output); this also refits the kept columns, so what the
 removed channels carried that correlates with the kept ones is moved onto them.
 
-The Grams are collected once on the dense model (as FLAP's statistics are), in float64 on the CPU:
-``L (d + 1)^2`` numbers, 31 GB at LLaVA-1.5-7B (32 layers, d = 11008) and 0.5 MB on the demo
-model. The solved weights are cast back to the model's dtype.
+The Grams are collected on the dense model (as FLAP's statistics are), in float64 on the CPU,
+``8 (d + 1)^2`` bytes a layer: 0.97 GB at LLaVA-1.5-7B (d = 11008), 31 GB for its 32 layers, and
+0.5 MB for the whole demo model. So they are collected a group of layers at a time, at most
+``DEFAULT_GRAM_BYTES`` (4 GiB) held at once: eight calibration passes at 7B, one on the demo model.
+Each group is solved at once and kept in the model's dtype (the kept down columns: at most one
+copy of the down weights) until the model is pruned.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ Reconstruction = Literal["none", "lstsq"]
 RECONSTRUCTIONS: tuple[str, ...] = ("none", "lstsq")
 #: Damping of the augmented Gram, relative to its mean diagonal.
 DEFAULT_DAMP = 0.01
+#: Gram memory held at a time (float64); more layers take more calibration passes.
+DEFAULT_GRAM_BYTES = 4 * 2**30
+#: The augmented Grams of some layers (by index), from one calibration pass of the dense model.
+GramSource = Callable[[Sequence[int]], list[torch.Tensor]]
+#: A refitted layer: kept ``down_proj`` columns and bias.
+Solution = tuple[torch.Tensor, torch.Tensor]
 
 
 def augmented_gram(inputs: torch.Tensor) -> torch.Tensor:
@@ -84,11 +93,12 @@ def _gram_hooks(modules: Sequence[nn.Module], grams: list[torch.Tensor | None],
             h.remove()
 
 
-def collect_down_grams(model: nn.Module, adapter: ModelAdapter,
-                       batches: Iterable[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
-    """One calibration pass (no gradients, linears in float32 as the statistics pass) collecting
-    each layer's augmented ``down_proj`` input Gram over real (attention-masked) tokens."""
-    downs = [mlp.down for mlp in adapter.mlps()]
+def collect_down_grams(model: nn.Module, adapter: ModelAdapter, batches: Iterable[dict[str, torch.Tensor]],
+                       layers: Sequence[int] | None = None) -> list[torch.Tensor]:
+    """One calibration pass (no gradients, linears in float32 as the statistics pass) collecting the
+    augmented ``down_proj`` input Gram of each of ``layers`` (default: all) over real (attention-masked) tokens."""
+    mlps = adapter.mlps()
+    downs = [mlps[i].down for i in (range(len(mlps)) if layers is None else layers)]
     grams: list[torch.Tensor | None] = [None] * len(downs)
     token_mask: list[torch.Tensor | None] = [None]
     device = next(model.parameters()).device
@@ -108,18 +118,46 @@ def collect_down_grams(model: nn.Module, adapter: ModelAdapter,
     return [g for g in grams if g is not None]
 
 
-def solve_downs(adapter: ModelAdapter, grams: Sequence[torch.Tensor], keep: Sequence[torch.Tensor],
-                damp: float = DEFAULT_DAMP) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
-    """Each layer's :func:`lstsq_down` solution for its ``keep`` (None where nothing is removed),
-    solved on the dense model before anything is pruned."""
-    if len(grams) != len(keep):
-        raise PlanError(f"{len(grams)} down_proj Grams for {len(keep)} layers")
+def gram_chunks(widths: Sequence[int], max_bytes: int = DEFAULT_GRAM_BYTES) -> list[list[int]]:
+    """Consecutive index groups of ``widths`` whose float64 augmented Grams (``8 (w + 1)^2`` bytes
+    each) fit in ``max_bytes`` together; a Gram larger than that is a group of its own.
+
+    Example: widths ``[3, 3, 1]``, 200 bytes (128 + 128 + 32) -> ``[[0], [1, 2]]``.
+    """
+    chunks: list[list[int]] = []
+    used = max_bytes + 1
+    for i, width in enumerate(widths):
+        size = 8 * (width + 1) ** 2
+        if used + size > max_bytes:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(i)
+        used += size
+    return chunks
+
+
+def solve_downs(adapter: ModelAdapter, keep: Sequence[torch.Tensor], grams: GramSource,
+                damp: float = DEFAULT_DAMP, max_bytes: int = DEFAULT_GRAM_BYTES) -> list[Solution | None]:
+    """Each layer's :func:`lstsq_down` solution for its ``keep``, in the model's dtype (None where
+    nothing is removed), solved on the dense model before anything is pruned. ``grams`` is called
+    once per :func:`gram_chunks` group of the pruned layers, so at most ``max_bytes`` of Grams are
+    held at a time (one calibration pass a group)."""
     widths = adapter.intermediate_widths()
-    return [None if k.numel() == w else lstsq_down(mlp.down.weight, g, k, damp)
-            for mlp, g, k, w in zip(adapter.mlps(), grams, keep, widths)]
+    if len(keep) != len(widths):
+        raise PlanError(f"{len(keep)} kept-row sets for {len(widths)} layers")
+    pruned = [i for i, (k, w) in enumerate(zip(keep, widths)) if k.numel() < w]
+    solutions: list[Solution | None] = [None] * len(widths)
+    mlps = adapter.mlps()
+    for chunk in gram_chunks([widths[i] for i in pruned], max_bytes):
+        layers = [pruned[j] for j in chunk]
+        for i, gram in zip(layers, grams(layers), strict=True):
+            dtype = mlps[i].down.weight.dtype
+            weight, bias = lstsq_down(mlps[i].down.weight, gram, keep[i], damp)
+            solutions[i] = (weight.to(dtype), bias.to(dtype))
+    return solutions
 
 
-def write_downs(adapter: ModelAdapter, solutions: Sequence[tuple[torch.Tensor, torch.Tensor] | None]) -> None:
+def write_downs(adapter: ModelAdapter, solutions: Sequence[Solution | None]) -> None:
     """Write :func:`solve_downs`' solutions into the pruned ``down_proj`` layers (the model's dtype),
     adding each bias (a bias parameter is created where the layer has none)."""
     for mlp, solution in zip(adapter.mlps(), solutions):

@@ -11,7 +11,7 @@ from hipp_torchprune.errors import CalibrationError, PlanError
 from hipp_torchprune.methods import MethodContext, MethodError, prune_with_method
 from hipp_torchprune.models.tiny import build_tiny
 from hipp_torchprune.pruning import operator
-from hipp_torchprune.pruning.reconstruct import augmented_gram, collect_down_grams, lstsq_down
+from hipp_torchprune.pruning.reconstruct import augmented_gram, collect_down_grams, gram_chunks, lstsq_down, solve_downs
 from tests.conftest import baselines_registry, samples
 
 
@@ -83,11 +83,45 @@ def test_collected_grams_agree_with_the_calibration_statistics() -> None:
         assert torch.allclose(gram.diagonal()[:d], stats.in_sq[name], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(("widths", "max_bytes", "chunks"), [
+    ([3, 3, 1], 200, [[0], [1, 2]]),  # 128 + 128 + 32 bytes
+    ([3, 3, 1], 300, [[0, 1, 2]]),
+    ([3, 3, 1], 10, [[0], [1], [2]]),  # a Gram above the limit is a group of its own
+    ([], 100, []),
+])
+def test_gram_chunks_by_hand(widths: list[int], max_bytes: int, chunks: list[list[int]]) -> None:
+    assert gram_chunks(widths, max_bytes) == chunks
+
+
+def test_a_gram_budget_of_one_layer_gives_the_same_solutions() -> None:
+    """Solving the pruned layers one calibration pass each (a budget below one Gram) gives exactly the
+    one-pass solutions, and only the pruned layers' Grams are asked for."""
+    model, processor = build_tiny("tiny-llava", seed=0)
+    adapter = api.get_adapter(model)
+    widths = adapter.intermediate_widths()
+    keep = [torch.arange(w) if i == 1 else torch.arange(0, w, 2) for i, w in enumerate(widths)]
+    asked: list[list[int]] = []
+
+    def grams(layers: list[int]) -> list[torch.Tensor]:
+        asked.append(list(layers))
+        return collect_down_grams(model, adapter, api.calibration_batches(adapter, processor, samples(3)), layers)
+
+    once = solve_downs(adapter, keep, grams)
+    each = solve_downs(adapter, keep, grams, max_bytes=1)
+    pruned = [i for i in range(len(widths)) if i != 1]
+    assert asked == [pruned, *[[i] for i in pruned]]
+    assert once[1] is None and each[1] is None
+    for a, b in zip(once, each):
+        assert a is None or (torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[0].dtype == model.dtype)
+
+
 def test_mask_mode_refuses_a_refit_untouched() -> None:
     model, processor = build_tiny("tiny-llava", seed=0)
     adapter = api.get_adapter(model)
     stats = api.calibrate(model, processor, samples(2))
-    grams = collect_down_grams(model, adapter, api.calibration_batches(adapter, processor, samples(2)))
+    def grams(layers: list[int]) -> list[torch.Tensor]:
+        return collect_down_grams(model, adapter, api.calibration_batches(adapter, processor, samples(2)), layers)
+
     before = {k: v.clone() for k, v in model.state_dict().items()}
     plan = api.make_plan(model, "uniform", 0.5, round_to=8)
     with pytest.raises(PlanError, match="needs mode='physical'"):
