@@ -31,7 +31,7 @@ import numpy as np
 from hipp_torchprune.atomic import write_text_atomic
 from hipp_torchprune.errors import HippError
 from hipp_torchprune.methods import DEFAULT_ROW_SCORE, ROW_SCORES
-from hipp_torchprune.pruning.reconstruct import RECONSTRUCTIONS
+from hipp_torchprune.pruning.reconstruct import RECONSTRUCTIONS, Reconstruction
 from hipp_torchprune.recovery.config import RecoveryConfig
 
 #: Evaluation tasks of every cell.
@@ -102,7 +102,7 @@ class CompareConfig:
     #: How every MLP-row method, HiPP included, refits each pruned down_proj on the calibration
     #: samples (``none`` or ``lstsq``; :mod:`~hipp_torchprune.pruning.reconstruct`). Slicing
     #: methods (SliceGPT) refit by their own rotation and ignore it.
-    reconstruct: str = "none"
+    reconstruct: Reconstruction = "none"
 
     def signature(self) -> str:
         """Hash of everything that changes results (not ``seeds``/``methods``: those only add cells)."""
@@ -209,7 +209,7 @@ class _Shared:
     policies: dict[str, Any]
     registry: Any
     row_score: str = DEFAULT_ROW_SCORE
-    reconstruct: str = "none"
+    reconstruct: Reconstruction = "none"
 
 
 def _cells(config: CompareConfig) -> list[tuple[str, str, tuple[float, float, float] | None, int, str]]:
