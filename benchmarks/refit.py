@@ -30,15 +30,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baseline_methods import headline
-from row_score import DEMO_POLICY, TASKS, render, select
+from row_score import DEMO_POLICY, dense_setup, render, select
 
-from hipp_torchprune import api
-from hipp_torchprune.calib_data import calibration_samples
-from hipp_torchprune.evaluation import prepare_eval
 from hipp_torchprune.hipp.preferences import parse_preference
-from hipp_torchprune.loading import load_model
 from hipp_torchprune.methods import DEFAULT_ROW_SCORE, MethodContext, pair_method, prune_with_method
-from hipp_torchprune.registry import default_registry
 
 #: The two variants, in the order they run (``none`` is the current default).
 VARIANTS: tuple[str, ...] = ("none", "lstsq")
@@ -80,16 +75,8 @@ def prune_run(base: Any, method: str, target: Any, context: MethodContext) -> tu
 
 def main() -> int:
     """Run every (run, variant), print one JSON line each, then the table and the recommendation."""
-    from hipp_torchprune.hipp.policy_io import load_policy
-
     args = parse_args()
-    registry = default_registry()
-    base, processor = load_model(args.model)
-    samples = calibration_samples(args.data, args.calib_n)
-    stats = api.calibrate(base, processor, samples, with_grads=True, registry=registry)
-    splits = {s: prepare_eval(processor, args.data, TASKS, limit=args.limit, split=s) for s in ("calibration", "test")}
-    print(json.dumps({"method": "dense", **{s: headline(base, processor, p) for s, p in splits.items()}}), flush=True)
-    policy = load_policy(args.policy)
+    registry, base, processor, samples, stats, splits, policy = dense_setup(args)
     rows = []
     for method, target in runs(args):
         hipp = method == "hipp"

@@ -122,19 +122,26 @@ def cells(args: argparse.Namespace) -> list[tuple[str, float | None]]:
     return [(m, s) for s in sparsities for m in methods if m != "hipp"] + [("hipp", None)] * ("hipp" in methods)
 
 
-def main() -> int:
-    """Run every (cell, score), print one JSON line per run, then the table and the decision."""
+def dense_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, list, Any, dict[str, Any], Any]:
+    """``(registry, model, processor, samples, stats, splits, policy)`` shared by every run: one
+    calibration set (with gradients), both splits prepared; prints the dense model's JSON line."""
     from hipp_torchprune.hipp.policy_io import load_policy
-    from hipp_torchprune.hipp.preferences import parse_preference
 
-    args = parse_args()
     registry = default_registry()
     base, processor = load_model(args.model)
     samples = calibration_samples(args.data, args.calib_n)
     stats = api.calibrate(base, processor, samples, with_grads=True, registry=registry)
     splits = {s: prepare_eval(processor, args.data, TASKS, limit=args.limit, split=s) for s in ("calibration", "test")}
     print(json.dumps({"method": "dense", **{s: headline(base, processor, p) for s, p in splits.items()}}), flush=True)
-    policy = load_policy(args.policy)
+    return registry, base, processor, samples, stats, splits, load_policy(args.policy)
+
+
+def main() -> int:
+    """Run every (cell, score), print one JSON line per run, then the table and the decision."""
+    from hipp_torchprune.hipp.preferences import parse_preference
+
+    args = parse_args()
+    registry, base, processor, samples, stats, splits, policy = dense_setup(args)
     hipp_options = {"policy": policy, "preference": parse_preference(args.preference)}
     rows = []
     for method, sparsity in cells(args):
