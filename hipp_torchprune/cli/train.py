@@ -28,6 +28,8 @@ def _statistics(text: str) -> tuple[str, str]:
 
 def register(subparsers: Any) -> None:
     """Add the ``train`` subcommand."""
+    from hipp_torchprune.pruning.reconstruct import RECONSTRUCTIONS
+
     p = subparsers.add_parser("train", help="train a preference-conditioned pruning policy")
     p.add_argument("--model", required=True, help="checkpoint dir, 'demo', or a tiny model name")
     p.add_argument("--data", required=True, help="data dir (calibration split for statistics and rewards)")
@@ -49,6 +51,9 @@ def register(subparsers: Any) -> None:
                    help="reward statistics of the gold margins, 'loglik' (mean gold log-probability among the "
                         "options) or 'margin' (the paper's mean margin): one for both objectives or ROB,UTIL "
                         "(default loglik for both)")
+    p.add_argument("--reconstruct", choices=RECONSTRUCTIONS, default="none",
+                   help="score every plan with the least-squares refit of its pruned down_proj layers in place "
+                        "(lstsq, as hipp prune/compare --reconstruct lstsq deploy it) or as masked rows alone")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-gate", action="store_true", help="ablation: no SynFlow stability gate (every weight 1)")
     p.add_argument("--gate-band", choices=("budget", "pooled"), default="budget",
@@ -117,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     result = train_from_data(args.model, args.data, args.out, config, round_to=args.round_to, calib_n=args.calib_n,
                              max_pixels=args.max_pixels,
                              reward_limit=args.reward_limit, reward_statistic=args.reward_stat,
-                             calibration=args.calibration,
+                             calibration=args.calibration, reconstruct=args.reconstruct,
                              resume=not args.no_resume, state=state, dtype=args.dtype,
                              progress=not args.no_progress)
     if state is not None and not state.is_main_process:

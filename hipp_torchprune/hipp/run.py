@@ -8,6 +8,7 @@ from typing import Any
 
 from hipp_torchprune import api
 from hipp_torchprune.calib_data import calibration_samples
+from hipp_torchprune.errors import CalibrationError
 from hipp_torchprune.hipp.calibrate import profile_model, row_scores
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.grounding import single_layer_drops
@@ -23,6 +24,7 @@ from hipp_torchprune.hipp.profile import (
 from hipp_torchprune.hipp.trainer import TrainConfig, best_step, config_dict, train_policy
 from hipp_torchprune.loading import load_model
 from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS, cap_pixels
+from hipp_torchprune.pruning.reconstruct import DEFAULT_GRAM_BYTES, Reconstruction, collect_down_grams, gram_bytes
 from hipp_torchprune.registry import Registry
 
 
@@ -46,10 +48,28 @@ def calibrated_profile(model: Any, processor: Any, data_dir: str | Path, calib_n
     return profile, scores
 
 
+def reward_grams(model: Any, processor: Any, data_dir: str | Path, calib_n: int,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_GRAM_BYTES,
+                 registry: Registry | None = None) -> list[Any]:
+    """Every layer's augmented ``down_proj`` input Gram over the first ``calib_n`` calibration samples
+    of ``data_dir`` (the rows the calibration pass uses), for the refit inside the reward. A run
+    holds them all, so more than ``max_bytes`` of them is refused before any forward pass (LLaVA-7B
+    would need 31 GB: train it with ``reconstruct="none"``)."""
+    adapter = api.get_adapter(model, registry)
+    need = sum(gram_bytes(w) for w in adapter.intermediate_widths())
+    if need > max_bytes:
+        raise CalibrationError(f"the refit inside the reward holds every layer's down_proj Gram, {need / 2**30:.1f} GiB "
+                               f"here, above the {max_bytes / 2**30:.1f} GiB allowed: train with reconstruct='none'")
+    samples = calibration_samples(str(data_dir), calib_n)
+    return collect_down_grams(model, adapter, api.calibration_batches(adapter, cap_pixels(processor, max_pixels),
+                                                                      samples))
+
+
 def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, config: TrainConfig, *,
                     round_to: int = 64, calib_n: int = 64, reward_limit: int = 128, reward_split: str = "calibration",
                     reward_statistic: str | tuple[str, str] = DEFAULT_STATISTICS,
-                    calibration: str | Path | None = None, resume: bool = True, state: Any = None,
+                    calibration: str | Path | None = None, reconstruct: Reconstruction = "none",
+                    resume: bool = True, state: Any = None,
                     progress: bool = True, dtype: str | None = None,
                     max_pixels: int | None = DEFAULT_MAX_PIXELS, registry: Registry | None = None) -> dict[str, Any]:
     """Train a HiPP policy for ``model_spec`` on ``data_dir`` and save it to ``out``.
@@ -58,6 +78,8 @@ def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, conf
     ``dtype`` is the model's (default: the checkpoint's own, see :func:`~hipp_torchprune.loading.parse_dtype`);
     calibration images are capped at ``max_pixels`` pixels; the rewards return ``reward_statistic``
     of the gold margins (one name, or a ``(rob, util)`` pair: :mod:`hipp_torchprune.hipp.objectives`).
+    With ``reconstruct="lstsq"`` every plan is scored with the least-squares refit of its pruned
+    ``down_proj`` layers (:func:`reward_grams`), as ``hipp prune --reconstruct lstsq`` deploys it.
     ``registry`` is where the adapter, the row scorer and the reward tasks are looked up (default:
     the default registry).
     """
@@ -68,16 +90,19 @@ def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, conf
     cfg = config.policy
     objectives = default_objectives(processor, data_dir, reward_split, reward_limit, registry=registry,
                                     statistic=reward_statistic)
+    grams = reward_grams(model, processor, data_dir, calib_n, max_pixels, registry=registry) \
+        if reconstruct == "lstsq" else None
     env = PlanEnvironment(model, adapter, scores, objectives,
                           round_to=round_to, r_max=cfg.r_max, compression_range=(cfg.rho_min, cfg.rho_max),
-                          row_params=profile.row_params, state=state)
+                          row_params=profile.row_params, state=state, grams=grams)
     try:
         if config.state.grounding_drops:  # L + 1 plan evaluations, every rank (scoring is collective)
             profile = profile.with_grounding_drops(single_layer_drops(env, config.state.drop_ratio))
         policy, history = train_policy(env, profile, config, out, resume=resume, state=state, progress=progress)
     finally:
         env.close()
-    reward_meta = {"statistic": list(statistic_pair(reward_statistic)), "limit": reward_limit, "split": reward_split}
+    reward_meta = {"statistic": list(statistic_pair(reward_statistic)), "limit": reward_limit, "split": reward_split,
+                   "reconstruct": reconstruct}
     if state is None or state.is_main_process:
         save_policy(out, policy, profile, round_to, extra={"train": config_dict(config), "model": str(model_spec),
                                                           "data": str(data_dir), "steps_done": len(history),

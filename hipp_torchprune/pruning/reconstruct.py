@@ -118,6 +118,11 @@ def collect_down_grams(model: nn.Module, adapter: ModelAdapter, batches: Iterabl
     return [g for g in grams if g is not None]
 
 
+def gram_bytes(width: int) -> int:
+    """Bytes of a float64 augmented Gram of a ``down_proj`` with ``width`` inputs: ``8 (width + 1)^2``."""
+    return 8 * (width + 1) ** 2
+
+
 def gram_chunks(widths: Sequence[int], max_bytes: int = DEFAULT_GRAM_BYTES) -> list[list[int]]:
     """Consecutive index groups of ``widths`` whose float64 augmented Grams (``8 (w + 1)^2`` bytes
     each) fit in ``max_bytes`` together; a Gram larger than that is a group of its own.
@@ -127,7 +132,7 @@ def gram_chunks(widths: Sequence[int], max_bytes: int = DEFAULT_GRAM_BYTES) -> l
     chunks: list[list[int]] = []
     used = max_bytes + 1
     for i, width in enumerate(widths):
-        size = 8 * (width + 1) ** 2
+        size = gram_bytes(width)
         if used + size > max_bytes:
             chunks.append([])
             used = 0
@@ -155,6 +160,46 @@ def solve_downs(adapter: ModelAdapter, keep: Sequence[torch.Tensor], grams: Gram
             weight, bias = lstsq_down(mlps[i].down.weight, gram, keep[i], damp)
             solutions[i] = (weight.to(dtype), bias.to(dtype))
     return solutions
+
+
+def held_grams(grams: Sequence[torch.Tensor]) -> GramSource:
+    """A :data:`GramSource` over Grams already held, one per layer (the plan environment's)."""
+    return lambda layers: [grams[i] for i in layers]
+
+
+@contextmanager
+def refitted(adapter: ModelAdapter, keep: Sequence[torch.Tensor],
+             solutions: Sequence[Solution | None]) -> Iterator[None]:
+    """The model with :func:`solve_downs`' ``solutions`` in place for the block: each pruned
+    ``down_proj``'s kept columns (``keep[l]``) overwritten and its bias added by a forward hook; the
+    dense weights are put back bit for bit after it, also on error. For mask mode, where the removed
+    columns see a zero input, so the block computes exactly what :func:`write_downs` on the
+    physically pruned model does. Holds the overwritten columns' old values (at most one copy of
+    the down weights)."""
+    saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    handles = []
+    try:
+        with torch.no_grad():
+            for mlp, kept, solution in zip(adapter.mlps(), keep, solutions, strict=True):
+                if solution is None:
+                    continue
+                weight, idx = mlp.down.weight, kept.to(mlp.down.weight.device)
+                saved.append((weight, idx, weight[:, idx].clone()))
+                weight[:, idx] = solution[0].to(device=weight.device, dtype=weight.dtype)
+                handles.append(mlp.down.register_forward_hook(_bias_hook(solution[1].to(weight.device, weight.dtype))))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        with torch.no_grad():
+            for weight, idx, old in saved:
+                weight[:, idx] = old
+
+
+def _bias_hook(bias: torch.Tensor) -> Callable[..., torch.Tensor]:
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        return output + bias
+    return hook
 
 
 def write_downs(adapter: ModelAdapter, solutions: Sequence[Solution | None]) -> None:

@@ -81,3 +81,51 @@ def test_score_widths_matches_score_and_refuses_bad_widths(tiny) -> None:
                 env.score_widths([tuple(bad)])
     finally:
         env.close()
+
+
+def test_grams_score_every_plan_refitted_and_leave_the_model_dense() -> None:
+    """With Grams, the objectives see the plan's masks plus its least-squares refit (the logits of
+    the physically pruned, refitted model), and the model is the dense one after each plan."""
+    import copy
+
+    import pytest
+
+    from hipp_torchprune.errors import HippError
+    from hipp_torchprune.hipp.env import PlanEnvironment
+    from hipp_torchprune.models.tiny import build_tiny
+    from hipp_torchprune.pruning import operator
+    from hipp_torchprune.pruning.reconstruct import collect_down_grams, held_grams, solve_downs, write_downs
+    from tests.conftest import samples
+
+    model, processor = build_tiny("tiny-llava", seed=0)
+    adapter = api.get_adapter(model)
+    widths = adapter.intermediate_widths()
+    grams = collect_down_grams(model, adapter, api.calibration_batches(adapter, processor, samples(3)))
+    batch = next(api.calibration_batches(adapter, processor, samples(2, seed=4)))
+    seen: list[torch.Tensor] = []
+
+    def rob(m: torch.nn.Module) -> float:
+        with torch.no_grad():
+            seen.append(m(**batch, use_cache=False).logits)
+        return 0.0
+
+    scores = [torch.rand(w, generator=torch.Generator().manual_seed(i)) for i, w in enumerate(widths)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kwargs = {"round_to": 8, "r_max": 0.8, "compression_range": (0.2, 0.5), "row_params": [1] * len(widths)}
+    with pytest.raises(HippError, match="Grams for"):
+        PlanEnvironment(model, adapter, scores, {}, grams=grams[:-1], **kwargs)
+    plan = tuple(w // 2 for w in widths[:-1]) + (widths[-1],)
+    for env_grams in (grams, None):
+        env = PlanEnvironment(model, adapter, scores, {"rob": rob, "util": lambda m: 0.0}, grams=env_grams, **kwargs)
+        try:
+            env.score_widths([plan])
+        finally:
+            env.close()
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    keep = [operator.keep_indices(s, k) for s, k in zip(scores, plan)]
+    pruned = copy.deepcopy(model)
+    operator.prune_physical(api.get_adapter(pruned), keep)
+    write_downs(api.get_adapter(pruned), solve_downs(adapter, keep, held_grams(grams)))
+    with torch.no_grad():
+        assert torch.allclose(seen[0], pruned(**batch, use_cache=False).logits, atol=1e-4)
+    assert not torch.allclose(seen[0], seen[1], atol=1e-3)

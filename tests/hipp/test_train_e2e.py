@@ -38,12 +38,37 @@ def test_train_writes_policy_logs_and_rising_reward(policy_dir: Path) -> None:
     assert all(0.0 < h["gate"] <= 1.0 for h in log[1:])
     meta = json.loads((policy_dir / "policy.json").read_text())
     assert meta["state"] == {"visual_sensitivity": True, "grounding_drops": True, "drop_ratio": 0.75}
-    assert meta["reward"] == {"statistic": ["loglik", "loglik"], "limit": 8, "split": "calibration"}
+    assert meta["reward"] == {"statistic": ["loglik", "loglik"], "limit": 8, "split": "calibration",
+                              "reconstruct": "none"}
     drops = [layer["grounding_drop"] for layer in meta["profile"]["layers"]]
     assert len(drops) == 4 and all(len(d) == 2 for d in drops) and any(d[1] != 0.0 for d in drops)
     assert meta["n_features"] == 16 + 5
     assert (policy_dir / "policy.json").exists() and (policy_dir / "checkpoint.pt").exists()
     assert any(p.name.startswith("events.out.tfevents") for p in (policy_dir / "runs").iterdir())
+
+
+def test_train_with_the_refit_in_the_reward(world: Path, policy_dir: Path, tmp_path: Path) -> None:
+    """``--reconstruct lstsq`` scores plans with the refit in place: same seed, same first plans,
+    other rewards; the policy records it."""
+    out = tmp_path / "p"
+    assert main(["train", "--model", "tiny-llava", "--data", str(world), "--out", str(out), "--steps", "1",
+                 "--group", "4", "--prefs", "2", "--budget", "0.2,0.5", "--round-to", "16", "--calib-n", "6",
+                 "--reward-limit", "8", "--lr", "0.01", "--reconstruct", "lstsq", "--no-progress"]) == 0
+    meta = json.loads((out / "policy.json").read_text())
+    assert meta["reward"]["reconstruct"] == "lstsq"
+    refit, plain = (json.loads((d / "train_log.json").read_text()) for d in (out, policy_dir))
+    assert refit[1]["sparsity"] == plain[1]["sparsity"] and refit[1]["rob_raw"] != plain[1]["rob_raw"]
+    assert refit[0]["anchor_reward"] != plain[0]["anchor_reward"]
+
+
+def test_the_refit_reward_refuses_grams_it_cannot_hold() -> None:
+    from hipp_torchprune.errors import CalibrationError
+    from hipp_torchprune.hipp.run import reward_grams
+    from hipp_torchprune.models.tiny import build_tiny
+
+    model, processor = build_tiny("tiny-llava", seed=0)
+    with pytest.raises(CalibrationError, match="train with reconstruct='none'"):
+        reward_grams(model, processor, "nowhere", 4, max_bytes=1024)
 
 
 def test_query_json(policy_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

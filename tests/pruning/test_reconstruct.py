@@ -11,7 +11,17 @@ from hipp_torchprune.errors import CalibrationError, PlanError
 from hipp_torchprune.methods import MethodContext, MethodError, prune_with_method
 from hipp_torchprune.models.tiny import build_tiny
 from hipp_torchprune.pruning import operator
-from hipp_torchprune.pruning.reconstruct import augmented_gram, collect_down_grams, gram_chunks, lstsq_down, solve_downs
+from hipp_torchprune.pruning.reconstruct import (
+    augmented_gram,
+    collect_down_grams,
+    gram_bytes,
+    gram_chunks,
+    held_grams,
+    lstsq_down,
+    refitted,
+    solve_downs,
+    write_downs,
+)
 from tests.conftest import baselines_registry, samples
 
 
@@ -113,6 +123,46 @@ def test_a_gram_budget_of_one_layer_gives_the_same_solutions() -> None:
     assert once[1] is None and each[1] is None
     for a, b in zip(once, each):
         assert a is None or (torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[0].dtype == model.dtype)
+
+
+def test_gram_bytes_by_hand() -> None:
+    assert [gram_bytes(w) for w in (0, 3, 11008)] == [8, 128, 8 * 11009 ** 2]
+
+
+def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**batch, use_cache=False).logits
+
+
+def test_the_refit_in_mask_mode_is_the_physically_refitted_model_and_is_undone_exactly() -> None:
+    """Masks plus :func:`refitted` compute what physical removal plus :func:`write_downs` computes;
+    after the block (also when it raises) every weight is the dense one bit for bit and no hook is left."""
+    import copy
+
+    model, processor = build_tiny("tiny-llava", seed=0)
+    adapter = api.get_adapter(model)
+    widths = adapter.intermediate_widths()
+    keep = [torch.arange(w) if i == 2 else torch.arange(1, w, 3) for i, w in enumerate(widths)]
+    grams = collect_down_grams(model, adapter, api.calibration_batches(adapter, processor, samples(3)))
+    solutions = solve_downs(adapter, keep, held_grams(grams))
+    pruned = copy.deepcopy(model)
+    operator.prune_physical(api.get_adapter(pruned), keep)
+    write_downs(api.get_adapter(pruned), solutions)
+    batch = next(api.calibration_batches(adapter, processor, samples(2, seed=5)))
+    dense = _logits(model, batch)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with operator.PlanMasks(adapter) as masks:
+        masks.set_keep(keep)
+        plain = _logits(model, batch)
+        with refitted(adapter, keep, solutions):
+            inside = _logits(model, batch)
+        with pytest.raises(RuntimeError, match="boom"), refitted(adapter, keep, solutions):
+            raise RuntimeError("boom")
+    assert torch.allclose(inside, _logits(pruned, batch), atol=1e-4)
+    assert not torch.allclose(inside, plain, atol=1e-3)  # the refit changed the output
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(not m.down._forward_hooks for m in adapter.mlps())
+    assert torch.equal(_logits(model, batch), dense)
 
 
 def test_mask_mode_refuses_a_refit_untouched() -> None:
