@@ -38,7 +38,7 @@ from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.gate import GateConfig
 from hipp_torchprune.hipp.policy import PolicyConfig
 from hipp_torchprune.hipp.policy_io import load_policy, query
-from hipp_torchprune.hipp.run import calibrated_profile, train_from_data
+from hipp_torchprune.hipp.run import calibrated_profile, reward_grams, train_from_data
 from hipp_torchprune.hipp.state import StateConfig
 from hipp_torchprune.hipp.trainer import TrainConfig
 from hipp_torchprune.loading import load_model
@@ -116,28 +116,32 @@ def train_all(args: argparse.Namespace, base: TrainConfig) -> None:
             stat = "margin" if row == "margin" else args.reward_stat
             train_from_data(args.model, args.data, out, row_config(row, base, seed), round_to=args.round_to,
                             calib_n=args.calib_n, reward_limit=args.reward_limit, reward_statistic=stat,
-                            calibration=Path(args.out) / "calibration", progress=False)
+                            calibration=Path(args.out) / "calibration", reconstruct=args.reconstruct,
+                            progress=False)
         finally:
             (out / ".training").unlink(missing_ok=True)
 
 
-def test_environment(args: argparse.Namespace) -> PlanEnvironment:
-    """Plan environment on ``--test-data`` whose two objectives are test-split accuracies."""
-    model, processor = load_model(args.model)
-    profile, scores = calibrated_profile(model, processor, args.test_data, args.calib_n,
-                                         Path(args.out) / "test-calibration")
-    pope = PopeMarginReward(processor, args.test_data, "test", None)
-    sqa = ScienceQAMarginReward(processor, args.test_data, "test", None)
+def test_environment(model_spec: str, test_data: str, calib_n: int, cache: Path, *, round_to: int, r_max: float,
+                     budget: tuple[float, float], reconstruct: str = "none") -> PlanEnvironment:
+    """Plan environment on ``test_data`` whose two objectives are test-split accuracies, rows by the
+    shared row score calibrated on its calibration split (cached in ``cache``), each plan refitted
+    there too with ``reconstruct="lstsq"`` (as ``hipp compare --reconstruct lstsq`` does)."""
+    model, processor = load_model(model_spec)
+    profile, scores = calibrated_profile(model, processor, test_data, calib_n, cache)
+    grams = reward_grams(model, processor, test_data, calib_n) if reconstruct == "lstsq" else None
+    pope = PopeMarginReward(processor, test_data, "test", None)
+    sqa = ScienceQAMarginReward(processor, test_data, "test", None)
     objectives = {"rob": lambda m: 100 * float(pope.metrics(m)["balanced_accuracy"]),
                   "util": lambda m: 100 * float(sqa.metrics(m)["accuracy"])}
-    lo, hi = args.budget
-    return PlanEnvironment(model, api.get_adapter(model), scores, objectives, round_to=args.round_to,
-                           r_max=args.r_max, compression_range=(lo, hi), row_params=profile.row_params)
+    return PlanEnvironment(model, api.get_adapter(model), scores, objectives, round_to=round_to, r_max=r_max,
+                           compression_range=budget, row_params=profile.row_params, grams=grams)
 
 
 def evaluate_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     """One record per (row, seed): the plan's own sparsity, the pinned widths and their test accuracies."""
-    env = test_environment(args)
+    env = test_environment(args.model, args.test_data, args.calib_n, Path(args.out) / "test-calibration",
+                           round_to=args.round_to, r_max=args.r_max, budget=args.budget, reconstruct=args.reconstruct)
     records = []
     try:
         for row in args.rows:
@@ -193,6 +197,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the full method's cap on the returns (hipp train --objective-cap)")
     p.add_argument("--preference", type=lambda s: tuple(float(x) for x in s.split(",")), default=(0.8, 0.1, 0.1))
     p.add_argument("--sparsity", type=float, default=None, help="pin every plan to this sparsity (default: its own)")
+    p.add_argument("--reconstruct", choices=("none", "lstsq"), default="none",
+                   help="least-squares refit of pruned down_proj in every training reward and test score")
     p.add_argument("--train-only", action="store_true", help="train the missing policies and stop")
     args = p.parse_args(argv)
     unknown = [r for r in args.rows if r not in ROWS]

@@ -1,0 +1,37 @@
+"""benchmarks/steering.py: every policy's sweeps scored on the test split, on tiny-llava."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hipp_torchprune.cli import main as cli
+from hipp_torchprune.hipp.policy_io import load_policy, query
+from tests.benchmark_scripts import load_benchmark
+
+
+def test_a_run_on_tiny_llava(make_world, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load_benchmark("steering")
+    world = make_world(0, 8)
+    policy = tmp_path / "p"
+    assert cli(["train", "--model", "tiny-llava", "--data", str(world), "--out", str(policy), "--steps", "1",
+                "--group", "2", "--round-to", "16", "--budget", "0.2,0.5", "--reward-limit", "4", "--calib-n", "2",
+                "--no-progress"]) == 0
+    out = tmp_path / "steer"
+    sweeps = ["0.9,0.1,0;0.5,0.5,0;0.1,0.9,0", "0.4,0.1,0.5;0.1,0.4,0.5"]
+    bench.main(["--model", "tiny-llava", "--data", str(world), "--out", str(out), "--calib-n", "2",
+                "--reconstruct", "lstsq", "--policy", f"a={policy}", "--policy", f"b={policy}",
+                *[x for s in sweeps for x in ("--sweep", s)]])
+    records = json.loads((out / "steering.json").read_text())["records"]
+    assert [(r["policy"], r["sweep"]) for r in records] == [(n, s) for n in "ab" for s in sweeps for _ in s.split(";")]
+    loaded = load_policy(policy)
+    for r in records:  # the policy's own widths, scored as percentages
+        answer = query(loaded, r["preference"])
+        assert r["widths"] == list(answer.widths) and r["sparsity"] == pytest.approx(answer.realized_sparsity)
+        assert 0 <= r["pope_adv"] <= 100 and 0 <= r["sqa"] <= 100
+    printed = capsys.readouterr().out
+    assert printed.count("r(w_rob, POPE-adv)") == 4 and "### a, w_comp 0.50" in printed
+    with pytest.raises(SystemExit, match="NAME=DIR"):
+        bench.main(["--data", str(world), "--out", str(out), "--policy", str(policy)])
