@@ -69,8 +69,9 @@ def render(records: list[dict[str, Any]]) -> str:
         group = [r for r in records if (r["policy"], r["sweep"]) == key]
         r_rob = pearson([r["preference"][0] for r in group], [r["pope_adv"] for r in group])
         r_util = pearson([r["preference"][1] for r in group], [r["sqa"] for r in group])
-        lines += [f"### {key[0]}, w_comp {group[0]['preference'][2]:.2f}: r(w_rob, POPE-adv) {r_rob:+.2f}, "
-                  f"r(w_util, SQA) {r_util:+.2f}", "",
+        title = (f"### {key[0]}, w_comp {group[0]['preference'][2]:.2f}: r(w_rob, POPE-adv) {r_rob:+.2f}, "
+                 f"r(w_util, SQA) {r_util:+.2f}")
+        lines += [title, "",
                   "| preference | kept widths | sparsity % | POPE-adv BalAcc | ScienceQA acc |", "|---|---|---|---|---|"]
         lines += [f"| {', '.join(f'{w:.2f}' for w in r['preference'])} | {', '.join(map(str, r['widths']))} | "
                   f"{100 * r['sparsity']:.1f} | {r['pope_adv']:.1f} | {r['sqa']:.1f} |" for r in group]
