@@ -21,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
     from hipp_torchprune.hipp.policy_io import load_policy, query
     from hipp_torchprune.hipp.preferences import parse_preference
 
-    result = query(load_policy(args.policy), parse_preference(args.preference))
+    loaded = load_policy(args.policy)
+    result = query(loaded, parse_preference(args.preference))
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
@@ -30,4 +31,6 @@ def run(args: argparse.Namespace) -> int:
     for i, (r, w) in enumerate(zip(result.plan, result.widths)):
         print(f"{i:>5} {r:>7.3f} {w:>6}")
     print(f"realized MLP sparsity: {result.realized_sparsity:.4f}")
+    if loaded.meta.get("reward", {}).get("reconstruct", "none") != "none":
+        print("trained with the least-squares refit in its reward: prune with --reconstruct lstsq")
     return 0

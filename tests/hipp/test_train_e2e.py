@@ -47,7 +47,8 @@ def test_train_writes_policy_logs_and_rising_reward(policy_dir: Path) -> None:
     assert any(p.name.startswith("events.out.tfevents") for p in (policy_dir / "runs").iterdir())
 
 
-def test_train_with_the_refit_in_the_reward(world: Path, policy_dir: Path, tmp_path: Path) -> None:
+def test_train_with_the_refit_in_the_reward(world: Path, policy_dir: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
     """``--reconstruct lstsq`` scores plans with the refit in place: same seed, same first plans,
     other rewards; the policy records it."""
     out = tmp_path / "p"
@@ -59,6 +60,11 @@ def test_train_with_the_refit_in_the_reward(world: Path, policy_dir: Path, tmp_p
     refit, plain = (json.loads((d / "train_log.json").read_text()) for d in (out, policy_dir))
     assert refit[1]["sparsity"] == plain[1]["sparsity"] and refit[1]["rob_raw"] != plain[1]["rob_raw"]
     assert refit[0]["anchor_reward"] != plain[0]["anchor_reward"]
+    hint = "prune with --reconstruct lstsq"
+    for directory, said in ((out, True), (policy_dir, False)):  # hipp query tells how to deploy it
+        capsys.readouterr()
+        assert main(["query", "--policy", str(directory), "--preference", "1,1,1"]) == 0
+        assert (hint in capsys.readouterr().out) == said
 
 
 def test_the_refit_reward_refuses_grams_it_cannot_hold() -> None:
