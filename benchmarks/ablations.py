@@ -43,6 +43,7 @@ from hipp_torchprune.hipp.state import StateConfig
 from hipp_torchprune.hipp.trainer import TrainConfig
 from hipp_torchprune.loading import load_model
 from hipp_torchprune.pruning.plan import waterfill
+from hipp_torchprune.pruning.reconstruct import RECONSTRUCTIONS
 from hipp_torchprune.rewards import PopeMarginReward, ScienceQAMarginReward
 
 #: Each row's change to the full method's :class:`TrainConfig` (``"margin"`` changes the rewards).
@@ -197,7 +198,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the full method's cap on the returns (hipp train --objective-cap)")
     p.add_argument("--preference", type=lambda s: tuple(float(x) for x in s.split(",")), default=(0.8, 0.1, 0.1))
     p.add_argument("--sparsity", type=float, default=None, help="pin every plan to this sparsity (default: its own)")
-    p.add_argument("--reconstruct", choices=("none", "lstsq"), default="none",
+    p.add_argument("--reconstruct", choices=RECONSTRUCTIONS, default="none",
                    help="least-squares refit of pruned down_proj in every training reward and test score")
     p.add_argument("--train-only", action="store_true", help="train the missing policies and stop")
     args = p.parse_args(argv)

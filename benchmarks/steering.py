@@ -30,6 +30,7 @@ from hipp_torchprune.compare import pearson
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.policy_io import load_policy, query
 from hipp_torchprune.hipp.preferences import parse_preference
+from hipp_torchprune.pruning.reconstruct import RECONSTRUCTIONS
 
 #: ``hipp compare``'s Table-3 sweeps of docs/results.md: ``w_comp`` 0 (28.1 %) and 0.5 (46.9 %).
 SWEEPS: tuple[str, ...] = ("0.1,0.9,0.0;0.3,0.7,0.0;0.5,0.5,0.0;0.7,0.3,0.0;0.9,0.1,0.0",
@@ -45,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--policy", action="append", required=True, metavar="NAME=DIR", help="repeatable")
     p.add_argument("--sweep", action="append", default=None, metavar="'a,b,c;...'",
                    help="one sweep of preferences (repeatable; default: the two Table-3 sweeps)")
-    p.add_argument("--reconstruct", choices=("none", "lstsq"), default="none")
+    p.add_argument("--reconstruct", choices=RECONSTRUCTIONS, default="none")
     p.add_argument("--calib-n", type=int, default=64)
     return p.parse_args(argv)
 

@@ -32,6 +32,15 @@ from ablations import pinned_widths, test_environment
 
 from hipp_torchprune.atomic import write_text_atomic
 from hipp_torchprune.compare import pearson
+from hipp_torchprune.pruning.reconstruct import RECONSTRUCTIONS
+
+
+def _settings(text: str) -> list[str]:
+    """``none,lstsq`` -> the refit settings, each one of :data:`RECONSTRUCTIONS`."""
+    settings = text.split(",")
+    if not settings or any(s not in RECONSTRUCTIONS for s in settings):
+        raise argparse.ArgumentTypeError(f"{text!r}: give settings among {', '.join(RECONSTRUCTIONS)}")
+    return settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="writes tradeoff.json and the calibration cache here")
     p.add_argument("--sparsity", type=lambda s: [float(x) for x in s.split(",")], default=[0.28, 0.47])
     p.add_argument("--plans", type=int, default=40, help="random allocations per sparsity")
-    p.add_argument("--reconstruct", type=lambda s: s.split(","), default=["none", "lstsq"])
+    p.add_argument("--reconstruct", type=_settings, default=["none", "lstsq"], help="refit settings, comma-separated")
     p.add_argument("--round-to", type=int, default=8)
     p.add_argument("--r-max", type=float, default=0.95)
     p.add_argument("--calib-n", type=int, default=64)

@@ -19,6 +19,13 @@ def test_summary_by_hand() -> None:
     assert same["sqa_cost_of_best_pope"] == 0.0 and same["pope_cost_of_best_sqa"] == 0.0  # one plan best for both
 
 
+def test_an_unknown_refit_setting_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        load_benchmark("tradeoff").parse_args(["--data", "w", "--out", "o", "--reconstruct", "none,obs"])
+    assert load_benchmark("tradeoff").parse_args(["--data", "w", "--out", "o", "--reconstruct", "lstsq"]).reconstruct \
+        == ["lstsq"]
+
+
 def test_random_ratios_are_seeded_dirichlet_draws() -> None:
     ratios = load_benchmark("tradeoff").random_ratios
     a, b, c = ratios(5, 4, 0), ratios(5, 4, 0), ratios(5, 4, 1)
