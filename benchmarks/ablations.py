@@ -124,11 +124,12 @@ def train_all(args: argparse.Namespace, base: TrainConfig) -> None:
 
 
 def test_environment(model_spec: str, test_data: str, calib_n: int, cache: Path, *, round_to: int, r_max: float,
-                     budget: tuple[float, float], reconstruct: str = "none") -> PlanEnvironment:
+                     budget: tuple[float, float], reconstruct: str = "none", device: str = "cpu") -> PlanEnvironment:
     """Plan environment on ``test_data`` whose two objectives are test-split accuracies, rows by the
     shared row score calibrated on its calibration split (cached in ``cache``), each plan refitted
-    there too with ``reconstruct="lstsq"`` (as ``hipp compare --reconstruct lstsq`` does)."""
-    model, processor = load_model(model_spec)
+    there too with ``reconstruct="lstsq"`` (as ``hipp compare --reconstruct lstsq`` does), the model on
+    ``device``."""
+    model, processor = load_model(model_spec, device=device)
     profile, scores = calibrated_profile(model, processor, test_data, calib_n, cache)
     grams = reward_grams(model, processor, test_data, calib_n) if reconstruct == "lstsq" else None
     pope = PopeMarginReward(processor, test_data, "test", None)

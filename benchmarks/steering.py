@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="one sweep of preferences (repeatable; default: the two Table-3 sweeps)")
     p.add_argument("--reconstruct", choices=RECONSTRUCTIONS, default="none")
     p.add_argument("--calib-n", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="where the plans are scored (cpu, cuda)")
     return p.parse_args(argv)
 
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     env = test_environment(args.model, args.data, args.calib_n, Path(args.out) / "test-calibration",
                            round_to=first.round_to, r_max=first.policy.config.r_max,
                            budget=(first.policy.config.rho_min, first.policy.config.rho_max),
-                           reconstruct=args.reconstruct)
+                           reconstruct=args.reconstruct, device=args.device)
     try:
         records = [r for name, directory in policies for sweep in (args.sweep or SWEEPS)
                    for r in sweep_records(env, name, directory, sweep)]

@@ -43,3 +43,7 @@ class DataError(HippError, ValueError):
 
 class DtypeError(HippError, ValueError):
     """A dtype name is not one of the accepted ones (the message lists them)."""
+
+
+class DeviceError(HippError, ValueError):
+    """A device was asked for that this machine does not have (``--device cuda`` without a GPU)."""

@@ -72,6 +72,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--objective-cap", choices=("none", "dense", "robustness"), default="none",
                    help="use the robustness and utility returns raw (the paper's), cap both at the dense "
                         "model's (no reward for beating it on the reward rows), or cap robustness alone")
+    p.add_argument("--device", default="cpu",
+                   help="where plans are scored: cpu (default; the same seed gives the same policy) or cuda")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="print the final log record as JSON")
@@ -123,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                              max_pixels=args.max_pixels,
                              reward_limit=args.reward_limit, reward_statistic=args.reward_stat,
                              calibration=args.calibration, reconstruct=args.reconstruct,
-                             resume=not args.no_resume, state=state, dtype=args.dtype,
+                             resume=not args.no_resume, state=state, dtype=args.dtype, device=args.device,
                              progress=not args.no_progress)
     if state is not None and not state.is_main_process:
         return 0

@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from hipp_torchprune import api
 from hipp_torchprune.calib_data import calibration_samples
-from hipp_torchprune.errors import CalibrationError
+from hipp_torchprune.errors import CalibrationError, DeviceError
 from hipp_torchprune.hipp.calibrate import profile_model, row_scores
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.grounding import single_layer_drops
@@ -65,25 +67,40 @@ def reward_grams(model: Any, processor: Any, data_dir: str | Path, calib_n: int,
                                                                       samples))
 
 
+def train_device(device: str | None, state: Any = None) -> torch.device:
+    """Where ``hipp train`` scores plans: ``device`` (default CPU), and under several processes on
+    CUDA each rank's own GPU (``state.device``). CUDA without a GPU is a :class:`DeviceError`.
+
+    Example: ``train_device(None) == torch.device("cpu")``.
+    """
+    want = torch.device(device or "cpu")
+    if want.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"--device {device}: no CUDA device is available here; train with --device cpu")
+    if want.type == "cuda" and state is not None:
+        return torch.device(state.device)
+    return want
+
+
 def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, config: TrainConfig, *,
                     round_to: int = 64, calib_n: int = 64, reward_limit: int = 128, reward_split: str = "calibration",
                     reward_statistic: str | tuple[str, str] = DEFAULT_STATISTICS,
                     calibration: str | Path | None = None, reconstruct: Reconstruction = "none",
                     resume: bool = True, state: Any = None,
-                    progress: bool = True, dtype: str | None = None,
+                    progress: bool = True, dtype: str | None = None, device: str | None = None,
                     max_pixels: int | None = DEFAULT_MAX_PIXELS, registry: Registry | None = None) -> dict[str, Any]:
     """Train a HiPP policy for ``model_spec`` on ``data_dir`` and save it to ``out``.
 
     ``calibration`` is a cache from ``hipp calibrate --cache`` (default: ``out/calibration``);
     ``dtype`` is the model's (default: the checkpoint's own, see :func:`~hipp_torchprune.loading.parse_dtype`);
-    calibration images are capped at ``max_pixels`` pixels; the rewards return ``reward_statistic``
+    ``device`` is where the model is scored (:func:`train_device`; default CPU; the policy itself
+    always learns on CPU); calibration images are capped at ``max_pixels`` pixels; the rewards return ``reward_statistic``
     of the gold margins (one name, or a ``(rob, util)`` pair: :mod:`hipp_torchprune.hipp.objectives`).
     With ``reconstruct="lstsq"`` every plan is scored with the least-squares refit of its pruned
     ``down_proj`` layers (:func:`reward_grams`), as ``hipp prune --reconstruct lstsq`` deploys it.
     ``registry`` is where the adapter, the row scorer and the reward tasks are looked up (default:
     the default registry).
     """
-    model, processor = load_model(model_spec, dtype=dtype)
+    model, processor = load_model(model_spec, dtype=dtype, device=train_device(device, state))
     cache = Path(calibration) if calibration is not None else Path(out) / "calibration"
     profile, scores = calibrated_profile(model, processor, data_dir, calib_n, cache, state, max_pixels, registry)
     adapter = api.get_adapter(model, registry)
@@ -109,6 +126,7 @@ def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, conf
                                                           "reward": reward_meta,
                                                           "deployed_step": best_step(history) if config.deploy == "best"
                                                           else history[-1]["step"],
-                                                          "processes": 1 if state is None else state.num_processes},
+                                                          "processes": 1 if state is None else state.num_processes,
+                                                          "device": next(model.parameters()).device.type},
                     state=config.state)
     return {"out": str(out), "history": history}

@@ -43,6 +43,7 @@ def test_train_writes_policy_logs_and_rising_reward(policy_dir: Path) -> None:
     drops = [layer["grounding_drop"] for layer in meta["profile"]["layers"]]
     assert len(drops) == 4 and all(len(d) == 2 for d in drops) and any(d[1] != 0.0 for d in drops)
     assert meta["n_features"] == 16 + 5
+    assert meta["device"] == "cpu"
     assert (policy_dir / "policy.json").exists() and (policy_dir / "checkpoint.pt").exists()
     assert any(p.name.startswith("events.out.tfevents") for p in (policy_dir / "runs").iterdir())
 
@@ -227,3 +228,24 @@ def test_data_fingerprint_names_worlds_by_content_and_other_dirs_by_path(tmp_pat
     plain.mkdir()
     assert data_fingerprint(plain) == str(plain.resolve())
     assert data_fingerprint("random") == "random"
+
+
+def test_train_device_resolution() -> None:
+    """Plans are scored on CPU unless asked; CUDA without a GPU is a typed error, before any work."""
+    import torch
+
+    from hipp_torchprune.errors import DeviceError
+    from hipp_torchprune.hipp.run import train_device
+
+    assert train_device(None) == torch.device("cpu") == train_device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="no CUDA device"):
+            train_device("cuda")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_train_refuses_cuda_without_a_gpu(world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "p"
+    assert main(["train", "--model", "tiny-llava", "--data", str(world), "--out", str(out), "--steps", "1",
+                 "--device", "cuda", "--no-progress"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err and not out.exists()
