@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -106,9 +107,14 @@ def _strategy_options(args: argparse.Namespace) -> dict[str, Any]:
         from hipp_torchprune.errors import HippError
 
         raise HippError("--policy and --preference go together (with --method hipp or --strategy hipp)")
-    policy = load_policy(args.policy)
-    if args.round_to == 64 and policy.round_to != 64 and "--round-to" not in getattr(args, "argv_flags", ()):
+    policy, given = load_policy(args.policy), getattr(args, "argv_flags", ())
+    if args.round_to == 64 and policy.round_to != 64 and "--round-to" not in given:
         args.round_to = policy.round_to  # the rounding the policy was trained with
+    trained = policy.meta.get("reward", {}).get("reconstruct", "none")
+    if trained != "none" and args.reconstruct == "none" and "--reconstruct" not in given:
+        args.reconstruct = trained  # the refit the policy's rewards were scored with
+        print(f"the policy was trained with the {trained} refit in its reward: pruning with --reconstruct {trained} "
+              "(--reconstruct none turns it off)", file=sys.stderr)
     return {"policy": policy, "preference": parse_preference(args.preference)}
 
 

@@ -32,5 +32,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{i:>5} {r:>7.3f} {w:>6}")
     print(f"realized MLP sparsity: {result.realized_sparsity:.4f}")
     if loaded.meta.get("reward", {}).get("reconstruct", "none") != "none":
-        print("trained with the least-squares refit in its reward: prune with --reconstruct lstsq")
+        print("trained with the least-squares refit in its reward: prune with --reconstruct lstsq "
+              "(hipp prune --method hipp adopts it)")
     return 0

@@ -66,6 +66,12 @@ def test_train_with_the_refit_in_the_reward(world: Path, policy_dir: Path, tmp_p
         capsys.readouterr()
         assert main(["query", "--policy", str(directory), "--preference", "1,1,1"]) == 0
         assert (hint in capsys.readouterr().out) == said
+    for flags, want in (((), "lstsq"), (("--reconstruct", "none"), "none")):  # hipp prune adopts it unless told
+        ck = tmp_path / f"ck-{want}"
+        assert main(["prune", "--model", "tiny-llava", "--method", "hipp", "--policy", str(out), "--preference",
+                     "1,1,1", "--out", str(ck), *flags]) == 0
+        assert json.loads((ck / "plan.json").read_text())["reconstruct"] == want
+        assert ("pruning with --reconstruct lstsq" in capsys.readouterr().err) == (want == "lstsq")
 
 
 def test_the_refit_reward_refuses_grams_it_cannot_hold() -> None:
