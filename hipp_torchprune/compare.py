@@ -21,6 +21,7 @@ import copy
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -370,6 +371,16 @@ def _start_results(config: CompareConfig, path: Path, fresh: bool) -> dict[str, 
     return results
 
 
+def refit_mismatches(policies: dict[str, Any], reconstruct: str) -> list[str]:
+    """One message per policy whose training rewards were scored with another refit than the
+    ``reconstruct`` every method of this comparison is deployed with: its widths were chosen for
+    another model (``docs/results.md``, session 30). Policies saved before the setting existed
+    were trained without a refit."""
+    trained = {name: p.meta.get("reward", {}).get("reconstruct", "none") for name, p in policies.items()}
+    return [f"policy {name!r} was trained with reconstruct={t!r} in its reward, but this comparison deploys "
+            f"every method with reconstruct={reconstruct!r}" for name, t in trained.items() if t != reconstruct]
+
+
 def _load_shared(config: CompareConfig, registry: Any) -> _Shared:
     """The model, policies, calibration and test rows every cell shares (matched calibration)."""
     import torch
@@ -383,6 +394,8 @@ def _load_shared(config: CompareConfig, registry: Any) -> _Shared:
     model, processor = load_model(config.model, dtype=config.dtype)
     model.to(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     policies = {"main": load_policy(config.policy), **{n: load_policy(d) for n, d in config.samplers + config.ablations}}
+    for message in refit_mismatches(policies, config.reconstruct):
+        warnings.warn(message, stacklevel=2)
     samples = calibration_samples(config.data, config.calib_n)
     stats = api.calibrate(model, processor, samples, with_grads=True, registry=registry)
     prepared = prepare_eval(processor, config.data, TASKS, limit=config.limit)

@@ -15,6 +15,7 @@ from hipp_torchprune.compare import (
     fmt_pm,
     mean_std,
     pareto_front,
+    refit_mismatches,
     render_tables,
     run_compare,
 )
@@ -30,6 +31,18 @@ def test_mean_std_by_hand() -> None:
     assert mean_std([1.0, 3.0]) == pytest.approx((2.0, math.sqrt(2.0)))
     assert mean_std([0.5]) == (0.5, 0.0)
     assert fmt_pm([0.5, 0.7]) == "60.0 ± 14.1"
+
+
+def test_refit_mismatches_name_each_policy_trained_for_another_refit() -> None:
+    from types import SimpleNamespace
+
+    policies = {"main": SimpleNamespace(meta={"reward": {"reconstruct": "lstsq"}}),
+                "old": SimpleNamespace(meta={}),  # saved before the setting: trained without a refit
+                "plain": SimpleNamespace(meta={"reward": {"reconstruct": "none"}})}
+    tail = "in its reward, but this comparison deploys every method with reconstruct='lstsq'"
+    assert refit_mismatches(policies, "lstsq") == [f"policy 'old' was trained with reconstruct='none' {tail}",
+                                                   f"policy 'plain' was trained with reconstruct='none' {tail}"]
+    assert [m.split("'")[1] for m in refit_mismatches(policies, "none")] == ["main"]
 
 
 def test_pareto_front_by_hand() -> None:
