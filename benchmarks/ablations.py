@@ -11,7 +11,7 @@ balanced accuracy and ScienceQA accuracy, rows by the shared row score calibrate
 Prints mean ± std over the seeds per row, with the sparsity each budget head chose before
 pinning, and writes ``ablations.json``. Resumable: a finished policy directory is reused, an
 interrupted one resumes from its checkpoint; processes may run side by side over the same rows
-(each policy directory is claimed with a lock file while it trains, so no two train the same
+(each policy directory is claimed with a ``flock`` while it trains, so no two train the same
 policy), and a last run over all of them only evaluates.
 
     python benchmarks/ablations.py --data POLICY_WORLD --test-data TEST_WORLD --out out/ablations \
@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import os
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,29 +80,23 @@ def pinned_widths(env: PlanEnvironment, ratios: tuple[float, ...], sparsity: flo
     return env.widths_for(waterfill([max(r, 1e-6) for r in ratios], sizes, sparsity, env.r_max))
 
 
-def claim(policy_dir: Path) -> bool:
-    """Take ``policy_dir/.training`` for this process, or return False if a live process holds it.
-
-    A lock left by a process that has died (its pid no longer runs) is taken over."""
+@contextmanager
+def claimed(policy_dir: Path) -> Iterator[bool]:
+    """Hold ``policy_dir/.training`` for the block (``True``), or ``False`` while another open
+    holds it, in this process or a live other one. The lock is an advisory ``flock``, which the
+    kernel drops when its holder exits however it exits, so no lock goes stale and none has to be
+    taken over. The file stays behind, with the last holder's pid."""
     policy_dir.mkdir(parents=True, exist_ok=True)
-    lock = policy_dir / ".training"
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
+    with open(policy_dir / ".training", "a+") as handle:
         try:
-            pid = int(lock.read_text())
-            if pid <= 0:  # os.kill(0 or -1, 0) would ask about a process group, not one process
-                raise ValueError(pid)
-            os.kill(pid, 0)
-            return False
-        except PermissionError:  # a live process of another user
-            return False
-        except (ProcessLookupError, ValueError):  # died, or died before writing its pid
-            lock.write_text(str(os.getpid()))
-            return True
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
-    return True
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield True
 
 
 def train_all(args: argparse.Namespace, base: TrainConfig) -> None:
@@ -109,18 +105,16 @@ def train_all(args: argparse.Namespace, base: TrainConfig) -> None:
     todo = [(row, seed) for row in args.rows for seed in args.seeds]
     for row, seed in tqdm(todo, desc="ablation policies"):
         out = Path(args.out) / row / f"seed-{seed}"
-        if (out / "policy.json").exists() or not claim(out):
+        if (out / "policy.json").exists():
             continue
-        try:
-            if (out / "policy.json").exists():  # finished by another process since the check above
+        with claimed(out) as mine:
+            if not mine or (out / "policy.json").exists():  # held, or finished since the check above
                 continue
             stat = "margin" if row == "margin" else args.reward_stat
             train_from_data(args.model, args.data, out, row_config(row, base, seed), round_to=args.round_to,
                             calib_n=args.calib_n, reward_limit=args.reward_limit, reward_statistic=stat,
                             calibration=Path(args.out) / "calibration", reconstruct=args.reconstruct,
                             progress=False)
-        finally:
-            (out / ".training").unlink(missing_ok=True)
 
 
 def test_environment(model_spec: str, test_data: str, calib_n: int, cache: Path, *, round_to: int, r_max: float,

@@ -34,13 +34,31 @@ def test_claim_keeps_a_policy_directory_to_one_live_process(tmp_path: Path) -> N
     import subprocess
     import sys
 
-    bench = load_benchmark("ablations")
-    assert bench.claim(tmp_path / "p") and not bench.claim(tmp_path / "p")  # this process holds it now
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    (tmp_path / "p" / ".training").write_text(done.stdout.strip())  # a lock left by a process that died
-    assert bench.claim(tmp_path / "p") and (tmp_path / "p" / ".training").read_text() == str(os.getpid())
-    (tmp_path / "p" / ".training").write_text("")  # a process that died before writing its pid
-    assert bench.claim(tmp_path / "p")
+    bench, policy = load_benchmark("ablations"), tmp_path / "p"
+    with bench.claimed(policy) as mine, bench.claimed(policy) as again:
+        assert mine and not again  # one holder, in this process too
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(Path(bench.__file__).parent), str(policy)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with bench.claimed(policy) as mine:
+            assert not mine and (policy / ".training").read_text() == str(holder.pid)
+    finally:
+        holder.kill()  # dies holding it: no clean-up runs
+        holder.wait()
+    with bench.claimed(policy) as mine:  # the kernel dropped the dead holder's lock
+        assert mine and (policy / ".training").read_text() == str(os.getpid())
+
+
+#: A process that claims a directory, says so, and waits to be killed.
+HOLD = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import ablations
+with ablations.claimed(__import__("pathlib").Path(sys.argv[2])) as mine:
+    print("held" if mine else "not held", flush=True)
+    time.sleep(600)
+"""
 
 
 class _Env:
