@@ -32,6 +32,7 @@ import numpy as np
 from hipp_torchprune.atomic import write_text_atomic
 from hipp_torchprune.errors import HippError
 from hipp_torchprune.methods import DEFAULT_ROW_SCORE, ROW_SCORES
+from hipp_torchprune.provenance import code_fingerprint
 from hipp_torchprune.pruning.reconstruct import RECONSTRUCTIONS, Reconstruction
 from hipp_torchprune.recovery.config import RecoveryConfig
 
@@ -295,13 +296,16 @@ def donor_cells(config: CompareConfig, donor_dir: str | Path) -> dict[tuple[str,
 
 
 def reused_cell(donors: dict[tuple[str, int], dict[str, Any]], results: dict[str, Any], method: str,
-                preference: Sequence[float], seed: int, source: str) -> dict[str, Any] | None:
+                preference: Sequence[float], seed: int, source: str, code: str) -> dict[str, Any] | None:
     """The donor's cell of this baseline and seed, relabelled with ``preference`` and marked
     ``reused_from``, when it was pruned to the sparsity of this comparison's HiPP cell of the seed
-    (so it is the cell this run would compute); else None."""
+    by the same code (its ``code`` stamp, :func:`~hipp_torchprune.provenance.code_fingerprint`),
+    so it is the cell this run would compute; else None."""
     cell = donors.get((method, seed))
     hipp = results["cells"].get(cell_key("table1", "hipp", preference, seed))
     if cell is None or hipp is None or abs(cell["target_sparsity"] - hipp["realized_sparsity"]) > 1e-9:
+        return None
+    if cell.get("code") != code:
         return None
     return {**cell, "preference": list(preference), "reused_from": source}
 
@@ -368,6 +372,10 @@ def _start_results(config: CompareConfig, path: Path, fresh: bool) -> dict[str, 
             raise CompareError(f"{path} was written by a different comparison config; use --fresh or another --out")
         results |= {k: old.get(k) for k in ("dense", "compression_control", "strata")}
         results["cells"] = old.get("cells", {})
+        stamps = {c.get("code") for c in results["cells"].values()} - {code_fingerprint()}
+        if stamps:
+            warnings.warn(f"{path}: some cells were computed by other code ({', '.join(sorted(map(str, stamps)))}; "
+                          "None: before cells were stamped); --fresh reruns them all with this code", stacklevel=3)
     return results
 
 
@@ -416,6 +424,7 @@ def _run_cells(config: CompareConfig, shared: _Shared, results: dict[str, Any], 
 
     path, writer = out / "results.json", SummaryWriter(str(out / "tensorboard"))
     donors, source = donated
+    code = code_fingerprint()
     if results.get("dense") is None:
         results["dense"] = _metrics(evaluate(shared.model, shared.processor, shared.prepared))
     results["strata"] = bootstrap_strata(shared.prepared)
@@ -425,9 +434,10 @@ def _run_cells(config: CompareConfig, shared: _Shared, results: dict[str, Any], 
         key = cell_key(table, method, pref, seed)
         bar.set_postfix_str(key)
         work = out / "work" / hashlib.sha1(key.encode()).hexdigest()[:12]
-        cell = reused_cell(donors, results, method, pref, seed, source) \
+        cell = reused_cell(donors, results, method, pref, seed, source, code) \
             if table == "table1" and method != "hipp" else None
-        results["cells"][key] = cell = cell or _run_cell(config, shared, table, method, pref, seed, pol, work)
+        cell = cell or {**_run_cell(config, shared, table, method, pref, seed, pol, work), "code": code}
+        results["cells"][key] = cell
         _write_json_atomic(path, results)
         shutil.rmtree(work, ignore_errors=True)
         for k, v in cell["post_recovery"].items():

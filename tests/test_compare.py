@@ -66,6 +66,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import hipp_torchprune.methods as methods
+    from hipp_torchprune import compare
 
     world, policy = setup
     reg = Registry(make_plugin_manager(autoload=False))
@@ -130,6 +131,14 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monk
         key = cell_key("table1", m, config.preference, 0)
         assert reused[key]["reused_from"] == str(tmp_path) and reused[key]["rows"] == cells[key]["rows"]
     assert "Baseline cells reused from" in (tmp_path / "reuse" / "tables.md").read_text()
+    assert {c["code"] for c in cells.values()} == {compare.code_fingerprint()}  # every cell is stamped
+    # other code: nothing is reused from the donor, and resuming says its cells are another code's
+    monkeypatch.setattr(compare, "code_fingerprint", lambda: "0" * 16)
+    pruned_with.clear()
+    run_compare(other, tmp_path / "other-code", progress=False, registry=reg, baselines_from=tmp_path)
+    assert sorted(pruned_with) == sorted(["hipp", *config.methods])
+    with pytest.warns(UserWarning, match="computed by other code"):
+        assert run_compare(config, tmp_path, progress=False, registry=reg)["cells"] == cells
     with pytest.raises(CompareError, match="different calib_n"):
         run_compare(changed, tmp_path / "y", progress=False, registry=reg, baselines_from=tmp_path)
     (tmp_path / "bad").mkdir()

@@ -58,7 +58,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--fresh", action="store_true", help="ignore an existing results.json")
     p.add_argument("--baselines-from", default=None, metavar="DIR",
                    help="another comparison's --out with the same settings but the policy and queries: "
-                        "baseline cells pruned to the same target sparsity are copied from it, not rerun")
+                        "baseline cells pruned to the same target sparsity by the same code are copied from it, not rerun")
     p.add_argument("--no-progress", action="store_true")
     add_dtype_argument(p)
     p.set_defaults(func=run)

@@ -1,0 +1,40 @@
+"""``code_fingerprint``: the same code gives the same stamp, any change in it another."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hipp_torchprune.provenance import code_fingerprint
+
+
+@pytest.fixture
+def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A throwaway importable package ``stampme`` with two modules."""
+    root = tmp_path / "stampme"
+    (root / "sub").mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "sub" / "__init__.py").write_text("")
+    (root / "sub" / "math.py").write_text("def f(x):\n    return x + 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield root
+    sys.modules.pop("stampme", None)
+
+
+def test_the_stamp_follows_the_sources_and_the_library_versions(package: Path) -> None:
+    stamp = code_fingerprint(["stampme"], ["torch"])
+    assert stamp == code_fingerprint(["stampme"], ["torch"]) and len(stamp) == 16
+    (package / "sub" / "math.py").write_text("def f(x):\n    return x + 2\n")  # one character of code
+    edited = code_fingerprint(["stampme"], ["torch"])
+    assert edited != stamp
+    (package / "sub" / "extra.py").write_text("")  # a new (empty) module counts too
+    assert code_fingerprint(["stampme"], ["torch"]) != edited
+    assert code_fingerprint(["stampme"], ["torch"]) != code_fingerprint(["stampme"], ["no-such-library"])
+
+
+def test_a_missing_package_is_stamped_as_absent_not_refused() -> None:
+    assert code_fingerprint(["no_such_package_here"], []) != code_fingerprint([], [])
+    assert code_fingerprint(["hipp_torchprune"], []) != code_fingerprint(["no_such_package_here"], [])
