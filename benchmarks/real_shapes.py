@@ -304,7 +304,7 @@ def child_load_pruned(a: argparse.Namespace, d: Path) -> dict[str, Any]:
     from hipp_torchprune.checkpoint import load_pruned
     from hipp_torchprune.loading import load_processor
     from hipp_torchprune.models.processors import cap_pixels
-    from hipp_torchprune.pruning.compute import float32_products
+    from hipp_torchprune.pruning.compute import float32_linears
 
     rec: dict[str, Any] = {}
     with Phase(rec, "load_pruned"):
@@ -316,7 +316,7 @@ def child_load_pruned(a: argparse.Namespace, d: Path) -> dict[str, Any]:
         batch = adapter.encode(cap_pixels(processor, a.max_pixels), [image], [prompt])
         rec.update(tokens=int(batch["input_ids"].shape[1]),
                    image_tokens=int(adapter.vision_positions(batch["input_ids"]).sum()))
-        with Phase(rec, "forward"), torch.no_grad(), float32_products(model):  # as hipp eval computes on a CPU
+        with Phase(rec, "forward"), torch.no_grad(), float32_linears(model):  # as hipp eval computes on a CPU
             logits = model(**batch, use_cache=False).logits
         rec["logits_finite"] = bool(torch.isfinite(logits).all())
     return rec

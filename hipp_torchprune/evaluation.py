@@ -301,10 +301,10 @@ def option_logprobs(model: Any, task: PreparedTask) -> list[list[float]]:
     """Per example, the log-probability of each option (POPE: [yes, no]) at the answer position."""
     import torch
 
-    from hipp_torchprune.pruning.compute import float32_products
+    from hipp_torchprune.pruning.compute import float32_linears
 
     option_lps: list[list[float]] = []
-    with torch.inference_mode(), float32_products(model):
+    with torch.inference_mode(), float32_linears(model):
         i = 0
         for batch in task.batches:
             lp = last_position_logprobs(model, batch).cpu()

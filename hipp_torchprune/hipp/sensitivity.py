@@ -16,7 +16,7 @@ from torch import nn
 
 from hipp_torchprune.adapters.base import ModelAdapter
 from hipp_torchprune.errors import CalibrationError
-from hipp_torchprune.pruning.compute import float32_products
+from hipp_torchprune.pruning.compute import float32_linears
 
 
 def attention_mass_to_vision(attn: torch.Tensor, vision: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -102,7 +102,7 @@ def visual_sensitivity(model: nn.Module, adapter: ModelAdapter,
     device = next(model.parameters()).device
     total = torch.zeros(len(adapter.decoder_layers()), dtype=torch.float32)
     count = 0
-    with float32_products(model):
+    with float32_linears(model):
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             with attention_to_vision(model, adapter, batch) as sums:

@@ -24,7 +24,7 @@ from torch import nn
 from hipp_torchprune.adapters.base import ModelAdapter
 from hipp_torchprune.errors import CalibrationError
 from hipp_torchprune.pruning.answers import Targets, calibration_loss
-from hipp_torchprune.pruning.compute import float32_products
+from hipp_torchprune.pruning.compute import float32_linears
 
 
 @dataclass
@@ -126,7 +126,7 @@ def collect_stats(model: nn.Module, adapter: ModelAdapter, batches: Iterable[dic
     try:
         # float32 linears only without gradients: autograd would keep every layer's float32 weight
         # copy for the backward pass, a float32 twin of the whole model
-        with _input_sq_hooks(names, stats, token_mask), float32_products(model, enabled=not with_grads):
+        with _input_sq_hooks(names, stats, token_mask), float32_linears(model, enabled=not with_grads):
             for batch, answers in zip(batches, targets if targets is not None else repeat(None)):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 mask = batch.get("attention_mask")

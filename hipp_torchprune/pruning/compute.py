@@ -3,9 +3,8 @@
 A bf16 matrix product on a CPU without bf16 units (no AVX512-BF16 / AMX) is several times
 slower than a float32 one: on this project's 2-core AVX2 machine a (600 x 4096) by (4096 x
 11008) product took 15.3 s in bf16 and 2.1 s in float32 (one thread). A calibration pass over
-a 7B model in bf16 is then hours long. :func:`float32_products` makes every ``nn.Linear`` and
-convolution (:data:`PRODUCTS`: the vision towers' patch embeddings) of a 16-bit CPU model compute
-in float32 for the duration of a ``with`` block: the input is cast up,
+a 7B model in bf16 is then hours long. :func:`float32_linears` makes every ``nn.Linear`` of a
+16-bit CPU model compute in float32 for the duration of a ``with`` block: the input is cast up,
 the weight (and bias) is read through a float32 view of the stored 16-bit parameter (a torch
 parametrization, so gradients still reach the parameter), and the output is cast back to the
 model's dtype, so the rest of the network sees the dtype it always sees. The stored parameters
@@ -28,9 +27,6 @@ from torch.nn.utils import parametrize
 
 #: Dtypes whose CPU matrix products are upcast.
 LOW_PRECISION = (torch.bfloat16, torch.float16)
-#: The layers whose products are upcast: linears, and the convolutions of vision patch embeddings
-#: (a bf16 ``Conv2d`` was a fifth of a demo-model forward on this machine, ``docs/performance.md``).
-PRODUCTS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class _Float32View(nn.Module):
@@ -42,7 +38,7 @@ class _Float32View(nn.Module):
 
 
 def needs_upcast(model: nn.Module) -> bool:
-    """Whether ``model`` is a 16-bit model on the CPU (the case :func:`float32_products` acts on)."""
+    """Whether ``model`` is a 16-bit model on the CPU (the case :func:`float32_linears` acts on)."""
     first = next(model.parameters(), None)
     return first is not None and first.device.type == "cpu" and first.dtype in LOW_PRECISION
 
@@ -58,32 +54,31 @@ def _downcast_output(dtype: torch.dtype) -> Any:
 
 
 @contextmanager
-def float32_products(model: nn.Module, enabled: bool = True,
-                     kinds: tuple[type[nn.Module], ...] = PRODUCTS) -> Iterator[None]:
-    """Within the block, every layer of ``kinds`` (default :data:`PRODUCTS`) of a 16-bit CPU
-    ``model`` computes in float32 (module docstring); a no-op for other models or when not ``enabled``. Hooks and
+def float32_linears(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Within the block, every ``nn.Linear`` of a 16-bit CPU ``model`` computes in float32
+    (module docstring); a no-op for other models or when not ``enabled``. Hooks and
     parametrizations are removed on exit, leaving the same parameter objects (and any gradients
-    they received) in place. Under autograd each layer's float32 weight view is kept for the
+    they received) in place. Under autograd each linear's float32 weight view is kept for the
     backward pass, so a block with a backward pass holds a float32 copy of every weight it used:
     callers that take gradients of a large model pass ``enabled=False``."""
     if not enabled or not needs_upcast(model):
         yield
         return
-    layers = [m for m in model.modules() if isinstance(m, kinds)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     handles = []
     try:
-        for layer in layers:
-            dtype = layer.weight.dtype
+        for linear in linears:
+            dtype = linear.weight.dtype
             for name in ("weight", "bias"):
-                if getattr(layer, name) is not None:
-                    parametrize.register_parametrization(layer, name, _Float32View(), unsafe=True)
-            handles.append(layer.register_forward_pre_hook(_upcast_input))
-            handles.append(layer.register_forward_hook(_downcast_output(dtype)))
+                if getattr(linear, name) is not None:
+                    parametrize.register_parametrization(linear, name, _Float32View(), unsafe=True)
+            handles.append(linear.register_forward_pre_hook(_upcast_input))
+            handles.append(linear.register_forward_hook(_downcast_output(dtype)))
         yield
     finally:
         for handle in handles:
             handle.remove()
-        for layer in layers:
+        for linear in linears:
             for name in ("weight", "bias"):
-                if parametrize.is_parametrized(layer, name):
-                    parametrize.remove_parametrizations(layer, name, leave_parametrized=False)
+                if parametrize.is_parametrized(linear, name):
+                    parametrize.remove_parametrizations(linear, name, leave_parametrized=False)

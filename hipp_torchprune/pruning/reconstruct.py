@@ -33,7 +33,7 @@ from torch import nn
 
 from hipp_torchprune.adapters.base import ModelAdapter
 from hipp_torchprune.errors import CalibrationError, PlanError
-from hipp_torchprune.pruning.compute import float32_products
+from hipp_torchprune.pruning.compute import float32_linears
 
 #: How a pruned ``down_proj`` is refitted: ``none`` (kept columns as they are) or ``lstsq``
 #: (kept columns and a bias, least squares against the dense output; module docstring).
@@ -105,7 +105,7 @@ def collect_down_grams(model: nn.Module, adapter: ModelAdapter, batches: Iterabl
     was_training = model.training
     model.eval()
     try:
-        with _gram_hooks(downs, grams, token_mask), float32_products(model), torch.no_grad():
+        with _gram_hooks(downs, grams, token_mask), float32_linears(model), torch.no_grad():
             for batch in batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 mask = batch.get("attention_mask")

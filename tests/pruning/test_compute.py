@@ -1,4 +1,4 @@
-"""``float32_products``: float32 arithmetic for 16-bit CPU models, parameters untouched."""
+"""``float32_linears``: float32 arithmetic for 16-bit CPU models, parameters untouched."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch.nn.utils import parametrize
 from hipp_torchprune import api
 from hipp_torchprune.models.tiny import build_tiny
 from hipp_torchprune.pruning.calibration import collect_stats
-from hipp_torchprune.pruning.compute import float32_products, needs_upcast
+from hipp_torchprune.pruning.compute import float32_linears, needs_upcast
 from tests.conftest import samples
 
 
@@ -24,7 +24,7 @@ def test_linears_compute_in_float32_and_return_the_model_dtype() -> None:
     x = torch.randn(5, 8).to(torch.bfloat16)
     params = [(p, p.dtype) for p in net.parameters()]
     seen: list[tuple[torch.dtype, torch.dtype]] = []
-    with float32_products(net):
+    with float32_linears(net):
         for linear in (net[0], net[2]):  # registered after the block's own hooks: sees what F.linear gets
             linear.register_forward_pre_hook(lambda m, args: seen.append((args[0].dtype, m.weight.dtype)))
         out = net(x)
@@ -39,28 +39,9 @@ def test_linears_compute_in_float32_and_return_the_model_dtype() -> None:
     assert all(not m._forward_hooks for m in net.modules())
 
 
-@pytest.mark.parametrize("conv", [nn.Conv2d(3, 6, 4, stride=4), nn.Conv3d(3, 6, (2, 4, 4), stride=(2, 4, 4))])
-def test_patch_embedding_convolutions_compute_in_float32(conv: nn.Module) -> None:
-    """A vision tower's patch embedding (LLaVA's Conv2d, Qwen2.5-VL's Conv3d) is upcast like a linear."""
-    torch.manual_seed(0)
-    net = nn.Sequential(conv, nn.Flatten()).to(torch.bfloat16)
-    x = torch.randn(2, 3, *([2] if isinstance(conv, nn.Conv3d) else []), 8, 8).to(torch.bfloat16)
-    seen: list[tuple[torch.dtype, torch.dtype]] = []
-    with float32_products(net):  # a hook registered after the block's sees what the convolution gets
-        conv.register_forward_pre_hook(lambda m, args: seen.append((args[0].dtype, m.weight.dtype)))
-        out = net(x)
-    assert seen == [(torch.float32, torch.float32)]
-    weight, bias = (p.float() for p in conv.parameters())
-    functional = torch.nn.functional.conv3d if isinstance(conv, nn.Conv3d) else torch.nn.functional.conv2d
-    want = functional(x.float(), weight, bias, stride=conv.stride).to(torch.bfloat16).flatten(1)
-    assert out.dtype == torch.bfloat16 and torch.equal(out, want)
-    assert conv.weight.dtype == torch.bfloat16 and not parametrize.is_parametrized(conv)
-    assert not conv._forward_hooks
-
-
 def test_gradients_reach_the_stored_parameters() -> None:
     net = _net(torch.bfloat16)
-    with float32_products(net):
+    with float32_linears(net):
         net(torch.randn(3, 8).to(torch.bfloat16)).float().sum().backward()
     grads = [p.grad for p in net.parameters()]
     assert all(g is not None and g.dtype == torch.bfloat16 and g.abs().sum() > 0 for g in grads)
@@ -71,14 +52,14 @@ def test_gradients_reach_the_stored_parameters() -> None:
 def test_full_precision_models_or_disabled_are_left_alone(dtype: torch.dtype, enabled: bool) -> None:
     net = _net(dtype)
     assert needs_upcast(net) is (dtype == torch.bfloat16)
-    with float32_products(net, enabled=enabled):
+    with float32_linears(net, enabled=enabled):
         assert not any(parametrize.is_parametrized(m) for m in net.modules())
         assert not any(m._forward_pre_hooks for m in net.modules())
 
 
 def test_restored_after_an_error() -> None:
     net = _net(torch.bfloat16)
-    with pytest.raises(RuntimeError, match="boom"), float32_products(net):
+    with pytest.raises(RuntimeError, match="boom"), float32_linears(net):
         raise RuntimeError("boom")
     assert not any(parametrize.is_parametrized(m) for m in net.modules())
 
@@ -105,8 +86,8 @@ def test_gradient_calibration_keeps_bf16_arithmetic(monkeypatch: pytest.MonkeyPa
     model, processor = build_tiny("tiny-llava", seed=0)
     model = model.to(torch.bfloat16)
     flags: list[bool] = []
-    real = calibration.float32_products
-    monkeypatch.setattr(calibration, "float32_products",
+    real = calibration.float32_linears
+    monkeypatch.setattr(calibration, "float32_linears",
                         lambda m, enabled=True: (flags.append(enabled), real(m, enabled))[1])
     batches = list(api.calibration_batches(api.get_adapter(model), processor, samples(2)))
     stats = collect_stats(model, api.get_adapter(model), batches, with_grads=True)

@@ -52,7 +52,7 @@ from hipp_lmms.generation import (
 from hipp_lmms.utils import answer_variants
 from hipp_torchprune.errors import CheckpointError, HippError
 from hipp_torchprune.evaluation import answer_token_ids, last_position_logprobs, logsumexp, with_position_ids
-from hipp_torchprune.pruning.compute import float32_products
+from hipp_torchprune.pruning.compute import float32_linears
 from hipp_torchprune.threads import torch_threads
 
 #: Default examples per forward pass (``hipp eval``'s default, so batches are identical).
@@ -80,7 +80,7 @@ def _request_scope(method: Callable[[Any, list[Instance]], R]) -> Callable[[Any,
     afterwards) and, for a 16-bit model on the CPU, float32 linears as ``hipp eval`` computes."""
     @functools.wraps(method)
     def wrapper(self: Any, requests: list[Instance]) -> R:
-        with torch_threads(self._threads), float32_products(self._model):
+        with torch_threads(self._threads), float32_linears(self._model):
             return method(self, requests)
     return wrapper
 
