@@ -7,7 +7,9 @@ rows by the shared row score calibrated on its calibration split and, with ``--r
 each plan refitted on those calibration rows (what ``hipp compare --reconstruct lstsq`` prunes).
 Prints each sweep's widths, realized sparsity and accuracies, with r(w_rob, POPE-adversarial) and
 r(w_util, ScienceQA) (``hipp compare``'s Pearson); writes ``steering.json``. A screen: no recovery,
-one deterministic score per plan, minutes where a comparison takes hours.
+one deterministic score per plan, minutes where a comparison takes hours. With ``--sparsity S``
+every plan's ratios are scaled to remove ``S`` (``ablations.pinned_widths``), to read plans at a
+sparsity of one's choosing.
 
     OMP_NUM_THREADS=1 python benchmarks/steering.py --data out/compare-v2/world --reconstruct lstsq \\
         --out out/steering --policy shipped=hipp_torchprune/assets/demo-policy --policy r1=out/pol-r1
@@ -23,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablations import test_environment
+from ablations import pinned_widths, test_environment
 
 from hipp_torchprune.atomic import write_text_atomic
 from hipp_torchprune.compare import pearson
@@ -49,17 +51,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reconstruct", choices=RECONSTRUCTIONS, default="none")
     p.add_argument("--calib-n", type=int, default=64)
     p.add_argument("--device", default="cpu", help="where the plans are scored (cpu, cuda)")
+    p.add_argument("--sparsity", type=float, default=None,
+                   help="pin every plan to this MLP sparsity (default: each plan's own)")
     return p.parse_args(argv)
 
 
-def sweep_records(env: PlanEnvironment, name: str, policy_dir: str, sweep: str) -> list[dict[str, Any]]:
-    """One record per preference of ``sweep``: the policy's widths and their test accuracies."""
+def sweep_records(env: PlanEnvironment, name: str, policy_dir: str, sweep: str,
+                  sparsity: float | None = None) -> list[dict[str, Any]]:
+    """One record per preference of ``sweep``: the policy's widths (pinned to ``sparsity`` when
+    given) and their test accuracies."""
     policy, records = load_policy(policy_dir), []
     for text in sweep.split(";"):
         answer = query(policy, parse_preference(text))
-        outcome = env.score_widths([answer.widths])
+        widths = answer.widths if sparsity is None else pinned_widths(env, answer.plan, sparsity)
+        outcome = env.score_widths([widths])
         records.append({"policy": name, "sweep": sweep, "preference": list(answer.preference),
-                        "widths": list(answer.widths), "sparsity": float(outcome.realized[0]),
+                        "widths": list(widths), "sparsity": float(outcome.realized[0]),
                         "pope_adv": float(outcome.raw[0, 0]), "sqa": float(outcome.raw[0, 1])})
     return records
 
@@ -94,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
                            reconstruct=args.reconstruct, device=args.device)
     try:
         records = [r for name, directory in policies for sweep in (args.sweep or SWEEPS)
-                   for r in sweep_records(env, name, directory, sweep)]
+                   for r in sweep_records(env, name, directory, sweep, args.sparsity)]
     finally:
         env.close()
     print(render(records))

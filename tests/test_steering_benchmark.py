@@ -33,5 +33,10 @@ def test_a_run_on_tiny_llava(make_world, tmp_path: Path, capsys: pytest.CaptureF
         assert 0 <= r["pope_adv"] <= 100 and 0 <= r["sqa"] <= 100
     printed = capsys.readouterr().out
     assert printed.count("r(w_rob, POPE-adv)") == 4 and "### a, w_comp 0.50" in printed
+    bench.main(["--model", "tiny-llava", "--data", str(world), "--out", str(out), "--calib-n", "2",
+                "--policy", f"a={policy}", "--sweep", sweeps[1], "--sparsity", "0.25"])
+    pinned = json.loads((out / "steering.json").read_text())["records"]  # one sparsity, whatever w_comp says
+    assert [r["sparsity"] for r in pinned] == [pytest.approx(0.25, abs=16 / 1024)] * 2
+    assert pinned[0]["widths"] != records[3]["widths"]  # not the policy's own 0.5-budget plan
     with pytest.raises(SystemExit, match="NAME=DIR"):
         bench.main(["--data", str(world), "--out", str(out), "--policy", str(policy)])
