@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     if not all(name and directory for name, directory in policies):
         raise SystemExit(f"--policy takes NAME=DIR, got {args.policy}")
     first = load_policy(policies[0][1])
+    if args.sparsity is not None and not 0 < args.sparsity < first.policy.config.r_max:
+        raise SystemExit(f"--sparsity must lie in (0, r_max={first.policy.config.r_max}), got {args.sparsity}")
     env = test_environment(args.model, args.data, args.calib_n, Path(args.out) / "test-calibration",
                            round_to=first.round_to, r_max=first.policy.config.r_max,
                            budget=(first.policy.config.rho_min, first.policy.config.rho_max),

@@ -384,7 +384,9 @@ def refit_mismatches(policies: dict[str, Any], reconstruct: str) -> list[str]:
     ``reconstruct`` every method of this comparison is deployed with: its widths were chosen for
     another model (``docs/results.md``, session 30). Policies saved before the setting existed
     were trained without a refit."""
-    trained = {name: p.meta.get("reward", {}).get("reconstruct", "none") for name, p in policies.items()}
+    from hipp_torchprune.hipp.policy_io import trained_refit
+
+    trained = {name: trained_refit(p) for name, p in policies.items()}
     return [f"policy {name!r} was trained with reconstruct={t!r} in its reward, but this comparison deploys "
             f"every method with reconstruct={reconstruct!r}" for name, t in trained.items() if t != reconstruct]
 

@@ -38,5 +38,7 @@ def test_a_run_on_tiny_llava(make_world, tmp_path: Path, capsys: pytest.CaptureF
     pinned = json.loads((out / "steering.json").read_text())["records"]  # one sparsity, whatever w_comp says
     assert [r["sparsity"] for r in pinned] == [pytest.approx(0.25, abs=16 / 1024)] * 2
     assert pinned[0]["widths"] != records[3]["widths"]  # not the policy's own 0.5-budget plan
+    with pytest.raises(SystemExit, match="--sparsity must lie in"):
+        bench.main(["--data", str(world), "--out", str(out), "--policy", f"a={policy}", "--sparsity", "0.99"])
     with pytest.raises(SystemExit, match="NAME=DIR"):
         bench.main(["--data", str(world), "--out", str(out), "--policy", str(policy)])

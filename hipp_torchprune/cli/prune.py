@@ -100,7 +100,7 @@ def _strategy_options(args: argparse.Namespace) -> dict[str, Any]:
     """Options for HiPP (``--method hipp`` / ``--strategy hipp``): the loaded policy and the parsed preference."""
     if args.policy is None and args.preference is None:
         return {}
-    from hipp_torchprune.hipp.policy_io import load_policy
+    from hipp_torchprune.hipp.policy_io import load_policy, trained_refit
     from hipp_torchprune.hipp.preferences import parse_preference
 
     if args.policy is None or args.preference is None:
@@ -110,7 +110,7 @@ def _strategy_options(args: argparse.Namespace) -> dict[str, Any]:
     policy, given = load_policy(args.policy), getattr(args, "argv_flags", ())
     if args.round_to == 64 and policy.round_to != 64 and "--round-to" not in given:
         args.round_to = policy.round_to  # the rounding the policy was trained with
-    trained = policy.meta.get("reward", {}).get("reconstruct", "none")
+    trained = trained_refit(policy)
     if trained != "none" and args.reconstruct == "none" and "--reconstruct" not in given:
         args.reconstruct = trained  # the refit the policy's rewards were scored with
         print(f"the policy was trained with the {trained} refit in its reward: pruning with --reconstruct {trained} "

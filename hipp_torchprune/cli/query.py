@@ -18,7 +18,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``hipp query``."""
-    from hipp_torchprune.hipp.policy_io import load_policy, query
+    from hipp_torchprune.hipp.policy_io import load_policy, query, trained_refit
     from hipp_torchprune.hipp.preferences import parse_preference
 
     loaded = load_policy(args.policy)
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     for i, (r, w) in enumerate(zip(result.plan, result.widths)):
         print(f"{i:>5} {r:>7.3f} {w:>6}")
     print(f"realized MLP sparsity: {result.realized_sparsity:.4f}")
-    if loaded.meta.get("reward", {}).get("reconstruct", "none") != "none":
+    if trained_refit(loaded) != "none":
         print("trained with the least-squares refit in its reward: prune with --reconstruct lstsq "
               "(hipp prune --method hipp adopts it)")
     return 0

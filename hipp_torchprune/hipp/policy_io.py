@@ -51,6 +51,12 @@ class LoadedPolicy:
                 f"{sig['widths']}; this model is {model_class} with {len(widths)} layers of widths {list(widths)}")
 
 
+def trained_refit(loaded: LoadedPolicy) -> str:
+    """The refit (``"none"`` or ``"lstsq"``) the policy's rewards were scored with during training
+    (``policy.json``'s ``"reward"``); ``"none"`` for policies saved before the setting existed."""
+    return str(loaded.meta.get("reward", {}).get("reconstruct", "none"))
+
+
 @dataclass(frozen=True)
 class QueryResult:
     """A queried plan: normalized preference, ratios, rounded widths, realized sparsity."""

@@ -69,11 +69,15 @@ def reward_grams(model: Any, processor: Any, data_dir: str | Path, calib_n: int,
 
 def train_device(device: str | None, state: Any = None) -> torch.device:
     """Where ``hipp train`` scores plans: ``device`` (default CPU), and under several processes on
-    CUDA each rank's own GPU (``state.device``). CUDA without a GPU is a :class:`DeviceError`.
+    CUDA each rank's own GPU (``state.device``). A name torch does not know, or CUDA without a
+    GPU, is a :class:`DeviceError`.
 
     Example: ``train_device(None) == torch.device("cpu")``.
     """
-    want = torch.device(device or "cpu")
+    try:
+        want = torch.device(device or "cpu")
+    except RuntimeError as err:
+        raise DeviceError(f"--device {device}: not a device name ({err}); use cpu or cuda") from err
     if want.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"--device {device}: no CUDA device is available here; train with --device cpu")
     if want.type == "cuda" and state is not None:

@@ -244,6 +244,8 @@ def test_train_device_resolution() -> None:
     from hipp_torchprune.hipp.run import train_device
 
     assert train_device(None) == torch.device("cpu") == train_device("cpu")
+    with pytest.raises(DeviceError, match="not a device name"):
+        train_device("gpu0")
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="no CUDA device"):
             train_device("cuda")
