@@ -74,14 +74,15 @@ def directory_samples(data_dir: str | Path, n: int, split: str = "calibration") 
     return samples
 
 
-def calibration_samples(spec: str, n: int, seed: int = 0) -> list[tuple[Any, str, str]]:
-    """``"random"`` -> :func:`random_samples`; otherwise a data directory. Empty -> error."""
+def calibration_samples(spec: str, n: int, seed: int = 0, split: str = "calibration") -> list[tuple[Any, str, str]]:
+    """``"random"`` -> :func:`random_samples`; otherwise a data directory's ``split``
+    (:func:`directory_samples`). Empty -> error."""
     if n < 1:
         raise CalibrationError(f"the calibration set is empty: --calib-n must be >= 1, got {n}")
     if spec != "random" and not Path(spec).is_dir():
         raise CalibrationError(f"calibration data directory {spec!r} does not exist (give a world or "
                                "lmms-lab-format directory; 'random' only for the tiny models)")
-    samples = random_samples(n, seed) if spec == "random" else directory_samples(spec, n)
+    samples = random_samples(n, seed) if spec == "random" else directory_samples(spec, n, split)
     if not samples:
         raise CalibrationError(f"the calibration set from {spec!r} is empty: no POPE or ScienceQA rows found")
     return samples

@@ -50,19 +50,30 @@ def calibrated_profile(model: Any, processor: Any, data_dir: str | Path, calib_n
     return profile, scores
 
 
+def refit_split(reward_split: str) -> str:
+    """The split the refit inside the reward is fitted on: never the one the rewards score, so each
+    plan's refit is judged on rows it was not fitted to, as it is once deployed (``docs/method.md``,
+    "Refit in the reward"). ``train`` for rewards on the calibration split, else ``calibration``.
+
+    Example: ``refit_split("calibration") == "train"`` and ``refit_split("test") == "calibration"``.
+    """
+    return "train" if reward_split == "calibration" else "calibration"
+
+
 def reward_grams(model: Any, processor: Any, data_dir: str | Path, calib_n: int,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_GRAM_BYTES,
-                 registry: Registry | None = None) -> list[Any]:
-    """Every layer's augmented ``down_proj`` input Gram over the first ``calib_n`` calibration samples
-    of ``data_dir`` (the rows the calibration pass uses), for the refit inside the reward. A run
-    holds them all, so more than ``max_bytes`` of them is refused before any forward pass (LLaVA-7B
-    would need 31 GB: train it with ``reconstruct="none"``)."""
+                 registry: Registry | None = None, split: str = "calibration") -> list[Any]:
+    """Every layer's augmented ``down_proj`` input Gram over the first ``calib_n`` samples of
+    ``data_dir``'s ``split`` (by default the rows the calibration pass uses; a training run passes
+    :func:`refit_split`), for the refit inside the reward. A run holds them all, so more than
+    ``max_bytes`` of them is refused before any forward pass (LLaVA-7B would need 31 GB: train it
+    with ``reconstruct="none"``)."""
     adapter = api.get_adapter(model, registry)
     need = sum(gram_bytes(w) for w in adapter.intermediate_widths())
     if need > max_bytes:
         raise CalibrationError(f"the refit inside the reward holds every layer's down_proj Gram, {need / 2**30:.1f} GiB "
                                f"here, above the {max_bytes / 2**30:.1f} GiB allowed: train with reconstruct='none'")
-    samples = calibration_samples(str(data_dir), calib_n)
+    samples = calibration_samples(str(data_dir), calib_n, split=split)
     return collect_down_grams(model, adapter, api.calibration_batches(adapter, cap_pixels(processor, max_pixels),
                                                                       samples))
 
@@ -111,8 +122,8 @@ def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, conf
     cfg = config.policy
     objectives = default_objectives(processor, data_dir, reward_split, reward_limit, registry=registry,
                                     statistic=reward_statistic)
-    grams = reward_grams(model, processor, data_dir, calib_n, max_pixels, registry=registry) \
-        if reconstruct == "lstsq" else None
+    grams = reward_grams(model, processor, data_dir, calib_n, max_pixels, registry=registry,
+                         split=refit_split(reward_split)) if reconstruct == "lstsq" else None
     env = PlanEnvironment(model, adapter, scores, objectives,
                           round_to=round_to, r_max=cfg.r_max, compression_range=(cfg.rho_min, cfg.rho_max),
                           row_params=profile.row_params, state=state, grams=grams)
@@ -123,7 +134,7 @@ def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, conf
     finally:
         env.close()
     reward_meta = {"statistic": list(statistic_pair(reward_statistic)), "limit": reward_limit, "split": reward_split,
-                   "reconstruct": reconstruct}
+                   "reconstruct": reconstruct, **({"refit_split": refit_split(reward_split)} if grams else {})}
     if state is None or state.is_main_process:
         save_policy(out, policy, profile, round_to, extra={"train": config_dict(config), "model": str(model_spec),
                                                           "data": str(data_dir), "steps_done": len(history),

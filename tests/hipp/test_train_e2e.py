@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from hipp_torchprune.cli import main
 
@@ -57,7 +58,7 @@ def test_train_with_the_refit_in_the_reward(world: Path, policy_dir: Path, tmp_p
                  "--group", "4", "--prefs", "2", "--budget", "0.2,0.5", "--round-to", "16", "--calib-n", "6",
                  "--reward-limit", "8", "--lr", "0.01", "--reconstruct", "lstsq", "--no-progress"]) == 0
     meta = json.loads((out / "policy.json").read_text())
-    assert meta["reward"]["reconstruct"] == "lstsq"
+    assert meta["reward"]["reconstruct"] == "lstsq" and meta["reward"]["refit_split"] == "train"
     refit, plain = (json.loads((d / "train_log.json").read_text()) for d in (out, policy_dir))
     assert refit[1]["sparsity"] == plain[1]["sparsity"] and refit[1]["rob_raw"] != plain[1]["rob_raw"]
     assert refit[0]["anchor_reward"] != plain[0]["anchor_reward"]
@@ -72,6 +73,20 @@ def test_train_with_the_refit_in_the_reward(world: Path, policy_dir: Path, tmp_p
                      "1,1,1", "--out", str(ck), *flags]) == 0
         assert json.loads((ck / "plan.json").read_text())["reconstruct"] == want
         assert ("pruning with --reconstruct lstsq" in capsys.readouterr().err) == (want == "lstsq")
+
+
+def test_the_refit_in_the_reward_is_fitted_on_rows_the_reward_does_not_score(world: Path) -> None:
+    """The reward rows come from the calibration split, so the refit's Grams come from the train
+    split: other rows, other Grams (a refit fitted on the scored rows flatters every plan)."""
+    from hipp_torchprune.hipp.run import refit_split, reward_grams
+    from hipp_torchprune.models.tiny import build_tiny
+
+    assert [refit_split(s) for s in ("calibration", "train", "test")] == ["train", "calibration", "calibration"]
+    model, processor = build_tiny("tiny-llava", seed=0)
+    held_out, scored = (reward_grams(model, processor, world, 4, split=s) for s in ("train", "calibration"))
+    assert len(held_out) == len(scored) == 4
+    assert all(a.shape == b.shape for a, b in zip(held_out, scored))
+    assert not any(torch.equal(a, b) for a, b in zip(held_out, scored))
 
 
 def test_the_refit_reward_refuses_grams_it_cannot_hold() -> None:

@@ -70,3 +70,18 @@ def test_world_calibration_samples_carry_gold_answers(make_world) -> None:
     sqa = load_task_docs(world, TASKS["scienceqa"], split="calibration", limit=2)
     assert [s[2] for s in calib[0::2]] == [str(d["answer"]).capitalize() for d in pope]
     assert [s[2] for s in calib[1::2]] == ["ABCDEFGH"[int(d["answer"])] for d in sqa]
+
+
+def test_calibration_samples_come_from_the_split_asked_for(make_world) -> None:
+    """``calibration_samples(..., split=...)`` reads that split's rows, prompts and gold answers
+    (the refit inside a training reward is fitted on the train split)."""
+    from hipp_torchprune.calib_data import calibration_samples
+    from hipp_torchprune.data import TASKS, load_task_docs, pope_prompt, scienceqa_prompt
+
+    world: Path = make_world(0, 8)
+    for split in ("calibration", "train"):
+        samples = calibration_samples(str(world), 2, split=split)
+        pope = load_task_docs(world, TASKS["pope"], split=split, limit=1)[0]
+        sqa = load_task_docs(world, TASKS["scienceqa"], split=split, limit=1)[0]
+        assert [s[1] for s in samples] == [pope_prompt(pope), scienceqa_prompt(sqa)]
+    assert calibration_samples(str(world), 2, split="train")[1][1] != calibration_samples(str(world), 2)[1][1]
