@@ -123,6 +123,14 @@ def test_environment(model_spec: str, test_data: str, calib_n: int, cache: Path,
     shared row score calibrated on its calibration split (cached in ``cache``), each plan refitted
     there too with ``reconstruct="lstsq"`` (as ``hipp compare --reconstruct lstsq`` does), the model on
     ``device``."""
+    return test_setup(model_spec, test_data, calib_n, cache, round_to=round_to, r_max=r_max, budget=budget,
+                      reconstruct=reconstruct, device=device)[0]
+
+
+def test_setup(model_spec: str, test_data: str, calib_n: int, cache: Path, *, round_to: int, r_max: float,
+               budget: tuple[float, float], reconstruct: str = "none",
+               device: str = "cpu") -> tuple[PlanEnvironment, Any]:
+    """:func:`test_environment` and the model's processor (to score other rows on the same model)."""
     model, processor = load_model(model_spec, device=device)
     profile, scores = calibrated_profile(model, processor, test_data, calib_n, cache)
     grams = reward_grams(model, processor, test_data, calib_n) if reconstruct == "lstsq" else None
@@ -130,8 +138,9 @@ def test_environment(model_spec: str, test_data: str, calib_n: int, cache: Path,
     sqa = ScienceQAMarginReward(processor, test_data, "test", None)
     objectives = {"rob": lambda m: 100 * float(pope.metrics(m)["balanced_accuracy"]),
                   "util": lambda m: 100 * float(sqa.metrics(m)["accuracy"])}
-    return PlanEnvironment(model, api.get_adapter(model), scores, objectives, round_to=round_to, r_max=r_max,
-                           compression_range=budget, row_params=profile.row_params, grams=grams)
+    env = PlanEnvironment(model, api.get_adapter(model), scores, objectives, round_to=round_to, r_max=r_max,
+                          compression_range=budget, row_params=profile.row_params, grams=grams)
+    return env, processor
 
 
 def evaluate_all(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ utility returns (the ``--reward-stat`` statistic on the reward rows), the same r
 ``(w_rob * rob + w_util * util) / (w_rob + w_util)``.
 
     python benchmarks/plan_reward.py --data WORLD_DIR --out out/plan-reward [--policy DIR] \
-        [--methods flap,owl,llm-pruner,wanda] [--preferences "0.1,0.9,0;0.9,0.1,0"]
+        [--methods flap,owl,llm-pruner,wanda] [--preferences "0.1,0.9,0;0.9,0.1,0"] [--reconstruct lstsq [--refit-split S]]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.objectives import DEFAULT_STATISTICS, default_objectives, statistic_pair
 from hipp_torchprune.hipp.policy_io import load_policy
 from hipp_torchprune.hipp.preferences import parse_preference
-from hipp_torchprune.hipp.run import calibrated_profile
+from hipp_torchprune.hipp.run import calibrated_profile, refit_split, reward_grams
 from hipp_torchprune.loading import load_model
 from hipp_torchprune.methods import MethodContext, MethodError
 from hipp_torchprune.registry import default_registry
@@ -90,9 +90,12 @@ def parse_preferences(text: str | None) -> dict[str, tuple[float, float, float]]
 
 
 def build_setup(model_spec: str, policy_dir: str, data: str, out: str, calib_n: int, reward_limit: int,
-                reward_split: str = "calibration", statistic: str | tuple[str, str] = DEFAULT_STATISTICS) -> Setup:
+                reward_split: str = "calibration", statistic: str | tuple[str, str] = DEFAULT_STATISTICS,
+                refit_on: str | None = None) -> Setup:
     """Load the model and policy, calibrate on ``data`` (cache under ``out``) and build the environment
-    whose rewards read ``reward_limit`` rows a task of ``reward_split``, returning ``statistic``."""
+    whose rewards read ``reward_limit`` rows a task of ``reward_split``, returning ``statistic``; with
+    ``refit_on`` (a split of ``data``) every plan is scored with the least-squares refit fitted on
+    the first ``calib_n`` samples of that split, as ``hipp train --reconstruct lstsq`` scores it."""
     registry = default_registry()
     model, processor = load_model(model_spec)
     policy = load_policy(policy_dir)
@@ -102,8 +105,11 @@ def build_setup(model_spec: str, policy_dir: str, data: str, out: str, calib_n: 
     stats = api.calibrate(model, processor, samples, with_grads=True, registry=registry)
     context = MethodContext(processor, samples, stats, round_to=policy.round_to, r_max=cfg.r_max, registry=registry)
     objectives = default_objectives(processor, data, reward_split, reward_limit, registry=registry, statistic=statistic)
+    grams = None if refit_on is None else reward_grams(model, processor, data, calib_n, registry=registry,
+                                                        split=refit_on)
     env = PlanEnvironment(model, api.get_adapter(model, registry), scores, objectives, round_to=policy.round_to,
-                          r_max=cfg.r_max, compression_range=(cfg.rho_min, cfg.rho_max), row_params=profile.row_params)
+                          r_max=cfg.r_max, compression_range=(cfg.rho_min, cfg.rho_max), row_params=profile.row_params,
+                          grams=grams)
     return Setup(model, processor, policy, context, env)
 
 
@@ -129,10 +135,15 @@ def main() -> None:
     parser.add_argument("--reward-stat", default="loglik",
                         help="the rewards' statistics of the gold margins, ROB[,UTIL] (as hipp train --reward-stat)")
     parser.add_argument("--preferences", default=None, help="W_ROB,W_UTIL,W_COMP;... (default: the demo's three)")
+    parser.add_argument("--reconstruct", choices=("none", "lstsq"), default="none",
+                        help="score every plan with the least-squares refit (as hipp train --reconstruct lstsq)")
+    parser.add_argument("--refit-split", default=None,
+                        help="split the refit is fitted on (default: hipp train's, never the reward split)")
     args = parser.parse_args()
+    refit_on = None if args.reconstruct == "none" else (args.refit_split or refit_split(args.reward_split))
     preferences = parse_preferences(args.preferences)
     setup = build_setup(args.model, args.policy, args.data, args.out, args.calib_n, args.reward_limit,
-                        args.reward_split, statistic_pair(args.reward_stat))
+                        args.reward_split, statistic_pair(args.reward_stat), refit_on)
     rows = []
     try:
         print("| preference | allocation | sparsity | rob | util | POPE bal. acc | SQA acc | phi | trade-off |\n"

@@ -31,3 +31,14 @@ def run_benchmark(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args], cwd=ROOT / "benchmarks",
                           env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def train_one_step_policy(world: Path, out: Path) -> Path:
+    """A 1-step ``hipp train`` policy on tiny-llava over ``world`` (group 2, widths rounded to 16,
+    budget 0.2–0.5, 4 reward rows), written to ``out``; the benchmarks' fixture policy."""
+    from hipp_torchprune.cli import main as cli
+
+    assert cli(["train", "--model", "tiny-llava", "--data", str(world), "--out", str(out), "--steps", "1",
+                "--group", "2", "--round-to", "16", "--budget", "0.2,0.5", "--reward-limit", "4", "--calib-n", "2",
+                "--no-progress"]) == 0
+    return out

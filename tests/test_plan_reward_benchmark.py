@@ -31,12 +31,12 @@ def policy(make_world, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     return world, out
 
 
-def _run(world: Path, policy: Path, out: Path, methods: str) -> subprocess.CompletedProcess:
+def _run(world: Path, policy: Path, out: Path, methods: str, *extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "HIPP_DISABLE_PLUGIN_AUTOLOAD"}  # the baselines' plugin
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
     return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plan_reward.py"), "--model", "tiny-llava",
                            "--policy", str(policy), "--data", str(world), "--out", str(out), "--methods", methods,
-                           "--calib-n", "2", "--reward-limit", "4"],
+                           "--calib-n", "2", "--reward-limit", "4", *extra],
                           cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
@@ -105,3 +105,23 @@ def test_reward_ranking_scores_every_allocation_on_both_splits(policy: tuple[Pat
     for r in rows:  # a log-likelihood is <= 0; accuracies are percentages
         assert r["rob_loglik"] <= 0 and r["util_loglik"] <= 0 and 0 <= r["rob_test"] <= 100
     assert '"objective": "rob"' in proc.stdout and '"objective": "util"' in proc.stdout
+
+
+def test_the_refit_split_decides_what_the_refitted_plans_score(policy: tuple[Path, Path], tmp_path: Path) -> None:
+    """``--reconstruct lstsq`` scores the policy's plans refitted, fitted on ``--refit-split``: the
+    dense model is unchanged, the pruned plans are not."""
+    runs = {}
+    for split in ("train", "calibration"):
+        out = tmp_path / split
+        proc = _run(*policy, out, "", "--reconstruct", "lstsq", "--refit-split", split,
+                    "--preferences", "0.1,0.9,0;0.9,0.1,0")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[split] = json.loads((out / "plan_reward.json").read_text())
+    train, calibration = runs["train"], runs["calibration"]
+    assert [r["allocation"] for r in train] == ["HiPP", "uniform", "dense"] * 2
+    for a, b in zip(train, calibration):
+        assert a["widths"] == b["widths"]
+        if a["allocation"] == "dense":
+            assert a["rob"] == b["rob"] and a["util"] == b["util"]
+        else:
+            assert (a["rob"], a["util"]) != (b["rob"], b["util"])

@@ -7,18 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from hipp_torchprune.cli import main as cli
 from hipp_torchprune.hipp.policy_io import load_policy, query
-from tests.benchmark_scripts import load_benchmark
+from tests.benchmark_scripts import load_benchmark, train_one_step_policy
 
 
 def test_a_run_on_tiny_llava(make_world, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bench = load_benchmark("steering")
     world = make_world(0, 8)
-    policy = tmp_path / "p"
-    assert cli(["train", "--model", "tiny-llava", "--data", str(world), "--out", str(policy), "--steps", "1",
-                "--group", "2", "--round-to", "16", "--budget", "0.2,0.5", "--reward-limit", "4", "--calib-n", "2",
-                "--no-progress"]) == 0
+    policy = train_one_step_policy(world, tmp_path / "p")
     out = tmp_path / "steer"
     sweeps = ["0.9,0.1,0;0.5,0.5,0;0.1,0.9,0", "0.4,0.1,0.5;0.1,0.4,0.5"]
     bench.main(["--model", "tiny-llava", "--data", str(world), "--out", str(out), "--calib-n", "2",
