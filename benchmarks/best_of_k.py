@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="demo")
-    p.add_argument("--data", required=True, help="world no policy saw")
+    p.add_argument("--data", help="world no policy saw (required unless --table-only)")
     p.add_argument("--out", required=True, help="writes best_of_k.json and the calibration cache here")
     p.add_argument("--policy", default=str(DEMO_POLICY))
     p.add_argument("--preferences", default=PREFERENCES, help="queries 'a,b,c;...'")
@@ -60,7 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--select-limit", type=int, default=256, help="selection rows per task")
     p.add_argument("--reconstruct", choices=RECONSTRUCTIONS, default="none")
     p.add_argument("--calib-n", type=int, default=64)
+    p.add_argument("--table-only", action="store_true", help="print the table of OUT/best_of_k.json, score nothing")
     args = p.parse_args(argv)
+    if args.data is None and not args.table_only:
+        raise SystemExit("--data is required (a world no policy saw)")
     if args.samples < 1 or args.select_limit < 1:
         raise SystemExit(f"--samples and --select-limit must be >= 1, got {args.samples}, {args.select_limit}")
     if args.select_split == "test":
@@ -122,24 +125,38 @@ def query_records(env: PlanEnvironment, selection: dict[str, Any], loaded: Loade
     return list(records.values())
 
 
+def agreement(records: list[dict[str, Any]], task: int) -> float:
+    """Pearson r between the candidates' selection-row and test scores of ``task`` (0 POPE, 1
+    ScienceQA); NaN when either is constant. Near 0: the selection rows cannot tell the plans apart."""
+    pairs = [(r["select"][task], r["test"][task]) for r in records]
+    if len(pairs) < 2 or any(statistics.pstdev(side) == 0 for side in zip(*pairs)):
+        return float("nan")
+    return statistics.correlation(*zip(*pairs))
+
+
 def render(records: list[dict[str, Any]]) -> str:
-    """Markdown: per query, the mean plan, the candidates' test range, the selected plan and the oracle."""
+    """Markdown: per query, the mean plan, the candidates' test range, the selected plan, the oracle
+    and how well the selection rows predict the test rows."""
     header = ("| preference | distinct plans | mean plan POPE / SQA | candidates' test POPE, SQA | "
-              "selected POPE / SQA | best test POPE, best test SQA |")
-    lines = [header, "|---|---|---|---|---|---|"]
+              "selected POPE / SQA | best test POPE, best test SQA | r(selection, test) POPE, SQA |")
+    lines = [header, "|---|---|---|---|---|---|---|"]
     for key in dict.fromkeys(tuple(r["preference"]) for r in records):
         group = [r for r in records if tuple(r["preference"]) == key]
         pope, sqa = ([r["test"][i] for r in group] for i in (0, 1))
         chosen = select(group, key)
         lines.append(f"| {', '.join(f'{w:.2f}' for w in key)} | {len(group)} | {group[0]['test'][0]:.1f} / "
                      f"{group[0]['test'][1]:.1f} | {min(pope):.1f}–{max(pope):.1f}, {min(sqa):.1f}–{max(sqa):.1f} | "
-                     f"{chosen['test'][0]:.1f} / {chosen['test'][1]:.1f} | {max(pope):.1f}, {max(sqa):.1f} |")
+                     f"{chosen['test'][0]:.1f} / {chosen['test'][1]:.1f} | {max(pope):.1f}, {max(sqa):.1f} | "
+                     f"{agreement(group, 0):+.2f}, {agreement(group, 1):+.2f} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Score every query's candidates, print the table, write ``best_of_k.json``."""
     args = parse_args(argv)
+    if args.table_only:
+        print(render(json.loads(Path(args.out, "best_of_k.json").read_text())["records"]))
+        return
     loaded = load_policy(args.policy)
     cfg = loaded.policy.config
     env, processor = test_setup(args.model, args.data, args.calib_n, Path(args.out) / "test-calibration",

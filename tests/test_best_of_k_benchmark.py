@@ -4,6 +4,7 @@ on the test split and on selection rows, on tiny-llava."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,16 @@ def test_select_weighs_each_task_by_the_preference_in_units_of_its_spread() -> N
                         (0.5, 0.5, 0.0))["name"] == "y"
 
 
+def test_agreement_is_pearson_r_of_selection_and_test_scores() -> None:
+    bench = load_benchmark("best_of_k")
+    records = [{"select": [1.0, 5.0], "test": [2.0, 1.0]}, {"select": [2.0, 5.0], "test": [4.0, 3.0]},
+               {"select": [3.0, 5.0], "test": [5.0, 2.0]}]
+    assert bench.agreement(records, 0) == pytest.approx(0.9819805, abs=1e-6)  # r of (1,2,3) and (2,4,5)
+    assert math.isnan(bench.agreement(records, 1))  # the selection rows cannot tell them apart
+    assert bench.agreement([{"select": [1.0, 0.0], "test": [1.0, 0.0]}, {"select": [2.0, 0.0], "test": [0.0, 0.0]}],
+                           0) == pytest.approx(-1.0)
+
+
 def test_a_run_on_tiny_llava(make_world, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bench = load_benchmark("best_of_k")
     world = make_world(0, 8)
@@ -44,8 +55,13 @@ def test_a_run_on_tiny_llava(make_world, tmp_path: Path, capsys: pytest.CaptureF
         assert len({tuple(r["widths"]) for r in group}) == len(group)  # distinct plans, scored once each
         assert all(r["sparsity"] == pytest.approx(answer.realized_sparsity, abs=16 / 1024) for r in group)
         assert all(0 <= x <= 100 for r in group for x in r["test"] + r["select"])
-    assert capsys.readouterr().out.count("\n| 0.") == 2
-    for flags, message in ((["--select-split", "test"], "must not be the test split"),
-                           (["--samples", "0"], "must be >= 1")):
+    out_text = capsys.readouterr().out
+    table = out_text[out_text.index("| preference"):]
+    assert table.count("\n| 0.") == 2
+    bench.main(["--out", str(out), "--table-only"])  # re-renders the written records, scores nothing
+    assert capsys.readouterr().out.strip() == table.strip()
+    data = ["--data", str(world)]
+    for flags, message in (([*data, "--select-split", "test"], "must not be the test split"),
+                           ([*data, "--samples", "0"], "must be >= 1"), ([], "--data is required")):
         with pytest.raises(SystemExit, match=message):
-            bench.main(["--data", str(world), "--out", str(out), *flags])
+            bench.main(["--out", str(out), *flags])
