@@ -44,6 +44,7 @@ from hipp_torchprune.hipp.run import calibrated_profile, reward_grams, train_fro
 from hipp_torchprune.hipp.state import StateConfig
 from hipp_torchprune.hipp.trainer import TrainConfig
 from hipp_torchprune.loading import load_model
+from hipp_torchprune.provenance import world_fingerprint
 from hipp_torchprune.pruning.plan import waterfill
 from hipp_torchprune.pruning.reconstruct import RECONSTRUCTIONS
 from hipp_torchprune.rewards import PopeMarginReward, ScienceQAMarginReward
@@ -125,6 +126,14 @@ def test_environment(model_spec: str, test_data: str, calib_n: int, cache: Path,
     ``device``."""
     return test_setup(model_spec, test_data, calib_n, cache, round_to=round_to, r_max=r_max, budget=budget,
                       reconstruct=reconstruct, device=device)[0]
+
+
+def write_records(path: Path, args: argparse.Namespace, records: list[dict[str, Any]], data: str) -> None:
+    """Write a screen's ``{"args", "world", "records"}`` to ``path`` atomically; ``world`` is the
+    content hash of the world ``data`` it was measured on (``provenance.world_fingerprint``), so a
+    rerun on a rebuilt world can be checked against it."""
+    payload = {"args": vars(args), "world": world_fingerprint(data), "records": records}
+    write_text_atomic(path, json.dumps(payload, indent=1))
 
 
 def test_setup(model_spec: str, test_data: str, calib_n: int, cache: Path, *, round_to: int, r_max: float,
@@ -225,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     records = evaluate_all(args)
     print(table(records))
-    write_text_atomic(Path(args.out, "ablations.json"), json.dumps({"args": vars(args), "records": records}, indent=1))
+    write_records(Path(args.out, "ablations.json"), args, records, args.test_data)
 
 
 if __name__ == "__main__":

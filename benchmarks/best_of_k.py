@@ -30,9 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablations import pinned_widths, test_setup
+from ablations import pinned_widths, test_setup, write_records
 
-from hipp_torchprune.atomic import write_text_atomic
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.policy_io import LoadedPolicy, load_policy, query
 from hipp_torchprune.hipp.preferences import parse_preference
@@ -168,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         env.close()
     print(render(records))
-    write_text_atomic(Path(args.out, "best_of_k.json"), json.dumps({"args": vars(args), "records": records}, indent=1))
+    write_records(Path(args.out, "best_of_k.json"), args, records, args.data)
 
 
 if __name__ == "__main__":

@@ -18,16 +18,14 @@ sparsity of one's choosing.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablations import pinned_widths, test_environment
+from ablations import pinned_widths, test_environment, write_records
 
-from hipp_torchprune.atomic import write_text_atomic
 from hipp_torchprune.compare import pearson
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.policy_io import load_policy, query
@@ -107,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         env.close()
     print(render(records))
-    write_text_atomic(Path(args.out, "steering.json"), json.dumps({"args": vars(args), "records": records}, indent=1))
+    write_records(Path(args.out, "steering.json"), args, records, args.data)
 
 
 if __name__ == "__main__":

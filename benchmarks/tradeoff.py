@@ -18,7 +18,6 @@ picked on the rows they are scored on), never a selection rule; writes ``tradeof
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -28,9 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablations import pinned_widths, test_environment
+from ablations import pinned_widths, test_environment, write_records
 
-from hipp_torchprune.atomic import write_text_atomic
 from hipp_torchprune.compare import pearson
 from hipp_torchprune.pruning.reconstruct import RECONSTRUCTIONS
 
@@ -114,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     records = [r for setting in args.reconstruct for r in score_plans(args, setting)]
     print(render(records, args))
-    write_text_atomic(Path(args.out, "tradeoff.json"), json.dumps({"args": vars(args), "records": records}, indent=1))
+    write_records(Path(args.out, "tradeoff.json"), args, records, args.data)
 
 
 if __name__ == "__main__":

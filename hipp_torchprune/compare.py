@@ -32,7 +32,7 @@ import numpy as np
 from hipp_torchprune.atomic import write_text_atomic
 from hipp_torchprune.errors import HippError
 from hipp_torchprune.methods import DEFAULT_ROW_SCORE, ROW_SCORES
-from hipp_torchprune.provenance import code_fingerprint
+from hipp_torchprune.provenance import code_fingerprint, world_fingerprint
 from hipp_torchprune.pruning.reconstruct import RECONSTRUCTIONS, Reconstruction
 from hipp_torchprune.recovery.config import RecoveryConfig
 
@@ -291,6 +291,7 @@ def donor_cells(config: CompareConfig, donor_dir: str | Path) -> dict[tuple[str,
     differ = sorted(k for k in mine if k not in _REUSE_FREE and mine[k] != donor.get("config", {}).get(k))
     if differ:
         raise CompareError(f"--baselines-from: {path} ran with a different {', '.join(differ)}")
+    _check_world(donor, config.data, f"--baselines-from: {path}")
     return {(c["method"], c["seed"]): c for c in donor.get("cells", {}).values()
             if c["table"] == "table1" and c["method"] != "hipp" and "rows" in c}
 
@@ -364,12 +365,13 @@ def _check_config(config: CompareConfig, registry: Any) -> None:
 
 def _start_results(config: CompareConfig, path: Path, fresh: bool) -> dict[str, Any]:
     """A new results dict, or the one at ``path`` when it was written by the same config (resume)."""
-    results: dict[str, Any] = {"signature": config.signature(),
+    results: dict[str, Any] = {"signature": config.signature(), "world": world_fingerprint(config.data),
                                "config": json.loads(json.dumps(asdict(config), default=str)), "cells": {}}
     if path.exists() and not fresh:
         old = json.loads(path.read_text())
         if old.get("signature") != results["signature"]:
             raise CompareError(f"{path} was written by a different comparison config; use --fresh or another --out")
+        _check_world(old, config.data, f"{path} (use --fresh or another --out)")
         results |= {k: old.get(k) for k in ("dense", "compression_control", "strata")}
         results["cells"] = old.get("cells", {})
         stamps = {c.get("code") for c in results["cells"].values()} - {code_fingerprint()}
@@ -377,6 +379,16 @@ def _start_results(config: CompareConfig, path: Path, fresh: bool) -> dict[str, 
             warnings.warn(f"{path}: some cells were computed by other code ({', '.join(sorted(map(str, stamps)))}; "
                           "None: before cells were stamped); --fresh reruns them all with this code", stacklevel=3)
     return results
+
+
+def _check_world(results: dict[str, Any], data: str, what: str) -> None:
+    """Refuse ``results`` measured on another world than ``data`` is now (both recorded
+    fingerprints known and different, :func:`~hipp_torchprune.provenance.world_fingerprint`): a world rebuilt
+    at the same path must reproduce its content hash before old cells count as measured on it."""
+    theirs, mine = results.get("world"), world_fingerprint(data)
+    if theirs is not None and mine is not None and theirs != mine:
+        raise CompareError(f"{what} was measured on another world: content hash {theirs[:12]}…, but {data} now "
+                           f"has {mine[:12]}…")
 
 
 def refit_mismatches(policies: dict[str, Any], reconstruct: str) -> list[str]:

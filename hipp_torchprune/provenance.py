@@ -1,14 +1,17 @@
-"""What code produced a result: a fingerprint of the project's sources and its libraries' versions.
+"""What produced a result: a fingerprint of the project's sources and its libraries' versions, and
+of the world it was measured on.
 
 A comparison stamps every cell with :func:`code_fingerprint`, so a cell computed by other code is
 never reused as if this code had computed it (``hipp compare --baselines-from``), and a resumed
-run says when its cells come from more than one version of the code.
+run says when its cells come from more than one version of the code. It records the world's
+:func:`world_fingerprint` too, and refuses to resume or borrow cells across different worlds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -51,3 +54,17 @@ def code_fingerprint(modules: Sequence[str] = PROJECT_MODULES, libraries: Sequen
     for name in libraries:
         digest.update(f"{name}=={_version(name)}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def world_fingerprint(data_dir: str | Path) -> str | None:
+    """The ``content_hash`` a proving-ground world's ``manifest.json`` records for its files (equal
+    when, and only when, the world's rows and images are the same), or ``None`` for a directory
+    without one (an lmms-lab download). A comparison records it, so a resume or a
+    ``--baselines-from`` over a rebuilt world that came out different is refused, not mixed in."""
+    manifest = Path(data_dir) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        return json.loads(manifest.read_text()).get("content_hash")
+    except (json.JSONDecodeError, AttributeError):
+        return None

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hipp_torchprune.hipp.policy_io import load_policy, query
+from hipp_torchprune.provenance import world_fingerprint
 from tests.benchmark_scripts import load_benchmark, train_one_step_policy
 
 
@@ -47,7 +48,9 @@ def test_a_run_on_tiny_llava(make_world, tmp_path: Path, capsys: pytest.CaptureF
     prefs = "0.4,0.1,0.5;0.1,0.9,0"
     bench.main(["--model", "tiny-llava", "--data", str(world), "--out", str(out), "--calib-n", "2", "--policy",
                 str(policy), "--preferences", prefs, "--samples", "4", "--select-limit", "4", "--reconstruct", "lstsq"])
-    records = json.loads((out / "best_of_k.json").read_text())["records"]
+    written = json.loads((out / "best_of_k.json").read_text())
+    records = written["records"]
+    assert written["world"] == world_fingerprint(world) and written["world"] is not None
     for text in prefs.split(";"):
         answer = query(loaded, [float(x) for x in text.split(",")])
         group = [r for r in records if r["preference"] == pytest.approx(list(answer.preference))]

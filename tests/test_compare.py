@@ -20,6 +20,7 @@ from hipp_torchprune.compare import (
     run_compare,
 )
 from hipp_torchprune.methods import DEFAULT_ROW_SCORE, ROW_SCORES
+from hipp_torchprune.provenance import world_fingerprint
 from hipp_torchprune.recovery import RecoveryConfig
 from hipp_torchprune.registry import Registry, make_plugin_manager
 
@@ -65,8 +66,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hipp_torchprune.methods as methods
-    from hipp_torchprune import compare
+    from hipp_torchprune import compare, methods
 
     world, policy = setup
     reg = Registry(make_plugin_manager(autoload=False))
@@ -147,6 +147,15 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monk
         with pytest.raises(CompareError, match=message):
             run_compare(other, tmp_path / "z", progress=False, registry=reg, baselines_from=donor)
     assert not (tmp_path / "z").exists()  # refused before anything is written
+    # a world rebuilt at the same path that came out different is neither resumed nor borrowed from
+    assert results["world"] == world_fingerprint(world) and results["world"] is not None
+    recorded = json.loads((tmp_path / "results.json").read_text())
+    (tmp_path / "results.json").write_text(json.dumps({**recorded, "world": "f" * 64}))
+    with pytest.raises(CompareError, match="another world"):
+        run_compare(config, tmp_path, progress=False, registry=reg)
+    with pytest.raises(CompareError, match="another world"):
+        run_compare(other, tmp_path / "w", progress=False, registry=reg, baselines_from=tmp_path)
+    assert not (tmp_path / "w").exists()
 
 
 def hipp_widths(cells: dict, config: CompareConfig) -> list[int]:
@@ -230,7 +239,7 @@ def test_row_score_reaches_every_cells_context() -> None:
 
 
 def test_compare_cli_passes_the_row_score(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import hipp_torchprune.compare as compare
+    from hipp_torchprune import compare
     from hipp_torchprune.cli import main
 
     seen = []

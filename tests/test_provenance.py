@@ -1,4 +1,5 @@
-"""``code_fingerprint``: the same code gives the same stamp, any change in it another."""
+"""``code_fingerprint``: the same code gives the same stamp, any change in it another; ``world_fingerprint``:
+the same world gives the same hash."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hipp_torchprune.provenance import code_fingerprint
+from hipp_torchprune.provenance import code_fingerprint, world_fingerprint
 
 
 @pytest.fixture
@@ -38,3 +39,15 @@ def test_the_stamp_follows_the_sources_and_the_library_versions(package: Path) -
 def test_a_missing_package_is_stamped_as_absent_not_refused() -> None:
     assert code_fingerprint(["no_such_package_here"], []) != code_fingerprint([], [])
     assert code_fingerprint(["hipp_torchprune"], []) != code_fingerprint(["no_such_package_here"], [])
+
+
+def test_a_world_is_fingerprinted_by_its_content(make_world, tmp_path: Path) -> None:
+    from hipp_torchprune.world import build_world
+
+    world = make_world(0, 8)
+    again = build_world(tmp_path / "again", seed=0, n_images=8) and tmp_path / "again"
+    assert world_fingerprint(world) == world_fingerprint(again) and len(world_fingerprint(world)) == 64
+    assert world_fingerprint(make_world(1, 8)) != world_fingerprint(world)
+    assert world_fingerprint(tmp_path) is None  # no manifest: an lmms-lab download
+    (tmp_path / "manifest.json").write_text("{not json")
+    assert world_fingerprint(tmp_path) is None
