@@ -11,7 +11,9 @@ whole test split (the comparison's rows) and ``--select-limit`` rows a task of `
 ``w_rob * POPE + w_util * ScienceQA`` on the selection rows, each accuracy divided by the spread of
 the candidates' (their standard deviation), so neither task's units dominate. Reported per query:
 the mean plan's test scores, the candidates' test range, the selected plan's test scores and the
-best test scores any candidate reached (an oracle no deployment has). Writes ``best_of_k.json``.
+best test scores any candidate reached (an oracle no deployment has), how well the selection rows
+predict the test rows, and whether the candidates trade POPE for ScienceQA (r over candidates).
+Writes ``best_of_k.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/best_of_k.py --data out/compare-v2/world --reconstruct lstsq \\
         --out out/best-of-k --samples 24
@@ -124,21 +126,32 @@ def query_records(env: PlanEnvironment, selection: dict[str, Any], loaded: Loade
     return list(records.values())
 
 
+def pearson_or_nan(xs: list[float], ys: list[float]) -> float:
+    """Pearson r of ``xs`` and ``ys``; NaN with fewer than two points or either side constant."""
+    if len(xs) < 2 or statistics.pstdev(xs) == 0 or statistics.pstdev(ys) == 0:
+        return float("nan")
+    return statistics.correlation(xs, ys)
+
+
 def agreement(records: list[dict[str, Any]], task: int) -> float:
     """Pearson r between the candidates' selection-row and test scores of ``task`` (0 POPE, 1
     ScienceQA); NaN when either is constant. Near 0: the selection rows cannot tell the plans apart."""
-    pairs = [(r["select"][task], r["test"][task]) for r in records]
-    if len(pairs) < 2 or any(statistics.pstdev(side) == 0 for side in zip(*pairs)):
-        return float("nan")
-    return statistics.correlation(*zip(*pairs))
+    return pearson_or_nan([r["select"][task] for r in records], [r["test"][task] for r in records])
+
+
+def tradeoff(records: list[dict[str, Any]]) -> float:
+    """Pearson r between the candidates' test POPE and test ScienceQA: negative when the plans
+    near the policy's trade one for the other (a preference has something to choose), positive
+    when the better plans are better on both."""
+    return pearson_or_nan([r["test"][0] for r in records], [r["test"][1] for r in records])
 
 
 def render(records: list[dict[str, Any]]) -> str:
     """Markdown: per query, the mean plan, the candidates' test range, the selected plan, the oracle
     and how well the selection rows predict the test rows."""
     header = ("| preference | distinct plans | mean plan POPE / SQA | candidates' test POPE, SQA | "
-              "selected POPE / SQA | best test POPE, best test SQA | r(selection, test) POPE, SQA |")
-    lines = [header, "|---|---|---|---|---|---|---|"]
+              "selected POPE / SQA | best test POPE, best test SQA | r(selection, test) POPE, SQA | r(POPE, SQA) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
     for key in dict.fromkeys(tuple(r["preference"]) for r in records):
         group = [r for r in records if tuple(r["preference"]) == key]
         pope, sqa = ([r["test"][i] for r in group] for i in (0, 1))
@@ -146,7 +159,7 @@ def render(records: list[dict[str, Any]]) -> str:
         lines.append(f"| {', '.join(f'{w:.2f}' for w in key)} | {len(group)} | {group[0]['test'][0]:.1f} / "
                      f"{group[0]['test'][1]:.1f} | {min(pope):.1f}–{max(pope):.1f}, {min(sqa):.1f}–{max(sqa):.1f} | "
                      f"{chosen['test'][0]:.1f} / {chosen['test'][1]:.1f} | {max(pope):.1f}, {max(sqa):.1f} | "
-                     f"{agreement(group, 0):+.2f}, {agreement(group, 1):+.2f} |")
+                     f"{agreement(group, 0):+.2f}, {agreement(group, 1):+.2f} | {tradeoff(group):+.2f} |")
     return "\n".join(lines)
 
 

@@ -35,6 +35,8 @@ def test_agreement_is_pearson_r_of_selection_and_test_scores() -> None:
     assert math.isnan(bench.agreement(records, 1))  # the selection rows cannot tell them apart
     assert bench.agreement([{"select": [1.0, 0.0], "test": [1.0, 0.0]}, {"select": [2.0, 0.0], "test": [0.0, 0.0]}],
                            0) == pytest.approx(-1.0)
+    assert bench.tradeoff(records) == pytest.approx(0.6546537, abs=1e-6)  # r of (2, 4, 5), (1, 3, 2): 2 / sqrt(84 / 9)
+    assert bench.tradeoff(records[:1]) != bench.tradeoff(records[:1])  # one candidate: NaN
 
 
 def test_a_run_on_tiny_llava(make_world, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
