@@ -34,10 +34,14 @@ def test_train_writes_policy_logs_and_rising_reward(policy_dir: Path) -> None:
     # on the random tiny model only compression carries signal: the policy learns to remove more
     first, last = (sum(h["sparsity"] for h in part) / 3 for part in (log[1:4], log[-3:]))
     assert last > first + 0.03
-    evals = [h["anchor_reward"] for h in log if "anchor_reward" in h]
-    assert len(evals) == 3 and evals[-1] > evals[0] + 0.05  # steps 0, 5, 10
+    # the anchor evaluations (steps 0, 5, 10) pick the deployed step: the highest anchor reward. On a
+    # random model that reward is flat up to noise, so which step wins is the hardware's arithmetic;
+    # that the best one is deployed is the contract
+    evals = {h["step"]: h["anchor_reward"] for h in log if "anchor_reward" in h}
+    assert sorted(evals) == [0, 5, 10] and all(torch.isfinite(torch.tensor(list(evals.values()))))
     assert all(0.0 < h["gate"] <= 1.0 for h in log[1:])
     meta = json.loads((policy_dir / "policy.json").read_text())
+    assert meta["deployed_step"] == max(evals, key=evals.get)
     assert meta["state"] == {"visual_sensitivity": True, "grounding_drops": True, "drop_ratio": 0.75}
     assert meta["reward"] == {"statistic": ["loglik", "loglik"], "limit": 8, "split": "calibration",
                               "reconstruct": "none"}
@@ -51,15 +55,22 @@ def test_train_writes_policy_logs_and_rising_reward(policy_dir: Path) -> None:
 
 def test_train_with_the_refit_in_the_reward(world: Path, policy_dir: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    """``--reconstruct lstsq`` scores plans with the refit in place: same seed, same first plans,
-    other rewards; the policy records it."""
-    out = tmp_path / "p"
-    assert main(["train", "--model", "tiny-llava", "--data", str(world), "--out", str(out), "--steps", "1",
-                 "--group", "4", "--prefs", "2", "--budget", "0.2,0.5", "--round-to", "16", "--calib-n", "6",
-                 "--reward-limit", "8", "--lr", "0.01", "--reconstruct", "lstsq", "--no-progress"]) == 0
+    """``--reconstruct lstsq`` scores plans with the refit in place: same seed and state, same first
+    plans, other rewards; the policy records it. (The grounding drops in the state are measured with
+    the refit too, so both runs leave them out to start from one state.)"""
+    config = tmp_path / "train.yaml"
+    config.write_text("steps: 1\nprefs_per_step: 2\ngroup: 4\nlr: 0.01\npolicy: {rho_min: 0.2, rho_max: 0.5}\n"
+                      "state: {grounding_drops: false}\n")
+    runs = {}
+    for name, flags in (("p", ["--reconstruct", "lstsq"]), ("plain", [])):
+        runs[name] = tmp_path / name
+        assert main(["train", "--model", "tiny-llava", "--data", str(world), "--out", str(runs[name]), "--config",
+                     str(config), "--round-to", "16", "--calib-n", "6", "--reward-limit", "8", "--no-progress",
+                     *flags]) == 0
+    out = runs["p"]
     meta = json.loads((out / "policy.json").read_text())
     assert meta["reward"]["reconstruct"] == "lstsq" and meta["reward"]["refit_split"] == "train"
-    refit, plain = (json.loads((d / "train_log.json").read_text()) for d in (out, policy_dir))
+    refit, plain = (json.loads((d / "train_log.json").read_text()) for d in (out, runs["plain"]))
     assert refit[1]["sparsity"] == plain[1]["sparsity"] and refit[1]["rob_raw"] != plain[1]["rob_raw"]
     assert refit[0]["anchor_reward"] != plain[0]["anchor_reward"]
     hint = "prune with --reconstruct lstsq"
