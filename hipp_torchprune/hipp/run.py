@@ -23,9 +23,10 @@ from hipp_torchprune.hipp.profile import (
     load_calibration,
     save_calibration,
 )
-from hipp_torchprune.hipp.trainer import TrainConfig, best_step, config_dict, train_policy
+from hipp_torchprune.hipp.trainer import TrainConfig, best_step, config_dict, run_setup, train_policy
 from hipp_torchprune.loading import load_model
 from hipp_torchprune.models.processors import DEFAULT_MAX_PIXELS, cap_pixels
+from hipp_torchprune.provenance import world_fingerprint
 from hipp_torchprune.pruning.reconstruct import DEFAULT_GRAM_BYTES, Reconstruction, collect_down_grams, gram_bytes
 from hipp_torchprune.registry import Registry
 
@@ -127,14 +128,17 @@ def train_from_data(model_spec: str, data_dir: str | Path, out: str | Path, conf
     env = PlanEnvironment(model, adapter, scores, objectives,
                           round_to=round_to, r_max=cfg.r_max, compression_range=(cfg.rho_min, cfg.rho_max),
                           row_params=profile.row_params, state=state, grams=grams)
+    reward_meta = {"statistic": list(statistic_pair(reward_statistic)), "limit": reward_limit, "split": reward_split,
+                   "reconstruct": reconstruct, **({"refit_split": refit_split(reward_split)} if grams else {})}
     try:
         if config.state.grounding_drops:  # L + 1 plan evaluations, every rank (scoring is collective)
             profile = profile.with_grounding_drops(single_layer_drops(env, config.state.drop_ratio))
-        policy, history = train_policy(env, profile, config, out, resume=resume, state=state, progress=progress)
+        policy, history = train_policy(env, profile, config, out, resume=resume, state=state, progress=progress,
+                                       setup=run_setup(config, {"reward": reward_meta, "model": str(model_spec),
+                                                                "world": world_fingerprint(data_dir) or str(data_dir),
+                                                                "round_to": round_to, "calib_n": calib_n}))
     finally:
         env.close()
-    reward_meta = {"statistic": list(statistic_pair(reward_statistic)), "limit": reward_limit, "split": reward_split,
-                   "reconstruct": reconstruct, **({"refit_split": refit_split(reward_split)} if grams else {})}
     if state is None or state.is_main_process:
         save_policy(out, policy, profile, round_to, extra={"train": config_dict(config), "model": str(model_spec),
                                                           "data": str(data_dir), "steps_done": len(history),

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import trange
 
 from hipp_torchprune.atomic import write_text_atomic
+from hipp_torchprune.errors import CheckpointError
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.gate import GateConfig, QuantileBand
 from hipp_torchprune.hipp.grpo import balanced_gradients, gated_policy_loss, group_advantages, scalarize
@@ -126,25 +127,52 @@ class _Learner:
     gen: torch.Generator
     history: list[dict[str, float]]
     start: int = 0
+    setup: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: Path, step: int) -> None:
         """Write a resumable checkpoint atomically."""
         tmp = path.with_suffix(".tmp")
         torch.save({"step": step, "policy": self.policy.state_dict(), "optim": self.optim.state_dict(),
                     "norm": self.norm.state_dict(), "band": self.band.state_dict(), "gen": self.gen.get_state(),
-                    "history": self.history, "best": self.best.state_dict()}, tmp)
+                    "history": self.history, "best": self.best.state_dict(), "setup": self.setup}, tmp)
         tmp.replace(path)
 
 
-def _start(config: TrainConfig, n_features: int, ckpt: Path, resume: bool) -> _Learner:
-    """A fresh learner for ``config`` (seeded), or the one saved in ``ckpt`` when resuming."""
+def run_setup(config: TrainConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed: ``config`` without ``steps`` (a run may be
+    extended or finished early at a checkpoint), plus ``extra`` (the caller's reward, model and
+    world). The number of processes and the device are not in it: they train alike."""
+    train = {k: v for k, v in config_dict(config).items() if k != "steps"}
+    return json.loads(json.dumps({"train": train, **(extra or {})}, default=str))
+
+
+def _check_setup(saved: dict[str, Any], setup: dict[str, Any], ckpt: Path) -> None:
+    """Refuse a checkpoint written by another set-up (one saved before set-ups were recorded passes)."""
+    theirs = saved.get("setup")
+    if not theirs or theirs == setup:
+        return
+    differ = sorted(k for k in {*theirs, *setup} if theirs.get(k) != setup.get(k))
+    if "train" in differ:
+        differ.remove("train")
+        differ += sorted(k for k in {*theirs["train"], *setup["train"]}
+                         if theirs["train"].get(k) != setup["train"].get(k))
+    raise CheckpointError(f"{ckpt} was written by a run with another {', '.join(differ)}; resume it with the same "
+                          "settings, or start over with --no-resume or another --out")
+
+
+def _start(config: TrainConfig, n_features: int, ckpt: Path, resume: bool,
+           setup: dict[str, Any] | None = None) -> _Learner:
+    """A fresh learner for ``config`` (seeded), or the one saved in ``ckpt`` when resuming
+    (:class:`CheckpointError` when ``ckpt`` was written by another :func:`run_setup`)."""
     gen = torch.Generator().manual_seed(config.seed)
     with seeded_global_rng(config.seed):
         policy = make_policy(config.policy_kind, n_features, config.policy)
     learner = _Learner(policy, torch.optim.Adam(policy.parameters(), lr=config.lr),
-                       RunningNorm(3, clip=config.norm_clip), QuantileBand(config.gate), BestAgent(), gen, [])
+                       RunningNorm(3, clip=config.norm_clip), QuantileBand(config.gate), BestAgent(), gen, [],
+                       setup=setup if setup is not None else run_setup(config))
     if resume and ckpt.exists():
         saved = torch.load(ckpt, weights_only=False)
+        _check_setup(saved, learner.setup, ckpt)
         learner.policy.load_state_dict(saved["policy"])
         learner.optim.load_state_dict(saved["optim"])
         learner.norm.load_state_dict(saved["norm"])
@@ -264,9 +292,11 @@ def _step_record(step: int, prefs: torch.Tensor, outcome: Any, gate: torch.Tenso
 
 
 def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfig, out_dir: str | Path,
-                 resume: bool = True, state: Any = None, progress: bool = True) -> tuple[Policy, list[dict]]:
+                 resume: bool = True, state: Any = None, progress: bool = True,
+                 setup: dict[str, Any] | None = None) -> tuple[Policy, list[dict]]:
     """Train a policy on ``env``; returns it (the best evaluated one unless ``config.deploy="last"``)
-    and the per-step log. Checkpoints go to ``out_dir``."""
+    and the per-step log. Checkpoints go to ``out_dir``; one is resumed only when it was written
+    with the same :func:`run_setup` (``setup``, default: ``config``'s alone)."""
     from torch.utils.tensorboard import SummaryWriter
 
     out_dir = Path(out_dir)
@@ -276,7 +306,7 @@ def train_policy(env: PlanEnvironment, profile: ModelProfile, config: TrainConfi
     budget_range = (pcfg.rho_min, pcfg.rho_max)
     sizes = [w * p for w, p in zip(profile.widths, profile.row_params)]
     ckpt = out_dir / "checkpoint.pt"
-    learner = _start(config, static.shape[1] + 5, ckpt, resume)
+    learner = _start(config, static.shape[1] + 5, ckpt, resume, setup)
     policy, optim, norm, band, best, gen, history = (learner.policy, learner.optim, learner.norm, learner.band,
                                                      learner.best, learner.gen, learner.history)
     is_main = state is None or state.is_main_process

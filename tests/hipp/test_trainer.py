@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from hipp_torchprune.errors import CheckpointError
 from hipp_torchprune.hipp.env import PlanOutcome
 from hipp_torchprune.hipp.gate import GateConfig
 from hipp_torchprune.hipp.normalization import compression_return
 from hipp_torchprune.hipp.policy import PolicyConfig
 from hipp_torchprune.hipp.profile import LayerProfile, ModelProfile
-from hipp_torchprune.hipp.trainer import TrainConfig, train_policy
+from hipp_torchprune.hipp.trainer import TrainConfig, run_setup, train_policy
 
 PROFILE = ModelProfile("Toy", tuple(LayerProfile(i, 256, 0.1 + 0.2 * (i == 0), 1.0, 0.1, 5.0 - i, 1.0,
                                                  (0.1, 0.1, 0.1), (0.01, 0.01, 0.01)) for i in range(4)),
@@ -99,6 +100,32 @@ def test_resume_equals_uninterrupted_and_seed_is_deterministic(tmp_path: Path) -
         assert torch.equal(a, b) and torch.allclose(a, c)
     assert [h.get("reward") for h in h1] == [h.get("reward") for h in h3] and len(h1) == 21
     assert (tmp_path / "a" / "checkpoint.pt").exists() and list((tmp_path / "a" / "runs").iterdir())
+
+
+def test_a_checkpoint_resumes_only_under_its_own_setup(tmp_path: Path) -> None:
+    """A longer --steps resumes; another learning rate, or another reward set-up given by the
+    caller, is refused before a step is taken; a checkpoint from before set-ups were recorded
+    resumes as it always did."""
+    short = TrainConfig(**{**CONFIG.__dict__, "steps": 2})
+    setup = run_setup(short, {"reward": {"reconstruct": "lstsq"}})
+    train_policy(ToyEnv(), PROFILE, short, tmp_path, progress=False, setup=setup)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["setup"] == setup and "steps" not in setup["train"] and setup["train"]["lr"] == CONFIG.lr
+    longer = TrainConfig(**{**CONFIG.__dict__, "steps": 3})
+    assert run_setup(longer, {"reward": {"reconstruct": "lstsq"}}) == setup
+    for config, extra, what in ((TrainConfig(**{**CONFIG.__dict__, "steps": 3, "lr": 0.5}), setup, "another lr"),
+                                (longer, run_setup(longer, {"reward": {"reconstruct": "none"}}), "another reward")):
+        with pytest.raises(CheckpointError, match=what):
+            train_policy(ToyEnv(), PROFILE, config, tmp_path, progress=False,
+                         setup=run_setup(config, {k: v for k, v in extra.items() if k != "train"}))
+    assert len(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["history"]) == 3  # untouched
+    _, history = train_policy(ToyEnv(), PROFILE, longer, tmp_path, progress=False, setup=setup)
+    assert [h["step"] for h in history] == [0, 1, 2, 3]
+    torch.save({k: v for k, v in torch.load(tmp_path / "checkpoint.pt", weights_only=False).items() if k != "setup"},
+               tmp_path / "checkpoint.pt")  # as written before session 33
+    _, history = train_policy(ToyEnv(), PROFILE, TrainConfig(**{**CONFIG.__dict__, "steps": 4, "lr": 0.5}), tmp_path,
+                              progress=False)
+    assert [h["step"] for h in history] == [0, 1, 2, 3, 4]
 
 
 class RandomDrawingEnv(ToyEnv):
