@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ablations import pinned_widths, test_setup, write_records
 
+from hipp_torchprune.compare import pearson
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.policy_io import LoadedPolicy, load_policy, query
 from hipp_torchprune.hipp.preferences import parse_preference
@@ -127,10 +128,11 @@ def query_records(env: PlanEnvironment, selection: dict[str, Any], loaded: Loade
 
 
 def pearson_or_nan(xs: list[float], ys: list[float]) -> float:
-    """Pearson r of ``xs`` and ``ys``; NaN with fewer than two points or either side constant."""
-    if len(xs) < 2 or statistics.pstdev(xs) == 0 or statistics.pstdev(ys) == 0:
+    """:func:`~hipp_torchprune.compare.pearson` of ``xs`` and ``ys``, but NaN (not a number to read)
+    with fewer than two points or either side constant."""
+    if len(xs) < 2 or max(xs) == min(xs) or max(ys) == min(ys):
         return float("nan")
-    return statistics.correlation(xs, ys)
+    return pearson(xs, ys)
 
 
 def agreement(records: list[dict[str, Any]], task: int) -> float:

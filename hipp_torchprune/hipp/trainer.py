@@ -139,11 +139,11 @@ class _Learner:
 
 
 def run_setup(config: TrainConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed: ``config`` without ``steps`` (a run may be
-    extended or finished early at a checkpoint), plus ``extra`` (the caller's reward, model and
-    world). The number of processes and the device are not in it: they train alike."""
+    """What must match for a checkpoint to be resumed, one flat JSON dict: ``config``'s fields
+    without ``steps`` (a run may be extended or finished early at a checkpoint), plus ``extra``
+    (the caller's reward, model and world; keys that are not ``TrainConfig`` fields). The number of processes and the device are not in it: they train alike."""
     train = {k: v for k, v in config_dict(config).items() if k != "steps"}
-    return json.loads(json.dumps({"train": train, **(extra or {})}, default=str))
+    return json.loads(json.dumps({**train, **(extra or {})}, default=str))
 
 
 def _check_setup(saved: dict[str, Any], setup: dict[str, Any], ckpt: Path) -> None:
@@ -152,10 +152,6 @@ def _check_setup(saved: dict[str, Any], setup: dict[str, Any], ckpt: Path) -> No
     if not theirs or theirs == setup:
         return
     differ = sorted(k for k in {*theirs, *setup} if theirs.get(k) != setup.get(k))
-    if "train" in differ:
-        differ.remove("train")
-        differ += sorted(k for k in {*theirs["train"], *setup["train"]}
-                         if theirs["train"].get(k) != setup["train"].get(k))
     raise CheckpointError(f"{ckpt} was written by a run with another {', '.join(differ)}; resume it with the same "
                           "settings, or start over with --no-resume or another --out")
 

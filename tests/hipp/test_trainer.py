@@ -110,14 +110,14 @@ def test_a_checkpoint_resumes_only_under_its_own_setup(tmp_path: Path) -> None:
     setup = run_setup(short, {"reward": {"reconstruct": "lstsq"}})
     train_policy(ToyEnv(), PROFILE, short, tmp_path, progress=False, setup=setup)
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    assert saved["setup"] == setup and "steps" not in setup["train"] and setup["train"]["lr"] == CONFIG.lr
+    assert saved["setup"] == setup and "steps" not in setup and setup["lr"] == CONFIG.lr
     longer = TrainConfig(**{**CONFIG.__dict__, "steps": 3})
     assert run_setup(longer, {"reward": {"reconstruct": "lstsq"}}) == setup
-    for config, extra, what in ((TrainConfig(**{**CONFIG.__dict__, "steps": 3, "lr": 0.5}), setup, "another lr"),
-                                (longer, run_setup(longer, {"reward": {"reconstruct": "none"}}), "another reward")):
+    for config, reward, what in ((TrainConfig(**{**CONFIG.__dict__, "steps": 3, "lr": 0.5}), "lstsq", "another lr"),
+                                 (longer, "none", "another reward")):
         with pytest.raises(CheckpointError, match=what):
             train_policy(ToyEnv(), PROFILE, config, tmp_path, progress=False,
-                         setup=run_setup(config, {k: v for k, v in extra.items() if k != "train"}))
+                         setup=run_setup(config, {"reward": {"reconstruct": reward}}))
     assert len(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["history"]) == 3  # untouched
     _, history = train_policy(ToyEnv(), PROFILE, longer, tmp_path, progress=False, setup=setup)
     assert [h["step"] for h in history] == [0, 1, 2, 3]
