@@ -105,11 +105,15 @@ class CompareConfig:
     #: samples (``none`` or ``lstsq``; :mod:`~hipp_torchprune.pruning.reconstruct`). Slicing
     #: methods (SliceGPT) refit by their own rotation and ignore it.
     reconstruct: Reconstruction = "none"
+    #: Also recover the unpruned model with the shared recovery config, once per seed: the
+    #: ``dense + recovery`` row of Table 1, the most any pruned cell's recovery could reach.
+    dense_recovery: bool = False
 
     def signature(self) -> str:
-        """Hash of everything that changes results (not ``seeds``/``methods``: those only add cells)."""
+        """Hash of everything that changes results (not ``seeds``/``methods``/``dense_recovery``:
+        those only add cells)."""
         d = asdict(self)
-        for k in ("seeds", "methods", "table3", "samplers", "table4", "ablations", "device"):
+        for k in ("seeds", "methods", "table3", "samplers", "table4", "ablations", "device", "dense_recovery"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -218,6 +222,8 @@ def _cells(config: CompareConfig) -> list[tuple[str, str, tuple[float, float, fl
     """(table, method, preference, seed, policy name) of every cell, Table 1 first."""
     cells = []
     for seed in config.seeds:
+        if config.dense_recovery:
+            cells.append(("reference", "dense", None, seed, "main"))
         cells.append(("table1", "hipp", config.preference, seed, "main"))
         cells += [("table1", m, config.preference, seed, "main") for m in config.methods]
     for seed in config.seeds:
@@ -243,20 +249,15 @@ def _run_cell(config: CompareConfig, shared: _Shared, table: str, method: str,
               preference: tuple[float, float, float] | None, seed: int, policy_name: str,
               work_dir: Path) -> dict[str, Any]:
     from hipp_torchprune.evaluation import evaluate
-    from hipp_torchprune.hipp.method import HippMethod
-    from hipp_torchprune.methods import prune_with_method
     from hipp_torchprune.recovery import recover
 
-    policy, main = shared.policies[policy_name], shared.policies["main"]
     model = copy.deepcopy(shared.model)
-    # every baseline prunes at HiPP's realized sparsity (the HiPP strategy ignores the sparsity it is given)
-    target = HippMethod().plan(model, 0.0, _context(shared, main, seed, config.preference)).realized_sparsity
-    is_hipp = method == "hipp" or table in ("table4", "table5")
-    ctx = _context(shared, policy, seed, preference if is_hipp else None)
-    report = prune_with_method(model, HippMethod.name if is_hipp else method, target, ctx)
-    realized, widths, details = report.realized_sparsity, list(report.widths), dict(report.details)
-    if is_hipp:
-        target, details["policy"] = realized, policy_name
+    if table == "reference":  # the unpruned model, recovered like every other cell
+        target = realized = 0.0
+        widths, details = [], {"reference": "dense model, not pruned"}
+    else:
+        target, realized, widths, details = _prune_cell(config, shared, model, table, method, preference, seed,
+                                                        policy_name)
     pre = _metrics(evaluate(model, shared.processor, shared.prepared))
     rcfg = RecoveryConfig(**{**config.recovery.to_dict(), "seed": seed})
     result = recover(model, shared.processor, config.data, rcfg, work_dir=work_dir, progress=False,
@@ -272,9 +273,29 @@ def _run_cell(config: CompareConfig, shared: _Shared, table: str, method: str,
             "recovery_step_kept": result.best_step}
 
 
+def _prune_cell(config: CompareConfig, shared: _Shared, model: Any, table: str, method: str,
+                preference: tuple[float, float, float] | None, seed: int,
+                policy_name: str) -> tuple[float, float, list[int], dict[str, Any]]:
+    """Prune ``model`` in place for one cell: ``(target, realized sparsity, widths, details)``."""
+    from hipp_torchprune.hipp.method import HippMethod
+    from hipp_torchprune.methods import prune_with_method
+
+    policy, main = shared.policies[policy_name], shared.policies["main"]
+    # every baseline prunes at HiPP's realized sparsity (the HiPP strategy ignores the sparsity it is given)
+    target = HippMethod().plan(model, 0.0, _context(shared, main, seed, config.preference)).realized_sparsity
+    is_hipp = method == "hipp" or table in ("table4", "table5")
+    ctx = _context(shared, policy, seed, preference if is_hipp else None)
+    report = prune_with_method(model, HippMethod.name if is_hipp else method, target, ctx)
+    realized, widths, details = report.realized_sparsity, list(report.widths), dict(report.details)
+    if is_hipp:
+        target, details["policy"] = realized, policy_name
+    return target, realized, widths, details
+
+
 #: Config fields a baseline's Table-1 cell does not depend on: it sees the policy and the queries
 #: only through its target sparsity, which :func:`reused_cell` checks cell by cell.
-_REUSE_FREE = ("policy", "preference", "seeds", "methods", "table3", "samplers", "table4", "ablations", "device")
+_REUSE_FREE = ("policy", "preference", "seeds", "methods", "table3", "samplers", "table4", "ablations", "device",
+               "dense_recovery")
 
 
 def donor_cells(config: CompareConfig, donor_dir: str | Path) -> dict[tuple[str, int], dict[str, Any]]:
@@ -501,6 +522,8 @@ def render_tables(results: dict[str, Any]) -> str:
     if dense:
         lines.append(f"| dense | 0.0 | {100 * dense['pope_adv_bal_acc']:.1f} | {100 * dense['pope_rand_bal_acc']:.1f} "
                      f"| {100 * dense['sqa_acc']:.1f} | {100 * dense['pope_yes_ratio']:.1f} | | | |")
+    for cells in _group(results, "reference").values():
+        lines.append("| dense + recovery | " + " | ".join(_row(cells)) + " |")
     t1 = _group(results, "table1")
     for (method, _), cells in sorted(t1.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order
                                                                  else 99, kv[0][0])):
@@ -651,6 +674,10 @@ def plot_operating_points(results: dict[str, Any], path: Path) -> None:
     if dense:
         ax.scatter([100 * dense["sqa_acc"]], [100 * dense["pope_adv_bal_acc"]], marker="*", s=120, color="k",
                    label="dense")
+    for cells in _group(results, "reference").values():
+        ax.scatter([mean_std([100 * c["post_recovery"]["sqa_acc"] for c in cells])[0]],
+                   [mean_std([100 * c["post_recovery"]["pope_adv_bal_acc"] for c in cells])[0]],
+                   marker="*", s=120, facecolors="none", edgecolors="k", label="dense + recovery")
     ax.set_xlabel("ScienceQA-style accuracy (%) [utility]")
     ax.set_ylabel("POPE-adversarial balanced accuracy (%) [robustness]")
     ax.grid(alpha=0.3)

@@ -79,13 +79,16 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monk
                            seeds=(0,), table3=((0.8, 0.1, 0.1),), samplers=(("mixed", str(policy)),),
                            table4=((0.5, 0.4, 0.1),), ablations=(("no-gate", str(policy)),),
                            recovery=RecoveryConfig(steps=1, batch_size=2, limit=8),
-                           calib_n=2, limit=8)
+                           calib_n=2, limit=8, dense_recovery=True)
     results = run_compare(config, tmp_path, progress=False, registry=reg)
     cells = results["cells"]
     assert set(cells) == {cell_key("table1", m, config.preference, 0) for m in ("hipp", "wanda", "ecoflap")} | {
         cell_key("table3", "hipp", (0.8, 0.1, 0.1), 0), cell_key("table4", "mixed", (0.5, 0.4, 0.1), 0),
-        cell_key("table5", "no-gate", config.preference, 0)}
-    assert sorted(pruned_with) == ["ecoflap", "hipp", "hipp", "hipp", "hipp", "wanda"]  # table1 x3 + tables 3, 4, 5
+        cell_key("table5", "no-gate", config.preference, 0), cell_key("reference", "dense", None, 0)}
+    # table1 x3 + tables 3, 4, 5; the dense reference is recovered but never pruned
+    assert sorted(pruned_with) == ["ecoflap", "hipp", "hipp", "hipp", "hipp", "wanda"]
+    reference = cells[cell_key("reference", "dense", None, 0)]
+    assert reference["realized_sparsity"] == 0.0 and reference["pre_recovery"] == results["dense"]
     ablated = cells[cell_key("table5", "no-gate", config.preference, 0)]
     assert ablated["details"]["policy"] == "no-gate"  # the same policy file here: the same plan as HiPP's
     assert ablated["widths"] == hipp_widths(cells, config)
@@ -108,6 +111,7 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monk
     text = (tmp_path / "tables.md").read_text()
     assert "minus the best baseline on pope_adv_bal_acc" in text and "x 1 seeds" in text
     assert "Table 1" in text and "| wanda |" in text and "Table 4" in text and "mixed @" in text
+    assert "| dense + recovery | 0.0 ± 0.0 |" in text
     assert "Table 5" in text and "| full HiPP |" in text and "| no-gate |" in text
     control = results["compression_control"]
     assert control["w_comp"] == [0.1, 0.3, 0.5, 0.7, 0.9] and len(control["realized_sparsity"]) == 5
@@ -117,6 +121,9 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monk
     again = run_compare(config, tmp_path, progress=False, registry=reg)
     assert again["cells"] == json.loads((tmp_path / "results.json").read_text())["cells"]
     assert (tmp_path / "results.json").stat().st_mtime_ns == stamp
+    # the reference only adds cells: a run without it resumes the same results
+    assert run_compare(CompareConfig(**{**config.__dict__, "dense_recovery": False}), tmp_path, progress=False,
+                       registry=reg)["cells"] == again["cells"]
     changed = CompareConfig(**{**config.__dict__, "calib_n": 3})
     with pytest.raises(CompareError, match="different comparison"):
         run_compare(changed, tmp_path, progress=False, registry=reg)
@@ -259,6 +266,8 @@ def test_compare_cli_passes_the_row_score(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert seen.pop().reconstruct == "lstsq" and seen[0].reconstruct == "none"
     assert main([*base, "--ablation-policy", "no-gate=G", "--ablation-policy", "flat=F"]) == 0
     assert seen[-1].ablations == (("no-gate", "G"), ("flat", "F")) and seen[-1].signature() == seen[0].signature()
+    assert main([*base, "--dense-recovery"]) == 0
+    assert seen.pop().dense_recovery and not seen[0].dense_recovery
     for bad in (["--ablation-policy", "no-gate"], ["--ablation-policy", "a=X", "--sampler-policy", "a=Y"],
                 ["--ablation-policy", "main=X"]):
         assert main([*base, *bad]) == 2

@@ -59,6 +59,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--baselines-from", default=None, metavar="DIR",
                    help="another comparison's --out with the same settings but the policy and queries: "
                         "baseline cells pruned to the same target sparsity by the same code are copied from it, not rerun")
+    p.add_argument("--dense-recovery", action="store_true",
+                   help="also recover the unpruned model with the same recovery, once per seed: Table 1's "
+                        "'dense + recovery' row, the ceiling of every pruned cell (adds cells; resumable)")
     p.add_argument("--no-progress", action="store_true")
     add_dtype_argument(p)
     p.set_defaults(func=run)
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                                 select_every=quarter if args.select_every is None else args.select_every),
         calib_n=args.calib_n, limit=args.limit, tolerance=args.tolerance,
         device=args.device, dtype=args.dtype, row_score=args.row_score,
-        reconstruct=args.reconstruct)
+        reconstruct=args.reconstruct, dense_recovery=args.dense_recovery)
     run_compare(config, args.out, progress=not args.no_progress, fresh=args.fresh,
                 baselines_from=args.baselines_from)
     from pathlib import Path
