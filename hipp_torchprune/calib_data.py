@@ -50,16 +50,17 @@ def scienceqa_answer(doc: dict[str, Any]) -> str:
     return letters[int(doc["answer"])]
 
 
-def directory_samples(data_dir: str | Path, n: int, split: str = "calibration") -> list[tuple[Any, str, str]]:
-    """Up to ``n`` samples from a data directory's calibration split, alternating POPE and
-    ScienceQA rows, with their gold answers (falls back to the ``test`` split of an lmms-lab
-    download)."""
+def directory_samples(data_dir: str | Path, n: int, split: str = "calibration",
+                      fallback: bool = True) -> list[tuple[Any, str, str]]:
+    """Up to ``n`` samples from a data directory's ``split``, alternating POPE and ScienceQA rows,
+    with their gold answers. A task without that split falls back to its ``test`` split (an
+    lmms-lab download has no other) unless ``fallback`` is False; then it gives no rows."""
     from hipp_torchprune.data import TASKS, decode_image, load_task_docs, pope_prompt, scienceqa_prompt
 
     pools = []
     for task, prompt, answer in ((TASKS["pope"], pope_prompt, pope_answer),
                                  (TASKS["scienceqa"], scienceqa_prompt, scienceqa_answer)):
-        for s in (split, "test"):
+        for s in (split, "test") if fallback else (split,):
             try:
                 pools.append([(d, prompt, answer) for d in load_task_docs(data_dir, task, split=s, limit=n)])
                 break
@@ -74,15 +75,17 @@ def directory_samples(data_dir: str | Path, n: int, split: str = "calibration") 
     return samples
 
 
-def calibration_samples(spec: str, n: int, seed: int = 0, split: str = "calibration") -> list[tuple[Any, str, str]]:
+def calibration_samples(spec: str, n: int, seed: int = 0, split: str = "calibration",
+                        fallback: bool = True) -> list[tuple[Any, str, str]]:
     """``"random"`` -> :func:`random_samples`; otherwise a data directory's ``split``
-    (:func:`directory_samples`). Empty -> error."""
+    (:func:`directory_samples`, falling back to ``test`` unless ``fallback`` is False). Empty -> error."""
     if n < 1:
         raise CalibrationError(f"the calibration set is empty: --calib-n must be >= 1, got {n}")
     if spec != "random" and not Path(spec).is_dir():
         raise CalibrationError(f"calibration data directory {spec!r} does not exist (give a world or "
                                "lmms-lab-format directory; 'random' only for the tiny models)")
-    samples = random_samples(n, seed) if spec == "random" else directory_samples(spec, n, split)
+    samples = random_samples(n, seed) if spec == "random" else directory_samples(spec, n, split, fallback)
     if not samples:
-        raise CalibrationError(f"the calibration set from {spec!r} is empty: no POPE or ScienceQA rows found")
+        where = "" if fallback else f" in its {split!r} split (no fallback to 'test' here)"
+        raise CalibrationError(f"the calibration set from {spec!r} is empty: no POPE or ScienceQA rows found{where}")
     return samples

@@ -68,13 +68,14 @@ def reward_grams(model: Any, processor: Any, data_dir: str | Path, calib_n: int,
     ``data_dir``'s ``split`` (by default the rows the calibration pass uses; a training run passes
     :func:`refit_split`), for the refit inside the reward. A run holds them all, so more than
     ``max_bytes`` of them is refused before any forward pass (LLaVA-7B would need 31 GB: train it
-    with ``reconstruct="none"``)."""
+    with ``reconstruct="none"``). ``split`` never falls back to ``test``: a refit fitted there would
+    be fitted on the rows it is judged on (a :class:`CalibrationError` instead)."""
     adapter = api.get_adapter(model, registry)
     need = sum(gram_bytes(w) for w in adapter.intermediate_widths())
     if need > max_bytes:
         raise CalibrationError(f"the refit inside the reward holds every layer's down_proj Gram, {need / 2**30:.1f} GiB "
                                f"here, above the {max_bytes / 2**30:.1f} GiB allowed: train with reconstruct='none'")
-    samples = calibration_samples(str(data_dir), calib_n, split=split)
+    samples = calibration_samples(str(data_dir), calib_n, split=split, fallback=False)
     return collect_down_grams(model, adapter, api.calibration_batches(adapter, cap_pixels(processor, max_pixels),
                                                                       samples))
 

@@ -100,6 +100,24 @@ def test_the_refit_in_the_reward_is_fitted_on_rows_the_reward_does_not_score(wor
     assert not any(torch.equal(a, b) for a, b in zip(held_out, scored))
 
 
+def test_the_refit_in_the_reward_is_never_fitted_on_test_rows(world: Path, tmp_path: Path) -> None:
+    """A directory without the refit's split (an lmms-lab download has only ``test``) is refused:
+    the calibration pass falls back to ``test``, but a refit fitted there would be fitted on the
+    rows the deployed model is scored on."""
+    import shutil
+
+    from hipp_torchprune.calib_data import calibration_samples
+    from hipp_torchprune.errors import CalibrationError
+    from hipp_torchprune.hipp.run import reward_grams
+    from hipp_torchprune.models.tiny import build_tiny
+
+    shutil.copytree(world / "test", tmp_path / "test")
+    assert len(calibration_samples(str(tmp_path), 4, split="train")) == 4  # the calibration pass falls back
+    model, processor = build_tiny("tiny-llava", seed=0)
+    with pytest.raises(CalibrationError, match="in its 'train' split"):
+        reward_grams(model, processor, tmp_path, 4, split="train")
+
+
 def test_the_refit_reward_refuses_grams_it_cannot_hold() -> None:
     from hipp_torchprune.errors import CalibrationError
     from hipp_torchprune.hipp.run import reward_grams
