@@ -586,11 +586,14 @@ def bootstrap_lines(results: dict[str, Any], resamples: int = 2000) -> list[str]
     """Each HiPP query at Table 1's sparsity (:func:`_hipp_rows`) minus the best baseline on each
     bootstrapped metric (the baseline with the highest mean after recovery), with a paired bootstrap
     95 % interval over test rows pooled over the seeds both have
-    (:func:`~hipp_torchprune.bootstrap.paired_bootstrap`)."""
+    (:func:`~hipp_torchprune.bootstrap.paired_bootstrap`). With the ``dense + recovery`` reference,
+    its line comes last: the headroom, the most any pruned model could gain over the best baseline."""
     from hipp_torchprune.bootstrap import paired_bootstrap
 
     t1 = {m: [c for c in cells if "rows" in c] for (m, _), cells in _group(results, "table1").items() if m != "hipp"}
     queries, strata = _hipp_rows(results), results.get("strata")
+    reference = [c for cells in _group(results, "reference").values() for c in cells if "rows" in c]
+    queries += [("dense + recovery", reference)] if queries and reference else []
     if not queries or not strata or not any(t1.values()):
         return ["", "No paired bootstrap: the cells keep no per-row answers (run again with --fresh)."]
     best_of = {metric: max((m for m in t1 if t1[m]),

@@ -112,6 +112,7 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monk
     assert "minus the best baseline on pope_adv_bal_acc" in text and "x 1 seeds" in text
     assert "Table 1" in text and "| wanda |" in text and "Table 4" in text and "mixed @" in text
     assert "| dense + recovery | 0.0 ± 0.0 |" in text
+    assert "dense + recovery minus the best baseline on sqa_acc" in text  # the headroom, bootstrapped too
     assert "Table 5" in text and "| full HiPP |" in text and "| no-gate |" in text
     control = results["compression_control"]
     assert control["w_comp"] == [0.1, 0.3, 0.5, 0.7, 0.9] and len(control["realized_sparsity"]) == 5
@@ -220,6 +221,12 @@ def test_bootstrap_lines_pick_the_best_baseline_and_pair_the_rows_by_hand() -> N
     lines = bootstrap_lines(results, resamples=200)[1:]
     assert len(lines) == 4 and lines[2].startswith("HiPP (0.10, 0.80, 0.10) minus the best baseline on pope_adv_bal_acc")
     assert "(owl): +0.0 points" in lines[3]  # right on every ScienceQA row, as owl is
+    # the dense + recovery reference comes last: the headroom over the best baseline, never a baseline itself
+    results["cells"] |= {f"ref-{s}": {**cell("dense", s, "1110", "1111", "reference", (0, 0, 0), 0.0),
+                                      "preference": None} for s in (0, 1)}
+    lines = bootstrap_lines(results, resamples=200)[1:]
+    assert len(lines) == 6 and lines[4].startswith("dense + recovery minus the best baseline on pope_adv_bal_acc (owl)")
+    assert "(owl): +25.0 points" in lines[4] and "(owl): +0.0 points" in lines[5]
 
 
 def test_render_tables_without_table4() -> None:
