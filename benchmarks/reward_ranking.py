@@ -1,4 +1,4 @@
-"""Which reward statistic ranks plans as test accuracy does? The margin against the log-likelihood.
+"""Which reward statistic ranks plans as test accuracy does? The margin, the log-likelihood, the probability.
 
 Builds the plan environment as ``hipp train`` does (same calibration, shared row score) and
 collects allocations at the policy's operating points: the policy's plan at each ``--preference``,
@@ -6,7 +6,7 @@ then uniform's, each MLP-row method's and the single-layer-sensitivity allocatio
 from the environment's robustness drops, ``pruning.allocators.sensitivity_ratios``) at that plan's
 realized sparsity, rows by the environment's row score, so only the widths differ. Each
 allocation is scored in mask mode on the calibration reward rows (``--reward-limit`` a task: the
-mean gold margin, the paper's reward, and the mean gold log-likelihood) and on the whole test
+mean gold margin, the paper's reward, the mean gold log-likelihood and the mean gold probability) and on the whole test
 split (POPE-adversarial balanced accuracy, ScienceQA accuracy). Prints one row per allocation
 and, per task, the Spearman correlation of each statistic with test accuracy over the pruned
 allocations.
@@ -38,6 +38,8 @@ from hipp_torchprune.pruning.allocators import sensitivity_ratios
 from hipp_torchprune.pruning.plan import realized_sparsity
 from hipp_torchprune.rewards import PopeMarginReward, ScienceQAMarginReward
 
+#: The reward statistics compared (keys of the reward tasks' metrics).
+STATS: tuple[str, ...] = ("margin", "loglik", "prob")
 #: The test-split metric of each objective.
 TEST_METRIC: dict[str, str] = {"rob": "balanced_accuracy", "util": "accuracy"}
 
@@ -61,8 +63,8 @@ def measure(env: PlanEnvironment, model: Any, name: str, widths: tuple[int, ...]
                            "sparsity": realized_sparsity(env.widths, widths, env.row_params)}
     for key, metric in TEST_METRIC.items():
         cal, test = metrics[f"cal_{key}"], metrics[f"test_{key}"]
-        row |= {f"{key}_margin": float(cal["margin"]), f"{key}_loglik": float(cal["loglik"]),
-                f"{key}_test": 100 * float(test[metric])}
+        row |= {f"{key}_{stat}": float(cal[stat]) for stat in STATS}
+        row[f"{key}_test"] = 100 * float(test[metric])
     return row
 
 
@@ -133,18 +135,19 @@ def main() -> None:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     """The markdown table, then the Spearman agreement of each statistic with test accuracy (pruned rows)."""
-    print("| allocation | sparsity | POPE margin | POPE loglik | POPE-adv test | SQA margin | SQA loglik | SQA test |\n"
-          "|---|---|---|---|---|---|---|---|")
+    print("| allocation | sparsity | POPE margin | POPE loglik | POPE prob | POPE-adv test "
+          "| SQA margin | SQA loglik | SQA prob | SQA test |\n|" + "---|" * 10)
     for r in rows:
-        print(f"| {r['allocation']} | {r['sparsity']:.3f} | {r['rob_margin']:.3f} | {r['rob_loglik']:.3f} | "
-              f"{r['rob_test']:.1f} | {r['util_margin']:.3f} | {r['util_loglik']:.3f} | {r['util_test']:.1f} |")
+        cells = [f"{r[f'{key}_{stat}']:.3f}" for key in TEST_METRIC for stat in (*STATS, "test")]
+        cells[3], cells[7] = f"{r['rob_test']:.1f}", f"{r['util_test']:.1f}"
+        print(f"| {r['allocation']} | {r['sparsity']:.3f} | " + " | ".join(cells) + " |")
     pruned = [r for r in rows if r["sparsity"] > 0]
     moved = [r for r in pruned if "->" in r["allocation"]]
     for subset, chosen in (("all", pruned), ("moves", moved)):
         for key in TEST_METRIC:
             if subset == "moves" and not moved:
                 continue
-            agreement = {stat: rank_agreement(chosen, f"{key}_{stat}", f"{key}_test") for stat in ("margin", "loglik")}
+            agreement = {stat: rank_agreement(chosen, f"{key}_{stat}", f"{key}_test") for stat in STATS}
             print(json.dumps({"objective": key, "allocations": subset, "n_allocations": len(chosen),
                               **{f"spearman_{k}_vs_test": round(v, 3) for k, v in agreement.items()}}))
 

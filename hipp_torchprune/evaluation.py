@@ -78,11 +78,23 @@ def gold_loglik(gold_margins: Sequence[float]) -> float:
     return sum(log_sigmoid(m) for m in gold_margins) / len(gold_margins) if gold_margins else 0.0
 
 
+def gold_prob(gold_margins: Sequence[float]) -> float:
+    """Mean probability of the gold answer among the answer options, ``sigmoid(m)`` per row.
+
+    Example: margins ``[0.0, 0.0]`` give 0.5. Bounded per row, it saturates on both sides: a row
+    answered confidently right or hopelessly wrong moves it little, a row near the decision
+    boundary most, so it tracks accuracy where :func:`gold_loglik` still rewards confidence on
+    rows whose answer does not change. 0.0 for no rows.
+    """
+    return sum(math.exp(log_sigmoid(m)) for m in gold_margins) / len(gold_margins) if gold_margins else 0.0
+
+
 def pope_metrics(yes_margins: Sequence[float], gold_yes: Sequence[bool]) -> dict[str, float | int]:
     """POPE metrics from yes-vs-no margins (``log p(yes) - log p(no)``) and gold labels.
 
     Returns accuracy, balanced_accuracy ((TPR+TNR)/2), precision, recall, f1, yes_ratio (the
-    PREDICTED yes ratio), margin (mean gold-answer log-margin), loglik (:func:`gold_loglik`) and n.
+    PREDICTED yes ratio), margin (mean gold-answer log-margin), loglik (:func:`gold_loglik`), prob
+    (:func:`gold_prob`) and n.
     Undefined ratios are 0.
     """
     if len(yes_margins) != len(gold_yes):
@@ -108,6 +120,7 @@ def pope_metrics(yes_margins: Sequence[float], gold_yes: Sequence[bool]) -> dict
         "yes_ratio": (tp + fp) / n if n else 0.0,
         "margin": sum(gold_margins) / n if n else 0.0,
         "loglik": gold_loglik(gold_margins),
+        "prob": gold_prob(gold_margins),
         "n": n,
     }
 
@@ -118,7 +131,8 @@ def mc_prediction(logprobs: Sequence[float]) -> int:
 
 
 def mc_metrics(option_logprobs: Sequence[Sequence[float]], gold: Sequence[int]) -> dict[str, float | int]:
-    """Multiple-choice accuracy, mean margin and :func:`gold_loglik` from per-option log-probabilities.
+    """Multiple-choice accuracy, mean margin, :func:`gold_loglik` and :func:`gold_prob` from per-option
+    log-probabilities.
 
     The margin of one question is ``lp[gold] - logsumexp(lp[others])``; the prediction is the
     first option with the highest log-probability.
@@ -131,7 +145,7 @@ def mc_metrics(option_logprobs: Sequence[Sequence[float]], gold: Sequence[int]) 
         correct += mc_prediction(lps) == g
         margins.append(lps[g] - logsumexp([v for i, v in enumerate(lps) if i != g]))
     return {"accuracy": correct / n if n else 0.0, "margin": sum(margins) / n if n else 0.0,
-            "loglik": gold_loglik(margins), "n": n}
+            "loglik": gold_loglik(margins), "prob": gold_prob(margins), "n": n}
 
 
 # ---------------------------------------------------------------- token variants

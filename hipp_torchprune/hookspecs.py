@@ -56,7 +56,7 @@ def hipp_reward_tasks() -> list[type]:
     """Return reward-task classes that score a (possibly masked) model on a benchmark and give
     a scalar reward for policy search (used by the HiPP policy). A class is called as
     ``cls(processor, data_dir, split, limit, batch_size, statistic=...)`` (``statistic`` is
-    ``"margin"`` or ``"loglik"``, see :mod:`hipp_torchprune.rewards`), and the instance as
+    ``"margin"``, ``"loglik"`` or ``"prob"``, see :mod:`hipp_torchprune.rewards`), and the instance as
     ``task(model) -> float``.
 
     :return: reward-task classes; each has a unique ``name`` (e.g. ``"pope"``).

@@ -1,12 +1,14 @@
 """Reward tasks for policy search: POPE and ScienceQA gold-answer statistics, scored on the hot path.
 
 Each reward is one statistic of the per-row gold margins (eq. 11): ``"margin"``, their mean (the
-paper's), or ``"loglik"``, the mean log-probability of the gold answer among the options
+paper's), ``"loglik"``, the mean log-probability of the gold answer among the options
 (:func:`~hipp_torchprune.evaluation.gold_loglik`), which ranks pruned models as test accuracy
-does where the mean margin does not (``docs/method.md``, "Reward statistic").
+does where the mean margin does not, or ``"prob"``, the mean gold probability
+(:func:`~hipp_torchprune.evaluation.gold_prob`), which stops paying for confidence on rows whose
+answer does not change (``docs/method.md``, "Reward statistic").
 
 A reward and the lmms-eval tasks ``hipp_pope_*`` / ``hipp_scienceqa_img`` (``plugins/hipp-lmms``)
-and ``hipp eval`` share every step, so a reward equals the ``margin`` or ``loglik`` those report
+and ``hipp eval`` share every step, so a reward equals the ``margin``, ``loglik`` or ``prob`` those report
 on the same rows:
 
 1. rows: :func:`hipp_torchprune.data.load_task_docs` (POPE filtered by category, ScienceQA rows
@@ -40,9 +42,9 @@ from hipp_torchprune.evaluation import PreparedEval, PreparedTask, evaluate, pre
 __all__ = ["STATISTICS", "MarginReward", "PopeMarginReward", "RewardStatistic", "ScienceQAMarginReward"]
 
 #: Which statistic of the gold margins a reward returns.
-RewardStatistic = Literal["margin", "loglik"]
+RewardStatistic = Literal["margin", "loglik", "prob"]
 #: The valid :data:`RewardStatistic` values.
-STATISTICS: tuple[str, ...] = ("margin", "loglik")
+STATISTICS: tuple[str, ...] = ("margin", "loglik", "prob")
 
 
 class MarginReward:
@@ -54,8 +56,9 @@ class MarginReward:
         split: split of a world directory (``calibration`` for search, ``test`` for reports).
         limit: keep the first ``limit`` rows (None: all).
         batch_size: examples per forward pass.
-        statistic: ``"margin"`` (mean gold log-margin, the paper's) or ``"loglik"`` (mean gold
-            log-probability among the options).
+        statistic: ``"margin"`` (mean gold log-margin, the paper's), ``"loglik"`` (mean gold
+            log-probability among the options) or ``"prob"`` (mean gold probability among them,
+            :func:`~hipp_torchprune.evaluation.gold_prob`).
     """
 
     #: Registry name of the reward task.

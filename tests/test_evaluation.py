@@ -54,7 +54,19 @@ def test_pope_metrics_hand_checked() -> None:
     # p(gold) among yes/no for gold margins 2, -1, -0.5, 3, 0.5
     probs = [1 / (1 + math.exp(-g)) for g in (2.0, -1.0, -0.5, 3.0, 0.5)]
     assert m["loglik"] == pytest.approx(sum(math.log(p) for p in probs) / 5)
+    assert m["prob"] == pytest.approx(sum(probs) / 5)
     assert m["n"] == 5
+
+
+def test_gold_prob_saturates_where_the_loglik_does_not() -> None:
+    from hipp_torchprune.evaluation import gold_loglik, gold_prob
+
+    assert gold_prob([0.0, 0.0]) == 0.5 and gold_prob([]) == 0.0
+    assert gold_prob([math.log(3.0)]) == pytest.approx(0.75)  # sigmoid(log 3) = 3/4
+    # a hopelessly wrong row made less wrong (-8 -> -4): the log-likelihood gains 4 / 2 per row
+    # (log_sigmoid(m) ~ m there), the probability almost nothing; accuracy does not change either
+    assert gold_loglik([-4.0, 2.0]) - gold_loglik([-8.0, 2.0]) == pytest.approx(1.99, abs=0.01)
+    assert gold_prob([-4.0, 2.0]) - gold_prob([-8.0, 2.0]) == pytest.approx(0.0088, abs=1e-4)
 
 
 def test_log_sigmoid_is_stable_and_exact() -> None:
@@ -204,8 +216,8 @@ def test_cli_eval_json(setup: tuple, capsys: pytest.CaptureFixture[str]) -> None
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"pope_adversarial", "scienceqa"}
     assert set(out["pope_adversarial"]) == {"accuracy", "balanced_accuracy", "precision", "recall", "f1",
-                                            "yes_ratio", "margin", "loglik", "n"}
-    assert set(out["scienceqa"]) == {"accuracy", "margin", "loglik", "n"}
+                                            "yes_ratio", "margin", "loglik", "prob", "n"}
+    assert set(out["scienceqa"]) == {"accuracy", "margin", "loglik", "prob", "n"}
 
 
 def test_cli_eval_unknown_task(setup: tuple, capsys: pytest.CaptureFixture[str]) -> None:

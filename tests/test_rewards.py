@@ -33,7 +33,7 @@ def test_rewards_are_registered(registry: Registry) -> None:
         registry.get("reward task", "popee")
 
 
-@pytest.mark.parametrize("statistic", ["margin", "loglik"])
+@pytest.mark.parametrize("statistic", ["margin", "loglik", "prob"])
 @pytest.mark.parametrize("cls,task", [(PopeMarginReward, "pope_adversarial"), (ScienceQAMarginReward, "scienceqa_img")])
 def test_reward_equals_hipp_eval_statistic(llava, world: Path, cls: type, task: str, statistic: str) -> None:
     model, processor = llava

@@ -49,8 +49,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--reward-limit", type=int, default=128, help="examples per objective per plan")
     p.add_argument("--reward-stat", type=_statistics, default=("loglik", "loglik"), metavar="ROB[,UTIL]",
                    help="reward statistics of the gold margins, 'loglik' (mean gold log-probability among the "
-                        "options) or 'margin' (the paper's mean margin): one for both objectives or ROB,UTIL "
-                        "(default loglik for both)")
+                        "options), 'prob' (mean gold probability among them) or 'margin' (the paper's mean "
+                        "margin): one for both objectives or ROB,UTIL (default loglik for both)")
     p.add_argument("--reconstruct", choices=RECONSTRUCTIONS, default="none",
                    help="score every plan with the least-squares refit of its pruned down_proj layers in place "
                         "(lstsq, as hipp prune/compare --reconstruct lstsq deploy it) or as masked rows alone")

@@ -39,6 +39,8 @@ def test_stringified_results_give_the_same_metrics() -> None:
     assert utils.pope_balanced_accuracy(records) == want["balanced_accuracy"]
     assert utils.pope_yes_ratio(records) == want["yes_ratio"] == 0.6  # predicted, not gold (0.4)
     assert utils.pope_f1(records) == want["f1"] and utils.pope_margin(records) == pytest.approx(want["margin"])
+    assert utils.pope_loglik(records) == pytest.approx(want["loglik"])
+    assert utils.pope_prob(records) == pytest.approx(want["prob"]) and 0.0 < want["prob"] < 1.0
 
 
 def test_scienceqa_records_aggregate_with_mc_metrics() -> None:
@@ -48,6 +50,7 @@ def test_scienceqa_records_aggregate_with_mc_metrics() -> None:
     want = mc_metrics([[-2.0, -1.0, -0.5], [-0.2, -1.9]], [2, 0])
     assert utils.scienceqa_accuracy(records) == want["accuracy"] == 1.0
     assert utils.scienceqa_margin(records) == pytest.approx(want["margin"])
+    assert utils.scienceqa_prob(records) == pytest.approx(want["prob"]) and 0.5 < want["prob"] < 1.0
     with pytest.raises(DataError, match="expected 3 results"):
         utils.scienceqa_process_results(docs[0], results[1])
 

@@ -38,9 +38,9 @@ from hipp_torchprune.evaluation import NO_VARIANTS, YES_VARIANTS, mc_metrics, po
 POPE_CHOICES: tuple[str, str] = ("Yes", "No")
 #: POPE metric names reported by the tasks (keys of :func:`hipp_torchprune.evaluation.pope_metrics`).
 POPE_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "yes_ratio",
-                                 "margin", "loglik")
+                                 "margin", "loglik", "prob")
 #: ScienceQA metric names (keys of :func:`hipp_torchprune.evaluation.mc_metrics`).
-MC_METRICS: tuple[str, ...] = ("accuracy", "margin", "loglik")
+MC_METRICS: tuple[str, ...] = ("accuracy", "margin", "loglik", "prob")
 
 
 # ---------------------------------------------------------------- answers
@@ -257,6 +257,11 @@ def pope_loglik(records: Sequence[dict[str, Any]]) -> float:
     return float(pope_summary(records)["loglik"])
 
 
+def pope_prob(records: Sequence[dict[str, Any]]) -> float:
+    """Mean probability of the gold answer among yes/no (:func:`hipp_torchprune.evaluation.gold_prob`)."""
+    return float(pope_summary(records)["prob"])
+
+
 def scienceqa_accuracy(records: Sequence[dict[str, Any]]) -> float:
     """ScienceQA accuracy (highest option log-probability)."""
     return float(scienceqa_summary(records)["accuracy"])
@@ -270,3 +275,8 @@ def scienceqa_margin(records: Sequence[dict[str, Any]]) -> float:
 def scienceqa_loglik(records: Sequence[dict[str, Any]]) -> float:
     """Mean log-probability of the gold letter among the options (:func:`hipp_torchprune.evaluation.gold_loglik`)."""
     return float(scienceqa_summary(records)["loglik"])
+
+
+def scienceqa_prob(records: Sequence[dict[str, Any]]) -> float:
+    """Mean probability of the gold letter among the options (:func:`hipp_torchprune.evaluation.gold_prob`)."""
+    return float(scienceqa_summary(records)["prob"])
