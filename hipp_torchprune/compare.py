@@ -357,6 +357,10 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
     if results.get("compression_control") != control:
         results["compression_control"] = control
         _write_json_atomic(path, results)
+    kinds = {m: registry.get("method", m).kind for m in config.methods}
+    if results.get("kinds") != kinds:
+        results["kinds"] = kinds
+        _write_json_atomic(path, results)
     write_text_atomic(out / "tables.md", render_tables(results))
     plot_operating_points(results, out / "operating_points.png")
     return results
@@ -393,7 +397,7 @@ def _start_results(config: CompareConfig, path: Path, fresh: bool) -> dict[str, 
         if old.get("signature") != results["signature"]:
             raise CompareError(f"{path} was written by a different comparison config; use --fresh or another --out")
         _check_world(old, config.data, f"{path} (use --fresh or another --out)")
-        results |= {k: old.get(k) for k in ("dense", "compression_control", "strata")}
+        results |= {k: old.get(k) for k in ("dense", "compression_control", "strata", "kinds")}
         results["cells"] = old.get("cells", {})
         stamps = {c.get("code") for c in results["cells"].values()} - {code_fingerprint()}
         if stamps:
@@ -587,7 +591,9 @@ def bootstrap_lines(results: dict[str, Any], resamples: int = 2000) -> list[str]
     bootstrapped metric (the baseline with the highest mean after recovery), with a paired bootstrap
     95 % interval over test rows pooled over the seeds both have
     (:func:`~hipp_torchprune.bootstrap.paired_bootstrap`). With the ``dense + recovery`` reference,
-    its line comes last: the headroom, the most any pruned model could gain over the best baseline."""
+    its line comes last: the headroom, the most any pruned model could gain over the best baseline.
+    When a baseline prunes another structure (``results["kinds"]``), the lines repeat against the
+    best MLP-row baseline (:func:`_baseline_families`)."""
     from hipp_torchprune.bootstrap import paired_bootstrap
 
     t1 = {m: [c for c in cells if "rows" in c] for (m, _), cells in _group(results, "table1").items() if m != "hipp"}
@@ -596,21 +602,30 @@ def bootstrap_lines(results: dict[str, Any], resamples: int = 2000) -> list[str]
     queries += [("dense + recovery", reference)] if queries and reference else []
     if not queries or not strata or not any(t1.values()):
         return ["", "No paired bootstrap: the cells keep no per-row answers (run again with --fresh)."]
-    best_of = {metric: max((m for m in t1 if t1[m]),
-                           key=lambda m: mean_std([c["post_recovery"][metric] for c in t1[m]])[0])
-               for metric in BOOTSTRAP_TASKS.values()}
     lines = [""]
-    for label, hipp in queries:
-        for task, metric in BOOTSTRAP_TASKS.items():
-            best = best_of[metric]
-            seeds = sorted({c["seed"] for c in hipp} & {c["seed"] for c in t1[best]})
-            ci = paired_bootstrap(_pooled_rows(hipp, task, seeds), _pooled_rows(t1[best], task, seeds),
-                                  np.array([int(ch) for ch in strata[task] * len(seeds)]), resamples=resamples)
-            lines.append(f"{label} minus the best baseline on {metric} ({best}): {100 * ci.difference:+.1f} points, "
-                         f"95 % interval [{100 * ci.low:+.1f}, {100 * ci.high:+.1f}]"
-                         f"{'' if ci.excludes_zero else ' (includes 0)'} (paired bootstrap over {len(strata[task])} "
-                         f"test rows x {len(seeds)} seeds, {resamples} resamples).")
+    for family, pool in _baseline_families(t1, results.get("kinds", {})):
+        best_of = {metric: max(pool, key=lambda m: mean_std([c["post_recovery"][metric] for c in t1[m]])[0])
+                   for metric in BOOTSTRAP_TASKS.values()}
+        for label, hipp in queries:
+            for task, metric in BOOTSTRAP_TASKS.items():
+                best = best_of[metric]
+                seeds = sorted({c["seed"] for c in hipp} & {c["seed"] for c in t1[best]})
+                ci = paired_bootstrap(_pooled_rows(hipp, task, seeds), _pooled_rows(t1[best], task, seeds),
+                                      np.array([int(ch) for ch in strata[task] * len(seeds)]), resamples=resamples)
+                lines.append(f"{label} minus the best {family} on {metric} ({best}): {100 * ci.difference:+.1f} "
+                             f"points, 95 % interval [{100 * ci.low:+.1f}, {100 * ci.high:+.1f}]"
+                             f"{'' if ci.excludes_zero else ' (includes 0)'} (paired bootstrap over "
+                             f"{len(strata[task])} test rows x {len(seeds)} seeds, {resamples} resamples).")
     return lines
+
+
+def _baseline_families(t1: dict[str, list[dict[str, Any]]], kinds: dict[str, str]) -> list[tuple[str, list[str]]]:
+    """``("baseline", every baseline with cells)``, then, when some baseline prunes another structure
+    than MLP rows (``kinds``: method name -> ``Method.kind``; SliceGPT's is ``slicing``),
+    ``("MLP-row baseline", the MLP-row ones)``: HiPP's own family, compared on its own."""
+    pool = [m for m in t1 if t1[m]]
+    rows = [m for m in pool if kinds.get(m, "mlp-rows") == "mlp-rows"]
+    return [("baseline", pool)] + ([("MLP-row baseline", rows)] if rows and len(rows) < len(pool) else [])
 
 
 def _controllability_lines(results: dict[str, Any]) -> list[str]:

@@ -113,6 +113,7 @@ def test_compare_runs_and_resumes(setup: tuple[Path, Path], tmp_path: Path, monk
     assert "Table 1" in text and "| wanda |" in text and "Table 4" in text and "mixed @" in text
     assert "| dense + recovery | 0.0 ± 0.0 |" in text
     assert "dense + recovery minus the best baseline on sqa_acc" in text  # the headroom, bootstrapped too
+    assert results["kinds"] == {"wanda": "mlp-rows", "ecoflap": "mlp-rows"} and "MLP-row baseline" not in text
     assert "Table 5" in text and "| full HiPP |" in text and "| no-gate |" in text
     control = results["compression_control"]
     assert control["w_comp"] == [0.1, 0.3, 0.5, 0.7, 0.9] and len(control["realized_sparsity"]) == 5
@@ -227,6 +228,12 @@ def test_bootstrap_lines_pick_the_best_baseline_and_pair_the_rows_by_hand() -> N
     lines = bootstrap_lines(results, resamples=200)[1:]
     assert len(lines) == 6 and lines[4].startswith("dense + recovery minus the best baseline on pope_adv_bal_acc (owl)")
     assert "(owl): +25.0 points" in lines[4] and "(owl): +0.0 points" in lines[5]
+    # owl slicing instead of pruning rows: every line again against the best MLP-row baseline (wanda)
+    results["kinds"] = {"owl": "slicing", "wanda": "mlp-rows"}
+    both = bootstrap_lines(results, resamples=200)[1:]
+    assert both[:6] == lines and len(both) == 12
+    assert both[6].startswith("HiPP (0.60, 0.30, 0.10) minus the best MLP-row baseline on pope_adv_bal_acc (wanda)")
+    assert "(wanda): +75.0 points" in both[6] and "(wanda): +50.0 points" in both[7]
 
 
 def test_render_tables_without_table4() -> None:
