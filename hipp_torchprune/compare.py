@@ -603,7 +603,7 @@ def bootstrap_lines(results: dict[str, Any], resamples: int = 2000) -> list[str]
     if not queries or not strata or not any(t1.values()):
         return ["", "No paired bootstrap: the cells keep no per-row answers (run again with --fresh)."]
     lines = [""]
-    for family, pool in _baseline_families(t1, results.get("kinds", {})):
+    for family, pool in _baseline_families(t1, results.get("kinds") or {}):
         best_of = {metric: max(pool, key=lambda m: mean_std([c["post_recovery"][metric] for c in t1[m]])[0])
                    for metric in BOOTSTRAP_TASKS.values()}
         for label, hipp in queries:
