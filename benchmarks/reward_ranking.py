@@ -138,8 +138,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print("| allocation | sparsity | POPE margin | POPE loglik | POPE prob | POPE-adv test "
           "| SQA margin | SQA loglik | SQA prob | SQA test |\n|" + "---|" * 10)
     for r in rows:
-        cells = [f"{r[f'{key}_{stat}']:.3f}" for key in TEST_METRIC for stat in (*STATS, "test")]
-        cells[3], cells[7] = f"{r['rob_test']:.1f}", f"{r['util_test']:.1f}"
+        cells = [f"{r[f'{key}_{stat}']:.{1 if stat == 'test' else 3}f}" for key in TEST_METRIC for stat in (*STATS, "test")]
         print(f"| {r['allocation']} | {r['sparsity']:.3f} | " + " | ".join(cells) + " |")
     pruned = [r for r in rows if r["sparsity"] > 0]
     moved = [r for r in pruned if "->" in r["allocation"]]

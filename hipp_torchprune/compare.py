@@ -247,18 +247,19 @@ def _context(shared: _Shared, policy: Any, seed: int, preference: Sequence[float
 
 def _run_cell(config: CompareConfig, shared: _Shared, table: str, method: str,
               preference: tuple[float, float, float] | None, seed: int, policy_name: str,
-              work_dir: Path) -> dict[str, Any]:
+              work_dir: Path, dense: dict[str, float]) -> dict[str, Any]:
+    """One cell; ``dense`` is the unpruned model's metrics, the reference cell's before recovery."""
     from hipp_torchprune.evaluation import evaluate
     from hipp_torchprune.recovery import recover
 
     model = copy.deepcopy(shared.model)
     if table == "reference":  # the unpruned model, recovered like every other cell
         target = realized = 0.0
-        widths, details = [], {"reference": "dense model, not pruned"}
+        widths, details, pre = [], {"reference": "dense model, not pruned"}, dict(dense)
     else:
         target, realized, widths, details = _prune_cell(config, shared, model, table, method, preference, seed,
                                                         policy_name)
-    pre = _metrics(evaluate(model, shared.processor, shared.prepared))
+        pre = _metrics(evaluate(model, shared.processor, shared.prepared))
     rcfg = RecoveryConfig(**{**config.recovery.to_dict(), "seed": seed})
     result = recover(model, shared.processor, config.data, rcfg, work_dir=work_dir, progress=False,
                      registry=shared.registry)
@@ -475,7 +476,8 @@ def _run_cells(config: CompareConfig, shared: _Shared, results: dict[str, Any], 
         work = out / "work" / hashlib.sha1(key.encode()).hexdigest()[:12]
         cell = reused_cell(donors, results, method, pref, seed, source, code) \
             if table == "table1" and method != "hipp" else None
-        cell = cell or {**_run_cell(config, shared, table, method, pref, seed, pol, work), "code": code}
+        cell = cell or {**_run_cell(config, shared, table, method, pref, seed, pol, work, results["dense"]),
+                        "code": code}
         results["cells"][key] = cell
         _write_json_atomic(path, results)
         shutil.rmtree(work, ignore_errors=True)
