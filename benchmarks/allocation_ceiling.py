@@ -13,11 +13,12 @@ it takes up to ``--patience`` sideways steps to plans it has not stood on.
 It selects on the rows it reports, so what it finds is an optimistic ceiling for every allocator
 that uses these rows (HiPP's policy and every MLP-row baseline's allocation), never a deployable
 plan: if the ceiling at a sparsity is below a target, no allocation meets that target there; if it
-is above, score the plan it found on another world before believing it. Prints each start's climb
-and the best plan any climb saw; writes ``ceiling.json``.
+is above, score the plan it found on another world (``--check``) before believing it. Prints each
+start's climb, the best plan any climb saw and, on every ``--check`` world, the starts, the climbs'
+ends and the best plan; writes ``ceiling.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/allocation_ceiling.py --data out/compare-v2/world --out out/ceiling \\
-        --start "104,128,72,104,40,128,24,32" --maximize pope --floor 88.2 --patience 2
+        --start "104,128,72,104,40,128,24,32" --maximize pope --floor 88.2 --patience 2 --check out/world-s11
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="world whose test split scores the plans")
     p.add_argument("--out", required=True, help="writes ceiling.json and the calibration cache here")
     p.add_argument("--start", type=_widths, action="append", required=True, help="kept widths; repeat for more starts")
+    p.add_argument("--check", action="append", help="another world whose test split scores the starts, the "
+                   "climbs' ends and the best plan; repeat")
     p.add_argument("--maximize", choices=("pope", "sqa"), default="pope")
     p.add_argument("--floor", type=float, default=0.0, help="least accuracy (percent) of the other metric")
     p.add_argument("--max-steps", type=int, default=30, help="most moves a climb takes")
@@ -128,8 +131,27 @@ def climb(env: PlanEnvironment, start: tuple[int, ...], args: argparse.Namespace
     return path[:top + 1]
 
 
+def checked(args: argparse.Namespace, plans: list[tuple[int, ...]], cache: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every ``--check`` world's test accuracies of ``plans`` (the shared row score calibrated on that
+    world), printed: does what the climb found on its own rows hold on rows it never saw?"""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for i, data in enumerate(args.check or []):
+        env = test_environment(args.model, data, args.calib_n, cache / f"check-{i}", round_to=args.round_to,
+                               r_max=1.0, budget=(0.0, 1.0))
+        try:
+            raw = env.score_widths(plans).raw
+        finally:
+            env.close()
+        out[data] = [{"widths": list(w), "pope_adv": float(raw[k, 0]), "sqa": float(raw[k, 1])}
+                     for k, w in enumerate(plans)]
+        for row in out[data]:
+            print(f"  on {data}: {tuple(row['widths'])}: POPE-adv {row['pope_adv']:.1f}, ScienceQA {row['sqa']:.1f}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Climb from every start, print the climbs and the best plan seen, write ``ceiling.json``."""
+    """Climb from every start, print the climbs and the best plan seen, score the starts, the climbs'
+    ends and the best plan on every ``--check`` world, write ``ceiling.json``."""
     args = parse_args(argv)
     env = test_environment(args.model, args.data, args.calib_n, Path(args.out) / "test-calibration",
                            round_to=args.round_to, r_max=1.0, budget=(0.0, 1.0))
@@ -145,11 +167,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         env.close()
     best = max(seen.values(), key=lambda p: key(p, args.maximize, args.floor))
     print(f"best of {len(seen)} plans scored: {best.widths}, POPE-adv {best.pope:.1f}, ScienceQA {best.sqa:.1f}")
-    records = [{"widths": list(p.widths), "pope_adv": p.pope, "sqa": p.sqa} for p in seen.values()]
     ends = [{"start": list(c[0].widths), "end": list(c[-1].widths), "pope_adv": c[-1].pope, "sqa": c[-1].sqa,
              "moves": len(c) - 1} for c in climbs]
+    shown = list(dict.fromkeys([w for c in climbs for w in (c[0].widths, c[-1].widths)] + [best.widths]))
     result = {"best": {"widths": list(best.widths), "pope_adv": best.pope, "sqa": best.sqa}, "climbs": ends,
-              "plans": records}
+              "checks": checked(args, shown, Path(args.out)),
+              "plans": [{"widths": list(p.widths), "pope_adv": p.pope, "sqa": p.sqa} for p in seen.values()]}
     write_records(Path(args.out, "ceiling.json"), args, [result], args.data)
     return result
 

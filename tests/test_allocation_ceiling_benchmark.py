@@ -42,7 +42,8 @@ def test_a_climb_on_tiny_llava(make_world, tmp_path: Path, capsys: pytest.Captur
     world = make_world(0, 8)
     out = tmp_path / "c"
     result = bench.main(["--model", "tiny-llava", "--data", str(world), "--out", str(out), "--round-to", "64",
-                         "--calib-n", "2", "--start", "128,128,128,128", "--max-steps", "2"])
+                         "--calib-n", "2", "--start", "128,128,128,128", "--max-steps", "2",
+                         "--check", str(make_world(1, 8))])
     saved = json.loads((out / "ceiling.json").read_text())["records"][0]
     assert saved["best"] == result["best"]
     (climb,) = saved["climbs"]
@@ -52,7 +53,12 @@ def test_a_climb_on_tiny_llava(make_world, tmp_path: Path, capsys: pytest.Captur
     assert all(sum(w) == 512 for w in scored)  # every move keeps the sparsity
     best = max(scored.values())
     assert (saved["best"]["pope_adv"], saved["best"]["sqa"]) == best  # no floor: the best POPE, then ScienceQA
-    assert "best of" in capsys.readouterr().out
+    (checks,) = saved["checks"].values()  # the start, the climb's end and the best plan, each once
+    assert [tuple(c["widths"]) for c in checks] == list(dict.fromkeys(
+        [(128,) * 4, tuple(climb["end"]), tuple(saved["best"]["widths"])]))
+    assert all(0 <= c["pope_adv"] <= 100 and 0 <= c["sqa"] <= 100 for c in checks)
+    printed = capsys.readouterr().out
+    assert "best of" in printed and printed.count("  on ") == len(checks)
     with pytest.raises(SystemExit):
         bench.main(["--model", "tiny-llava", "--data", str(world), "--out", str(out), "--calib-n", "2",
                     "--start", "128,128,128"])
