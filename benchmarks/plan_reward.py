@@ -2,9 +2,9 @@
 
 Builds the plan environment exactly as ``hipp train`` does (same calibration, shared row score,
 reward rows of ``--reward-split``), then scores, at each preference, the policy's plan and each
-MLP-row baseline's allocation at that plan's realized sparsity, all with the environment's rows
-(so only the widths differ). If a baseline's widths earn more reward than the policy's, the search
-is what falls short; if the policy's earn the most and it still loses on the test split, the
+MLP-row baseline's allocation at that plan's realized sparsity, and every ``--plan`` given as kept
+widths, all with the environment's rows (so only the widths differ). If a baseline's widths earn more
+reward than the policy's, the search is what falls short; if the policy's earn the most and it still loses on the test split, the
 reward does not measure what the test does.
 
 Prints one row per (preference, allocation), the dense model last: realized sparsity, robustness and
@@ -13,7 +13,8 @@ utility returns (the ``--reward-stat`` statistic on the reward rows), the same r
 ``(w_rob * rob + w_util * util) / (w_rob + w_util)``.
 
     python benchmarks/plan_reward.py --data WORLD_DIR --out out/plan-reward [--policy DIR] \
-        [--methods flap,owl,llm-pruner,wanda] [--preferences "0.1,0.9,0;0.9,0.1,0"] [--reconstruct lstsq [--refit-split S]]
+        [--methods flap,owl,llm-pruner,wanda] [--preferences "0.1,0.9,0;0.9,0.1,0"] [--reconstruct lstsq [--refit-split S]] \
+        [--plan 96,128,48,120,56,48,88,48 ...]
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ from hipp_torchprune.hipp.run import calibrated_profile, refit_split, reward_gra
 from hipp_torchprune.loading import load_model
 from hipp_torchprune.methods import MethodContext, MethodError
 from hipp_torchprune.registry import default_registry
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: give kept widths as comma-separated integers") from err
 
 
 def trade_off(rob: float, util: float, preference: tuple[float, float, float]) -> float:
@@ -137,6 +145,8 @@ def main() -> None:
     parser.add_argument("--preferences", default=None, help="W_ROB,W_UTIL,W_COMP;... (default: the demo's three)")
     parser.add_argument("--reconstruct", choices=("none", "lstsq"), default="none",
                         help="score every plan with the least-squares refit (as hipp train --reconstruct lstsq)")
+    parser.add_argument("--plan", type=_widths, action="append", default=[],
+                        help="kept widths (one per layer) scored beside the allocations at every preference; repeat")
     parser.add_argument("--refit-split", default=None,
                         help="split the refit is fitted on (default: hipp train's, never the reward split)")
     args = parser.parse_args()
@@ -151,6 +161,7 @@ def main() -> None:
         for pref_name, pref in preferences.items():
             named = allocations(setup.model, setup.policy, setup.context, pref,
                                 [m for m in args.methods.split(",") if m])
+            named += [("given " + ",".join(map(str, w)), w) for w in args.plan]
             named.append(("dense", setup.env.widths))
             outcome = setup.env.score_widths([w for _, w in named])
             for (name, widths), raw, phi, realized in zip(named, outcome.raw, outcome.phi, outcome.realized):

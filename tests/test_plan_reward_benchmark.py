@@ -54,6 +54,18 @@ def test_scores_each_allocation_with_the_environments_rows(policy: tuple[Path, P
         assert wanda["widths"] == uniform["widths"] and wanda["rob"] == uniform["rob"]
 
 
+def test_given_widths_are_scored_beside_the_allocations(policy: tuple[Path, Path], tmp_path: Path) -> None:
+    proc = _run(*policy, tmp_path, "", "--preferences", "0.9,0.1,0", "--plan", "64,256,256,64", "--plan", "256,64,64,256")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "plan_reward.json").read_text())
+    assert [r["allocation"] for r in rows] == ["HiPP", "uniform", "given 64,256,256,64", "given 256,64,64,256", "dense"]
+    first, second = rows[2], rows[3]
+    assert first["widths"] == [64, 256, 256, 64] and first["sparsity"] == pytest.approx(0.375)
+    assert (first["rob"], first["util"]) != (second["rob"], second["util"])  # the widths, not the label, are scored
+    bad = _run(*policy, tmp_path, "", "--plan", "64,x")
+    assert bad.returncode != 0 and "comma-separated integers" in bad.stderr
+
+
 def test_preferences_by_hand() -> None:
     parse = load_benchmark("plan_reward").parse_preferences
     assert parse("0.1,0.9,0;0.9,0.1,0") == {"(0.1, 0.9, 0)": (0.1, 0.9, 0.0), "(0.9, 0.1, 0)": (0.9, 0.1, 0.0)}
