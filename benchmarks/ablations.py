@@ -71,6 +71,16 @@ def row_config(row: str, base: TrainConfig, seed: int) -> TrainConfig:
     return dataclasses.replace(ROWS[row](base), seed=seed)
 
 
+def parse_widths(text: str) -> tuple[int, ...]:
+    """``"96,128,64"`` as kept widths, one per layer (an argparse type: bad text exits with a message).
+
+    Example: ``parse_widths("8,16") == (8, 16)``."""
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: give kept widths as comma-separated integers") from err
+
+
 def pinned_widths(env: PlanEnvironment, ratios: tuple[float, ...], sparsity: float | None) -> tuple[int, ...]:
     """Kept widths of a plan with its ratios scaled by one factor until the plan removes
     ``sparsity`` (water-filled under the environment's ``r_max``), rounded as the environment

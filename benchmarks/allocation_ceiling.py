@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablations import test_environment, write_records
+from ablations import parse_widths, test_environment, write_records
 
 from hipp_torchprune.hipp.env import PlanEnvironment
 
@@ -48,20 +48,13 @@ class Scored:
     sqa: float
 
 
-def _widths(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{text!r}: give kept widths as comma-separated integers") from err
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="demo")
     p.add_argument("--data", required=True, help="world whose test split scores the plans")
     p.add_argument("--out", required=True, help="writes ceiling.json and the calibration cache here")
-    p.add_argument("--start", type=_widths, action="append", required=True, help="kept widths; repeat for more starts")
+    p.add_argument("--start", type=parse_widths, action="append", required=True, help="kept widths; repeat for more starts")
     p.add_argument("--check", action="append", help="another world whose test split scores the starts, the "
                    "climbs' ends and the best plan; repeat")
     p.add_argument("--maximize", choices=("pope", "sqa"), default="pope")

@@ -20,17 +20,16 @@ from typing import Any
 import torch
 
 from hipp_torchprune.atomic import write_text_atomic
-from hipp_torchprune.hipp.policy_io import load_policy
+from hipp_torchprune.demo_job import DEMO_POLICY_DIR
+from hipp_torchprune.hipp.policy_io import LoadedPolicy, load_policy
 from hipp_torchprune.hipp.preferences import parse_preference
 from hipp_torchprune.hipp.state import layer_states, static_features
-
-DEMO_POLICY = Path(__file__).resolve().parents[1] / "hipp_torchprune" / "assets" / "demo-policy"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policy", default=str(DEMO_POLICY))
+    p.add_argument("--policy", default=str(DEMO_POLICY_DIR))
     p.add_argument("--out", required=True, help="writes concentration.json here")
     p.add_argument("--preferences", default="0.1,0.6,0.3;0.6,0.1,0.3;0.7,0,0.3;1,0,0", help="queries 'a,b,c;...'")
     p.add_argument("--samples", type=int, default=2000)
@@ -45,11 +44,9 @@ def share_quantile(concentration: torch.Tensor, samples: int, seed: int, q: floa
     return [float(x) for x in draws.quantile(q, dim=0)]
 
 
-def head_record(policy_dir: str, preference: tuple[float, float, float], samples: int, seed: int) -> dict[str, Any]:
+def head_record(loaded: LoadedPolicy, preference: tuple[float, float, float], samples: int,
+                seed: int) -> dict[str, Any]:
     """One query's concentration per layer, its mean shares and its 99th-percentile shares."""
-    loaded = load_policy(policy_dir)
-    if not hasattr(loaded.policy, "distributions"):
-        raise SystemExit(f"{policy_dir}: a flat policy has no allocation head (one Beta per layer)")
     cfg = loaded.policy.config
     states = layer_states(static_features(loaded.profile, loaded.state), torch.tensor(preference),
                           (cfg.rho_min, cfg.rho_max))
@@ -63,7 +60,10 @@ def head_record(policy_dir: str, preference: tuple[float, float, float], samples
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Print one line per query and write ``concentration.json``."""
     args = parse_args(argv)
-    records = [head_record(args.policy, parse_preference(part), args.samples, args.seed)
+    loaded = load_policy(args.policy)
+    if not hasattr(loaded.policy, "distributions"):
+        raise SystemExit(f"{args.policy}: a flat policy has no allocation head (one Beta per layer)")
+    records = [head_record(loaded, parse_preference(part), args.samples, args.seed)
                for part in args.preferences.split(";") if part]
     for r in records:
         print(f"{tuple(r['preference'])}: alpha " + " ".join(f"{a:.1f}" for a in r["concentration"])

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ablations import parse_widths
+
 from hipp_torchprune import api
 from hipp_torchprune.calib_data import calibration_samples
 from hipp_torchprune.demo_job import DEMO_POLICY_DIR, PREFERENCES
@@ -36,13 +38,6 @@ from hipp_torchprune.hipp.run import calibrated_profile, refit_split, reward_gra
 from hipp_torchprune.loading import load_model
 from hipp_torchprune.methods import MethodContext, MethodError
 from hipp_torchprune.registry import default_registry
-
-
-def _widths(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{text!r}: give kept widths as comma-separated integers") from err
 
 
 def trade_off(rob: float, util: float, preference: tuple[float, float, float]) -> float:
@@ -145,7 +140,7 @@ def main() -> None:
     parser.add_argument("--preferences", default=None, help="W_ROB,W_UTIL,W_COMP;... (default: the demo's three)")
     parser.add_argument("--reconstruct", choices=("none", "lstsq"), default="none",
                         help="score every plan with the least-squares refit (as hipp train --reconstruct lstsq)")
-    parser.add_argument("--plan", type=_widths, action="append", default=[],
+    parser.add_argument("--plan", type=parse_widths, action="append", default=[],
                         help="kept widths (one per layer) scored beside the allocations at every preference; repeat")
     parser.add_argument("--refit-split", default=None,
                         help="split the refit is fitted on (default: hipp train's, never the reward split)")

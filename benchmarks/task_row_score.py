@@ -33,8 +33,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablations import test_environment, write_records
-from allocation_ceiling import _widths
+from ablations import parse_widths, test_environment, write_records
 
 from hipp_torchprune import api
 from hipp_torchprune.evaluation import PreparedTask, last_position_logprobs
@@ -56,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--category", default="adversarial", choices=("random", "popular", "adversarial"))
     p.add_argument("--rows", type=int, default=128, help="POPE rows the term sums over")
     p.add_argument("--out", required=True, help="writes task_row_score.json and the calibration caches here")
-    p.add_argument("--plan", type=_widths, action="append", required=True, help="kept widths; repeat for more")
+    p.add_argument("--plan", type=parse_widths, action="append", required=True, help="kept widths; repeat for more")
     p.add_argument("--lam", type=lambda t: [float(x) for x in t.split(",")], default=[0.0, 0.5, 1.0, 2.0])
     p.add_argument("--calib-n", type=int, default=64)
     return p.parse_args(argv)
