@@ -19,7 +19,7 @@ def register(subparsers: Any) -> None:
     from hipp_torchprune.compare import BASELINES
     from hipp_torchprune.methods import DEFAULT_ROW_SCORE, ROW_SCORES
     from hipp_torchprune.pruning.reconstruct import RECONSTRUCTIONS
-    from hipp_torchprune.recovery.config import RecoveryConfig, lora_layers  # light: dataclass only
+    from hipp_torchprune.recovery.config import RecoveryConfig, add_selection_arguments, lora_layers  # light
 
     p = subparsers.add_parser("compare", help="matched comparison of HiPP against the baselines (Tables 1, 3, 4)")
     p.add_argument("--model", default="demo", help="model spec (default: demo)")
@@ -43,6 +43,7 @@ def register(subparsers: Any) -> None:
                    help="score each method's recovery on the calibration split every N steps (and before "
                         "the first) and keep its best state, unrecovered included (default steps // 4; 0: "
                         "keep the last step)")
+    add_selection_arguments(p)
     p.add_argument("--lora-layers", type=lora_layers, default=None, metavar="all|K",
                    help="recovery LoRA on every decoder layer (default: all) or on the last K (0: none)")
     p.add_argument("--calib-n", type=int, default=64, help="calibration samples (shared by all methods)")
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from hipp_torchprune.compare import TABLE3_PREFERENCES, TABLE4_PREFERENCES, CompareConfig, CompareError, run_compare
     from hipp_torchprune.hipp.preferences import parse_preference
     from hipp_torchprune.recovery import RecoveryConfig
+    from hipp_torchprune.recovery.config import selection_kwargs
 
     samplers = _named_policies(args.sampler_policy, "--sampler-policy")
     ablations = _named_policies(args.ablation_policy, "--ablation-policy")
@@ -104,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         table4=_prefs(args.table4) if args.table4 else TABLE4_PREFERENCES, samplers=samplers, ablations=ablations,
         recovery=RecoveryConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                 lora_layers=args.lora_layers, save_every=quarter,
-                                select_every=quarter if args.select_every is None else args.select_every),
+                                select_every=quarter if args.select_every is None else args.select_every,
+                                **selection_kwargs(args)),
         calib_n=args.calib_n, limit=args.limit, tolerance=args.tolerance,
         device=args.device, dtype=args.dtype, row_score=args.row_score,
         reconstruct=args.reconstruct, dense_recovery=args.dense_recovery)

@@ -11,7 +11,7 @@ from hipp_torchprune.loading import add_dtype_argument
 
 def register(subparsers: Any) -> None:
     """Add the ``recover`` subcommand."""
-    from hipp_torchprune.recovery.config import RecoveryConfig, lora_layers  # light: dataclass only
+    from hipp_torchprune.recovery.config import RecoveryConfig, add_selection_arguments, lora_layers  # light
 
     p = subparsers.add_parser("recover", help="recover a pruned checkpoint (mask fixed; head, projector, LoRA train)")
     p.add_argument("--model", required=True, help="pruned checkpoint dir (or 'demo' / a tiny model name)")
@@ -24,6 +24,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--select-every", type=int, default=0,
                    help="score on the data's calibration split every N steps (and before the first) and "
                         "save the best state, the unrecovered model included (default 0: the last step)")
+    add_selection_arguments(p)
     p.add_argument("--lora-layers", type=lora_layers, default=None, metavar="all|K",
                    help="LoRA on every decoder layer's projections (default: all) or on the last K (0: none)")
     p.add_argument("--lora-rank", type=int, default=8)
@@ -42,6 +43,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Execute ``hipp recover``."""
     from hipp_torchprune.recovery import RecoveryConfig, recover_checkpoint
+    from hipp_torchprune.recovery.config import selection_kwargs
 
     w_rob = None
     if args.preference is not None:
@@ -50,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         w_rob = parse_preference(args.preference)[0]
     config = RecoveryConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lora_layers=args.lora_layers,
                             lora_rank=args.lora_rank, data=args.data_mix, w_rob=w_rob, limit=args.limit,
-                            seed=args.seed, save_every=args.save_every, select_every=args.select_every)
+                            seed=args.seed, save_every=args.save_every, select_every=args.select_every,
+                            **selection_kwargs(args))
     result = recover_checkpoint(args.model, args.data, args.out, config, work_dir=args.work_dir,
                                 progress=not args.no_progress, dtype=args.dtype)
     last = result.history[-1] if result.history else {}

@@ -68,8 +68,14 @@ class RecoveryConfig:
     select_every: int = 0
     #: Split whose rows score the states (never the test split).
     select_split: str = "calibration"
-    #: Rows per task (POPE-adversarial, ScienceQA) in that score.
-    select_limit: int = 128
+    #: Tasks whose rows score the states (comma-separated task names; ``pope`` pools its three
+    #: categories). The score is the mean of their POPE balanced accuracies and accuracies.
+    select_tasks: str = "pope_adversarial,scienceqa"
+    #: First rows per task in that score.
+    select_limit: int | None = 128
+    #: A state replaces the one held only when its paired gain on the selection rows clears this
+    #: many standard errors (:mod:`~hipp_torchprune.recovery.selection`; 0: any strict gain).
+    select_z: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1:
@@ -82,9 +88,9 @@ class RecoveryConfig:
             raise RecoveryError(f"pope_base_fraction must lie in [0, 1], got {self.pope_base_fraction}")
         if self.w_rob is not None and not 0.0 <= self.w_rob <= 1.0:
             raise RecoveryError(f"w_rob must lie in [0, 1], got {self.w_rob}")
-        if self.select_every < 0 or self.select_limit < 1:
-            raise RecoveryError(f"select_every must be >= 0 and select_limit >= 1, got {self.select_every}, "
-                                f"{self.select_limit}")
+        if self.select_every < 0 or (self.select_limit is not None and self.select_limit < 1) or self.select_z < 0:
+            raise RecoveryError(f"select_every and select_z must be >= 0 and select_limit >= 1 (or None), got "
+                                f"{self.select_every}, {self.select_z}, {self.select_limit}")
         if self.select_every and self.select_split == "test":
             raise RecoveryError("select_split must not be the test split (it would select on the test rows)")
         if self.limit is not None and self.limit < 1:
@@ -95,14 +101,44 @@ class RecoveryConfig:
         return dataclasses.asdict(self)
 
 
-def lora_layers(text: str) -> int | None:
-    """``--lora-layers``: ``"all"`` -> None (every decoder layer), else a non-negative layer count."""
+def _all_or_count(text: str, flag: str, what: str, minimum: int) -> int | None:
+    """A flag that takes ``"all"`` (None) or an integer count of at least ``minimum``."""
     if text.strip().lower() == "all":
         return None
     try:
         value = int(text)
     except ValueError as exc:
-        raise RecoveryError(f"--lora-layers takes 'all' or a layer count, got {text!r}") from exc
-    if value < 0:
-        raise RecoveryError(f"--lora-layers must be 'all' or >= 0, got {value}")
+        raise RecoveryError(f"{flag} takes 'all' or {what}, got {text!r}") from exc
+    if value < minimum:
+        raise RecoveryError(f"{flag} must be 'all' or >= {minimum}, got {value}")
     return value
+
+
+def lora_layers(text: str) -> int | None:
+    """``--lora-layers``: ``"all"`` -> None (every decoder layer), else a non-negative layer count."""
+    return _all_or_count(text, "--lora-layers", "a layer count", 0)
+
+
+def row_limit(text: str) -> int | None:
+    """``--select-limit``: ``"all"`` -> None (every row), else a positive row count."""
+    return _all_or_count(text, "--select-limit", "a row count", 1)
+
+
+def add_selection_arguments(p: Any) -> None:
+    """``--select-tasks``, ``--select-limit`` and ``--select-z`` (how recovery picks the state it hands
+    back) on an argparse parser, defaulting to :class:`RecoveryConfig`'s; read back by
+    :func:`selection_kwargs`."""
+    d = RecoveryConfig()
+    p.add_argument("--select-tasks", default=d.select_tasks,
+                   help=f"tasks whose calibration rows score the recovery states (default {d.select_tasks}; "
+                        "'pope' pools its three categories)")
+    p.add_argument("--select-limit", type=row_limit, default=d.select_limit, metavar="all|N",
+                   help=f"first rows per selection task (default {d.select_limit or 'all'})")
+    p.add_argument("--select-z", type=float, default=d.select_z,
+                   help="a later state replaces the held one only when its paired gain on the selection rows "
+                        f"clears this many standard errors (default {d.select_z:g}; 0: any strict gain)")
+
+
+def selection_kwargs(args: Any) -> dict[str, Any]:
+    """The :class:`RecoveryConfig` fields set by :func:`add_selection_arguments`."""
+    return {"select_tasks": args.select_tasks, "select_limit": args.select_limit, "select_z": args.select_z}

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,6 +24,7 @@ from hipp_torchprune.recovery.losses import (
     option_logprobs,
     yes_rate_penalty,
 )
+from hipp_torchprune.recovery.selection import paired_gain, replaces, row_weights
 
 #: Resumable state inside a work directory.
 STATE_FILE = "recovery_state.pt"
@@ -47,30 +49,46 @@ def selection_score(metrics: dict[str, dict[str, float]]) -> float:
     return sum(values) / len(values)
 
 
+@dataclass(frozen=True)
+class _Selection:
+    """Prepared held-out rows, their selection weights (``weights @ correct`` is the selection
+    score) and the replacement threshold ``z`` (:mod:`~hipp_torchprune.recovery.selection`)."""
+
+    prepared: Any
+    weights: np.ndarray
+    z: float
+
+
 class _BestState:
-    """The best-scoring trainable parameters seen so far (step 0 = before recovery)."""
+    """The held trainable parameters (step 0 = before recovery) and their per-row correctness on the
+    selection rows; a later state replaces them when its paired gain clears ``z`` standard errors."""
 
     def __init__(self, state: dict[str, Any] | None = None) -> None:
         state = state or {}
         self.score: float | None = state.get("score")
         self.step: int | None = state.get("step")
+        self.correct: list[int] | None = state.get("correct")
         self.params: dict[str, torch.Tensor] = dict(state.get("params") or {})
 
-    def offer(self, score: float, step: int, params: dict[str, nn.Parameter]) -> None:
-        """Keep ``params`` when ``score`` beats the best so far (ties keep the earlier state)."""
-        if self.score is None or score > self.score:
-            self.score, self.step = score, step
+    def offer(self, correct: np.ndarray, selection: _Selection, step: int, params: dict[str, nn.Parameter]) -> float:
+        """Hold ``params`` when they are the first offered or replace the held ones (ties keep the
+        earlier state); returns the offered state's selection score."""
+        score = float(selection.weights @ correct)
+        if self.correct is None or replaces(*paired_gain(correct, np.asarray(self.correct), selection.weights),
+                                            selection.z):
+            self.score, self.step, self.correct = score, step, [int(c) for c in correct]
             self.params = {n: p.detach().cpu().clone() for n, p in params.items()}
+        return score
 
     def restore(self, params: dict[str, nn.Parameter]) -> None:
-        """Copy the best parameters back into the trainable ones."""
+        """Copy the held parameters back into the trainable ones."""
         with torch.no_grad():
             for name, value in self.params.items():
                 params[name].copy_(value)
 
     def to_dict(self) -> dict[str, Any]:
         """State for the resumable checkpoint."""
-        return {"score": self.score, "step": self.step, "params": self.params}
+        return {"score": self.score, "step": self.step, "correct": self.correct, "params": self.params}
 
 
 def recovery_loss(logprobs: torch.Tensor, rows: list[tuple[str, Row]], config: RecoveryConfig
@@ -207,7 +225,7 @@ def recover(model: nn.Module, processor: Any, data_dir: str | Path, config: Reco
     net.eval()  # no dropout: same seed, same result
     bar = tqdm(range(start, config.steps), desc="recover", disable=not progress, initial=start, total=config.steps)
     if select is not None and start == 0:
-        best.offer(_score(net, processor, select), 0, params)
+        best.offer(_correct(net, processor, select), select, 0, params)
     # -- the loop: step, log, select, save --
     try:
         for step in bar:
@@ -217,8 +235,7 @@ def recover(model: nn.Module, processor: Any, data_dir: str | Path, config: Reco
             _log(writer, record, step + 1)
             done = step + 1
             if select is not None and (done % config.select_every == 0 or done == config.steps):
-                record["select_score"] = _score(net, processor, select)
-                best.offer(record["select_score"], done, params)
+                record["select_score"] = best.offer(_correct(net, processor, select), select, done, params)
                 _log(writer, {"select_score": record["select_score"]}, done)
             if work is not None and config.save_every and (done % config.save_every == 0 or done == config.steps):
                 _save_state(work / STATE_FILE, {
@@ -234,22 +251,24 @@ def recover(model: nn.Module, processor: Any, data_dir: str | Path, config: Reco
     return RecoveryResult(merged, history, start, best.step if select is not None else config.steps)
 
 
-def _selection_data(processor: Any, data_dir: str | Path, config: RecoveryConfig) -> Any:
-    """Prepared held-out rows for state selection, or None when selection is off."""
+def _selection_data(processor: Any, data_dir: str | Path, config: RecoveryConfig) -> _Selection | None:
+    """Prepared held-out rows for state selection and their weights, or None when selection is off."""
     if not config.select_every:
         return None
     from hipp_torchprune.evaluation import prepare_eval
 
-    return prepare_eval(processor, data_dir, "pope_adversarial,scienceqa", limit=config.select_limit,
-                        split=config.select_split)
+    prepared = prepare_eval(processor, data_dir, config.select_tasks, limit=config.select_limit,
+                            split=config.select_split)
+    return _Selection(prepared, row_weights([(t.family, t.gold) for t in prepared.tasks]), config.select_z)
 
 
-def _score(net: nn.Module, processor: Any, prepared: Any) -> float:
-    """Selection score of the current (LoRA-attached) model on prepared held-out rows
-    (``evaluate`` restores the train/eval mode it found)."""
+def _correct(net: nn.Module, processor: Any, selection: _Selection) -> np.ndarray:
+    """Per-row correctness (0/1) of the current (LoRA-attached) model on the selection rows, tasks
+    concatenated in order (``evaluate`` restores the train/eval mode it found)."""
     from hipp_torchprune.evaluation import evaluate
 
-    return selection_score(evaluate(net, processor, prepared))
+    scored = evaluate(net, processor, selection.prepared, per_row=True)
+    return np.array([int(c) for t in selection.prepared.tasks for c in scored[t.name]["correct"]], dtype=np.int64)
 
 
 def recover_checkpoint(model_dir: str | Path, data_dir: str | Path, out: str | Path, config: RecoveryConfig, *,

@@ -138,6 +138,24 @@ def test_selection_hands_back_the_best_scored_step(world: Path, tmp_path: Path) 
         assert scores[chosen.best_step - 1] == max(scores)
 
 
+def test_paired_selection_keeps_a_state_until_a_gain_clears_z_standard_errors(world: Path, tmp_path: Path) -> None:
+    """With ``select_z`` the held state changes only on a paired gain beyond ``z`` standard errors: an
+    unreachable ``z`` hands back the unrecovered model; the logged scores are the rows' mean metrics."""
+    cfg = RecoveryConfig(**{**CFG.to_dict(), "steps": 3, "lr": 0.05, "select_every": 1, "select_limit": 16,
+                            "select_tasks": "pope,scienceqa", "select_z": 1e6})
+    model, processor = _pruned("tiny-llava")
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    kept = recover(model, processor, world, cfg, progress=False)
+    assert kept.best_step == 0 and len(kept.history) == 3
+    for name, value in kept.model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    model, processor = _pruned("tiny-llava")
+    plain = recover(model, processor, world, RecoveryConfig(**{**cfg.to_dict(), "steps": 1, "select_z": 0.0}),
+                    progress=False)
+    assert plain.history[0]["select_score"] == kept.history[0]["select_score"]  # z changes the choice, not the score
+    assert 0.0 <= kept.history[0]["select_score"] <= 1.0
+
+
 def test_default_lora_scope_is_every_decoder_layer() -> None:
     """LLM-Pruner's recovery scope: LoRA on the seven projections of every layer (``lora_layers=2``: the last 2)."""
     from hipp_torchprune.recovery.config import lora_layers
@@ -159,7 +177,8 @@ def test_default_lora_scope_is_every_decoder_layer() -> None:
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"steps": -1}, "steps"), ({"lora_rank": 0}, "lora_rank"), ({"lora_layers": -1}, "lora_layers"),
     ({"data": "x"}, "data"), ({"w_rob": 2.0}, "w_rob"),
-    ({"select_every": -1}, "select_every"), ({"select_every": 5, "select_split": "test"}, "test split")])
+    ({"select_every": -1}, "select_every"), ({"select_every": 5, "select_split": "test"}, "test split"),
+    ({"select_z": -1.0}, "select_z"), ({"select_limit": 0}, "select_limit")])
 def test_bad_config(kwargs: dict, message: str) -> None:
     with pytest.raises(RecoveryError, match=message):
         RecoveryConfig(**kwargs)
@@ -195,3 +214,22 @@ def test_empty_task_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError):
         load_pool(processor, tmp_path / "empty", CFG)
 
+
+
+def test_selection_flags_parse_into_the_config() -> None:
+    """``--select-tasks/--select-limit/--select-z`` reach :class:`RecoveryConfig`; bad counts are typed errors."""
+    import argparse
+
+    from hipp_torchprune.recovery.config import add_selection_arguments, row_limit, selection_kwargs
+
+    p = argparse.ArgumentParser()
+    add_selection_arguments(p)
+    defaults = RecoveryConfig(**selection_kwargs(p.parse_args([])))
+    assert (defaults.select_tasks, defaults.select_limit, defaults.select_z) == (
+        RecoveryConfig.select_tasks, RecoveryConfig.select_limit, RecoveryConfig.select_z)
+    args = p.parse_args(["--select-tasks", "pope,scienceqa", "--select-limit", "all", "--select-z", "2"])
+    assert selection_kwargs(args) == {"select_tasks": "pope,scienceqa", "select_limit": None, "select_z": 2.0}
+    assert row_limit("64") == 64
+    for bad in ("0", "many"):
+        with pytest.raises(RecoveryError, match="--select-limit"):
+            row_limit(bad)
