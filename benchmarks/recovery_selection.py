@@ -194,6 +194,21 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- tables
 
 
+#: Rule pairs whose per-cell test-score differences are printed.
+PAIRS: tuple[tuple[str, str], ...] = (("last", "best-adv128"), ("last", "none"), ("best-adv128", "none"))
+
+
+def paired_difference(done: dict[str, Any], a: str, b: str, key: str = "score") -> tuple[float, float]:
+    """Mean over cells of rule ``a``'s test ``key`` minus rule ``b``'s, and its standard error."""
+    gold, diffs = done["gold"], []
+    for cell in done["cells"].values():
+        states = cell["states"]
+        diffs.append(test_scores(states[chosen_state(states, gold, a)], gold)[key]
+                     - test_scores(states[chosen_state(states, gold, b)], gold)[key])
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+    return statistics.mean(diffs), se
+
+
 def _pm(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
 
@@ -234,6 +249,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     done = json.loads((out / "recovery_selection.json").read_text()) if args.table_only else run(args, out)
     summary = summarize(done)
     print(render(summary))
+    for a, b in PAIRS:
+        print(f"{a} - {b}, per cell over {len(done['cells'])} cells: " + ", ".join(
+            "{} {:+.2f} ± {:.2f}".format(k, *paired_difference(done, a, b, k)) for k in ("score", "pope_adv", "sqa")))
     return summary
 
 

@@ -31,6 +31,10 @@ def test_rules_by_hand() -> None:
     big = _state("11111111", "1111")  # all-rows gain 0.5 against s0, standard error about 0.22
     assert bench.chosen_state([s0, big, s2], GOLD, "paired-all-z2") == 1
     assert bench.test_scores(s0, GOLD) == {"pope_adv": 50.0, "sqa": 100.0, "score": 75.0}
+    s1_test = {**s1, "test": {"pope_adversarial": "11", "scienceqa": "11"}}  # test score 100 against s0's 75
+    done = {"gold": GOLD, "cells": {"a": {"states": [s0, s1_test, s2]}, "b": {"states": [s0, s1_test, s1_test]}}}
+    assert bench.paired_difference(done, "best-all", "none") == (25.0, 0.0)  # both cells pick s1
+    assert bench.paired_difference(done, "last", "none") == pytest.approx((12.5, 12.5))  # +0 and +25
 
 
 def test_a_run_on_tiny_llava_resumes(make_world, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
