@@ -9,7 +9,10 @@ Prints each sweep's widths, realized sparsity and accuracies, with r(w_rob, POPE
 r(w_util, ScienceQA) (``hipp compare``'s Pearson); writes ``steering.json``. A screen: no recovery,
 one deterministic score per plan, minutes where a comparison takes hours. With ``--sparsity S``
 every plan's ratios are scaled to remove ``S`` (``ablations.pinned_widths``), to read plans at a
-sparsity of one's choosing.
+sparsity of one's choosing. With ``--ends`` each sweep also gets the paired bootstrap 95 % interval
+of its last preference (the POPE end) minus its first (the ScienceQA end) on the same test rows,
+POPE-adversarial balanced accuracy and ScienceQA accuracy: whether the sweep moves each metric by more
+than the test split can resolve.
 
     OMP_NUM_THREADS=1 python benchmarks/steering.py --data out/compare-v2/world --reconstruct lstsq \\
         --out out/steering --policy shipped=hipp_torchprune/assets/demo-policy --policy r1=out/pol-r1
@@ -24,9 +27,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablations import pinned_widths, test_environment, write_records
+import numpy as np
+from ablations import pinned_widths, test_setup, write_records
 
-from hipp_torchprune.compare import pearson
+from hipp_torchprune.bootstrap import paired_bootstrap
+from hipp_torchprune.compare import BOOTSTRAP_TASKS, bootstrap_strata, pearson
+from hipp_torchprune.evaluation import PreparedEval, evaluate, prepare_eval
 from hipp_torchprune.hipp.env import PlanEnvironment
 from hipp_torchprune.hipp.policy_io import load_policy, query
 from hipp_torchprune.hipp.preferences import parse_preference
@@ -49,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reconstruct", choices=RECONSTRUCTIONS, default="none")
     p.add_argument("--calib-n", type=int, default=64)
     p.add_argument("--device", default="cpu", help="where the plans are scored (cpu, cuda)")
+    p.add_argument("--ends", action="store_true",
+                   help="paired bootstrap interval of each sweep's POPE end minus its ScienceQA end")
     p.add_argument("--sparsity", type=float, default=None,
                    help="pin every plan to this MLP sparsity (default: each plan's own)")
     return p.parse_args(argv)
@@ -69,6 +77,22 @@ def sweep_records(env: PlanEnvironment, name: str, policy_dir: str, sweep: str,
     return records
 
 
+def end_contrast(env: PlanEnvironment, processor: Any, prepared: PreparedEval,
+                 group: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per bootstrapped task (compare's names), ``[difference, low, high]`` in points of the sweep's last
+    plan minus its first on the same test rows (paired bootstrap, POPE stratified by gold answer)."""
+    rows = []
+    for record in (group[-1], group[0]):
+        with env.applied(tuple(record["widths"])) as model:
+            rows.append(evaluate(model, processor, prepared, per_row=True))
+    strata, out = bootstrap_strata(prepared), {}
+    for task, key in BOOTSTRAP_TASKS.items():
+        a, b = (np.array([int(c) for c in r[task]["correct"]]) for r in rows)
+        interval = paired_bootstrap(a, b, np.array(list(strata[task])))
+        out[key] = [100 * interval.difference, 100 * interval.low, 100 * interval.high]
+    return out
+
+
 def render(records: list[dict[str, Any]]) -> str:
     """Markdown: per (policy, sweep) a table of its plans and the two steering correlations."""
     lines: list[str] = []
@@ -82,6 +106,9 @@ def render(records: list[dict[str, Any]]) -> str:
                   "| preference | kept widths | sparsity % | POPE-adv BalAcc | ScienceQA acc |", "|---|---|---|---|---|"]
         lines += [f"| {', '.join(f'{w:.2f}' for w in r['preference'])} | {', '.join(map(str, r['widths']))} | "
                   f"{100 * r['sparsity']:.1f} | {r['pope_adv']:.1f} | {r['sqa']:.1f} |" for r in group]
+        if "ends" in group[-1]:
+            lines += ["", "POPE end minus ScienceQA end (paired bootstrap 95 %): " + ", ".join(
+                f"{k} {d:+.1f} [{lo:+.1f}, {hi:+.1f}]" for k, (d, lo, hi) in group[-1]["ends"].items())]
         lines.append("")
     return "\n".join(lines)
 
@@ -95,13 +122,19 @@ def main(argv: list[str] | None = None) -> None:
     first = load_policy(policies[0][1])
     if args.sparsity is not None and not 0 < args.sparsity < first.policy.config.r_max:
         raise SystemExit(f"--sparsity must lie in (0, r_max={first.policy.config.r_max}), got {args.sparsity}")
-    env = test_environment(args.model, args.data, args.calib_n, Path(args.out) / "test-calibration",
-                           round_to=first.round_to, r_max=first.policy.config.r_max,
-                           budget=(first.policy.config.rho_min, first.policy.config.rho_max),
-                           reconstruct=args.reconstruct, device=args.device)
+    env, processor = test_setup(args.model, args.data, args.calib_n, Path(args.out) / "test-calibration",
+                                round_to=first.round_to, r_max=first.policy.config.r_max,
+                                budget=(first.policy.config.rho_min, first.policy.config.rho_max),
+                                reconstruct=args.reconstruct, device=args.device)
+    prepared = prepare_eval(processor, args.data, tuple(BOOTSTRAP_TASKS)) if args.ends else None
     try:
-        records = [r for name, directory in policies for sweep in (args.sweep or SWEEPS)
-                   for r in sweep_records(env, name, directory, sweep, args.sparsity)]
+        records = []
+        for name, directory in policies:
+            for sweep in args.sweep or SWEEPS:
+                group = sweep_records(env, name, directory, sweep, args.sparsity)
+                if prepared is not None:
+                    group[-1]["ends"] = end_contrast(env, processor, prepared, group)
+                records += group
     finally:
         env.close()
     print(render(records))

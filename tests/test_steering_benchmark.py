@@ -38,3 +38,21 @@ def test_a_run_on_tiny_llava(make_world, tmp_path: Path, capsys: pytest.CaptureF
         bench.main(["--data", str(world), "--out", str(out), "--policy", f"a={policy}", "--sparsity", "0.99"])
     with pytest.raises(SystemExit, match="NAME=DIR"):
         bench.main(["--data", str(world), "--out", str(out), "--policy", str(policy)])
+
+
+def test_ends_contrast_is_the_paired_difference_of_the_two_ends(make_world, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """``--ends``: the bootstrapped difference is exactly the ends' score difference, inside its interval."""
+    bench = load_benchmark("steering")
+    world = make_world(0, 8)
+    policy = train_one_step_policy(world, tmp_path / "p")
+    out = tmp_path / "steer"
+    bench.main(["--model", "tiny-llava", "--data", str(world), "--out", str(out), "--calib-n", "2",
+                "--policy", f"a={policy}", "--sweep", "0.1,0.9,0;0.5,0.5,0;0.9,0.1,0", "--ends"])
+    records = json.loads((out / "steering.json").read_text())["records"]
+    assert "ends" not in records[0] and "ends" not in records[1]
+    ends = records[-1]["ends"]
+    for name, key in (("pope_adv_bal_acc", "pope_adv"), ("sqa_acc", "sqa")):
+        d, low, high = ends[name]
+        assert d == pytest.approx(records[-1][key] - records[0][key], abs=1e-9) and low <= d <= high
+    assert "POPE end minus ScienceQA end" in capsys.readouterr().out
