@@ -11,6 +11,8 @@ can be replayed offline (``RULES``) and judged by the test scores of the states 
 * ``best-all``: the same on every calibration row (POPE's three categories pooled);
 * ``paired-*-zK``: a state replaces the one held only when its paired gain on the selection rows
   clears ``K`` standard errors (:mod:`hipp_torchprune.recovery.selection`);
+* ``guard-all-z1``: the last state unless it is worse than the unrecovered one by one standard error
+  on every calibration row (``hipp compare``'s default since session 36);
 * ``last`` and ``none``: the final state, and no recovery.
 
 The cells are ``hipp compare``'s Table-1 baselines at the sparsity HiPP realizes at
@@ -45,7 +47,7 @@ from hipp_torchprune.evaluation import evaluate, prepare_eval
 from hipp_torchprune.hipp.preferences import parse_preference
 from hipp_torchprune.provenance import world_fingerprint
 from hipp_torchprune.recovery import RecoveryConfig, recover
-from hipp_torchprune.recovery.selection import paired_gain, replaces, row_weights
+from hipp_torchprune.recovery.selection import guard_keeps, paired_gain, replaces, row_weights
 from hipp_torchprune.registry import default_registry
 
 #: Selection rows per rule: ``(task, first rows or None)``; the test score uses compare's two tasks.
@@ -53,10 +55,11 @@ ROW_SETS: dict[str, tuple[tuple[str, int | None], ...]] = {
     "adv128": (("pope_adversarial", 128), ("scienceqa", 128)),
     "all": (("pope", None), ("scienceqa", None)),
 }
-#: Rule name -> (row set, z), or ``"last"`` / ``"none"``.
-RULES: dict[str, tuple[str, float] | str] = {
-    "best-adv128": ("adv128", 0.0), "best-all": ("all", 0.0), "paired-adv128-z1": ("adv128", 1.0),
-    "paired-all-z1": ("all", 1.0), "paired-all-z2": ("all", 2.0), "last": "last", "none": "none"}
+#: Rule name -> (row set, z, mode), or ``"last"`` / ``"none"``.
+RULES: dict[str, tuple[str, float, str] | str] = {
+    "best-adv128": ("adv128", 0.0, "best"), "best-all": ("all", 0.0, "best"),
+    "paired-adv128-z1": ("adv128", 1.0, "best"), "paired-all-z1": ("all", 1.0, "best"),
+    "paired-all-z2": ("all", 2.0, "best"), "guard-all-z1": ("all", 1.0, "guard"), "last": "last", "none": "none"}
 SELECT_TASKS = ("pope_random", "pope_popular", "pope_adversarial", "scienceqa")
 TEST_TASKS = {"pope_adversarial": "pope_adv", "scienceqa": "sqa"}
 
@@ -97,15 +100,18 @@ def _rows(state: dict[str, Any], gold: dict[str, list[int]], row_set: str) -> tu
 
 
 def chosen_state(states: Sequence[dict[str, Any]], gold: dict[str, list[int]], rule: str) -> int:
-    """Index of the state ``rule`` hands back: the first state is held, and each later one replaces
-    the held one when :func:`~hipp_torchprune.recovery.selection.replaces` says so."""
+    """Index of the state ``rule`` hands back. ``best``: the first state is held, and each later one
+    replaces the held one when :func:`~hipp_torchprune.recovery.selection.replaces` says so.
+    ``guard``: the last state when :func:`~hipp_torchprune.recovery.selection.guard_keeps` it, else the first."""
     spec = RULES[rule]
     if spec == "none":
         return 0
     if spec == "last":
         return len(states) - 1
-    row_set, z = spec
+    row_set, z, mode = spec
     held, (held_c, w) = 0, _rows(states[0], gold, row_set)
+    if mode == "guard":
+        return len(states) - 1 if guard_keeps(*paired_gain(_rows(states[-1], gold, row_set)[0], held_c, w), z) else 0
     for i in range(1, len(states)):
         c, _ = _rows(states[i], gold, row_set)
         if replaces(*paired_gain(c, held_c, w), z):
@@ -195,7 +201,8 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 #: Rule pairs whose per-cell test-score differences are printed.
-PAIRS: tuple[tuple[str, str], ...] = (("last", "best-adv128"), ("last", "none"), ("best-adv128", "none"))
+PAIRS: tuple[tuple[str, str], ...] = (("last", "best-adv128"), ("last", "none"), ("best-adv128", "none"),
+                                      ("guard-all-z1", "best-adv128"), ("guard-all-z1", "last"))
 
 
 def paired_difference(done: dict[str, Any], a: str, b: str, key: str = "score") -> tuple[float, float]:

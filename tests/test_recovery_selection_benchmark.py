@@ -27,9 +27,10 @@ def test_rules_by_hand() -> None:
     states = [s0, s1, s2]
     picks = {rule: bench.chosen_state(states, GOLD, rule) for rule in bench.RULES}
     assert picks == {"best-adv128": 1, "best-all": 1, "paired-adv128-z1": 0, "paired-all-z1": 0,
-                     "paired-all-z2": 0, "last": 2, "none": 0}
+                     "paired-all-z2": 0, "guard-all-z1": 2, "last": 2, "none": 0}
     big = _state("11111111", "1111")  # all-rows gain 0.5 against s0, standard error about 0.22
     assert bench.chosen_state([s0, big, s2], GOLD, "paired-all-z2") == 1
+    assert bench.chosen_state([big, s1, s0], GOLD, "guard-all-z1") == 0  # the last lost 0.5, se about 0.22
     assert bench.test_scores(s0, GOLD) == {"pope_adv": 50.0, "sqa": 100.0, "score": 75.0}
     s1_test = {**s1, "test": {"pope_adversarial": "11", "scienceqa": "11"}}  # test score 100 against s0's 75
     done = {"gold": GOLD, "cells": {"a": {"states": [s0, s1_test, s2]}, "b": {"states": [s0, s1_test, s1_test]}}}

@@ -19,7 +19,12 @@ def register(subparsers: Any) -> None:
     from hipp_torchprune.compare import BASELINES
     from hipp_torchprune.methods import DEFAULT_ROW_SCORE, ROW_SCORES
     from hipp_torchprune.pruning.reconstruct import RECONSTRUCTIONS
-    from hipp_torchprune.recovery.config import RecoveryConfig, add_selection_arguments, lora_layers  # light
+    from hipp_torchprune.recovery.config import (  # light: dataclass only
+        GUARD_SELECTION,
+        RecoveryConfig,
+        add_selection_arguments,
+        lora_layers,
+    )
 
     p = subparsers.add_parser("compare", help="matched comparison of HiPP against the baselines (Tables 1, 3, 4)")
     p.add_argument("--model", default="demo", help="model spec (default: demo)")
@@ -40,10 +45,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lr", type=float, default=RecoveryConfig.lr,
                    help=f"recovery learning rate (default {RecoveryConfig.lr:g})")
     p.add_argument("--select-every", type=int, default=None,
-                   help="score each method's recovery on the calibration split every N steps (and before "
-                        "the first) and keep its best state, unrecovered included (default steps // 4; 0: "
-                        "keep the last step)")
-    add_selection_arguments(p)
+                   help="score each method's recovery on the calibration split (before the first step and "
+                        "then, in --select-mode best, every N steps) and hand back the state the mode picks "
+                        "(default steps // 4; 0: the last step, unguarded)")
+    add_selection_arguments(p, RecoveryConfig(**GUARD_SELECTION))
     p.add_argument("--lora-layers", type=lora_layers, default=None, metavar="all|K",
                    help="recovery LoRA on every decoder layer (default: all) or on the last K (0: none)")
     p.add_argument("--calib-n", type=int, default=64, help="calibration samples (shared by all methods)")

@@ -7,7 +7,9 @@ rows differ by ``sum(w * d)`` with ``d = correct_new - correct_old`` in {-1, 0, 
 no difference the rows' signs are exchangeable, so ``sqrt(sum((w * d) ** 2))`` is that gain's
 standard error (:func:`paired_gain`, a sign-flip z statistic). A state replaces the one held only
 when its gain clears ``z`` standard errors (:func:`replaces`), so recovery stops trading a real
-model for noise in a few hundred selection rows.
+model for noise in a few hundred selection rows. The guard rule (:func:`guard_keeps`) is the other
+way round: the last state is handed back unless it is worse than the unrecovered model by more than
+``z`` standard errors.
 """
 
 from __future__ import annotations
@@ -63,3 +65,10 @@ def replaces(gain: float, se: float, z: float) -> bool:
     """Whether a state ``gain`` above the held one (standard error ``se``) replaces it: ``gain > z * se``
     and ``gain > 0`` beyond rounding (``z = 0``: any strict improvement, the plain best-score rule)."""
     return gain > TIE and gain > z * se
+
+
+def guard_keeps(gain: float, se: float, z: float) -> bool:
+    """Whether the guard hands back the last state, ``gain`` above the unrecovered one (standard
+    error ``se``): unless it lost more than ``z`` standard errors (``gain < -z * se``) and more than
+    rounding. Example: ``guard_keeps(-0.02, 0.01, 1.0)`` -> False; ``guard_keeps(-0.01, 0.01, 1.0)`` -> True."""
+    return not (gain < -TIE and gain < -z * se)

@@ -24,7 +24,7 @@ from hipp_torchprune.recovery.losses import (
     option_logprobs,
     yes_rate_penalty,
 )
-from hipp_torchprune.recovery.selection import paired_gain, replaces, row_weights
+from hipp_torchprune.recovery.selection import guard_keeps, paired_gain, replaces, row_weights
 
 #: Resumable state inside a work directory.
 STATE_FILE = "recovery_state.pt"
@@ -57,6 +57,11 @@ class _Selection:
     prepared: Any
     weights: np.ndarray
     z: float
+    mode: str = "best"
+
+    def due(self, done: int, config: RecoveryConfig) -> bool:
+        """Whether the state after ``done`` steps is scored (``guard``: only the last)."""
+        return done == config.steps or (self.mode == "best" and done % config.select_every == 0)
 
 
 class _BestState:
@@ -71,11 +76,14 @@ class _BestState:
         self.params: dict[str, torch.Tensor] = dict(state.get("params") or {})
 
     def offer(self, correct: np.ndarray, selection: _Selection, step: int, params: dict[str, nn.Parameter]) -> float:
-        """Hold ``params`` when they are the first offered or replace the held ones (ties keep the
-        earlier state); returns the offered state's selection score."""
+        """Hold ``params`` when they are the first offered, or when ``selection``'s rule prefers them to
+        the held ones (``best``: ties keep the earlier state); returns their selection score."""
         score = float(selection.weights @ correct)
-        if self.correct is None or replaces(*paired_gain(correct, np.asarray(self.correct), selection.weights),
-                                            selection.z):
+        take = self.correct is None
+        if not take:
+            gain, se = paired_gain(correct, np.asarray(self.correct), selection.weights)
+            take = guard_keeps(gain, se, selection.z) if selection.mode == "guard" else replaces(gain, se, selection.z)
+        if take:
             self.score, self.step, self.correct = score, step, [int(c) for c in correct]
             self.params = {n: p.detach().cpu().clone() for n, p in params.items()}
         return score
@@ -234,7 +242,7 @@ def recover(model: nn.Module, processor: Any, data_dir: str | Path, config: Reco
             bar.set_postfix(loss=f"{record['loss']:.3f}", yes=f"{record['yes_rate']:.3f}")
             _log(writer, record, step + 1)
             done = step + 1
-            if select is not None and (done % config.select_every == 0 or done == config.steps):
+            if select is not None and select.due(done, config):
                 record["select_score"] = best.offer(_correct(net, processor, select), select, done, params)
                 _log(writer, {"select_score": record["select_score"]}, done)
             if work is not None and config.save_every and (done % config.save_every == 0 or done == config.steps):
@@ -259,7 +267,8 @@ def _selection_data(processor: Any, data_dir: str | Path, config: RecoveryConfig
 
     prepared = prepare_eval(processor, data_dir, config.select_tasks, limit=config.select_limit,
                             split=config.select_split)
-    return _Selection(prepared, row_weights([(t.family, t.gold) for t in prepared.tasks]), config.select_z)
+    return _Selection(prepared, row_weights([(t.family, t.gold) for t in prepared.tasks]), config.select_z,
+                      config.select_mode)
 
 
 def _correct(net: nn.Module, processor: Any, selection: _Selection) -> np.ndarray:

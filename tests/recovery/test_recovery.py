@@ -156,6 +156,38 @@ def test_paired_selection_keeps_a_state_until_a_gain_clears_z_standard_errors(wo
     assert 0.0 <= kept.history[0]["select_score"] <= 1.0
 
 
+def test_guard_scores_only_the_ends_and_keeps_the_last_state_unless_it_lost(world: Path) -> None:
+    """``select_mode="guard"``: no intermediate state is scored; with an unreachable ``z`` the last state
+    is handed back, exactly as a run without selection; with ``z = 0`` the choice follows the scores."""
+    cfg = RecoveryConfig(**{**CFG.to_dict(), "steps": 3, "lr": 0.05, "select_every": 1, "select_limit": 16,
+                            "select_tasks": "pope,scienceqa", "select_mode": "guard", "select_z": 1e6})
+    model, processor = _pruned("tiny-llava")
+    kept = recover(model, processor, world, cfg, progress=False)
+    assert kept.best_step == 3 and ["select_score" in h for h in kept.history] == [False, False, True]
+    model, processor = _pruned("tiny-llava")
+    plain = recover(model, processor, world, RecoveryConfig(**{**cfg.to_dict(), "select_every": 0}), progress=False)
+    for (n, a), (_, b) in zip(kept.model.state_dict().items(), plain.model.state_dict().items()):
+        assert torch.equal(a, b), n
+    model, processor = _pruned("tiny-llava")
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    strict = recover(model, processor, world, RecoveryConfig(**{**cfg.to_dict(), "select_z": 0.0}), progress=False)
+    assert strict.best_step in (0, 3)
+    if strict.best_step == 0:  # the last state lost on the selection rows: the unrecovered model comes back
+        assert all(torch.equal(v, before[n]) for n, v in strict.model.state_dict().items())
+
+
+def test_compare_defaults_to_the_guard() -> None:
+    import argparse
+
+    from hipp_torchprune.recovery.config import GUARD_SELECTION, add_selection_arguments, selection_kwargs
+
+    p = argparse.ArgumentParser()
+    add_selection_arguments(p, RecoveryConfig(**GUARD_SELECTION))
+    assert selection_kwargs(p.parse_args([])) == GUARD_SELECTION
+    with pytest.raises(RecoveryError, match="select_mode"):
+        RecoveryConfig(select_mode="median")  # type: ignore[arg-type]
+
+
 def test_default_lora_scope_is_every_decoder_layer() -> None:
     """LLM-Pruner's recovery scope: LoRA on the seven projections of every layer (``lora_layers=2``: the last 2)."""
     from hipp_torchprune.recovery.config import lora_layers
@@ -228,7 +260,8 @@ def test_selection_flags_parse_into_the_config() -> None:
     assert (defaults.select_tasks, defaults.select_limit, defaults.select_z) == (
         RecoveryConfig.select_tasks, RecoveryConfig.select_limit, RecoveryConfig.select_z)
     args = p.parse_args(["--select-tasks", "pope,scienceqa", "--select-limit", "all", "--select-z", "2"])
-    assert selection_kwargs(args) == {"select_tasks": "pope,scienceqa", "select_limit": None, "select_z": 2.0}
+    assert selection_kwargs(args) == {"select_mode": "best", "select_tasks": "pope,scienceqa", "select_limit": None,
+                                      "select_z": 2.0}
     assert row_limit("64") == 64
     for bad in ("0", "many"):
         with pytest.raises(RecoveryError, match="--select-limit"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hipp_torchprune.evaluation import mc_metrics, pope_metrics
-from hipp_torchprune.recovery.selection import paired_gain, replaces, row_weights, task_weights
+from hipp_torchprune.recovery.selection import guard_keeps, paired_gain, replaces, row_weights, task_weights
 
 
 def test_pope_weights_give_balanced_accuracy() -> None:
@@ -53,3 +53,11 @@ def test_paired_gain_by_hand() -> None:
 def test_replaces_needs_a_strict_gain_beyond_z_standard_errors(gain: float, se: float, z: float,
                                                                 expected: bool) -> None:
     assert replaces(gain, se, z) is expected
+
+
+@pytest.mark.parametrize(("gain", "se", "z", "expected"), [
+    (-0.02, 0.01, 1.0, False), (-0.01, 0.01, 1.0, True), (-0.02, 0.01, 2.0, True), (0.0, 0.0, 1.0, True),
+    (-1e-15, 0.0, 0.0, True), (-0.01, 0.0, 0.0, False), (0.05, 0.01, 3.0, True)])
+def test_guard_keeps_the_last_state_unless_it_lost_beyond_z_standard_errors(gain: float, se: float, z: float,
+                                                                            expected: bool) -> None:
+    assert guard_keeps(gain, se, z) is expected
