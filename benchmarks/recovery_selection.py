@@ -1,12 +1,12 @@
 """Which recovery state should a comparison hand back? Selection rules scored on the test rows.
 
-``hipp compare`` recovers every cell for ``--steps`` steps and, every quarter, scores the state on
-held-out calibration rows, handing back the best one (the unrecovered model included). This screen
-records every one of those states once, per cell, with its per-row correctness on the whole
+``hipp compare`` recovers every cell for ``--steps`` steps and picks the state it hands back by
+scores on held-out calibration rows (until session 36: the best of the states every quarter, the
+unrecovered model included). This screen records the state every ``--every`` steps once, per cell, with its per-row correctness on the whole
 calibration split (each POPE category, ScienceQA) and on the test split, so that any selection rule
 can be replayed offline (``RULES``) and judged by the test scores of the states it picks:
 
-* ``best-adv128``: the rule compare ships (``select_every`` a quarter, 128 POPE-adversarial rows and
+* ``best-adv128``: the rule compare shipped until session 36 (``select_every`` a quarter, 128 POPE-adversarial rows and
   the ScienceQA rows, best score wins);
 * ``best-all``: the same on every calibration row (POPE's three categories pooled);
 * ``paired-*-zK``: a state replaces the one held only when its paired gain on the selection rows
