@@ -41,7 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hipp_torchprune.atomic import write_text_atomic
-from hipp_torchprune.compare import BASELINES, CompareConfig, _load_shared, _prune_cell, cell_key
+from hipp_torchprune.compare import BASELINES, CompareConfig, cell_key, load_shared, prune_cell
 from hipp_torchprune.demo_job import DEMO_POLICY_DIR
 from hipp_torchprune.evaluation import evaluate, prepare_eval
 from hipp_torchprune.hipp.preferences import parse_preference
@@ -143,7 +143,7 @@ def record_cell(shared: Any, config: CompareConfig, cell: tuple[str, str, Any, i
     ``k`` steps resumes the saved state of ``k - every``: the same trajectory as one run)."""
     table, method, pref, seed = cell
     pruned = copy.deepcopy(shared.model)
-    _, realized, widths, _ = _prune_cell(config, shared, pruned, table, method, pref, seed, "main")
+    _, realized, widths, _ = prune_cell(config, shared, pruned, table, method, pref, seed, "main")
     rcfg = RecoveryConfig(**{**config.recovery.to_dict(), "seed": seed, "select_every": 0, "save_every": args.every})
     states = []
     for k in range(0, args.steps + 1, args.every):
@@ -185,7 +185,7 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                            preference=parse_preference(args.preference),
                            recovery=RecoveryConfig(steps=args.steps, save_every=args.every))
     registry = default_registry()
-    shared = _load_shared(config, registry)
+    shared = load_shared(config, registry)
     prepared = (prepare_eval(shared.processor, args.data, SELECT_TASKS, split="calibration"),
                 prepare_eval(shared.processor, args.data, tuple(TEST_TASKS)))
     done.update(world=world_fingerprint(args.data), gold=_gold(prepared))

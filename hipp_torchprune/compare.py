@@ -206,7 +206,11 @@ def _metrics(result: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 @dataclass
-class _Shared:
+class SharedInputs:
+    """What every cell of one comparison shares (:func:`load_shared`): the dense model and its
+    processor, the prepared test rows, the calibration samples and statistics (matched calibration),
+    the policies by name (``"main"`` first), the registry, the shared row score and refit."""
+
     model: Any
     processor: Any
     prepared: Any
@@ -235,7 +239,7 @@ def _cells(config: CompareConfig) -> list[tuple[str, str, tuple[float, float, fl
     return cells
 
 
-def _context(shared: _Shared, policy: Any, seed: int, preference: Sequence[float] | None = None) -> Any:
+def _context(shared: SharedInputs, policy: Any, seed: int, preference: Sequence[float] | None = None) -> Any:
     """The matched :class:`~hipp_torchprune.methods.MethodContext` of a cell (HiPP: with its policy)."""
     from hipp_torchprune.methods import MethodContext
 
@@ -245,7 +249,7 @@ def _context(shared: _Shared, policy: Any, seed: int, preference: Sequence[float
                          row_score=shared.row_score, reconstruct=shared.reconstruct)
 
 
-def _run_cell(config: CompareConfig, shared: _Shared, table: str, method: str,
+def _run_cell(config: CompareConfig, shared: SharedInputs, table: str, method: str,
               preference: tuple[float, float, float] | None, seed: int, policy_name: str,
               work_dir: Path, dense: dict[str, float]) -> dict[str, Any]:
     """One cell; ``dense`` is the unpruned model's metrics, the reference cell's before recovery."""
@@ -257,7 +261,7 @@ def _run_cell(config: CompareConfig, shared: _Shared, table: str, method: str,
         target = realized = 0.0
         widths, details, pre = [], {"reference": "dense model, not pruned"}, dict(dense)
     else:
-        target, realized, widths, details = _prune_cell(config, shared, model, table, method, preference, seed,
+        target, realized, widths, details = prune_cell(config, shared, model, table, method, preference, seed,
                                                         policy_name)
         pre = _metrics(evaluate(model, shared.processor, shared.prepared))
     rcfg = RecoveryConfig(**{**config.recovery.to_dict(), "seed": seed})
@@ -274,10 +278,12 @@ def _run_cell(config: CompareConfig, shared: _Shared, table: str, method: str,
             "recovery_step_kept": result.best_step}
 
 
-def _prune_cell(config: CompareConfig, shared: _Shared, model: Any, table: str, method: str,
-                preference: tuple[float, float, float] | None, seed: int,
-                policy_name: str) -> tuple[float, float, list[int], dict[str, Any]]:
-    """Prune ``model`` in place for one cell: ``(target, realized sparsity, widths, details)``."""
+def prune_cell(config: CompareConfig, shared: SharedInputs, model: Any, table: str, method: str,
+               preference: tuple[float, float, float] | None, seed: int,
+               policy_name: str) -> tuple[float, float, list[int], dict[str, Any]]:
+    """Prune ``model`` (a copy of ``shared.model``) in place as the cell ``(table, method, preference,
+    seed)`` does: HiPP at ``preference`` with policy ``policy_name``, a baseline at the sparsity the main
+    policy realizes at ``config.preference``. Returns ``(target, realized sparsity, widths, details)``."""
     from hipp_torchprune.hipp.method import HippMethod
     from hipp_torchprune.methods import prune_with_method
 
@@ -351,7 +357,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
     results = _start_results(config, path, fresh)
     todo = [c for c in _cells(config) if cell_key(c[0], c[1], c[2], c[3]) not in results["cells"]]
     if todo or results.get("dense") is None:
-        _run_cells(config, _load_shared(config, registry), results, todo, out, progress,
+        _run_cells(config, load_shared(config, registry), results, todo, out, progress,
                    (donors, str(baselines_from)))
     realized, r_comp = compression_control(load_policy(config.policy))  # queries only: no model
     control = {"w_comp": list(COMPRESSION_SWEEP), "realized_sparsity": realized, "r_comp_sparsity": r_comp}
@@ -429,7 +435,7 @@ def refit_mismatches(policies: dict[str, Any], reconstruct: str) -> list[str]:
             f"every method with reconstruct={reconstruct!r}" for name, t in trained.items() if t != reconstruct]
 
 
-def _load_shared(config: CompareConfig, registry: Any) -> _Shared:
+def load_shared(config: CompareConfig, registry: Any) -> SharedInputs:
     """The model, policies, calibration and test rows every cell shares (matched calibration)."""
     import torch
 
@@ -447,11 +453,11 @@ def _load_shared(config: CompareConfig, registry: Any) -> _Shared:
     samples = calibration_samples(config.data, config.calib_n)
     stats = api.calibrate(model, processor, samples, with_grads=True, registry=registry)
     prepared = prepare_eval(processor, config.data, TASKS, limit=config.limit)
-    return _Shared(model, processor, prepared, samples, stats, policies, registry, config.row_score,
+    return SharedInputs(model, processor, prepared, samples, stats, policies, registry, config.row_score,
                    config.reconstruct)
 
 
-def _run_cells(config: CompareConfig, shared: _Shared, results: dict[str, Any], todo: list[Any], out: Path,
+def _run_cells(config: CompareConfig, shared: SharedInputs, results: dict[str, Any], todo: list[Any], out: Path,
                progress: bool, donated: tuple[dict[tuple[str, int], dict[str, Any]], str] = ({}, "")) -> None:
     """Evaluate dense (once) and every cell in ``todo`` (a baseline Table-1 cell is taken from
     ``donated``'s cells when :func:`reused_cell` allows), saving ``results.json`` after each."""

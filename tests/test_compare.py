@@ -245,18 +245,18 @@ def test_row_score_reaches_every_cells_context() -> None:
     """``CompareConfig.row_score`` (default :data:`DEFAULT_ROW_SCORE`) is the row score of every cell."""
     from types import SimpleNamespace
 
-    from hipp_torchprune.compare import _context, _Shared
+    from hipp_torchprune.compare import SharedInputs, _context
 
     policy = SimpleNamespace(round_to=16, policy=SimpleNamespace(config=SimpleNamespace(r_max=0.9)))
     assert CompareConfig(model="m", data="d", policy="p").row_score == DEFAULT_ROW_SCORE
     for score in ("wanda-sp", "wanda-mix"):
-        shared = _Shared(None, None, None, [], None, {}, None, score)
+        shared = SharedInputs(None, None, None, [], None, {}, None, score)
         assert _context(shared, policy, 0).row_score == score
         assert _context(shared, policy, 0, (0.6, 0.3, 0.1)).row_score == score
-    assert _context(_Shared(None, None, None, [], None, {}, None), policy, 0).row_score == DEFAULT_ROW_SCORE
-    refit = _Shared(None, None, None, [], None, {}, None, DEFAULT_ROW_SCORE, "lstsq")
+    assert _context(SharedInputs(None, None, None, [], None, {}, None), policy, 0).row_score == DEFAULT_ROW_SCORE
+    refit = SharedInputs(None, None, None, [], None, {}, None, DEFAULT_ROW_SCORE, "lstsq")
     assert _context(refit, policy, 0).reconstruct == _context(refit, policy, 0, (0.6, 0.3, 0.1)).reconstruct == "lstsq"
-    assert _context(_Shared(None, None, None, [], None, {}, None), policy, 0).reconstruct == "none"
+    assert _context(SharedInputs(None, None, None, [], None, {}, None), policy, 0).reconstruct == "none"
 
 
 def test_compare_cli_passes_the_row_score(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
