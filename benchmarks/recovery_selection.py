@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hipp_torchprune.atomic import write_text_atomic
 from hipp_torchprune.compare import BASELINES, CompareConfig, cell_key, load_shared, prune_cell
+from hipp_torchprune.data import TASKS
 from hipp_torchprune.demo_job import DEMO_POLICY_DIR
 from hipp_torchprune.evaluation import evaluate, prepare_eval
 from hipp_torchprune.hipp.preferences import parse_preference
@@ -95,7 +96,7 @@ def _rows(state: dict[str, Any], gold: dict[str, list[int]], row_set: str) -> tu
         c = "".join(state["select"][n][:limit] for n in names)
         g = [x for n in names for x in gold[n][:limit]]
         correct.append(c)
-        tasks.append(("pope" if task.startswith("pope") else "mc", g))
+        tasks.append((TASKS[task].family, g))
     return np.array([int(ch) for ch in "".join(correct)]), row_weights(tasks)
 
 
@@ -124,8 +125,7 @@ def test_scores(state: dict[str, Any], gold: dict[str, list[int]]) -> dict[str, 
     out = {}
     for task, short in TEST_TASKS.items():
         c = np.array([int(ch) for ch in state["test"][task]])
-        out[short] = 100.0 * float(row_weights([("pope" if task.startswith("pope") else "mc",
-                                                 gold["test:" + task])]) @ c)
+        out[short] = 100.0 * float(row_weights([(TASKS[task].family, gold["test:" + task])]) @ c)
     out["score"] = (out["pope_adv"] + out["sqa"]) / 2
     return out
 

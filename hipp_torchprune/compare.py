@@ -262,7 +262,7 @@ def _run_cell(config: CompareConfig, shared: SharedInputs, table: str, method: s
         widths, details, pre = [], {"reference": "dense model, not pruned"}, dict(dense)
     else:
         target, realized, widths, details = prune_cell(config, shared, model, table, method, preference, seed,
-                                                        policy_name)
+                                                       policy_name)
         pre = _metrics(evaluate(model, shared.processor, shared.prepared))
     rcfg = RecoveryConfig(**{**config.recovery.to_dict(), "seed": seed})
     result = recover(model, shared.processor, config.data, rcfg, work_dir=work_dir, progress=False,
@@ -454,7 +454,7 @@ def load_shared(config: CompareConfig, registry: Any) -> SharedInputs:
     stats = api.calibrate(model, processor, samples, with_grads=True, registry=registry)
     prepared = prepare_eval(processor, config.data, TASKS, limit=config.limit)
     return SharedInputs(model, processor, prepared, samples, stats, policies, registry, config.row_score,
-                   config.reconstruct)
+                        config.reconstruct)
 
 
 def _run_cells(config: CompareConfig, shared: SharedInputs, results: dict[str, Any], todo: list[Any], out: Path,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from hipp_torchprune.atomic import write_atomic
-from hipp_torchprune.recovery.config import RecoveryConfig, RecoveryError
+from hipp_torchprune.recovery.config import RecoveryConfig, RecoveryError, SelectMode
 from hipp_torchprune.recovery.data import Row, encode_rows, load_pool, step_rows
 from hipp_torchprune.recovery.lora import ShapeSnapshot, attach, merge
 from hipp_torchprune.recovery.losses import (
@@ -57,7 +57,7 @@ class _Selection:
     prepared: Any
     weights: np.ndarray
     z: float
-    mode: str = "best"
+    mode: SelectMode = "best"
 
     def due(self, done: int, config: RecoveryConfig) -> bool:
         """Whether the state after ``done`` steps is scored (``guard``: only the last)."""
@@ -216,6 +216,7 @@ def recover(model: nn.Module, processor: Any, data_dir: str | Path, config: Reco
     adapter = get_adapter(model, registry)
     snapshot = ShapeSnapshot.of(model, adapter)
     pool = load_pool(processor, data_dir, config, split=split)
+    select = _selection_data(processor, data_dir, config)  # bad rows fail here, before LoRA touches the model
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     torch.manual_seed(config.seed)
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -223,7 +224,6 @@ def recover(model: nn.Module, processor: Any, data_dir: str | Path, config: Reco
     params = _trainable(net)
     opt = torch.optim.AdamW(list(params.values()), lr=config.lr, weight_decay=config.weight_decay)
     work = Path(work_dir) if work_dir is not None else None
-    select = _selection_data(processor, data_dir, config)
     # ``steps`` is left out: batches depend on (seed, step) only, so a run can be extended.
     meta = {"config": {k: v for k, v in config.to_dict().items() if k != "steps"},
             "widths": list(snapshot.widths), "params": snapshot.params}

@@ -176,6 +176,20 @@ def test_guard_scores_only_the_ends_and_keeps_the_last_state_unless_it_lost(worl
         assert all(torch.equal(v, before[n]) for n, v in strict.model.state_dict().items())
 
 
+def test_bad_selection_tasks_fail_before_lora_touches_the_model(world: Path) -> None:
+    """An unknown ``select_tasks`` name is a HippError raised before recovery changes anything."""
+    from hipp_torchprune.errors import HippError
+
+    model, processor = _pruned("tiny-llava")
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    cfg = RecoveryConfig(**{**CFG.to_dict(), "select_every": 1, "select_tasks": "pope,nonsense"})
+    with pytest.raises(HippError, match="nonsense"):
+        recover(model, processor, world, cfg, progress=False)
+    after = model.state_dict()
+    assert list(after) == list(before)  # no LoRA module was injected
+    assert all(torch.equal(after[n], v) for n, v in before.items())
+
+
 def test_compare_defaults_to_the_guard() -> None:
     import argparse
 
